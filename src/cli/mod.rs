@@ -1,0 +1,152 @@
+//! The `faaswap` command line: argument definitions and the one-off commands that use the
+//! engine directly (`run`, `generate`, `inspect`, `profile`, `synth`).
+
+mod infer;
+mod profile;
+mod synth;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::EngineError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "faaswap",
+    version,
+    about = "Serverless GPU inference runtime with model swapping"
+)]
+pub struct Cli {
+    /// Worker threads for CPU execution (default: one per core).
+    #[arg(long, global = true, env = "FAASWAP_THREADS")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a model package once on the CPU and print its outputs as KServe v2 JSON.
+    Run(RunArgs),
+    /// Generate tokens with a GPT-2 family package and print {"token_ids": [...]}.
+    Generate(GenerateArgs),
+    /// Print a package's config, packed layout and outputs as JSON.
+    Inspect(InspectArgs),
+    /// Measure a package's CPU latency and throughput per batch size.
+    Profile(profile::ProfileArgs),
+    /// Write a synthetic model package with random weights.
+    Synth(synth::SynthArgs),
+}
+
+/// Token inputs: texts (needs the package's tokenizer) or explicit ids, one sequence per flag.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct InputArgs {
+    /// Text input (repeat for a batch).
+    #[arg(long = "text")]
+    pub texts: Vec<String>,
+    /// Token ids, comma-separated (repeat for a batch).
+    #[arg(long = "input-ids", value_parser = parse_ids)]
+    pub input_ids: Vec<TokenIds>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Model package folder (config.json + model.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Output tensors to return (default: sentence_embedding with pooling settings, else
+    /// last_hidden_state or logits).
+    #[arg(long = "output")]
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt token ids, comma-separated.
+    #[arg(long = "input-ids", value_parser = parse_ids, conflicts_with = "text", required_unless_present = "text")]
+    pub input_ids: Option<TokenIds>,
+    /// Prompt text (needs the package's tokenizer).
+    #[arg(long)]
+    pub text: Option<String>,
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Sample with this temperature (greedy when absent or 0).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Also list every tensor's offset in the packed buffer.
+    #[arg(long)]
+    pub tensors: bool,
+}
+
+/// One sequence of token ids (a newtype, so clap keeps one flag's list as one value).
+#[derive(Debug, Clone)]
+pub struct TokenIds(pub Vec<u32>);
+
+fn parse_ids(s: &str) -> Result<TokenIds, String> {
+    let ids: Result<Vec<u32>, _> = s.split(',').map(|t| t.trim().parse::<u32>()).collect();
+    match ids {
+        Ok(ids) if !ids.is_empty() => Ok(TokenIds(ids)),
+        _ => Err(format!("{s:?} is not a comma-separated list of token ids")),
+    }
+}
+
+/// Errors of the command-line layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Runs one parsed command. The rayon pool is sized here, before any computation.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err(CliError::Usage("--threads must be at least 1".into()));
+        }
+        // Fails only if the pool was already built, which nothing before this does.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    match cli.command {
+        Command::Run(a) => infer::run(a),
+        Command::Generate(a) => infer::generate(a),
+        Command::Inspect(a) => infer::inspect(a),
+        Command::Profile(a) => profile::run(a),
+        Command::Synth(a) => synth::run(a),
+    }
+}
+
+/// Writes one JSON document and a newline to stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}

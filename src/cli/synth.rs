@@ -1,0 +1,61 @@
+//! `faaswap synth`: synthetic packages with a progress bar on stderr.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{print_json, CliError};
+use crate::engine::synth::{self, SynthDtype};
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Preset name; `--list` shows them.
+    #[arg(long, required_unless_present = "list")]
+    pub preset: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder to write (created if missing).
+    #[arg(long, required_unless_present = "list")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: SynthDtype,
+    /// List the presets and exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+pub fn run(a: SynthArgs) -> Result<(), CliError> {
+    if a.list {
+        let list: Vec<_> = synth::PRESETS
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "description": p.description}))
+            .collect();
+        return print_json(&list);
+    }
+    let (Some(name), Some(out)) = (a.preset, a.out) else {
+        return Err(CliError::Usage("--preset and --out are required".into()));
+    };
+    let preset = synth::preset(&name).ok_or_else(|| {
+        let names: Vec<_> = synth::PRESETS.iter().map(|p| p.name).collect();
+        CliError::Usage(format!(
+            "unknown preset {name:?} (known: {})",
+            names.join(", ")
+        ))
+    })?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("writing {name}"));
+    let report = synth::write_package(preset, a.seed, a.dtype, &out, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    print_json(&report)
+}

@@ -1,0 +1,226 @@
+//! The BERT family (BERT, MiniLM and other post-LayerNorm encoders): the weight plan in
+//! first-use order and the forward pass over the packed buffer.
+
+use super::batch::TokenBatch;
+use super::config::BertConfig;
+use super::layout::{PlannedTensor, Span, WeightLayout};
+use super::model::LayerGate;
+use super::ops::{self, AttentionDims, HeadLayout, WeightOrder};
+
+/// Name prefixes a BERT file may use: bare `BertModel`, or a task model's `bert.` submodule.
+pub const PREFIXES: &[&str] = &["", "bert."];
+
+/// The tensors in first-use order, with layer 0 the embeddings and layer `i + 1` encoder
+/// layer `i`. Query, key and value weights are packed back to back (then their biases) so the
+/// three projections run as one `[3H, H]` product.
+pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
+    let h = c.hidden_size;
+    let mut p = vec![
+        PlannedTensor::new("embeddings.word_embeddings.weight", &[c.vocab_size, h], 0),
+        PlannedTensor::new(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, h],
+            0,
+        ),
+        PlannedTensor::new(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab_size, h],
+            0,
+        ),
+        PlannedTensor::new("embeddings.LayerNorm.weight", &[h], 0),
+        PlannedTensor::new("embeddings.LayerNorm.bias", &[h], 0),
+    ];
+    let mut names = vec!["embeddings".to_string()];
+    for i in 0..c.num_hidden_layers {
+        let l = i + 1;
+        let n = |s: &str| format!("encoder.layer.{i}.{s}");
+        p.extend([
+            PlannedTensor::new(n("attention.self.query.weight"), &[h, h], l),
+            PlannedTensor::new(n("attention.self.key.weight"), &[h, h], l).fused(),
+            PlannedTensor::new(n("attention.self.value.weight"), &[h, h], l).fused(),
+            PlannedTensor::new(n("attention.self.query.bias"), &[h], l),
+            PlannedTensor::new(n("attention.self.key.bias"), &[h], l).fused(),
+            PlannedTensor::new(n("attention.self.value.bias"), &[h], l).fused(),
+            PlannedTensor::new(n("attention.output.dense.weight"), &[h, h], l),
+            PlannedTensor::new(n("attention.output.dense.bias"), &[h], l),
+            PlannedTensor::new(n("attention.output.LayerNorm.weight"), &[h], l),
+            PlannedTensor::new(n("attention.output.LayerNorm.bias"), &[h], l),
+            PlannedTensor::new(n("intermediate.dense.weight"), &[c.intermediate_size, h], l),
+            PlannedTensor::new(n("intermediate.dense.bias"), &[c.intermediate_size], l),
+            PlannedTensor::new(n("output.dense.weight"), &[h, c.intermediate_size], l),
+            PlannedTensor::new(n("output.dense.bias"), &[h], l),
+            PlannedTensor::new(n("output.LayerNorm.weight"), &[h], l),
+            PlannedTensor::new(n("output.LayerNorm.bias"), &[h], l),
+        ]);
+        names.push(format!("encoder.layer.{i}"));
+    }
+    (p, names)
+}
+
+#[derive(Debug, Clone)]
+struct LayerSpans {
+    qkv_w: Span,
+    qkv_b: Span,
+    attn_out_w: Span,
+    attn_out_b: Span,
+    attn_ln_w: Span,
+    attn_ln_b: Span,
+    inter_w: Span,
+    inter_b: Span,
+    out_w: Span,
+    out_b: Span,
+    out_ln_w: Span,
+    out_ln_b: Span,
+}
+
+/// Where each weight sits in the packed buffer, resolved once from the layout.
+#[derive(Debug, Clone)]
+pub struct BertWeights {
+    word: Span,
+    position: Span,
+    token_type: Span,
+    emb_ln_w: Span,
+    emb_ln_b: Span,
+    layers: Vec<LayerSpans>,
+}
+
+impl BertWeights {
+    pub fn resolve(c: &BertConfig, l: &WeightLayout) -> Self {
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let n = |s: &str| format!("encoder.layer.{i}.{s}");
+                let s = |x: &str| l.span(&n(x));
+                LayerSpans {
+                    qkv_w: l.fused_span(&[
+                        &n("attention.self.query.weight"),
+                        &n("attention.self.key.weight"),
+                        &n("attention.self.value.weight"),
+                    ]),
+                    qkv_b: l.fused_span(&[
+                        &n("attention.self.query.bias"),
+                        &n("attention.self.key.bias"),
+                        &n("attention.self.value.bias"),
+                    ]),
+                    attn_out_w: s("attention.output.dense.weight"),
+                    attn_out_b: s("attention.output.dense.bias"),
+                    attn_ln_w: s("attention.output.LayerNorm.weight"),
+                    attn_ln_b: s("attention.output.LayerNorm.bias"),
+                    inter_w: s("intermediate.dense.weight"),
+                    inter_b: s("intermediate.dense.bias"),
+                    out_w: s("output.dense.weight"),
+                    out_b: s("output.dense.bias"),
+                    out_ln_w: s("output.LayerNorm.weight"),
+                    out_ln_b: s("output.LayerNorm.bias"),
+                }
+            })
+            .collect();
+        Self {
+            word: l.span("embeddings.word_embeddings.weight"),
+            position: l.span("embeddings.position_embeddings.weight"),
+            token_type: l.span("embeddings.token_type_embeddings.weight"),
+            emb_ln_w: l.span("embeddings.LayerNorm.weight"),
+            emb_ln_b: l.span("embeddings.LayerNorm.bias"),
+            layers,
+        }
+    }
+}
+
+/// The encoder's `last_hidden_state`, `[batch·seq, hidden]`. The batch was validated against
+/// the config (ids, type ids and length in range).
+pub fn forward(
+    c: &BertConfig,
+    wt: &BertWeights,
+    w: &[f32],
+    batch: &TokenBatch,
+    gate: &dyn LayerGate,
+) -> Vec<f32> {
+    let h = c.hidden_size;
+    let (b, s) = (batch.batch, batch.seq);
+    let n = b * s;
+    let heads = c.num_attention_heads;
+    let d = h / heads;
+    let eps = c.layer_norm_eps;
+
+    gate.wait(0);
+    let mut x = vec![0f32; n * h];
+    let (word, pos, tt) = (wt.word.of(w), wt.position.of(w), wt.token_type.of(w));
+    for (t, row) in x.chunks_exact_mut(h).enumerate() {
+        let id = batch.ids[t] as usize;
+        let ty = batch.type_ids[t] as usize;
+        let p = t % s;
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = word[id * h + j] + pos[p * h + j] + tt[ty * h + j];
+        }
+    }
+    ops::layer_norm(&mut x, h, wt.emb_ln_w.of(w), wt.emb_ln_b.of(w), eps);
+
+    let mut qkv = vec![0f32; n * 3 * h];
+    let mut ctx = vec![0f32; n * h];
+    let mut tmp = vec![0f32; n * h];
+    let mut inter = vec![0f32; n * c.intermediate_size];
+    let dims = AttentionDims {
+        batch: b,
+        heads,
+        head_dim: d,
+        q_len: s,
+        kv_len: s,
+        causal: false,
+    };
+    for (i, lw) in wt.layers.iter().enumerate() {
+        gate.wait(i + 1);
+        ops::linear(
+            &x,
+            n,
+            h,
+            lw.qkv_w.of(w),
+            lw.qkv_b.of(w),
+            3 * h,
+            WeightOrder::OutIn,
+            &mut qkv,
+        );
+        let view = |off: usize| HeadLayout {
+            data: &qkv[off..],
+            batch_stride: s * 3 * h,
+            head_stride: d,
+            row_stride: 3 * h,
+        };
+        ops::attention(view(0), view(h), view(2 * h), &batch.mask, dims, &mut ctx);
+        ops::linear(
+            &ctx,
+            n,
+            h,
+            lw.attn_out_w.of(w),
+            lw.attn_out_b.of(w),
+            h,
+            WeightOrder::OutIn,
+            &mut tmp,
+        );
+        ops::add_layer_norm(&mut tmp, &x, h, lw.attn_ln_w.of(w), lw.attn_ln_b.of(w), eps);
+        std::mem::swap(&mut x, &mut tmp);
+        let inter_dim = c.intermediate_size;
+        ops::linear(
+            &x,
+            n,
+            h,
+            lw.inter_w.of(w),
+            lw.inter_b.of(w),
+            inter_dim,
+            WeightOrder::OutIn,
+            &mut inter,
+        );
+        ops::activate(&mut inter, c.hidden_act);
+        ops::linear(
+            &inter,
+            n,
+            inter_dim,
+            lw.out_w.of(w),
+            lw.out_b.of(w),
+            h,
+            WeightOrder::OutIn,
+            &mut tmp,
+        );
+        ops::add_layer_norm(&mut tmp, &x, h, lw.out_ln_w.of(w), lw.out_ln_b.of(w), eps);
+        std::mem::swap(&mut x, &mut tmp);
+    }
+    x
+}

@@ -1,0 +1,310 @@
+//! The GPT-2 family (pre-LayerNorm causal decoder, tied LM head): the weight plan, the forward
+//! pass with a KV cache, and the logits projection.
+
+use super::config::Gpt2Config;
+use super::layout::{PlannedTensor, Span, WeightLayout};
+use super::matmul::{matmul, MatMut, MatRef, Threads};
+use super::model::LayerGate;
+use super::ops::{self, AttentionDims, HeadLayout, WeightOrder};
+
+/// `GPT2LMHeadModel` files prefix names with `transformer.`; bare `GPT2Model` files do not.
+pub const PREFIXES: &[&str] = &["transformer.", ""];
+
+/// Layer 0 the embeddings, layer `i + 1` block `i`, the last layer the final LayerNorm. The
+/// LM head is tied to `wte`, which the embeddings already hold.
+pub fn plan(c: &Gpt2Config) -> (Vec<PlannedTensor>, Vec<String>) {
+    let e = c.n_embd;
+    let mut p = vec![
+        PlannedTensor::new("wte.weight", &[c.vocab_size, e], 0),
+        PlannedTensor::new("wpe.weight", &[c.n_positions, e], 0),
+    ];
+    let mut names = vec!["embeddings".to_string()];
+    for i in 0..c.n_layer {
+        let l = i + 1;
+        let n = |s: &str| format!("h.{i}.{s}");
+        p.extend([
+            PlannedTensor::new(n("ln_1.weight"), &[e], l),
+            PlannedTensor::new(n("ln_1.bias"), &[e], l),
+            PlannedTensor::new(n("attn.c_attn.weight"), &[e, 3 * e], l),
+            PlannedTensor::new(n("attn.c_attn.bias"), &[3 * e], l),
+            PlannedTensor::new(n("attn.c_proj.weight"), &[e, e], l),
+            PlannedTensor::new(n("attn.c_proj.bias"), &[e], l),
+            PlannedTensor::new(n("ln_2.weight"), &[e], l),
+            PlannedTensor::new(n("ln_2.bias"), &[e], l),
+            PlannedTensor::new(n("mlp.c_fc.weight"), &[e, c.n_inner], l),
+            PlannedTensor::new(n("mlp.c_fc.bias"), &[c.n_inner], l),
+            PlannedTensor::new(n("mlp.c_proj.weight"), &[c.n_inner, e], l),
+            PlannedTensor::new(n("mlp.c_proj.bias"), &[e], l),
+        ]);
+        names.push(format!("h.{i}"));
+    }
+    let last = c.n_layer + 1;
+    p.push(PlannedTensor::new("ln_f.weight", &[e], last));
+    p.push(PlannedTensor::new("ln_f.bias", &[e], last));
+    names.push("ln_f".to_string());
+    (p, names)
+}
+
+#[derive(Debug, Clone)]
+struct BlockSpans {
+    ln1_w: Span,
+    ln1_b: Span,
+    attn_w: Span,
+    attn_b: Span,
+    proj_w: Span,
+    proj_b: Span,
+    ln2_w: Span,
+    ln2_b: Span,
+    fc_w: Span,
+    fc_b: Span,
+    fc_proj_w: Span,
+    fc_proj_b: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gpt2Weights {
+    wte: Span,
+    wpe: Span,
+    blocks: Vec<BlockSpans>,
+    lnf_w: Span,
+    lnf_b: Span,
+}
+
+impl Gpt2Weights {
+    pub fn resolve(c: &Gpt2Config, l: &WeightLayout) -> Self {
+        let blocks = (0..c.n_layer)
+            .map(|i| {
+                let s = |x: &str| l.span(&format!("h.{i}.{x}"));
+                BlockSpans {
+                    ln1_w: s("ln_1.weight"),
+                    ln1_b: s("ln_1.bias"),
+                    attn_w: s("attn.c_attn.weight"),
+                    attn_b: s("attn.c_attn.bias"),
+                    proj_w: s("attn.c_proj.weight"),
+                    proj_b: s("attn.c_proj.bias"),
+                    ln2_w: s("ln_2.weight"),
+                    ln2_b: s("ln_2.bias"),
+                    fc_w: s("mlp.c_fc.weight"),
+                    fc_b: s("mlp.c_fc.bias"),
+                    fc_proj_w: s("mlp.c_proj.weight"),
+                    fc_proj_b: s("mlp.c_proj.bias"),
+                }
+            })
+            .collect();
+        Self {
+            wte: l.span("wte.weight"),
+            wpe: l.span("wpe.weight"),
+            blocks,
+            lnf_w: l.span("ln_f.weight"),
+            lnf_b: l.span("ln_f.bias"),
+        }
+    }
+}
+
+/// Keys and values of every position seen so far, per layer, laid out
+/// `[batch, head, capacity, head_dim]` so each head's keys are one strided matrix.
+pub struct KvCache {
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    len: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// `[batch, capacity]`: false for padding positions.
+    key_mask: Vec<bool>,
+}
+
+impl KvCache {
+    pub fn new(c: &Gpt2Config, batch: usize, capacity: usize) -> Self {
+        let d = c.n_embd / c.n_head;
+        let per_layer = batch * c.n_head * capacity * d;
+        Self {
+            batch,
+            heads: c.n_head,
+            head_dim: d,
+            capacity,
+            len: 0,
+            k: (0..c.n_layer).map(|_| vec![0f32; per_layer]).collect(),
+            v: (0..c.n_layer).map(|_| vec![0f32; per_layer]).collect(),
+            key_mask: vec![false; batch * capacity],
+        }
+    }
+
+    /// Copies the keys and values of `t` new positions out of `qkv[batch·t, 3E]`.
+    fn append(&mut self, layer: usize, qkv: &[f32], t: usize) {
+        let (h, d) = (self.heads, self.head_dim);
+        let e = h * d;
+        for b in 0..self.batch {
+            for i in 0..t {
+                let row = &qkv[(b * t + i) * 3 * e..(b * t + i + 1) * 3 * e];
+                let pos = self.len + i;
+                for head in 0..h {
+                    let at = ((b * h + head) * self.capacity + pos) * d;
+                    self.k[layer][at..at + d].copy_from_slice(&row[e + head * d..e + head * d + d]);
+                    self.v[layer][at..at + d]
+                        .copy_from_slice(&row[2 * e + head * d..2 * e + head * d + d]);
+                }
+            }
+        }
+    }
+
+    fn layout<'a>(&self, data: &'a [f32]) -> HeadLayout<'a> {
+        HeadLayout {
+            data,
+            batch_stride: self.heads * self.capacity * self.head_dim,
+            head_stride: self.capacity * self.head_dim,
+            row_stride: self.head_dim,
+        }
+    }
+}
+
+/// Runs `t` new tokens per batch item (`ids` and `mask` are `[batch, t]`) at positions
+/// `cache.len()..`, appends their keys and values to the cache, and returns the final hidden
+/// states after `ln_f`, `[batch·t, n_embd]`. The caller checked that the cache has room and
+/// the ids are in the vocabulary.
+pub fn forward(
+    c: &Gpt2Config,
+    wt: &Gpt2Weights,
+    w: &[f32],
+    cache: &mut KvCache,
+    ids: &[u32],
+    mask: &[bool],
+    t: usize,
+    gate: &dyn LayerGate,
+) -> Vec<f32> {
+    let e = c.n_embd;
+    let b = cache.batch;
+    let n = b * t;
+    let start = cache.len;
+    assert!(start + t <= cache.capacity, "KV cache overflow");
+    for bi in 0..b {
+        let m = &mask[bi * t..(bi + 1) * t];
+        cache.key_mask[bi * cache.capacity + start..bi * cache.capacity + start + t]
+            .copy_from_slice(m);
+    }
+    let kv_len = start + t;
+    let key_mask: Vec<bool> = (0..b)
+        .flat_map(|bi| {
+            cache.key_mask[bi * cache.capacity..bi * cache.capacity + kv_len]
+                .iter()
+                .copied()
+        })
+        .collect();
+
+    gate.wait(0);
+    let (wte, wpe) = (wt.wte.of(w), wt.wpe.of(w));
+    let mut x = vec![0f32; n * e];
+    for (r, row) in x.chunks_exact_mut(e).enumerate() {
+        let id = ids[r] as usize;
+        let pos = start + r % t;
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = wte[id * e + j] + wpe[pos * e + j];
+        }
+    }
+
+    let mut normed = vec![0f32; n * e];
+    let mut qkv = vec![0f32; n * 3 * e];
+    let mut ctx = vec![0f32; n * e];
+    let mut tmp = vec![0f32; n * e];
+    let mut inner = vec![0f32; n * c.n_inner];
+    let dims = AttentionDims {
+        batch: b,
+        heads: c.n_head,
+        head_dim: e / c.n_head,
+        q_len: t,
+        kv_len,
+        causal: true,
+    };
+    let eps = c.layer_norm_epsilon;
+    for (l, bw) in wt.blocks.iter().enumerate() {
+        gate.wait(l + 1);
+        normed.copy_from_slice(&x);
+        ops::layer_norm(&mut normed, e, bw.ln1_w.of(w), bw.ln1_b.of(w), eps);
+        ops::linear(
+            &normed,
+            n,
+            e,
+            bw.attn_w.of(w),
+            bw.attn_b.of(w),
+            3 * e,
+            WeightOrder::InOut,
+            &mut qkv,
+        );
+        cache.append(l, &qkv, t);
+        let q = HeadLayout {
+            data: &qkv,
+            batch_stride: t * 3 * e,
+            head_stride: e / c.n_head,
+            row_stride: 3 * e,
+        };
+        ops::attention(
+            q,
+            cache.layout(&cache.k[l]),
+            cache.layout(&cache.v[l]),
+            &key_mask,
+            dims,
+            &mut ctx,
+        );
+        ops::linear(
+            &ctx,
+            n,
+            e,
+            bw.proj_w.of(w),
+            bw.proj_b.of(w),
+            e,
+            WeightOrder::InOut,
+            &mut tmp,
+        );
+        ops::add_in_place(&mut x, &tmp);
+        normed.copy_from_slice(&x);
+        ops::layer_norm(&mut normed, e, bw.ln2_w.of(w), bw.ln2_b.of(w), eps);
+        ops::linear(
+            &normed,
+            n,
+            e,
+            bw.fc_w.of(w),
+            bw.fc_b.of(w),
+            c.n_inner,
+            WeightOrder::InOut,
+            &mut inner,
+        );
+        ops::activate(&mut inner, c.activation_function);
+        ops::linear(
+            &inner,
+            n,
+            c.n_inner,
+            bw.fc_proj_w.of(w),
+            bw.fc_proj_b.of(w),
+            e,
+            WeightOrder::InOut,
+            &mut tmp,
+        );
+        ops::add_in_place(&mut x, &tmp);
+    }
+    cache.len = kv_len;
+    gate.wait(c.n_layer + 1);
+    ops::layer_norm(&mut x, e, wt.lnf_w.of(w), wt.lnf_b.of(w), eps);
+    x
+}
+
+/// `logits[rows, vocab] = hidden[rows, n_embd] · wteᵀ` (the tied LM head).
+pub fn logits(
+    c: &Gpt2Config,
+    wt: &Gpt2Weights,
+    w: &[f32],
+    hidden: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    let (e, v) = (c.n_embd, c.vocab_size);
+    let mut out = vec![0f32; rows * v];
+    matmul(
+        MatMut::row_major(&mut out, rows, v),
+        MatRef::row_major(&hidden[..rows * e], rows, e),
+        MatRef::row_major(wt.wte.of(w), v, e).t(),
+        false,
+        1.0,
+        Threads::Pool,
+    );
+    out
+}

@@ -1,0 +1,242 @@
+//! The swappable layout: every weight of a model packed into one contiguous `f32` buffer in the
+//! order the forward pass first uses it, with a table of per-tensor offsets and per-layer
+//! ranges. The buffer is the unit the runtime copies to devices; execution reads weights only
+//! through it and this table, so a copy of the buffer anywhere is a complete, runnable model.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// Tensors start on 256-byte boundaries (what vector loads and cuBLAS like best), except where
+/// a tensor is fused with the one before it.
+pub const ALIGN_ELEMS: usize = 64;
+
+/// A tensor the forward pass needs, in first-use order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTensor {
+    /// Canonical name (without any file prefix such as `bert.`).
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Index into the plan's layer names.
+    pub layer: usize,
+    /// Placed right after the previous tensor with no padding, so that both read as one
+    /// matrix (BERT's query, key and value weights become one `[3H, H]` projection).
+    pub fused_with_prev: bool,
+}
+
+impl PlannedTensor {
+    pub fn new(name: impl Into<String>, shape: &[usize], layer: usize) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+            layer,
+            fused_with_prev: false,
+        }
+    }
+
+    pub fn fused(mut self) -> Self {
+        self.fused_with_prev = true;
+        self
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A contiguous run of elements in the weights buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+
+    /// The elements of this span in `weights`. Panics if `weights` is shorter than the layout,
+    /// which `Model` rules out by checking the buffer length once before execution.
+    #[inline]
+    pub fn of<'a>(&self, weights: &'a [f32]) -> &'a [f32] {
+        &weights[self.offset..self.offset + self.len]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub span: Span,
+}
+
+/// A layer's range of the buffer. Layer ranges tile the buffer: together they cover it exactly,
+/// so copying the buffer layer by layer copies all of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerSpan {
+    pub name: String,
+    pub span: Span,
+}
+
+impl LayerSpan {
+    pub fn byte_range(&self) -> std::ops::Range<usize> {
+        self.span.offset * 4..self.span.end() * 4
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeightLayout {
+    pub tensors: Vec<TensorSlot>,
+    pub layers: Vec<LayerSpan>,
+    /// Total elements of the buffer, padding included.
+    pub total_elems: usize,
+    #[serde(skip)]
+    index: HashMap<String, usize>,
+}
+
+impl WeightLayout {
+    /// Places the plan's tensors in order. Plans come from the engine's own family code and
+    /// list layers in order, so a plan that goes back to an earlier layer is a bug.
+    pub fn build(plan: &[PlannedTensor], layer_names: &[String]) -> Self {
+        let mut tensors = Vec::with_capacity(plan.len());
+        let mut layer_starts = vec![None; layer_names.len()];
+        let mut offset = 0usize;
+        let mut last_layer = 0usize;
+        for t in plan {
+            assert!(
+                t.layer >= last_layer,
+                "plan goes back from layer {last_layer} to {}",
+                t.layer
+            );
+            last_layer = t.layer;
+            if !t.fused_with_prev {
+                offset = offset.next_multiple_of(ALIGN_ELEMS);
+            }
+            layer_starts[t.layer].get_or_insert(offset);
+            let len = t.numel();
+            tensors.push(TensorSlot {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                span: Span { offset, len },
+            });
+            offset += len;
+        }
+        let total_elems = offset.next_multiple_of(ALIGN_ELEMS);
+        let mut layers = Vec::with_capacity(layer_names.len());
+        for (i, name) in layer_names.iter().enumerate() {
+            let start = layer_starts[i].expect("every planned layer holds a tensor");
+            let end = layer_starts[i + 1..]
+                .iter()
+                .flatten()
+                .next()
+                .copied()
+                .unwrap_or(total_elems);
+            layers.push(LayerSpan {
+                name: name.clone(),
+                span: Span {
+                    offset: start,
+                    len: end - start,
+                },
+            });
+        }
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Self {
+            tensors,
+            layers,
+            total_elems,
+            index,
+        }
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.total_elems * 4
+    }
+
+    pub fn slot(&self, name: &str) -> Option<&TensorSlot> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The span of a planned tensor. Family code asks only for names it planned itself.
+    pub fn span(&self, name: &str) -> Span {
+        self.slot(name)
+            .unwrap_or_else(|| panic!("tensor {name} is not in the layout"))
+            .span
+    }
+
+    /// One span covering tensors that were planned fused, first to last.
+    pub fn fused_span(&self, names: &[&str]) -> Span {
+        let first = self.span(names[0]);
+        let mut end = first.end();
+        for name in &names[1..] {
+            let s = self.span(name);
+            assert_eq!(
+                s.offset, end,
+                "{name} is not fused with the tensor before it"
+            );
+            end = s.end();
+        }
+        Span {
+            offset: first.offset,
+            len: end - first.offset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> (Vec<PlannedTensor>, Vec<String>) {
+        let plan = vec![
+            PlannedTensor::new("emb", &[10, 7], 0),
+            PlannedTensor::new("l0.a", &[3, 3], 1),
+            PlannedTensor::new("l0.b", &[3, 3], 1).fused(),
+            PlannedTensor::new("l0.bias", &[5], 1),
+            PlannedTensor::new("head", &[2], 2),
+        ];
+        (plan, vec!["emb".into(), "l0".into(), "head".into()])
+    }
+
+    #[test]
+    fn packs_in_plan_order_with_alignment_and_fusion() {
+        let (plan, names) = plan();
+        let l = WeightLayout::build(&plan, &names);
+        assert_eq!(l.span("emb"), Span { offset: 0, len: 70 });
+        assert_eq!(l.span("l0.a").offset, 128);
+        assert_eq!(l.span("l0.b").offset, 137);
+        assert_eq!(
+            l.fused_span(&["l0.a", "l0.b"]),
+            Span {
+                offset: 128,
+                len: 18
+            }
+        );
+        assert_eq!(l.span("l0.bias").offset, 192);
+        assert_eq!(l.span("head").offset, 256);
+        assert_eq!(l.total_elems, 320);
+    }
+
+    #[test]
+    fn layer_spans_tile_the_buffer() {
+        let (plan, names) = plan();
+        let l = WeightLayout::build(&plan, &names);
+        let mut at = 0;
+        for layer in &l.layers {
+            assert_eq!(layer.span.offset, at);
+            at = layer.span.end();
+        }
+        assert_eq!(at, l.total_elems);
+        for t in &l.tensors {
+            let layer = l
+                .layers
+                .iter()
+                .find(|s| s.span.offset <= t.span.offset && t.span.end() <= s.span.end());
+            assert!(layer.is_some(), "{} lies outside every layer", t.name);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The inference engine: model packages (Hugging Face layout), the packed swappable weight
+//! layout, and CPU execution of the BERT and GPT-2 families.
+
+mod batch;
+mod bert;
+mod config;
+mod error;
+mod files;
+mod gpt2;
+mod layout;
+mod matmul;
+mod model;
+mod ops;
+mod output;
+mod pooling;
+mod sampling;
+pub mod synth;
+mod tokenize;
+mod weights;
+
+pub use batch::TokenBatch;
+pub use config::{Activation, BertConfig, Gpt2Config, ModelConfig};
+pub use error::{EngineError, Result};
+pub use layout::{LayerSpan, Span, TensorSlot, WeightLayout};
+pub use model::{GenerateOptions, LayerGate, Model, ModelSpec, ModelSummary, Resident};
+pub use output::{OutputKind, OutputTensor};
+pub use pooling::{PoolMode, Pooling};
+pub use sampling::{argmax, SamplingParams};
+pub use tokenize::TextEncoder;

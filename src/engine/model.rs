@@ -1,0 +1,334 @@
+//! A loaded model package: its spec (config, layout, tokenizer, pooling) and its packed host
+//! weights, with the entry points that run it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::batch::TokenBatch;
+use super::bert::{self, BertWeights};
+use super::config::ModelConfig;
+use super::error::{EngineError, Result};
+use super::gpt2::{self, Gpt2Weights, KvCache};
+use super::layout::WeightLayout;
+use super::output::{OutputKind, OutputTensor};
+use super::pooling::Pooling;
+use super::sampling::{Sampler, SamplingParams};
+use super::tokenize::TextEncoder;
+use super::weights::WeightsFile;
+
+/// Lets execution wait until a layer's weights are present before it reads them, so that a
+/// swap-in copying layer by layer overlaps with compute. Layer indices are the layout's.
+pub trait LayerGate: Sync {
+    fn wait(&self, layer: usize);
+}
+
+/// For weights that are already all there.
+pub struct Resident;
+
+impl LayerGate for Resident {
+    fn wait(&self, _layer: usize) {}
+}
+
+#[derive(Debug, Clone)]
+enum Family {
+    Bert(BertWeights),
+    Gpt2(Gpt2Weights),
+}
+
+/// Everything about a model except its weights' values: enough to run it against any copy of
+/// the packed buffer.
+#[derive(Debug)]
+pub struct ModelSpec {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub layout: WeightLayout,
+    pub pooling: Option<Pooling>,
+    pub tokenizer: Option<TextEncoder>,
+    family: Family,
+}
+
+/// A spec with its packed host weights.
+#[derive(Debug)]
+pub struct Model {
+    pub spec: ModelSpec,
+    weights: Vec<f32>,
+}
+
+/// A short description of a package, for listings and `faaswap inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub model_type: &'static str,
+    pub config: ModelConfig,
+    pub weight_bytes: usize,
+    pub tensors: usize,
+    pub layers: Vec<(String, usize, usize)>,
+    pub outputs: Vec<&'static str>,
+    pub has_tokenizer: bool,
+    pub max_input_tokens: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop after emitting the config's `eos_token_id` (included in the output).
+    pub stop_at_eos: bool,
+}
+
+impl Model {
+    /// Loads and checks a package folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(EngineError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not a model package folder"),
+            ));
+        }
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let (plan, layer_names, prefixes) = match &config {
+            ModelConfig::Bert(c) => {
+                let (p, n) = bert::plan(c);
+                (p, n, bert::PREFIXES)
+            }
+            ModelConfig::Gpt2(c) => {
+                let (p, n) = gpt2::plan(c);
+                (p, n, gpt2::PREFIXES)
+            }
+        };
+        let layout = WeightLayout::build(&plan, &layer_names);
+        let weights = WeightsFile::open(&dir.join("model.safetensors"))?
+            .load_packed(&plan, &layout, prefixes)?;
+        let family = match &config {
+            ModelConfig::Bert(c) => Family::Bert(BertWeights::resolve(c, &layout)),
+            ModelConfig::Gpt2(c) => Family::Gpt2(Gpt2Weights::resolve(c, &layout)),
+        };
+        let pooling = match config {
+            ModelConfig::Bert(_) => Pooling::load(dir)?,
+            ModelConfig::Gpt2(_) => None,
+        };
+        let tokenizer = TextEncoder::load(dir, config.max_positions())?;
+        Ok(Self {
+            spec: ModelSpec {
+                dir: dir.to_path_buf(),
+                config,
+                layout,
+                pooling,
+                tokenizer,
+                family,
+            },
+            weights,
+        })
+    }
+
+    /// The packed buffer: the unit the runtime copies to devices.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    pub fn infer(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<Vec<OutputTensor>> {
+        self.spec.infer(&self.weights, batch, outputs, &Resident)
+    }
+
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        self.spec
+            .generate(&self.weights, prompt, opts, &Resident, on_token)
+    }
+}
+
+impl ModelSpec {
+    pub fn summary(&self) -> ModelSummary {
+        ModelSummary {
+            model_type: self.config.model_type(),
+            config: self.config.clone(),
+            weight_bytes: self.layout.total_bytes(),
+            tensors: self.layout.tensors.len(),
+            layers: self
+                .layout
+                .layers
+                .iter()
+                .map(|l| (l.name.clone(), l.byte_range().start, l.byte_range().end))
+                .collect(),
+            outputs: self.outputs().iter().map(|o| o.name()).collect(),
+            has_tokenizer: self.tokenizer.is_some(),
+            max_input_tokens: self
+                .tokenizer
+                .as_ref()
+                .map_or(self.config.max_positions(), |t| t.max_len()),
+        }
+    }
+
+    /// Outputs this model produces, the default first.
+    pub fn outputs(&self) -> Vec<OutputKind> {
+        match (&self.family, &self.pooling) {
+            (Family::Bert(_), Some(_)) => {
+                vec![OutputKind::SentenceEmbedding, OutputKind::LastHiddenState]
+            }
+            (Family::Bert(_), None) => vec![OutputKind::LastHiddenState],
+            (Family::Gpt2(_), _) => vec![OutputKind::Logits],
+        }
+    }
+
+    pub fn default_output(&self) -> OutputKind {
+        self.outputs()[0]
+    }
+
+    pub fn output_by_name(&self, name: &str) -> Result<OutputKind> {
+        let outputs = self.outputs();
+        OutputKind::from_name(name)
+            .filter(|k| outputs.contains(k))
+            .ok_or_else(|| EngineError::UnknownOutput {
+                name: name.to_string(),
+                available: outputs
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Tokenizes texts with the package's tokenizer.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        let t = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| EngineError::NoTokenizer {
+                dir: self.dir.clone(),
+            })?;
+        t.encode(texts)
+    }
+
+    fn check_weights(&self, weights: &[f32]) -> Result<()> {
+        if weights.len() != self.layout.total_elems {
+            return Err(EngineError::WeightsSizeMismatch {
+                expected: self.layout.total_elems,
+                found: weights.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_batch(&self, batch: &TokenBatch) -> Result<()> {
+        let type_vocab = match &self.config {
+            ModelConfig::Bert(c) => c.type_vocab_size,
+            ModelConfig::Gpt2(_) => 1,
+        };
+        batch.validate(
+            self.config.vocab_size(),
+            type_vocab,
+            self.config.max_positions(),
+        )
+    }
+
+    /// Runs one batch against `weights` (any copy of the packed buffer) and returns the asked
+    /// outputs in order.
+    pub fn infer(
+        &self,
+        weights: &[f32],
+        batch: &TokenBatch,
+        outputs: &[OutputKind],
+        gate: &dyn LayerGate,
+    ) -> Result<Vec<OutputTensor>> {
+        self.check_weights(weights)?;
+        self.validate_batch(batch)?;
+        let available = self.outputs();
+        if let Some(k) = outputs.iter().find(|k| !available.contains(k)) {
+            self.output_by_name(k.name())?;
+        }
+        let (b, s) = (batch.batch, batch.seq);
+        let h = self.config.hidden_size();
+        match (&self.config, &self.family) {
+            (ModelConfig::Bert(c), Family::Bert(wt)) => {
+                let hidden = bert::forward(c, wt, weights, batch, gate);
+                Ok(outputs
+                    .iter()
+                    .map(|&kind| match kind {
+                        OutputKind::SentenceEmbedding => {
+                            let pooling = self.pooling.as_ref().expect("listed only with pooling");
+                            let data = pooling.apply(&hidden, &batch.mask, b, s, h);
+                            OutputTensor::fp32(kind, vec![b, pooling.output_dim(h)], data)
+                        }
+                        _ => OutputTensor::fp32(kind, vec![b, s, h], hidden.clone()),
+                    })
+                    .collect())
+            }
+            (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => {
+                let mut cache = KvCache::new(c, b, s);
+                let hidden =
+                    gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, s, gate);
+                let logits = gpt2::logits(c, wt, weights, &hidden, b * s);
+                Ok(vec![OutputTensor::fp32(
+                    OutputKind::Logits,
+                    vec![b, s, c.vocab_size],
+                    logits,
+                )])
+            }
+            _ => unreachable!("family is derived from the config"),
+        }
+    }
+
+    /// Generates up to `max_new_tokens` after `prompt` with a KV cache. `on_token` sees each
+    /// new token as soon as it exists and returns false to stop early (a client that left).
+    /// Returns the new tokens only.
+    pub fn generate(
+        &self,
+        weights: &[f32],
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        gate: &dyn LayerGate,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        self.check_weights(weights)?;
+        let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
+            return Err(EngineError::BadInput(format!(
+                "generation needs a decoder model; this package is {}",
+                self.config.model_type()
+            )));
+        };
+        let batch = TokenBatch::from_sequences(&[prompt.to_vec()])?;
+        self.validate_batch(&batch)?;
+        let total = prompt.len() + opts.max_new_tokens;
+        if total > c.n_positions {
+            return Err(EngineError::BadInput(format!(
+                "prompt of {} tokens plus {} new tokens exceeds the model's {} positions",
+                prompt.len(),
+                opts.max_new_tokens,
+                c.n_positions
+            )));
+        }
+        let mut sampler = Sampler::new(opts.sampling.clone())?;
+        let mut out = Vec::with_capacity(opts.max_new_tokens);
+        if opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let mut cache = KvCache::new(c, 1, total);
+        let hidden = gpt2::forward(
+            c,
+            wt,
+            weights,
+            &mut cache,
+            prompt,
+            &batch.mask,
+            prompt.len(),
+            gate,
+        );
+        let e = c.n_embd;
+        let mut last = hidden[(prompt.len() - 1) * e..].to_vec();
+        loop {
+            let logits = gpt2::logits(c, wt, weights, &last, 1);
+            let token = sampler.next(&logits);
+            out.push(token);
+            let keep_going = on_token(token);
+            let eos = opts.stop_at_eos && Some(token) == c.eos_token_id;
+            if !keep_going || eos || out.len() == opts.max_new_tokens {
+                return Ok(out);
+            }
+            last = gpt2::forward(c, wt, weights, &mut cache, &[token], &[true], 1, gate);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Text to token ids through the `tokenizers` crate, truncating as sentence-transformers does.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::error::{EngineError, Result};
+use super::files::{read_optional_json, read_small_file};
+
+/// `tokenizer.json` files of real models are a few MiB; refuse absurd ones.
+const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    max_len: usize,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEncoder")
+            .field("path", &self.path)
+            .field("max_len", &self.max_len)
+            .finish()
+    }
+}
+
+impl TextEncoder {
+    /// Loads `dir/tokenizer.json` if present. Sequences are cut to `max_seq_length` from
+    /// `sentence_bert_config.json` when the package has one, else to `max_positions` — never
+    /// to the truncation or padding written in `tokenizer.json`, which the sentence pipeline
+    /// overrides.
+    pub fn load(dir: &Path, max_positions: usize) -> Result<Option<Self>> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = read_small_file(&path, MAX_TOKENIZER_BYTES)?;
+        let bad = |reason: String| EngineError::BadTokenizer {
+            path: path.clone(),
+            reason,
+        };
+        let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+        let st_path = dir.join("sentence_bert_config.json");
+        let max_len = match read_optional_json(&st_path, 1 << 20)? {
+            Some(v) => match v.get("max_seq_length").and_then(|x| x.as_u64()) {
+                Some(n) if n > 0 => (n as usize).min(max_positions),
+                _ => {
+                    return Err(EngineError::config(
+                        &st_path,
+                        "max_seq_length must be a positive integer",
+                    ));
+                }
+            },
+            None => max_positions,
+        };
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| bad(e.to_string()))?;
+        tokenizer.with_padding(None);
+        Ok(Some(Self {
+            tokenizer,
+            max_len,
+            path,
+        }))
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Token ids of each text, with the special tokens the tokenizer's post-processor adds.
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        texts
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .encode(t.as_str(), true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| EngineError::BadInput(format!("cannot tokenize text: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| EngineError::BadInput(format!("cannot decode tokens: {e}")))
+    }
+}

@@ -1,0 +1,8 @@
+//! faaswap: a serverless GPU inference runtime that keeps every function's model in host memory
+//! and swaps it onto a device when a request arrives. See `ARCHITECTURE.md` for the map.
+
+pub mod actors;
+pub mod api;
+pub mod cli;
+pub mod engine;
+pub mod gpu;
