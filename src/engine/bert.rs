@@ -5,14 +5,15 @@ use super::batch::TokenBatch;
 use super::config::BertConfig;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::model::LayerGate;
-use super::ops::{self, AttentionDims, HeadLayout, WeightOrder};
+use super::ops::{self, HeadLayout, Segment};
 
 /// Name prefixes a BERT file may use: bare `BertModel`, or a task model's `bert.` submodule.
 pub const PREFIXES: &[&str] = &["", "bert."];
 
 /// The tensors in first-use order, with layer 0 the embeddings and layer `i + 1` encoder
-/// layer `i`. Query, key and value weights are packed back to back (then their biases) so the
-/// three projections run as one `[3H, H]` product.
+/// layer `i`. Linear weights are `[out, in]` in the file and stored transposed; the query, key
+/// and value projections are stored as one `[H, 3H]` matrix (and one `[3H]` bias) so that they
+/// run as one product.
 pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
     let h = c.hidden_size;
     let mut p = vec![
@@ -34,20 +35,28 @@ pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
     for i in 0..c.num_hidden_layers {
         let l = i + 1;
         let n = |s: &str| format!("encoder.layer.{i}.{s}");
+        let qkv = |kind: &str| {
+            ["query", "key", "value"]
+                .map(|p| n(&format!("attention.self.{p}.{kind}")))
+                .to_vec()
+        };
+        let inter = c.intermediate_size;
         p.extend([
-            PlannedTensor::new(n("attention.self.query.weight"), &[h, h], l),
-            PlannedTensor::new(n("attention.self.key.weight"), &[h, h], l).fused(),
-            PlannedTensor::new(n("attention.self.value.weight"), &[h, h], l).fused(),
-            PlannedTensor::new(n("attention.self.query.bias"), &[h], l),
-            PlannedTensor::new(n("attention.self.key.bias"), &[h], l).fused(),
-            PlannedTensor::new(n("attention.self.value.bias"), &[h], l).fused(),
-            PlannedTensor::new(n("attention.output.dense.weight"), &[h, h], l),
+            PlannedTensor::transposed_concat(
+                n("attention.self.qkv.weight"),
+                qkv("weight"),
+                h,
+                h,
+                l,
+            ),
+            PlannedTensor::concat(n("attention.self.qkv.bias"), qkv("bias"), h, l),
+            PlannedTensor::transposed(n("attention.output.dense.weight"), h, h, l),
             PlannedTensor::new(n("attention.output.dense.bias"), &[h], l),
             PlannedTensor::new(n("attention.output.LayerNorm.weight"), &[h], l),
             PlannedTensor::new(n("attention.output.LayerNorm.bias"), &[h], l),
-            PlannedTensor::new(n("intermediate.dense.weight"), &[c.intermediate_size, h], l),
-            PlannedTensor::new(n("intermediate.dense.bias"), &[c.intermediate_size], l),
-            PlannedTensor::new(n("output.dense.weight"), &[h, c.intermediate_size], l),
+            PlannedTensor::transposed(n("intermediate.dense.weight"), inter, h, l),
+            PlannedTensor::new(n("intermediate.dense.bias"), &[inter], l),
+            PlannedTensor::transposed(n("output.dense.weight"), h, inter, l),
             PlannedTensor::new(n("output.dense.bias"), &[h], l),
             PlannedTensor::new(n("output.LayerNorm.weight"), &[h], l),
             PlannedTensor::new(n("output.LayerNorm.bias"), &[h], l),
@@ -59,6 +68,7 @@ pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
 
 #[derive(Debug, Clone)]
 struct LayerSpans {
+    /// Query, key and value projections as one `[H, 3H]` weight and `[3H]` bias.
     qkv_w: Span,
     qkv_b: Span,
     attn_out_w: Span,
@@ -88,19 +98,10 @@ impl BertWeights {
     pub fn resolve(c: &BertConfig, l: &WeightLayout) -> Self {
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                let n = |s: &str| format!("encoder.layer.{i}.{s}");
-                let s = |x: &str| l.span(&n(x));
+                let s = |x: &str| l.span(&format!("encoder.layer.{i}.{x}"));
                 LayerSpans {
-                    qkv_w: l.fused_span(&[
-                        &n("attention.self.query.weight"),
-                        &n("attention.self.key.weight"),
-                        &n("attention.self.value.weight"),
-                    ]),
-                    qkv_b: l.fused_span(&[
-                        &n("attention.self.query.bias"),
-                        &n("attention.self.key.bias"),
-                        &n("attention.self.value.bias"),
-                    ]),
+                    qkv_w: s("attention.self.qkv.weight"),
+                    qkv_b: s("attention.self.qkv.bias"),
                     attn_out_w: s("attention.output.dense.weight"),
                     attn_out_b: s("attention.output.dense.bias"),
                     attn_ln_w: s("attention.output.LayerNorm.weight"),
@@ -125,8 +126,10 @@ impl BertWeights {
     }
 }
 
-/// The encoder's `last_hidden_state`, `[batch·seq, hidden]`. The batch was validated against
-/// the config (ids, type ids and length in range).
+/// The encoder's `last_hidden_state`, `[batch·seq, hidden]`, with zeros at padding positions.
+/// Padding tokens are dropped before the first layer (every product runs on real tokens only)
+/// and attention runs per sequence, which equals masked attention for the real tokens. The batch
+/// was validated against the config (ids, type ids and length in range).
 pub fn forward(
     c: &BertConfig,
     wt: &BertWeights,
@@ -136,15 +139,34 @@ pub fn forward(
 ) -> Vec<f32> {
     let h = c.hidden_size;
     let (b, s) = (batch.batch, batch.seq);
-    let n = b * s;
     let heads = c.num_attention_heads;
     let d = h / heads;
     let eps = c.layer_norm_eps;
+    let inter_dim = c.intermediate_size;
+
+    // Positions in the padded batch of the tokens that count, and one segment per sequence.
+    let mut keep = Vec::with_capacity(b * s);
+    let mut segments = Vec::with_capacity(b);
+    for bi in 0..b {
+        let first = keep.len();
+        keep.extend((bi * s..(bi + 1) * s).filter(|&t| batch.mask[t]));
+        let len = keep.len() - first;
+        if len > 0 {
+            segments.push(Segment {
+                row: first,
+                len,
+                kv_base: first * 3 * h,
+                kv_len: len,
+                mask: None,
+            });
+        }
+    }
+    let n = keep.len();
 
     gate.wait(0);
     let mut x = vec![0f32; n * h];
     let (word, pos, tt) = (wt.word.of(w), wt.position.of(w), wt.token_type.of(w));
-    for (t, row) in x.chunks_exact_mut(h).enumerate() {
+    for (row, &t) in x.chunks_exact_mut(h).zip(&keep) {
         let id = batch.ids[t] as usize;
         let ty = batch.type_ids[t] as usize;
         let p = t % s;
@@ -157,34 +179,16 @@ pub fn forward(
     let mut qkv = vec![0f32; n * 3 * h];
     let mut ctx = vec![0f32; n * h];
     let mut tmp = vec![0f32; n * h];
-    let mut inter = vec![0f32; n * c.intermediate_size];
-    let dims = AttentionDims {
-        batch: b,
-        heads,
-        head_dim: d,
-        q_len: s,
-        kv_len: s,
-        causal: false,
-    };
+    let mut inter = vec![0f32; n * inter_dim];
     for (i, lw) in wt.layers.iter().enumerate() {
         gate.wait(i + 1);
-        ops::linear(
-            &x,
-            n,
-            h,
-            lw.qkv_w.of(w),
-            lw.qkv_b.of(w),
-            3 * h,
-            WeightOrder::OutIn,
-            &mut qkv,
-        );
-        let view = |off: usize| HeadLayout {
+        ops::linear(&x, n, h, lw.qkv_w.of(w), lw.qkv_b.of(w), 3 * h, &mut qkv);
+        let [q, k, v] = [0, h, 2 * h].map(|off| HeadLayout {
             data: &qkv[off..],
-            batch_stride: s * 3 * h,
             head_stride: d,
             row_stride: 3 * h,
-        };
-        ops::attention(view(0), view(h), view(2 * h), &batch.mask, dims, &mut ctx);
+        });
+        ops::attention(q, k, v, &segments, &[], heads, d, false, &mut ctx);
         ops::linear(
             &ctx,
             n,
@@ -192,12 +196,10 @@ pub fn forward(
             lw.attn_out_w.of(w),
             lw.attn_out_b.of(w),
             h,
-            WeightOrder::OutIn,
             &mut tmp,
         );
         ops::add_layer_norm(&mut tmp, &x, h, lw.attn_ln_w.of(w), lw.attn_ln_b.of(w), eps);
         std::mem::swap(&mut x, &mut tmp);
-        let inter_dim = c.intermediate_size;
         ops::linear(
             &x,
             n,
@@ -205,7 +207,6 @@ pub fn forward(
             lw.inter_w.of(w),
             lw.inter_b.of(w),
             inter_dim,
-            WeightOrder::OutIn,
             &mut inter,
         );
         ops::activate(&mut inter, c.hidden_act);
@@ -216,11 +217,17 @@ pub fn forward(
             lw.out_w.of(w),
             lw.out_b.of(w),
             h,
-            WeightOrder::OutIn,
             &mut tmp,
         );
         ops::add_layer_norm(&mut tmp, &x, h, lw.out_ln_w.of(w), lw.out_ln_b.of(w), eps);
         std::mem::swap(&mut x, &mut tmp);
     }
-    x
+    if n == b * s {
+        return x;
+    }
+    let mut padded = vec![0f32; b * s * h];
+    for (row, &t) in x.chunks_exact(h).zip(&keep) {
+        padded[t * h..(t + 1) * h].copy_from_slice(row);
+    }
+    padded
 }

@@ -5,7 +5,7 @@ use super::config::Gpt2Config;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::matmul::{matmul, MatMut, MatRef, Threads};
 use super::model::LayerGate;
-use super::ops::{self, AttentionDims, HeadLayout, WeightOrder};
+use super::ops::{self, HeadLayout, Segment};
 
 /// `GPT2LMHeadModel` files prefix names with `transformer.`; bare `GPT2Model` files do not.
 pub const PREFIXES: &[&str] = &["transformer.", ""];
@@ -152,10 +152,22 @@ impl KvCache {
     fn layout<'a>(&self, data: &'a [f32]) -> HeadLayout<'a> {
         HeadLayout {
             data,
-            batch_stride: self.heads * self.capacity * self.head_dim,
             head_stride: self.capacity * self.head_dim,
             row_stride: self.head_dim,
         }
+    }
+
+    /// Attention segments for `t` new tokens per batch item over the `kv_len` cached keys.
+    fn segments(&self, t: usize, kv_len: usize) -> Vec<Segment> {
+        (0..self.batch)
+            .map(|b| Segment {
+                row: b * t,
+                len: t,
+                kv_base: b * self.heads * self.capacity * self.head_dim,
+                kv_len,
+                mask: Some(b * kv_len..(b + 1) * kv_len),
+            })
+            .collect()
     }
 }
 
@@ -208,14 +220,7 @@ pub fn forward(
     let mut ctx = vec![0f32; n * e];
     let mut tmp = vec![0f32; n * e];
     let mut inner = vec![0f32; n * c.n_inner];
-    let dims = AttentionDims {
-        batch: b,
-        heads: c.n_head,
-        head_dim: e / c.n_head,
-        q_len: t,
-        kv_len,
-        causal: true,
-    };
+    let segments = cache.segments(t, kv_len);
     let eps = c.layer_norm_epsilon;
     for (l, bw) in wt.blocks.iter().enumerate() {
         gate.wait(l + 1);
@@ -228,34 +233,27 @@ pub fn forward(
             bw.attn_w.of(w),
             bw.attn_b.of(w),
             3 * e,
-            WeightOrder::InOut,
             &mut qkv,
         );
         cache.append(l, &qkv, t);
         let q = HeadLayout {
             data: &qkv,
-            batch_stride: t * 3 * e,
             head_stride: e / c.n_head,
             row_stride: 3 * e,
         };
+        let (kl, vl) = (cache.layout(&cache.k[l]), cache.layout(&cache.v[l]));
         ops::attention(
             q,
-            cache.layout(&cache.k[l]),
-            cache.layout(&cache.v[l]),
+            kl,
+            vl,
+            &segments,
             &key_mask,
-            dims,
+            c.n_head,
+            e / c.n_head,
+            true,
             &mut ctx,
         );
-        ops::linear(
-            &ctx,
-            n,
-            e,
-            bw.proj_w.of(w),
-            bw.proj_b.of(w),
-            e,
-            WeightOrder::InOut,
-            &mut tmp,
-        );
+        ops::linear(&ctx, n, e, bw.proj_w.of(w), bw.proj_b.of(w), e, &mut tmp);
         ops::add_in_place(&mut x, &tmp);
         normed.copy_from_slice(&x);
         ops::layer_norm(&mut normed, e, bw.ln2_w.of(w), bw.ln2_b.of(w), eps);
@@ -266,7 +264,6 @@ pub fn forward(
             bw.fc_w.of(w),
             bw.fc_b.of(w),
             c.n_inner,
-            WeightOrder::InOut,
             &mut inner,
         );
         ops::activate(&mut inner, c.activation_function);
@@ -277,7 +274,6 @@ pub fn forward(
             bw.fc_proj_w.of(w),
             bw.fc_proj_b.of(w),
             e,
-            WeightOrder::InOut,
             &mut tmp,
         );
         ops::add_in_place(&mut x, &tmp);

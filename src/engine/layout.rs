@@ -7,36 +7,104 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-/// Tensors start on 256-byte boundaries (what vector loads and cuBLAS like best), except where
-/// a tensor is fused with the one before it.
+/// Tensors start on 256-byte boundaries, what vector loads and cuBLAS like best.
 pub const ALIGN_ELEMS: usize = 64;
+
+/// Which file tensors a stored tensor is made of.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// The file tensor of the same name, as it is.
+    Plain,
+    /// The file's `[out, in]` matrix of the same name, stored `[in, out]` so that every linear
+    /// layer reads its weight as `x · W`, the layout the CPU kernels use without repacking.
+    Transposed,
+    /// `[out, in]` file matrices stored side by side as one `[in, Σ out]` matrix (BERT's query,
+    /// key and value weights become one projection).
+    TransposedConcat { parts: Vec<String> },
+    /// 1-D file tensors stored back to back (the matching biases).
+    Concat { parts: Vec<String> },
+}
 
 /// A tensor the forward pass needs, in first-use order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedTensor {
     /// Canonical name (without any file prefix such as `bert.`).
     pub name: String,
+    /// Shape as stored in the buffer.
     pub shape: Vec<usize>,
     /// Index into the plan's layer names.
     pub layer: usize,
-    /// Placed right after the previous tensor with no padding, so that both read as one
-    /// matrix (BERT's query, key and value weights become one `[3H, H]` projection).
-    pub fused_with_prev: bool,
+    pub source: Source,
 }
 
 impl PlannedTensor {
+    /// A file tensor stored as it is.
     pub fn new(name: impl Into<String>, shape: &[usize], layer: usize) -> Self {
         Self {
             name: name.into(),
             shape: shape.to_vec(),
             layer,
-            fused_with_prev: false,
+            source: Source::Plain,
         }
     }
 
-    pub fn fused(mut self) -> Self {
-        self.fused_with_prev = true;
-        self
+    /// A file `[out, in]` matrix stored as `[in, out]`.
+    pub fn transposed(
+        name: impl Into<String>,
+        out_dim: usize,
+        in_dim: usize,
+        layer: usize,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            shape: vec![in_dim, out_dim],
+            layer,
+            source: Source::Transposed,
+        }
+    }
+
+    /// File matrices `[out_dim, in_dim]` each, stored as one `[in_dim, parts·out_dim]`.
+    pub fn transposed_concat(
+        name: impl Into<String>,
+        parts: Vec<String>,
+        out_dim: usize,
+        in_dim: usize,
+        layer: usize,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            shape: vec![in_dim, parts.len() * out_dim],
+            layer,
+            source: Source::TransposedConcat { parts },
+        }
+    }
+
+    /// 1-D file tensors of `len` elements each, stored back to back.
+    pub fn concat(name: impl Into<String>, parts: Vec<String>, len: usize, layer: usize) -> Self {
+        Self {
+            name: name.into(),
+            shape: vec![parts.len() * len],
+            layer,
+            source: Source::Concat { parts },
+        }
+    }
+
+    /// The file tensors this one is made of, with the shapes the file must give them.
+    pub fn file_parts(&self) -> Vec<(String, Vec<usize>)> {
+        let s = &self.shape;
+        match &self.source {
+            Source::Plain => vec![(self.name.clone(), s.clone())],
+            Source::Transposed => vec![(self.name.clone(), vec![s[1], s[0]])],
+            Source::TransposedConcat { parts } => {
+                let out = s[1] / parts.len();
+                parts.iter().map(|p| (p.clone(), vec![out, s[0]])).collect()
+            }
+            Source::Concat { parts } => {
+                let len = s[0] / parts.len();
+                parts.iter().map(|p| (p.clone(), vec![len])).collect()
+            }
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -67,7 +135,9 @@ impl Span {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TensorSlot {
     pub name: String,
+    /// Shape as stored in the buffer.
     pub shape: Vec<usize>,
+    pub source: Source,
     pub span: Span,
 }
 
@@ -110,14 +180,13 @@ impl WeightLayout {
                 t.layer
             );
             last_layer = t.layer;
-            if !t.fused_with_prev {
-                offset = offset.next_multiple_of(ALIGN_ELEMS);
-            }
+            offset = offset.next_multiple_of(ALIGN_ELEMS);
             layer_starts[t.layer].get_or_insert(offset);
             let len = t.numel();
             tensors.push(TensorSlot {
                 name: t.name.clone(),
                 shape: t.shape.clone(),
+                source: t.source.clone(),
                 span: Span { offset, len },
             });
             offset += len;
@@ -167,24 +236,6 @@ impl WeightLayout {
             .unwrap_or_else(|| panic!("tensor {name} is not in the layout"))
             .span
     }
-
-    /// One span covering tensors that were planned fused, first to last.
-    pub fn fused_span(&self, names: &[&str]) -> Span {
-        let first = self.span(names[0]);
-        let mut end = first.end();
-        for name in &names[1..] {
-            let s = self.span(name);
-            assert_eq!(
-                s.offset, end,
-                "{name} is not fused with the tensor before it"
-            );
-            end = s.end();
-        }
-        Span {
-            offset: first.offset,
-            len: end - first.offset,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -195,7 +246,7 @@ mod tests {
         let plan = vec![
             PlannedTensor::new("emb", &[10, 7], 0),
             PlannedTensor::new("l0.a", &[3, 3], 1),
-            PlannedTensor::new("l0.b", &[3, 3], 1).fused(),
+            PlannedTensor::transposed("l0.b", 2, 4, 1),
             PlannedTensor::new("l0.bias", &[5], 1),
             PlannedTensor::new("head", &[2], 2),
         ];

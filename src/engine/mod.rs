@@ -5,6 +5,7 @@ mod batch;
 mod bert;
 mod config;
 mod error;
+mod fast_math;
 mod files;
 mod gpt2;
 mod layout;

@@ -4,18 +4,11 @@
 use rayon::prelude::*;
 
 use super::config::Activation;
+use super::fast_math::{self, multiversion};
 use super::matmul::{matmul, MatMut, MatRef, Threads};
 
-/// How a linear layer's weight matrix is stored.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum WeightOrder {
-    /// `[out, in]` (`torch.nn.Linear`, BERT): `y = x · Wᵀ + b`.
-    OutIn,
-    /// `[in, out]` (GPT-2's `Conv1D`): `y = x · W + b`.
-    InOut,
-}
-
-/// `out[rows, out_dim] = x[rows, in_dim] · W + b`, with `W` stored as `order` says.
+/// `out[rows, out_dim] = x[rows, in_dim] · W + b` with `W` stored `[in, out]` (the layout
+/// puts every linear weight that way).
 pub fn linear(
     x: &[f32],
     rows: usize,
@@ -23,7 +16,6 @@ pub fn linear(
     w: &[f32],
     b: &[f32],
     out_dim: usize,
-    order: WeightOrder,
     out: &mut [f32],
 ) {
     debug_assert_eq!(b.len(), out_dim);
@@ -31,14 +23,10 @@ pub fn linear(
     for row in out.chunks_exact_mut(out_dim) {
         row.copy_from_slice(b);
     }
-    let w = match order {
-        WeightOrder::OutIn => MatRef::row_major(w, out_dim, in_dim).t(),
-        WeightOrder::InOut => MatRef::row_major(w, in_dim, out_dim),
-    };
     matmul(
         MatMut::row_major(out, rows, out_dim),
         MatRef::row_major(&x[..rows * in_dim], rows, in_dim),
-        w,
+        MatRef::row_major(w, in_dim, out_dim),
         true,
         1.0,
         Threads::Pool,
@@ -47,21 +35,7 @@ pub fn linear(
 
 /// LayerNorm over rows of `width`, in place, with biased variance as PyTorch computes it.
 pub fn layer_norm(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(width) {
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
-        let var = row
-            .iter()
-            .map(|&v| {
-                let d = v as f64 - mean;
-                d * d
-            })
-            .sum::<f64>()
-            / width as f64;
-        let inv = 1.0 / (var + eps as f64).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-            *v = ((*v as f64 - mean) * inv) as f32 * g + b;
-        }
-    }
+    add_layer_norm_rows(x, None, width, gamma, beta, eps);
 }
 
 /// `x += residual`, then LayerNorm: BERT's post-norm residual step.
@@ -73,10 +47,38 @@ pub fn add_layer_norm(
     beta: &[f32],
     eps: f32,
 ) {
-    for (v, r) in x.iter_mut().zip(residual) {
-        *v += r;
+    add_layer_norm_rows(x, Some(residual), width, gamma, beta, eps);
+}
+
+multiversion! {
+    fn add_layer_norm_rows(x: &mut [f32], residual: Option<&[f32]>, width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+        for (r, row) in x.chunks_exact_mut(width).enumerate() {
+            if let Some(res) = residual {
+                row.iter_mut().zip(&res[r * width..(r + 1) * width]).for_each(|(v, a)| *v += a);
+            }
+            let mean = lane_sum(row, |v| v) / width as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / width as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
     }
-    layer_norm(x, width, gamma, beta, eps);
+}
+
+/// Sum of `f(x)` over `x` in eight lanes, so the loop vectorises (a single running sum
+/// would fix the order of additions and keep it scalar).
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += f(c[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -85,147 +87,173 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Below this many elements an element-wise pass is cheaper than waking pool threads.
+const PARALLEL_ELEMS: usize = 1 << 16;
+
 pub fn activate(x: &mut [f32], act: Activation) {
-    match act {
-        Activation::GeluErf => x
-            .par_chunks_mut(4096)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_erf(*v))),
-        Activation::GeluTanh => x
-            .par_chunks_mut(4096)
-            .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v))),
-        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+    let apply = |chunk: &mut [f32]| match act {
+        Activation::GeluErf => gelu_erf_slice(chunk),
+        Activation::GeluTanh => gelu_tanh_slice(chunk),
+        Activation::Relu => chunk.iter_mut().for_each(|v| *v = v.max(0.0)),
+    };
+    if x.len() < PARALLEL_ELEMS {
+        apply(x);
+    } else {
+        x.par_chunks_mut(PARALLEL_ELEMS / 4).for_each(apply);
     }
 }
 
-#[inline]
-pub fn gelu_erf(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+multiversion! {
+    fn gelu_erf_slice(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = gelu_erf(*v));
+    }
 }
 
-#[inline]
+multiversion! {
+    fn gelu_tanh_slice(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+    }
+}
+
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + fast_math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
 pub fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // √(2/π)
     0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
 }
 
-/// Where one head's rows of Q, K or V sit in a buffer: row `r` of head `h` in batch item `b`
-/// starts at `b·batch_stride + h·head_stride + r·row_stride`.
+/// Where heads' rows of Q, K or V sit in a buffer: row `r` of head `h` starts at
+/// `base + h·head_stride + r·row_stride`, with `base` given per sequence.
 #[derive(Clone, Copy)]
 pub struct HeadLayout<'a> {
     pub data: &'a [f32],
-    pub batch_stride: usize,
     pub head_stride: usize,
     pub row_stride: usize,
 }
 
 impl<'a> HeadLayout<'a> {
-    fn rows(&self, b: usize, h: usize, rows: usize, dim: usize) -> MatRef<'a> {
-        let start = b * self.batch_stride + h * self.head_stride;
-        MatRef::strided(&self.data[start..], rows, dim, self.row_stride, 1)
+    fn rows(&self, base: usize, h: usize, rows: usize, dim: usize) -> MatRef<'a> {
+        MatRef::strided(
+            &self.data[base + h * self.head_stride..],
+            rows,
+            dim,
+            self.row_stride,
+            1,
+        )
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionDims {
-    pub batch: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    /// Queries per batch item (new tokens).
-    pub q_len: usize,
-    /// Keys per batch item (cached and new).
+/// One sequence of an attention call.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    /// Its first query row: queries are rows `row..row + len` of Q and of the output.
+    pub row: usize,
+    pub len: usize,
+    /// Element offset of its first key (and value) row.
+    pub kv_base: usize,
     pub kv_len: usize,
-    /// Causal: query `i` sits at position `kv_len - q_len + i` and sees keys up to it.
-    pub causal: bool,
+    /// Its keys' entries in the key mask (false for padding); `None` when every key counts.
+    pub mask: Option<std::ops::Range<usize>>,
 }
 
-/// Scaled dot-product attention for every batch item and head. `key_mask[b·kv_len + j]` is
-/// false for padding keys. Writes `out[b·q_len + i][h·d .. h·d + d]`.
+/// Scaled dot-product attention for every sequence and head. Causal: query `i` sits at
+/// position `kv_len - len + i` and sees keys up to it. Writes `out[row + i][h·d .. h·d + d]`.
 pub fn attention(
     q: HeadLayout<'_>,
     k: HeadLayout<'_>,
     v: HeadLayout<'_>,
+    segments: &[Segment],
     key_mask: &[bool],
-    dims: AttentionDims,
+    heads: usize,
+    d: usize,
+    causal: bool,
     out: &mut [f32],
 ) {
-    let AttentionDims {
-        batch,
-        heads,
-        head_dim: d,
-        q_len,
-        kv_len,
-        causal,
-    } = dims;
-    assert_eq!(key_mask.len(), batch * kv_len);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut per_head = vec![0f32; batch * heads * q_len * d];
-    per_head
-        .par_chunks_mut(q_len * d)
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; q_len * kv_len],
-            |scores, (bh, head_out)| {
-                let (b, h) = (bh / heads, bh % heads);
-                matmul(
-                    MatMut::row_major(scores, q_len, kv_len),
-                    q.rows(b, h, q_len, d),
-                    k.rows(b, h, kv_len, d).t(),
-                    false,
-                    scale,
-                    Threads::Single,
-                );
-                let mask = &key_mask[b * kv_len..(b + 1) * kv_len];
-                for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                    let visible = if causal {
-                        kv_len - q_len + i + 1
-                    } else {
-                        kv_len
-                    };
-                    masked_softmax(row, mask, visible);
-                }
-                matmul(
-                    MatMut::row_major(head_out, q_len, d),
-                    MatRef::row_major(scores, q_len, kv_len),
-                    v.rows(b, h, kv_len, d),
-                    false,
-                    1.0,
-                    Threads::Single,
-                );
-            },
+    let jobs: Vec<(usize, usize)> = (0..segments.len())
+        .flat_map(|s| (0..heads).map(move |h| (s, h)))
+        .collect();
+    let run = |&(si, h): &(usize, usize)| -> Vec<f32> {
+        let seg = &segments[si];
+        let (q_len, kv_len) = (seg.len, seg.kv_len);
+        let mut scores = vec![0f32; q_len * kv_len];
+        matmul(
+            MatMut::row_major(&mut scores, q_len, kv_len),
+            q.rows(seg.row * q.row_stride, h, q_len, d),
+            k.rows(seg.kv_base, h, kv_len, d).t(),
+            false,
+            scale,
+            Threads::Single,
         );
+        let all = vec![true; kv_len];
+        let mask = seg.mask.clone().map_or(&all[..], |r| &key_mask[r]);
+        for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+            let visible = if causal {
+                kv_len - q_len + i + 1
+            } else {
+                kv_len
+            };
+            masked_softmax(row, mask, visible);
+        }
+        let mut head_out = vec![0f32; q_len * d];
+        matmul(
+            MatMut::row_major(&mut head_out, q_len, d),
+            MatRef::row_major(&scores, q_len, kv_len),
+            v.rows(seg.kv_base, h, kv_len, d),
+            false,
+            1.0,
+            Threads::Single,
+        );
+        head_out
+    };
+    let work: usize = segments.iter().map(|s| s.len * s.kv_len).sum::<usize>() * heads * d;
+    let results: Vec<Vec<f32>> = if work < PARALLEL_ELEMS * 4 {
+        jobs.iter().map(run).collect()
+    } else {
+        jobs.par_iter().map(run).collect()
+    };
     let hidden = heads * d;
-    for (bh, head_out) in per_head.chunks_exact(q_len * d).enumerate() {
-        let (b, h) = (bh / heads, bh % heads);
-        for (i, row) in head_out.chunks_exact(d).enumerate() {
-            let at = (b * q_len + i) * hidden + h * d;
-            out[at..at + d].copy_from_slice(row);
+    for (&(si, h), head_out) in jobs.iter().zip(&results) {
+        let row = segments[si].row;
+        for (i, r) in head_out.chunks_exact(d).enumerate() {
+            let at = (row + i) * hidden + h * d;
+            out[at..at + d].copy_from_slice(r);
         }
     }
 }
 
+multiversion! {
 /// Softmax over `row[..visible]` where `mask` is true; every other entry becomes 0. A row that
 /// sees no key at all gets uniform weights over the visible range, as adding a very negative
 /// bias to every score (what PyTorch does) would give.
 pub fn masked_softmax(row: &mut [f32], mask: &[bool], visible: usize) {
-    let allowed = |j: usize| j < visible && mask[j];
-    let max = (0..row.len())
-        .filter(|&j| allowed(j))
-        .map(|j| row[j])
-        .fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        let w = 1.0 / visible.max(1) as f32;
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = if j < visible { w } else { 0.0 };
+    let visible = visible.min(row.len());
+    {
+        for (v, &m) in row[..visible].iter_mut().zip(mask) {
+            if !m {
+                *v = f32::NEG_INFINITY;
+            }
         }
-        return;
+        row[visible..].fill(f32::NEG_INFINITY);
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        if max == f32::NEG_INFINITY {
+            let w = 1.0 / visible.max(1) as f32;
+            row[..visible].fill(w);
+            return;
+        }
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = if *v == f32::NEG_INFINITY { 0.0 } else { fast_math::exp(*v - max) };
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
     }
-    let mut sum = 0f32;
-    for (j, v) in row.iter_mut().enumerate() {
-        *v = if allowed(j) { (*v - max).exp() } else { 0.0 };
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
+}
 }
 
 #[cfg(test)]
@@ -272,28 +300,63 @@ mod tests {
 
     #[test]
     fn attention_with_one_key_copies_its_value() {
-        // One batch item, one head of width 2, two queries, keys [k0, k1] with k1 masked out:
-        // every query must return v0.
+        // One sequence, one head of width 2, two queries; rows hold [q, k, v] side by side and
+        // key 1 is masked out, so every query must return v0.
+        #[rustfmt::skip]
         let qkv = [
-            1.0, 0.0, /*k0*/ 0.3, 0.1, /*v0*/ 7.0, -2.0, 0.0, 1.0, /*k1*/ 5.0, 5.0,
-            /*v1*/ 1.0, 1.0,
+            1.0, 0.0, 0.3, 0.1, 7.0, -2.0,
+            0.0, 1.0, 5.0, 5.0, 1.0, 1.0,
         ];
         let l = |off: usize| HeadLayout {
             data: &qkv[off..],
-            batch_stride: 12,
             head_stride: 2,
             row_stride: 6,
         };
-        let dims = AttentionDims {
-            batch: 1,
-            heads: 1,
-            head_dim: 2,
-            q_len: 2,
+        let seg = Segment {
+            row: 0,
+            len: 2,
+            kv_base: 0,
             kv_len: 2,
-            causal: false,
+            mask: Some(0..2),
         };
         let mut out = vec![0.0; 4];
-        attention(l(0), l(2), l(4), &[true, false], dims, &mut out);
+        attention(
+            l(0),
+            l(2),
+            l(4),
+            &[seg],
+            &[true, false],
+            1,
+            2,
+            false,
+            &mut out,
+        );
         assert_eq!(out, vec![7.0, -2.0, 7.0, -2.0]);
+    }
+
+    #[test]
+    fn causal_attention_hides_later_keys() {
+        // The first query may only see key 0, so it returns v0 whatever key 1 scores.
+        #[rustfmt::skip]
+        let qkv = [
+            1.0, 0.0, 0.0, 1.0, 3.0, 4.0,
+            0.0, 1.0, 9.0, 9.0, -1.0, 2.0,
+        ];
+        let l = |off: usize| HeadLayout {
+            data: &qkv[off..],
+            head_stride: 2,
+            row_stride: 6,
+        };
+        let seg = Segment {
+            row: 0,
+            len: 2,
+            kv_base: 0,
+            kv_len: 2,
+            mask: None,
+        };
+        let mut out = vec![0.0; 4];
+        attention(l(0), l(2), l(4), &[seg], &[], 1, 2, true, &mut out);
+        assert_eq!(&out[..2], &[3.0, 4.0]);
+        assert!(out[2] < 3.0, "second query mixes in v1");
     }
 }

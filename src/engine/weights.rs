@@ -8,7 +8,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use super::error::{EngineError, Result};
-use super::layout::{PlannedTensor, WeightLayout};
+use super::layout::{PlannedTensor, Source, WeightLayout};
 
 /// The file's tensors, looked up under one of the name prefixes a family allows.
 pub struct WeightsFile {
@@ -63,41 +63,65 @@ impl WeightsFile {
         prefixes: &[&str],
     ) -> Result<Vec<f32>> {
         let st = self.parse()?;
-        let prefix = self.detect_prefix(&st, &plan[0].name, prefixes)?;
-        let mut views = Vec::with_capacity(plan.len());
+        let prefix = self.detect_prefix(&st, &plan[0].file_parts()[0].0, prefixes)?;
+        // Every part of every planned tensor, checked before anything is allocated.
+        let mut parts = Vec::with_capacity(plan.len());
         for t in plan {
-            let name = format!("{prefix}{}", t.name);
-            let view = st.tensor(&name).map_err(|_| EngineError::MissingTensor {
-                path: self.path.clone(),
-                tensor: name.clone(),
-            })?;
-            if view.shape() != t.shape.as_slice() {
-                return Err(EngineError::WrongShape {
-                    path: self.path.clone(),
-                    tensor: name,
-                    expected: t.shape.clone(),
-                    found: view.shape().to_vec(),
-                });
-            }
-            if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                return Err(EngineError::WrongDtype {
-                    path: self.path.clone(),
-                    tensor: name,
-                    dtype: format!("{:?}", view.dtype()),
-                });
-            }
-            views.push((name, view));
-        }
-        let mut buf = vec![0f32; layout.total_elems];
-        for ((name, view), slot) in views.iter().zip(&layout.tensors) {
-            let dst = &mut buf[slot.span.offset..slot.span.end()];
-            convert(view.dtype(), view.data(), dst);
-            if let Some(index) = dst.iter().position(|x| !x.is_finite()) {
-                return Err(EngineError::NonFiniteWeight {
+            let mut views = Vec::new();
+            for (part, shape) in t.file_parts() {
+                let name = format!("{prefix}{part}");
+                let view = st.tensor(&name).map_err(|_| EngineError::MissingTensor {
                     path: self.path.clone(),
                     tensor: name.clone(),
-                    index,
-                });
+                })?;
+                if view.shape() != shape.as_slice() {
+                    return Err(EngineError::WrongShape {
+                        path: self.path.clone(),
+                        tensor: name,
+                        expected: shape,
+                        found: view.shape().to_vec(),
+                    });
+                }
+                if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                    return Err(EngineError::WrongDtype {
+                        path: self.path.clone(),
+                        tensor: name,
+                        dtype: format!("{:?}", view.dtype()),
+                    });
+                }
+                views.push((name, view));
+            }
+            parts.push(views);
+        }
+        let mut buf = vec![0f32; layout.total_elems];
+        for (views, slot) in parts.iter().zip(&layout.tensors) {
+            let dst = &mut buf[slot.span.offset..slot.span.end()];
+            let mut offset = 0;
+            for (name, view) in views {
+                let len: usize = view.shape().iter().product();
+                let non_finite = match slot.source {
+                    Source::Plain | Source::Concat { .. } => {
+                        let part = &mut dst[offset..offset + len];
+                        convert(view.dtype(), view.data(), part);
+                        offset += len;
+                        part.iter().position(|x| !x.is_finite())
+                    }
+                    Source::Transposed | Source::TransposedConcat { .. } => {
+                        let (rows, cols) = (view.shape()[0], view.shape()[1]);
+                        let mut tmp = vec![0f32; len];
+                        convert(view.dtype(), view.data(), &mut tmp);
+                        transpose_into(&tmp, rows, cols, dst, slot.shape[1], offset);
+                        offset += rows;
+                        tmp.iter().position(|x| !x.is_finite())
+                    }
+                };
+                if let Some(index) = non_finite {
+                    return Err(EngineError::NonFiniteWeight {
+                        path: self.path.clone(),
+                        tensor: name.clone(),
+                        index,
+                    });
+                }
             }
         }
         Ok(buf)
@@ -124,5 +148,48 @@ fn convert(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
             }
         }
         other => unreachable!("dtype {other:?} was rejected before conversion"),
+    }
+}
+
+/// Writes the transpose of the `rows × cols` row-major `src` into columns
+/// `col_offset..col_offset + rows` of `dst`, whose rows are `dst_cols` long: `dst[c, col_offset
+/// + r] = src[r, c]`. Works in cache-sized tiles.
+fn transpose_into(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_cols: usize,
+    col_offset: usize,
+) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * dst_cols + col_offset + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        let src: Vec<f32> = (0..6).map(|i| i as f32).collect(); // [[0,1,2],[3,4,5]]
+        let mut dst = vec![0.0; 6];
+        super::transpose_into(&src, 2, 3, &mut dst, 2, 0);
+        assert_eq!(dst, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    #[test]
+    fn transpose_into_places_parts_side_by_side() {
+        // Two [1, 2] parts become one [2, 2] matrix: part j is column j.
+        let mut dst = vec![0.0; 4];
+        super::transpose_into(&[1.0, 2.0], 1, 2, &mut dst, 2, 0);
+        super::transpose_into(&[3.0, 4.0], 1, 2, &mut dst, 2, 1);
+        assert_eq!(dst, vec![1.0, 3.0, 2.0, 4.0]);
     }
 }
