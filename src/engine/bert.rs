@@ -5,7 +5,7 @@ use super::batch::TokenBatch;
 use super::config::BertConfig;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::model::LayerGate;
-use super::ops::{self, HeadLayout, Segment};
+use super::ops::{self, HeadLayout, HeadShape, Segment};
 
 /// Name prefixes a BERT file may use: bare `BertModel`, or a task model's `bert.` submodule.
 pub const PREFIXES: &[&str] = &["", "bert."];
@@ -183,12 +183,17 @@ pub fn forward(
     for (i, lw) in wt.layers.iter().enumerate() {
         gate.wait(i + 1);
         ops::linear(&x, n, h, lw.qkv_w.of(w), lw.qkv_b.of(w), 3 * h, &mut qkv);
-        let [q, k, v] = [0, h, 2 * h].map(|off| HeadLayout {
+        let views = [0, h, 2 * h].map(|off| HeadLayout {
             data: &qkv[off..],
             head_stride: d,
             row_stride: 3 * h,
         });
-        ops::attention(q, k, v, &segments, &[], heads, d, false, &mut ctx);
+        let shape = HeadShape {
+            heads,
+            head_dim: d,
+            causal: false,
+        };
+        ops::attention(views, &segments, &[], shape, &mut ctx);
         ops::linear(
             &ctx,
             n,

@@ -208,7 +208,7 @@ impl Reader<'_> {
 
     fn heads(&self, key: &str, hidden: usize) -> Result<usize> {
         let heads = self.size(key, hidden)?;
-        if hidden % heads != 0 {
+        if !hidden.is_multiple_of(heads) {
             return Err(self.err(format!(
                 "{key} = {heads} does not divide the hidden size {hidden}"
             )));

@@ -5,7 +5,7 @@ use super::config::Gpt2Config;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::matmul::{matmul, MatMut, MatRef, Threads};
 use super::model::LayerGate;
-use super::ops::{self, HeadLayout, Segment};
+use super::ops::{self, HeadLayout, HeadShape, Segment};
 
 /// `GPT2LMHeadModel` files prefix names with `transformer.`; bare `GPT2Model` files do not.
 pub const PREFIXES: &[&str] = &["transformer.", ""];
@@ -182,11 +182,16 @@ pub fn forward(
     cache: &mut KvCache,
     ids: &[u32],
     mask: &[bool],
-    t: usize,
     gate: &dyn LayerGate,
 ) -> Vec<f32> {
     let e = c.n_embd;
     let b = cache.batch;
+    let t = ids.len() / b;
+    assert_eq!(
+        (ids.len(), mask.len()),
+        (b * t, b * t),
+        "ids and mask are [batch, t]"
+    );
     let n = b * t;
     let start = cache.len;
     assert!(start + t <= cache.capacity, "KV cache overflow");
@@ -242,17 +247,12 @@ pub fn forward(
             row_stride: 3 * e,
         };
         let (kl, vl) = (cache.layout(&cache.k[l]), cache.layout(&cache.v[l]));
-        ops::attention(
-            q,
-            kl,
-            vl,
-            &segments,
-            &key_mask,
-            c.n_head,
-            e / c.n_head,
-            true,
-            &mut ctx,
-        );
+        let shape = HeadShape {
+            heads: c.n_head,
+            head_dim: e / c.n_head,
+            causal: true,
+        };
+        ops::attention([q, kl, vl], &segments, &key_mask, shape, &mut ctx);
         ops::linear(&ctx, n, e, bw.proj_w.of(w), bw.proj_b.of(w), e, &mut tmp);
         ops::add_in_place(&mut x, &tmp);
         normed.copy_from_slice(&x);

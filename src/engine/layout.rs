@@ -254,22 +254,28 @@ mod tests {
     }
 
     #[test]
-    fn packs_in_plan_order_with_alignment_and_fusion() {
+    fn packs_in_plan_order_aligned() {
         let (plan, names) = plan();
         let l = WeightLayout::build(&plan, &names);
         assert_eq!(l.span("emb"), Span { offset: 0, len: 70 });
         assert_eq!(l.span("l0.a").offset, 128);
-        assert_eq!(l.span("l0.b").offset, 137);
-        assert_eq!(
-            l.fused_span(&["l0.a", "l0.b"]),
-            Span {
-                offset: 128,
-                len: 18
-            }
-        );
-        assert_eq!(l.span("l0.bias").offset, 192);
-        assert_eq!(l.span("head").offset, 256);
-        assert_eq!(l.total_elems, 320);
+        assert_eq!(l.span("l0.b").offset, 192);
+        assert_eq!(l.slot("l0.b").unwrap().shape, vec![4, 2]);
+        assert_eq!(l.slot("l0.b").unwrap().source, Source::Transposed);
+        assert_eq!(l.span("l0.bias").offset, 256);
+        assert_eq!(l.span("head").offset, 320);
+        assert_eq!(l.total_elems, 384);
+    }
+
+    #[test]
+    fn fused_tensors_name_their_file_parts() {
+        let parts = vec!["q".to_string(), "k".to_string(), "v".to_string()];
+        let t = PlannedTensor::transposed_concat("qkv", parts.clone(), 4, 8, 0);
+        assert_eq!(t.shape, vec![8, 12]);
+        let file: Vec<_> = t.file_parts();
+        assert_eq!(file[2], ("v".to_string(), vec![4, 8]));
+        let b = PlannedTensor::concat("qkv.bias", parts, 4, 0);
+        assert_eq!(b.file_parts()[0], ("q".to_string(), vec![4]));
     }
 
     #[test]

@@ -235,11 +235,11 @@ impl ModelSpec {
         gate: &dyn LayerGate,
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
-        self.validate_batch(batch)?;
         let available = self.outputs();
         if let Some(k) = outputs.iter().find(|k| !available.contains(k)) {
             self.output_by_name(k.name())?;
         }
+        self.validate_batch(batch)?;
         let (b, s) = (batch.batch, batch.seq);
         let h = self.config.hidden_size();
         match (&self.config, &self.family) {
@@ -260,7 +260,7 @@ impl ModelSpec {
             (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => {
                 let mut cache = KvCache::new(c, b, s);
                 let hidden =
-                    gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, s, gate);
+                    gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, gate);
                 let logits = gpt2::logits(c, wt, weights, &hidden, b * s);
                 Ok(vec![OutputTensor::fp32(
                     OutputKind::Logits,
@@ -307,16 +307,7 @@ impl ModelSpec {
             return Ok(out);
         }
         let mut cache = KvCache::new(c, 1, total);
-        let hidden = gpt2::forward(
-            c,
-            wt,
-            weights,
-            &mut cache,
-            prompt,
-            &batch.mask,
-            prompt.len(),
-            gate,
-        );
+        let hidden = gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask, gate);
         let e = c.n_embd;
         let mut last = hidden[(prompt.len() - 1) * e..].to_vec();
         loop {
@@ -328,7 +319,7 @@ impl ModelSpec {
             if !keep_going || eos || out.len() == opts.max_new_tokens {
                 return Ok(out);
             }
-            last = gpt2::forward(c, wt, weights, &mut cache, &[token], &[true], 1, gate);
+            last = gpt2::forward(c, wt, weights, &mut cache, &[token], &[true], gate);
         }
     }
 }

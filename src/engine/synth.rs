@@ -150,12 +150,19 @@ pub fn write_package(
         ModelConfig::Bert(c) => (bert::plan(c).0, ""),
         ModelConfig::Gpt2(c) => (gpt2::plan(c).0, "transformer."),
     };
+    // The tensors as a Hugging Face file holds them (before the engine fuses or transposes).
+    let tensors: Vec<(String, Vec<usize>)> =
+        plan.iter().flat_map(PlannedTensor::file_parts).collect();
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     let config_text = serde_json::to_string_pretty(&config_value).expect("JSON values serialize");
     write_atomically(&config_path, config_text.as_bytes())?;
 
-    let header = header_bytes(&plan, prefix, dtype);
-    let data_bytes: u64 = plan.iter().map(|t| (t.numel() * dtype.size()) as u64).sum();
+    let header = header_bytes(&tensors, prefix, dtype);
+    let numel = |shape: &[usize]| shape.iter().product::<usize>();
+    let data_bytes: u64 = tensors
+        .iter()
+        .map(|(_, s)| (numel(s) * dtype.size()) as u64)
+        .sum();
     let total = 8 + header.len() as u64 + data_bytes;
     let final_path = out.join("model.safetensors");
     let tmp_path = out.join("model.safetensors.tmp");
@@ -207,31 +214,31 @@ pub fn write_package(
     Ok(SynthReport {
         preset: preset.name.to_string(),
         dir: out.display().to_string(),
-        tensors: plan.len(),
-        parameters: plan.iter().map(PlannedTensor::numel).sum(),
+        tensors: tensors.len(),
+        parameters: tensors.iter().map(|(_, s)| numel(s)).sum(),
         file_bytes: total,
     })
 }
 
-/// The safetensors header for the plan's tensors in plan order, padded with spaces to a
-/// multiple of 8 bytes as the format's writers do.
-fn header_bytes(plan: &[PlannedTensor], prefix: &str, dtype: SynthDtype) -> Vec<u8> {
+/// The safetensors header for `tensors` in order, padded with spaces to a multiple of 8 bytes
+/// as the format's writers do.
+fn header_bytes(tensors: &[(String, Vec<usize>)], prefix: &str, dtype: SynthDtype) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert(
         "__metadata__".into(),
         json!({"format": "pt", "generator": "faaswap synth"}),
     );
     let mut offset = 0usize;
-    for t in plan {
-        let len = t.numel() * dtype.size();
+    for (name, shape) in tensors {
+        let len = shape.iter().product::<usize>() * dtype.size();
         map.insert(
-            format!("{prefix}{}", t.name),
-            json!({"dtype": dtype.name(), "shape": t.shape, "data_offsets": [offset, offset + len]}),
+            format!("{prefix}{name}"),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}),
         );
         offset += len;
     }
     let mut bytes = serde_json::to_vec(&Value::Object(map)).expect("JSON values serialize");
-    while bytes.len() % 8 != 0 {
+    while !bytes.len().is_multiple_of(8) {
         bytes.push(b' ');
     }
     bytes

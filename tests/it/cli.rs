@@ -1,0 +1,169 @@
+//! The `faaswap` binary: JSON on stdout, one-line errors on stderr with a non-zero exit.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+pub fn faaswap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_faaswap"))
+        .args(args)
+        .output()
+        .expect("runs the binary")
+}
+
+/// Runs and expects success with one JSON document on stdout.
+pub fn faaswap_json(args: &[&str]) -> Value {
+    let out = faaswap(args);
+    assert!(
+        out.status.success(),
+        "faaswap {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+}
+
+/// Runs and expects failure: returns stderr, checking stdout is empty and stderr one line.
+fn faaswap_error(args: &[&str]) -> String {
+    let out = faaswap(args);
+    assert!(!out.status.success(), "faaswap {args:?} should fail");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout carries only JSON: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one-line error: {stderr:?}"
+    );
+    stderr
+}
+
+#[test]
+fn run_prints_kserve_outputs_for_bert() {
+    let reference = read_json(&tiny_bert().join("reference.json"));
+    let case = &reference["cases"][1];
+    let ids: Vec<String> = crate::common::ids(&case["input_ids"])
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let v = faaswap_json(&[
+        "run",
+        "--model",
+        tiny_bert().to_str().unwrap(),
+        "--input-ids",
+        &ids.join(","),
+    ]);
+    let out = &v["outputs"][0];
+    assert_eq!(out["name"], "last_hidden_state");
+    assert_eq!(out["datatype"], "FP32");
+    assert_eq!(out["shape"], serde_json::json!([1, ids.len(), 64]));
+    let diff = max_abs_diff(
+        &floats(&out["data"]),
+        &flat_rows(&case["last_hidden_state"]),
+    );
+    assert!(diff <= 1e-4, "{diff}");
+}
+
+#[test]
+fn run_gives_gpt2_logits_for_every_position_and_batches() {
+    let model = tiny_gpt2();
+    let v = faaswap_json(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--input-ids",
+        "1,2,3",
+        "--input-ids",
+        "4,5",
+    ]);
+    let out = &v["outputs"][0];
+    assert_eq!(out["name"], "logits");
+    assert_eq!(out["shape"], serde_json::json!([2, 3, 512]));
+    assert_eq!(out["data"].as_array().unwrap().len(), 2 * 3 * 512);
+}
+
+#[test]
+fn generate_prints_new_tokens_only() {
+    let reference = read_json(&tiny_gpt2().join("reference.json"));
+    let g = &reference["generation"][1];
+    let prompt: Vec<String> = ids(&g["prompt_ids"]).iter().map(u32::to_string).collect();
+    let v = faaswap_json(&[
+        "generate",
+        "--model",
+        tiny_gpt2().to_str().unwrap(),
+        "--input-ids",
+        &prompt.join(","),
+        "--max-new-tokens",
+        "16",
+    ]);
+    assert_eq!(ids(&v["token_ids"]), ids(&g["new_token_ids"]));
+    let sampled = |seed: &str| {
+        faaswap_json(&[
+            "generate",
+            "--model",
+            tiny_gpt2().to_str().unwrap(),
+            "--input-ids",
+            "1,2",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "1.2",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+        ])
+    };
+    assert_eq!(sampled("9"), sampled("9"));
+}
+
+#[test]
+fn inspect_shows_layout() {
+    let v = faaswap_json(&[
+        "inspect",
+        "--model",
+        tiny_gpt2().to_str().unwrap(),
+        "--tensors",
+    ]);
+    assert_eq!(v["model_type"], "gpt2");
+    assert_eq!(v["layers"].as_array().unwrap().len(), 4);
+    assert_eq!(v["tensors"][0]["name"], "wte.weight");
+    assert_eq!(v["outputs"], serde_json::json!(["logits"]));
+}
+
+#[test]
+fn errors_are_one_line_with_non_zero_exit() {
+    let bert = tiny_bert();
+    let bert = bert.to_str().unwrap();
+    let err = faaswap_error(&["run", "--model", "/nonexistent", "--input-ids", "1"]);
+    assert!(err.contains("/nonexistent"), "{err}");
+    let err = faaswap_error(&["run", "--model", bert, "--input-ids", "1,9999"]);
+    assert!(err.contains("9999"), "{err}");
+    let err = faaswap_error(&["run", "--model", bert, "--text", "hello"]);
+    assert!(err.contains("tokenizer"), "{err}");
+    let err = faaswap_error(&[
+        "run",
+        "--model",
+        bert,
+        "--input-ids",
+        "1",
+        "--output",
+        "logits",
+    ]);
+    assert!(err.contains("logits"), "{err}");
+    let err = faaswap_error(&["generate", "--model", bert, "--input-ids", "1"]);
+    assert!(err.contains("decoder"), "{err}");
+    let err = faaswap_error(&["synth", "--preset", "nope", "--out", "/tmp/x"]);
+    assert!(err.contains("bert-base"), "lists known presets: {err}");
+    // Argument errors come from clap: non-zero exit and nothing on stdout.
+    let out = faaswap(&["run", "--model", bert, "--input-ids", "1,x"]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let out = faaswap(&["run", "--model", bert]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+}

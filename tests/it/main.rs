@@ -1,0 +1,9 @@
+//! Integration tests: the engine against the reference fixtures, bad packages, the CLI, the
+//! real all-MiniLM-L6-v2 model, and synthetic packages. One binary, so it links once.
+
+mod bad_packages;
+mod cli;
+mod common;
+mod fixtures;
+mod minilm;
+mod synth;
