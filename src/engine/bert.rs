@@ -4,8 +4,8 @@
 use super::batch::TokenBatch;
 use super::config::BertConfig;
 use super::layout::{PlannedTensor, Span, WeightLayout};
-use super::model::LayerGate;
 use super::ops::{self, HeadLayout, HeadShape, Segment};
+use super::streamed::Weights;
 
 /// Name prefixes a BERT file may use: bare `BertModel`, or a task model's `bert.` submodule.
 pub const PREFIXES: &[&str] = &["", "bert."];
@@ -130,12 +130,11 @@ impl BertWeights {
 /// Padding tokens are dropped before the first layer (every product runs on real tokens only)
 /// and attention runs per sequence, which equals masked attention for the real tokens. The batch
 /// was validated against the config (ids, type ids and length in range).
-pub fn forward(
+pub fn forward<W: Weights + ?Sized>(
     c: &BertConfig,
     wt: &BertWeights,
-    w: &[f32],
+    w: &W,
     batch: &TokenBatch,
-    gate: &dyn LayerGate,
 ) -> Vec<f32> {
     let h = c.hidden_size;
     let (b, s) = (batch.batch, batch.seq);
@@ -162,8 +161,6 @@ pub fn forward(
         }
     }
     let n = keep.len();
-
-    gate.wait(0);
     let mut x = vec![0f32; n * h];
     let (word, pos, tt) = (wt.word.of(w), wt.position.of(w), wt.token_type.of(w));
     for (row, &t) in x.chunks_exact_mut(h).zip(&keep) {
@@ -180,8 +177,7 @@ pub fn forward(
     let mut ctx = vec![0f32; n * h];
     let mut tmp = vec![0f32; n * h];
     let mut inter = vec![0f32; n * inter_dim];
-    for (i, lw) in wt.layers.iter().enumerate() {
-        gate.wait(i + 1);
+    for lw in &wt.layers {
         ops::linear(&x, n, h, lw.qkv_w.of(w), lw.qkv_b.of(w), 3 * h, &mut qkv);
         let views = [0, h, 2 * h].map(|off| HeadLayout {
             data: &qkv[off..],

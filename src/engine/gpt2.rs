@@ -4,8 +4,8 @@
 use super::config::Gpt2Config;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::matmul::{matmul, MatMut, MatRef, Threads};
-use super::model::LayerGate;
 use super::ops::{self, HeadLayout, HeadShape, Segment};
+use super::streamed::Weights;
 
 /// `GPT2LMHeadModel` files prefix names with `transformer.`; bare `GPT2Model` files do not.
 pub const PREFIXES: &[&str] = &["transformer.", ""];
@@ -175,14 +175,13 @@ impl KvCache {
 /// `cache.len()..`, appends their keys and values to the cache, and returns the final hidden
 /// states after `ln_f`, `[batch·t, n_embd]`. The caller checked that the cache has room and
 /// the ids are in the vocabulary.
-pub fn forward(
+pub fn forward<W: Weights + ?Sized>(
     c: &Gpt2Config,
     wt: &Gpt2Weights,
-    w: &[f32],
+    w: &W,
     cache: &mut KvCache,
     ids: &[u32],
     mask: &[bool],
-    gate: &dyn LayerGate,
 ) -> Vec<f32> {
     let e = c.n_embd;
     let b = cache.batch;
@@ -208,8 +207,6 @@ pub fn forward(
                 .copied()
         })
         .collect();
-
-    gate.wait(0);
     let (wte, wpe) = (wt.wte.of(w), wt.wpe.of(w));
     let mut x = vec![0f32; n * e];
     for (r, row) in x.chunks_exact_mut(e).enumerate() {
@@ -228,7 +225,6 @@ pub fn forward(
     let segments = cache.segments(t, kv_len);
     let eps = c.layer_norm_epsilon;
     for (l, bw) in wt.blocks.iter().enumerate() {
-        gate.wait(l + 1);
         normed.copy_from_slice(&x);
         ops::layer_norm(&mut normed, e, bw.ln1_w.of(w), bw.ln1_b.of(w), eps);
         ops::linear(
@@ -279,16 +275,15 @@ pub fn forward(
         ops::add_in_place(&mut x, &tmp);
     }
     cache.len = kv_len;
-    gate.wait(c.n_layer + 1);
     ops::layer_norm(&mut x, e, wt.lnf_w.of(w), wt.lnf_b.of(w), eps);
     x
 }
 
 /// `logits[rows, vocab] = hidden[rows, n_embd] · wteᵀ` (the tied LM head).
-pub fn logits(
+pub fn logits<W: Weights + ?Sized>(
     c: &Gpt2Config,
     wt: &Gpt2Weights,
-    w: &[f32],
+    w: &W,
     hidden: &[f32],
     rows: usize,
 ) -> Vec<f32> {

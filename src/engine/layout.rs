@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use super::streamed::Weights;
+
 /// Tensors start on 256-byte boundaries, what vector loads and cuBLAS like best.
 pub const ALIGN_ELEMS: usize = 64;
 
@@ -124,11 +126,12 @@ impl Span {
         self.offset + self.len
     }
 
-    /// The elements of this span in `weights`. Panics if `weights` is shorter than the layout,
-    /// which `Model` rules out by checking the buffer length once before execution.
+    /// The elements of this span in `weights` (waiting for them if they are still being
+    /// copied in). Panics if `weights` is shorter than the layout, which `ModelSpec` rules out
+    /// by checking the length once before execution.
     #[inline]
-    pub fn of<'a>(&self, weights: &'a [f32]) -> &'a [f32] {
-        &weights[self.offset..self.offset + self.len]
+    pub fn of<'a, W: Weights + ?Sized>(&self, weights: &'a W) -> &'a [f32] {
+        weights.get(*self)
     }
 }
 

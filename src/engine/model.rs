@@ -14,21 +14,9 @@ use super::layout::WeightLayout;
 use super::output::{OutputKind, OutputTensor};
 use super::pooling::Pooling;
 use super::sampling::{Sampler, SamplingParams};
+use super::streamed::Weights;
 use super::tokenize::TextEncoder;
 use super::weights::WeightsFile;
-
-/// Lets execution wait until a layer's weights are present before it reads them, so that a
-/// swap-in copying layer by layer overlaps with compute. Layer indices are the layout's.
-pub trait LayerGate: Sync {
-    fn wait(&self, layer: usize);
-}
-
-/// For weights that are already all there.
-pub struct Resident;
-
-impl LayerGate for Resident {
-    fn wait(&self, _layer: usize) {}
-}
 
 #[derive(Debug, Clone)]
 enum Family {
@@ -127,7 +115,7 @@ impl Model {
     }
 
     pub fn infer(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<Vec<OutputTensor>> {
-        self.spec.infer(&self.weights, batch, outputs, &Resident)
+        self.spec.infer(self.weights.as_slice(), batch, outputs)
     }
 
     pub fn generate(
@@ -137,7 +125,7 @@ impl Model {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         self.spec
-            .generate(&self.weights, prompt, opts, &Resident, on_token)
+            .generate(self.weights.as_slice(), prompt, opts, on_token)
     }
 }
 
@@ -203,7 +191,7 @@ impl ModelSpec {
         t.encode(texts)
     }
 
-    fn check_weights(&self, weights: &[f32]) -> Result<()> {
+    fn check_weights<W: Weights + ?Sized>(&self, weights: &W) -> Result<()> {
         if weights.len() != self.layout.total_elems {
             return Err(EngineError::WeightsSizeMismatch {
                 expected: self.layout.total_elems,
@@ -227,12 +215,11 @@ impl ModelSpec {
 
     /// Runs one batch against `weights` (any copy of the packed buffer) and returns the asked
     /// outputs in order.
-    pub fn infer(
+    pub fn infer<W: Weights + ?Sized>(
         &self,
-        weights: &[f32],
+        weights: &W,
         batch: &TokenBatch,
         outputs: &[OutputKind],
-        gate: &dyn LayerGate,
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
         let available = self.outputs();
@@ -244,7 +231,7 @@ impl ModelSpec {
         let h = self.config.hidden_size();
         match (&self.config, &self.family) {
             (ModelConfig::Bert(c), Family::Bert(wt)) => {
-                let hidden = bert::forward(c, wt, weights, batch, gate);
+                let hidden = bert::forward(c, wt, weights, batch);
                 Ok(outputs
                     .iter()
                     .map(|&kind| match kind {
@@ -259,8 +246,7 @@ impl ModelSpec {
             }
             (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => {
                 let mut cache = KvCache::new(c, b, s);
-                let hidden =
-                    gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, gate);
+                let hidden = gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask);
                 let logits = gpt2::logits(c, wt, weights, &hidden, b * s);
                 Ok(vec![OutputTensor::fp32(
                     OutputKind::Logits,
@@ -275,12 +261,11 @@ impl ModelSpec {
     /// Generates up to `max_new_tokens` after `prompt` with a KV cache. `on_token` sees each
     /// new token as soon as it exists and returns false to stop early (a client that left).
     /// Returns the new tokens only.
-    pub fn generate(
+    pub fn generate<W: Weights + ?Sized>(
         &self,
-        weights: &[f32],
+        weights: &W,
         prompt: &[u32],
         opts: &GenerateOptions,
-        gate: &dyn LayerGate,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         self.check_weights(weights)?;
@@ -307,7 +292,7 @@ impl ModelSpec {
             return Ok(out);
         }
         let mut cache = KvCache::new(c, 1, total);
-        let hidden = gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask, gate);
+        let hidden = gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask);
         let e = c.n_embd;
         let mut last = hidden[(prompt.len() - 1) * e..].to_vec();
         loop {
@@ -319,7 +304,7 @@ impl ModelSpec {
             if !keep_going || eos || out.len() == opts.max_new_tokens {
                 return Ok(out);
             }
-            last = gpt2::forward(c, wt, weights, &mut cache, &[token], &[true], gate);
+            last = gpt2::forward(c, wt, weights, &mut cache, &[token], &[true]);
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The engine against the reference fixtures (tiny BERT and tiny GPT-2), within the README's
 //! tolerances, plus the properties the runtime relies on: a copy of the packed buffer runs, the
-//! layer gate sees every layer in order, batching with padding changes nothing.
+//! weights are first read layer by layer in order, a model streamed in layer by layer gives
+//! the same outputs, batching with padding changes nothing.
 
 use std::sync::Mutex;
 
-use faaswap::engine::{GenerateOptions, LayerGate, Model, OutputKind, SamplingParams, TokenBatch};
+use faaswap::engine::{
+    GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Weights,
+};
 
 use crate::common::*;
 
@@ -213,50 +216,83 @@ fn a_copy_of_the_packed_buffer_is_a_complete_model() {
     let original = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
     let from_copy = model
         .spec
-        .infer(
-            &copy,
-            &batch,
-            &[OutputKind::LastHiddenState],
-            &faaswap::engine::Resident,
-        )
+        .infer(copy.as_slice(), &batch, &[OutputKind::LastHiddenState])
         .unwrap();
     assert_eq!(original, from_copy);
     assert!(model
         .spec
-        .infer(
-            &copy[1..],
-            &batch,
-            &[OutputKind::LastHiddenState],
-            &faaswap::engine::Resident
-        )
+        .infer(&copy[1..], &batch, &[OutputKind::LastHiddenState])
         .is_err());
 }
 
-/// Records the order in which execution asks for layers.
-struct Recorder(Mutex<Vec<usize>>);
+/// Records, for each read, which layer of the layout it falls in.
+struct Recorder<'a> {
+    data: &'a [f32],
+    layers: Vec<Span>,
+    seen: Mutex<Vec<usize>>,
+}
 
-impl LayerGate for Recorder {
-    fn wait(&self, layer: usize) {
-        self.0.lock().unwrap().push(layer);
+impl Weights for Recorder<'_> {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    fn get(&self, span: Span) -> &[f32] {
+        let layer = self
+            .layers
+            .iter()
+            .position(|l| l.offset <= span.offset && span.end() <= l.end())
+            .unwrap();
+        self.seen.lock().unwrap().push(layer);
+        &self.data[span.offset..span.end()]
     }
 }
 
 #[test]
-fn execution_asks_for_every_layer_in_first_use_order() {
+fn execution_first_reads_each_layer_in_layout_order() {
     for (dir, output) in [
         (tiny_bert(), OutputKind::LastHiddenState),
         (tiny_gpt2(), OutputKind::Logits),
     ] {
         let model = Model::load(&dir).unwrap();
-        let gate = Recorder(Mutex::new(Vec::new()));
+        let recorder = Recorder {
+            data: model.weights(),
+            layers: model.spec.layout.layers.iter().map(|l| l.span).collect(),
+            seen: Mutex::new(Vec::new()),
+        };
         let batch = TokenBatch::from_sequences(&[vec![3, 4, 5]]).unwrap();
-        model
-            .spec
-            .infer(model.weights(), &batch, &[output], &gate)
-            .unwrap();
-        let seen = gate.0.into_inner().unwrap();
+        model.spec.infer(&recorder, &batch, &[output]).unwrap();
+        let mut first_reads = Vec::new();
+        for layer in recorder.seen.into_inner().unwrap() {
+            if !first_reads.contains(&layer) {
+                first_reads.push(layer);
+            }
+        }
         let layers: Vec<usize> = (0..model.spec.layout.layers.len()).collect();
-        assert_eq!(seen, layers, "{}", dir.display());
+        assert_eq!(first_reads, layers, "{}", dir.display());
+    }
+}
+
+#[test]
+fn streamed_weights_give_the_same_outputs_as_resident_ones() {
+    for (dir, output) in [
+        (tiny_bert(), OutputKind::LastHiddenState),
+        (tiny_gpt2(), OutputKind::Logits),
+    ] {
+        let model = Model::load(&dir).unwrap();
+        let batch = TokenBatch::from_sequences(&[vec![9, 8, 7, 6], vec![5]]).unwrap();
+        let want = model.infer(&batch, &[output]).unwrap();
+        let layout = &model.spec.layout;
+        let streamed = StreamedWeights::new(layout);
+        let got = std::thread::scope(|s| {
+            let run = s.spawn(|| model.spec.infer(&streamed, &batch, &[output]).unwrap());
+            // Deliver the layers last to first: execution must wait for each in turn.
+            for (i, l) in layout.layers.iter().enumerate().rev() {
+                streamed.deliver(i, &model.weights()[l.span.offset..l.span.end()]);
+            }
+            run.join().unwrap()
+        });
+        assert_eq!(got, want, "{}", dir.display());
     }
 }
 

@@ -1,0 +1,375 @@
+//! The scheduler's view of every device: which models are resident where, which devices are
+//! busy, the queue of waiting requests, and the decisions over them. This first policy is the
+//! baseline the scheduling work replaces: FIFO order, a device that already holds the model
+//! first, else any idle device, making room by evicting least-recently-used models.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::pages::{Extent, PagePool};
+
+pub type FunctionId = u64;
+pub type DeviceId = usize;
+pub type RequestId = u64;
+
+/// Where a swap-in copies from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapSource {
+    Host,
+    Peer(DeviceId),
+}
+
+/// An order for one device: run `request` of `function` from `extent`, copying the model in
+/// first when `swap` says so. `evicted` lists what was dropped to make room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    pub request: RequestId,
+    pub function: FunctionId,
+    pub device: DeviceId,
+    pub extent: Extent,
+    pub swap: Option<SwapSource>,
+    pub evicted: Vec<FunctionId>,
+}
+
+#[derive(Debug, Clone)]
+struct FunctionInfo {
+    name: String,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Resident {
+    extent: Extent,
+    last_used: u64,
+}
+
+#[derive(Debug, Clone)]
+struct DeviceState {
+    pool: PagePool,
+    resident: HashMap<FunctionId, Resident>,
+    /// The function executing there, if any.
+    busy: Option<FunctionId>,
+}
+
+/// A device's memory map, for the devices API.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSnapshot {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub page_bytes: u64,
+    pub busy: bool,
+    pub executing: Option<String>,
+    pub resident: Vec<ResidentSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidentSnapshot {
+    pub function: String,
+    pub bytes: u64,
+    pub first_page: usize,
+    pub pages: usize,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    devices: Vec<DeviceState>,
+    functions: HashMap<FunctionId, FunctionInfo>,
+    queue: VecDeque<(RequestId, FunctionId)>,
+    clock: u64,
+}
+
+impl Cluster {
+    pub fn new(pools: Vec<PagePool>) -> Self {
+        Self {
+            devices: pools
+                .into_iter()
+                .map(|pool| DeviceState {
+                    pool,
+                    resident: HashMap::new(),
+                    busy: None,
+                })
+                .collect(),
+            functions: HashMap::new(),
+            queue: VecDeque::new(),
+            clock: 0,
+        }
+    }
+
+    /// Registers a function whose packed weights are `bytes` long. Refused when no device
+    /// could ever hold it.
+    pub fn add_function(&mut self, id: FunctionId, name: &str, bytes: u64) -> Result<(), String> {
+        if !self.devices.iter().any(|d| d.pool.can_ever_hold(bytes)) {
+            let largest = self.devices.iter().map(|d| d.pool.capacity_bytes()).max().unwrap_or(0);
+            return Err(format!(
+                "the model's weights ({bytes} bytes) do not fit the largest device weight pool ({largest} bytes)"
+            ));
+        }
+        self.functions.insert(id, FunctionInfo { name: name.to_string(), bytes });
+        Ok(())
+    }
+
+    /// Forgets a function: drops its queued requests (returned, to be answered) and frees its
+    /// residency on idle devices; a device still executing it frees it on completion.
+    pub fn remove_function(&mut self, id: FunctionId) -> Vec<RequestId> {
+        self.functions.remove(&id);
+        let mut dropped = Vec::new();
+        self.queue.retain(|&(r, f)| {
+            if f == id {
+                dropped.push(r);
+            }
+            f != id
+        });
+        for d in &mut self.devices {
+            if d.busy != Some(id) {
+                if let Some(r) = d.resident.remove(&id) {
+                    d.pool.free(r.extent);
+                }
+            }
+        }
+        dropped
+    }
+
+    pub fn enqueue(&mut self, request: RequestId, function: FunctionId) {
+        self.queue.push_back((request, function));
+    }
+
+    pub fn queued(&self, function: FunctionId) -> usize {
+        self.queue.iter().filter(|(_, f)| *f == function).count()
+    }
+
+    /// The next order to send, if any request can start now. Call until `None`.
+    pub fn next_dispatch(&mut self) -> Option<Dispatch> {
+        for qi in 0..self.queue.len() {
+            let (request, function) = self.queue[qi];
+            if let Some(d) = self.place(request, function) {
+                self.queue.remove(qi);
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    fn place(&mut self, request: RequestId, function: FunctionId) -> Option<Dispatch> {
+        let bytes = self.functions.get(&function)?.bytes;
+        self.clock += 1;
+        let now = self.clock;
+        let idle: Vec<DeviceId> = (0..self.devices.len()).filter(|&i| self.devices[i].busy.is_none()).collect();
+        // A device that already holds the model.
+        if let Some(&i) = idle.iter().find(|&&i| self.devices[i].resident.contains_key(&function)) {
+            let d = &mut self.devices[i];
+            let r = d.resident.get_mut(&function).expect("checked resident");
+            r.last_used = now;
+            d.busy = Some(function);
+            return Some(Dispatch {
+                request,
+                function,
+                device: i,
+                extent: r.extent,
+                swap: None,
+                evicted: Vec::new(),
+            });
+        }
+        // Else the idle device needing the fewest evictions (free room first).
+        let mut best: Option<(usize, DeviceId)> = None;
+        for &i in &idle {
+            if let Some(n) = self.evictions_needed(i, bytes) {
+                if best.is_none_or(|(m, _)| n < m) {
+                    best = Some((n, i));
+                }
+            }
+        }
+        let (_, i) = best?;
+        let d = &mut self.devices[i];
+        let pages = d.pool.pages_for(bytes);
+        let mut evicted = Vec::new();
+        let extent = loop {
+            if let Some(e) = d.pool.alloc(pages) {
+                break e;
+            }
+            let victim = d
+                .resident
+                .iter()
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(&f, _)| f)
+                .expect("evictions_needed promised room");
+            let r = d.resident.remove(&victim).expect("victim is resident");
+            d.pool.free(r.extent);
+            evicted.push(victim);
+        };
+        d.resident.insert(function, Resident { extent, last_used: now });
+        d.busy = Some(function);
+        Some(Dispatch {
+            request,
+            function,
+            device: i,
+            extent,
+            swap: Some(SwapSource::Host),
+            evicted,
+        })
+    }
+
+    /// How many LRU evictions device `i` needs before `bytes` fit, or `None` if they never
+    /// would (an idle device holds no pinned model, so only its size can refuse).
+    fn evictions_needed(&self, i: DeviceId, bytes: u64) -> Option<usize> {
+        let d = &self.devices[i];
+        if !d.pool.can_ever_hold(bytes) {
+            return None;
+        }
+        let mut pool = d.pool.clone();
+        let pages = pool.pages_for(bytes);
+        let mut order: Vec<_> = d.resident.values().collect();
+        order.sort_by_key(|r| r.last_used);
+        let mut n = 0;
+        while pool.alloc(pages).is_none() {
+            pool.free(order.get(n)?.extent);
+            n += 1;
+        }
+        Some(n)
+    }
+
+    /// The device finished its order (successfully or not: `keep` says whether the model's
+    /// copy there is complete and may be reused).
+    pub fn complete(&mut self, device: DeviceId, keep: bool) {
+        let registered = &self.functions;
+        let d = &mut self.devices[device];
+        if let Some(f) = d.busy.take() {
+            if !keep || !registered.contains_key(&f) {
+                if let Some(r) = d.resident.remove(&f) {
+                    d.pool.free(r.extent);
+                }
+            }
+        }
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Devices where the function is resident.
+    pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
+        (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
+    }
+
+    pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {
+        let d = &self.devices[device];
+        let name = |f: &FunctionId| self.functions.get(f).map_or_else(|| format!("#{f}"), |i| i.name.clone());
+        let mut resident: Vec<ResidentSnapshot> = d
+            .resident
+            .iter()
+            .map(|(f, r)| ResidentSnapshot {
+                function: name(f),
+                bytes: self.functions.get(f).map_or(0, |i| i.bytes),
+                first_page: r.extent.first,
+                pages: r.extent.pages,
+            })
+            .collect();
+        resident.sort_by_key(|r| r.first_page);
+        let used = d.pool.used_pages() as u64 * d.pool.page_bytes();
+        DeviceSnapshot {
+            capacity_bytes: d.pool.capacity_bytes(),
+            used_bytes: used,
+            free_bytes: d.pool.capacity_bytes() - used,
+            page_bytes: d.pool.page_bytes(),
+            busy: d.busy.is_some(),
+            executing: d.busy.as_ref().map(name),
+            resident,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 1024;
+
+    fn cluster(devices: usize, pages: u64) -> Cluster {
+        Cluster::new((0..devices).map(|_| PagePool::new(pages * PAGE, PAGE)).collect())
+    }
+
+    #[test]
+    fn refuses_functions_that_fit_no_device() {
+        let mut c = cluster(2, 4);
+        assert!(c.add_function(1, "a", 4 * PAGE).is_ok());
+        assert!(c.add_function(2, "b", 4 * PAGE + 1).is_err());
+    }
+
+    #[test]
+    fn first_request_swaps_from_host_and_second_reuses() {
+        let mut c = cluster(1, 4);
+        c.add_function(1, "a", 2 * PAGE).unwrap();
+        c.enqueue(10, 1);
+        let d = c.next_dispatch().unwrap();
+        assert_eq!((d.request, d.device, d.swap), (10, 0, Some(SwapSource::Host)));
+        c.enqueue(11, 1);
+        assert!(c.next_dispatch().is_none(), "the only device is busy");
+        c.complete(0, true);
+        let d = c.next_dispatch().unwrap();
+        assert_eq!((d.request, d.swap), (11, None));
+    }
+
+    #[test]
+    fn evicts_least_recently_used_to_make_room() {
+        let mut c = cluster(1, 4);
+        for f in 1..=3 {
+            c.add_function(f, &format!("f{f}"), 2 * PAGE).unwrap();
+        }
+        for (r, f) in [(1, 1), (2, 2), (3, 1)] {
+            c.enqueue(r, f);
+            c.next_dispatch().unwrap();
+            c.complete(0, true);
+        }
+        // f2 was used less recently than f1: it goes.
+        c.enqueue(4, 3);
+        let d = c.next_dispatch().unwrap();
+        assert_eq!(d.evicted, vec![2]);
+        assert_eq!(c.residency(1), vec![0]);
+        assert!(c.residency(2).is_empty());
+    }
+
+    #[test]
+    fn never_evicts_the_executing_model_and_uses_idle_devices() {
+        let mut c = cluster(2, 2);
+        c.add_function(1, "a", 2 * PAGE).unwrap();
+        c.add_function(2, "b", 2 * PAGE).unwrap();
+        c.enqueue(1, 1);
+        let d1 = c.next_dispatch().unwrap();
+        c.enqueue(2, 2);
+        let d2 = c.next_dispatch().unwrap();
+        assert_ne!(d1.device, d2.device, "the second model goes to the idle device");
+        c.enqueue(3, 1);
+        assert!(c.next_dispatch().is_none(), "both devices busy: wait, evict nothing");
+        c.complete(d2.device, true);
+        let d3 = c.next_dispatch().unwrap();
+        assert_eq!(d3.device, d2.device);
+        assert_eq!(d3.evicted, vec![2]);
+    }
+
+    #[test]
+    fn removing_a_function_frees_its_pages_and_drops_its_queue() {
+        let mut c = cluster(1, 4);
+        c.add_function(1, "a", 3 * PAGE).unwrap();
+        c.enqueue(1, 1);
+        c.next_dispatch().unwrap();
+        c.enqueue(2, 1);
+        assert_eq!(c.remove_function(1), vec![2]);
+        assert_eq!(c.snapshot(0).used_bytes, 3 * PAGE, "still executing: freed on completion");
+        c.complete(0, true);
+        assert_eq!(c.snapshot(0).used_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_copy_is_not_reused() {
+        let mut c = cluster(1, 4);
+        c.add_function(1, "a", PAGE).unwrap();
+        c.enqueue(1, 1);
+        c.next_dispatch().unwrap();
+        c.complete(0, false);
+        assert!(c.residency(1).is_empty());
+        c.enqueue(2, 1);
+        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host));
+    }
+}

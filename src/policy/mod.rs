@@ -1,0 +1,9 @@
+//! Decisions as plain code, with no actix types: page accounting of device weight pools,
+//! residency, placement, queue order and eviction. The scheduler actor holds a `Cluster` and
+//! only moves messages; the simulator (later) reuses the same code.
+
+pub mod cluster;
+pub mod pages;
+
+pub use cluster::{Cluster, DeviceId, Dispatch, FunctionId, RequestId, SwapSource};
+pub use pages::{Extent, PagePool};
