@@ -7,3 +7,4 @@ pub mod cli;
 pub mod engine;
 pub mod gpu;
 pub mod policy;
+pub mod store;

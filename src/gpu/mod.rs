@@ -1,2 +1,201 @@
-//! The device abstraction and its back ends (`cpu`, `sim`, `cuda`). Filled in by the runtime
-//! work (issue 3) and the CUDA work (issue 4); CPU execution itself is `crate::engine`.
+//! The device abstraction: one `Device` trait with three back ends, all compiled in every
+//! build — `cpu` (real computation on the host, weight pool in host memory), `sim` (a
+//! modelled GPU that computes no tensors) and `cuda` (not built yet: it reports so). A device
+//! runs one job at a time on its GPU actor's own thread; its calls block.
+
+pub mod cpu;
+pub mod cuda;
+pub mod sim;
+mod sizes;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use sizes::{parse_bandwidth, parse_bytes};
+
+use crate::engine::{EngineError, Model, OutputKind, OutputTensor, TokenBatch};
+use crate::policy::{Extent, SwapSource};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Sim,
+    Cuda,
+}
+
+/// What the rest of the runtime knows about a device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    /// `cpu:0`, `sim:3`, ...
+    pub id: String,
+    pub kind: DeviceKind,
+    pub pool_bytes: u64,
+    pub page_bytes: u64,
+    /// Host→device copy rate, bytes per second (`None`: as fast as memory copies go).
+    pub host_link_bytes_per_s: Option<f64>,
+}
+
+/// Errors of the device layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("invalid device specification: {0}")]
+    BadSpec(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// One order for a device: run `batch` on `model`, whose weights sit (or are to be copied)
+/// at `extent` of the device's weight pool.
+pub struct Job {
+    pub model: Arc<Model>,
+    pub extent: Extent,
+    pub swap: Option<SwapSource>,
+    pub batch: TokenBatch,
+    pub outputs: Vec<OutputKind>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobResult {
+    pub outputs: Vec<OutputTensor>,
+    pub swap_ms: f64,
+    pub exec_ms: f64,
+    pub swapped_bytes: u64,
+    pub simulated: bool,
+}
+
+pub trait Device: Send {
+    fn info(&self) -> &DeviceInfo;
+    /// Copies the model in when the job says so (pipelined with execution), then runs it.
+    fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError>;
+}
+
+/// Which devices to create, parsed from `--devices` and `--device-memory`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePlan {
+    pub kind: DeviceKind,
+    pub count: usize,
+    pub pool_bytes: u64,
+}
+
+/// Default weight pool of a `cpu` device.
+pub const DEFAULT_CPU_POOL: u64 = 2 << 30;
+/// Default weight pool of a `sim` device when the spec gives none.
+pub const DEFAULT_SIM_POOL: u64 = 16 << 30;
+
+impl DevicePlan {
+    /// `auto` (CUDA GPUs when the back end exists, else one `cpu`), `cpu`, `cpu:N`, `cuda`,
+    /// `sim:N`, `sim:NxSIZE` (e.g. `sim:4x16GiB`).
+    pub fn parse(spec: &str, device_memory: Option<u64>) -> Result<Self, DeviceError> {
+        let bad = |why: &str| DeviceError::BadSpec(format!("{spec:?}: {why}"));
+        let count = |n: &str| -> Result<usize, DeviceError> {
+            match n.parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => Ok(n),
+                _ => Err(bad("the device count must be 1 to 64")),
+            }
+        };
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        match kind {
+            "auto" if rest.is_empty() => match cuda::probe() {
+                Ok(n) => Ok(Self {
+                    kind: DeviceKind::Cuda,
+                    count: n,
+                    pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL),
+                }),
+                Err(e) => {
+                    tracing::info!("devices auto: using the CPU ({e})");
+                    Ok(Self {
+                        kind: DeviceKind::Cpu,
+                        count: 1,
+                        pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL),
+                    })
+                }
+            },
+            "cpu" => Ok(Self {
+                kind: DeviceKind::Cpu,
+                count: if rest.is_empty() { 1 } else { count(rest)? },
+                pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL),
+            }),
+            "cuda" if rest.is_empty() => Err(cuda::probe().expect_err("no CUDA back end yet")),
+            "sim" => {
+                let (n, size) = rest.split_once('x').unwrap_or((rest, ""));
+                let pool_bytes = if size.is_empty() {
+                    device_memory.unwrap_or(DEFAULT_SIM_POOL)
+                } else {
+                    parse_bytes(size).map_err(|e| bad(&e))?
+                };
+                Ok(Self {
+                    kind: DeviceKind::Sim,
+                    count: count(n)?,
+                    pool_bytes,
+                })
+            }
+            _ => Err(bad("expected auto, cpu, cpu:N, cuda, sim:N or sim:NxSIZE")),
+        }
+    }
+
+    /// Creates the devices, reserving each weight pool.
+    pub fn build(
+        &self,
+        page_bytes: u64,
+        host_link: Option<f64>,
+    ) -> Result<Vec<Box<dyn Device>>, DeviceError> {
+        (0..self.count)
+            .map(|i| -> Result<Box<dyn Device>, DeviceError> {
+                let info = |kind: DeviceKind, name: &str, link| DeviceInfo {
+                    id: format!("{name}:{i}"),
+                    kind,
+                    pool_bytes: self.pool_bytes,
+                    page_bytes,
+                    host_link_bytes_per_s: link,
+                };
+                match self.kind {
+                    DeviceKind::Cpu => Ok(Box::new(cpu::CpuDevice::new(info(
+                        DeviceKind::Cpu,
+                        "cpu",
+                        host_link,
+                    ))?)),
+                    DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(info(
+                        DeviceKind::Sim,
+                        "sim",
+                        Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)),
+                    )))),
+                    DeviceKind::Cuda => Err(cuda::probe().expect_err("no CUDA back end yet")),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        let p = DevicePlan::parse("sim:4x16GiB", None).unwrap();
+        assert_eq!(
+            (p.kind, p.count, p.pool_bytes),
+            (DeviceKind::Sim, 4, 16 << 30)
+        );
+        let p = DevicePlan::parse("cpu:2", Some(64 << 20)).unwrap();
+        assert_eq!(
+            (p.kind, p.count, p.pool_bytes),
+            (DeviceKind::Cpu, 2, 64 << 20)
+        );
+        let p = DevicePlan::parse("auto", None).unwrap();
+        assert_eq!(
+            (p.kind, p.count),
+            (DeviceKind::Cpu, 1),
+            "no CUDA back end: auto falls back to cpu"
+        );
+        for bad in ["gpu", "cpu:0", "sim:2xlots", "cpu:x", "sim:999"] {
+            assert!(DevicePlan::parse(bad, None).is_err(), "{bad}");
+        }
+        let err = DevicePlan::parse("cuda", None).unwrap_err().to_string();
+        assert!(err.contains("CUDA"), "{err}");
+    }
+}

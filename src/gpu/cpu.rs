@@ -1,0 +1,165 @@
+//! The `cpu` device: a weight pool in host memory, reserved at start-up. A swap-in is a real
+//! copy from the function's host buffer into its pages, layer by layer in chunks on a copier
+//! thread (optionally throttled to a configured link bandwidth) while execution starts on the
+//! layers already there.
+
+use std::time::{Duration, Instant};
+
+use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
+use crate::engine::StreamedWeights;
+
+/// Copy granularity: progress is published per layer, throttling is applied per chunk.
+const CHUNK_ELEMS: usize = (4 << 20) / 4;
+
+pub struct CpuDevice {
+    info: DeviceInfo,
+    pool: Vec<f32>,
+}
+
+impl CpuDevice {
+    pub fn new(info: DeviceInfo) -> Result<Self, DeviceError> {
+        if info.page_bytes % 4 != 0 {
+            return Err(DeviceError::BadSpec(format!(
+                "page size {} is not a multiple of 4 bytes",
+                info.page_bytes
+            )));
+        }
+        let pages = info.pool_bytes / info.page_bytes;
+        let elems = (pages * info.page_bytes / 4) as usize;
+        Ok(Self {
+            info,
+            pool: vec![0f32; elems],
+        })
+    }
+}
+
+impl Device for CpuDevice {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
+        let spec = &job.model.spec;
+        let host = job.model.weights();
+        let page_elems = (self.info.page_bytes / 4) as usize;
+        let start = job.extent.first * page_elems;
+        assert!(
+            host.len() <= job.extent.pages * page_elems,
+            "the scheduler gave an extent smaller than the model"
+        );
+        let dst = &mut self.pool[start..start + host.len()];
+        let t0 = Instant::now();
+        if job.swap.is_none() {
+            let outputs = spec.infer(&dst[..], &job.batch, &job.outputs)?;
+            return Ok(JobResult {
+                outputs,
+                exec_ms: ms(t0.elapsed()),
+                ..JobResult::default()
+            });
+        }
+        // Split the destination into one slice per layer (layers tile the buffer), hand them
+        // to the copier, and run the model on whatever has arrived.
+        let mut parts = Vec::with_capacity(spec.layout.layers.len());
+        let mut rest = dst;
+        for layer in &spec.layout.layers {
+            let (head, tail) = rest.split_at_mut(layer.span.len);
+            parts.push(head);
+            rest = tail;
+        }
+        let streamed = StreamedWeights::new(&spec.layout);
+        let link = self.info.host_link_bytes_per_s;
+        let (outputs, swap_ms) = std::thread::scope(|s| {
+            let copier = s.spawn(|| {
+                let mut copied = 0usize;
+                for (i, (part, layer)) in parts.into_iter().zip(&spec.layout.layers).enumerate() {
+                    let src = &host[layer.span.offset..layer.span.end()];
+                    for (d, c) in part.chunks_mut(CHUNK_ELEMS).zip(src.chunks(CHUNK_ELEMS)) {
+                        d.copy_from_slice(c);
+                        copied += c.len() * 4;
+                        throttle(t0, copied, link);
+                    }
+                    streamed.deliver(i, part);
+                }
+                ms(t0.elapsed())
+            });
+            let outputs = spec.infer(&streamed, &job.batch, &job.outputs);
+            (outputs, copier.join().expect("the copier does not panic"))
+        });
+        Ok(JobResult {
+            outputs: outputs?,
+            swap_ms,
+            exec_ms: ms(t0.elapsed()),
+            swapped_bytes: host.len() as u64 * 4,
+            simulated: false,
+        })
+    }
+}
+
+/// Sleeps until `copied` bytes are no faster than `link` bytes per second since `t0`.
+#[allow(clippy::disallowed_methods)] // the copier is a device thread that models a link
+fn throttle(t0: Instant, copied: usize, link: Option<f64>) {
+    if let Some(bw) = link {
+        let due = Duration::from_secs_f64(copied as f64 / bw);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{Model, OutputKind, TokenBatch};
+    use crate::gpu::DeviceKind;
+    use crate::policy::{Extent, SwapSource};
+
+    fn fixture(name: &str) -> Option<std::path::PathBuf> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures")
+            .join(name);
+        p.exists().then_some(p)
+    }
+
+    #[test]
+    fn swapped_in_and_resident_runs_match_the_host_model() {
+        let Some(dir) = fixture("tiny_bert") else {
+            panic!("../shared/fixtures/tiny_bert is needed by this test");
+        };
+        let model = Arc::new(Model::load(&dir).unwrap());
+        let page = 64 << 10;
+        let mut dev = CpuDevice::new(DeviceInfo {
+            id: "cpu:0".into(),
+            kind: DeviceKind::Cpu,
+            pool_bytes: 4 << 20,
+            page_bytes: page,
+            host_link_bytes_per_s: Some(2e9),
+        })
+        .unwrap();
+        let pages = (model.weights().len() * 4).div_ceil(page as usize);
+        let batch = TokenBatch::from_sequences(&[vec![1, 2, 3], vec![4]]).unwrap();
+        let want = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
+        let mut job = Job {
+            model: model.clone(),
+            extent: Extent { first: 3, pages },
+            swap: Some(SwapSource::Host),
+            batch,
+            outputs: vec![OutputKind::LastHiddenState],
+        };
+        let swapped = dev.run(&job).unwrap();
+        assert_eq!(swapped.outputs, want);
+        assert_eq!(swapped.swapped_bytes, model.weights().len() as u64 * 4);
+        job.swap = None;
+        let resident = dev.run(&job).unwrap();
+        assert_eq!(
+            resident.outputs, want,
+            "the copy left in the pool is the whole model"
+        );
+        assert_eq!(resident.swapped_bytes, 0);
+    }
+}
