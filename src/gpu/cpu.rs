@@ -18,7 +18,7 @@ pub struct CpuDevice {
 
 impl CpuDevice {
     pub fn new(info: DeviceInfo) -> Result<Self, DeviceError> {
-        if info.page_bytes % 4 != 0 {
+        if !info.page_bytes.is_multiple_of(4) {
             return Err(DeviceError::BadSpec(format!(
                 "page size {} is not a multiple of 4 bytes",
                 info.page_bytes
