@@ -4,7 +4,11 @@
 pub mod actors;
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod gpu;
+pub mod metrics;
 pub mod policy;
+pub mod runtime;
+pub mod server;
 pub mod store;

@@ -1,3 +1,26 @@
-//! Actors of the runtime (scheduler, one GPU actor per device, one function actor per deployed
-//! function) and, in one module, the messages they exchange. Filled in by the runtime work
-//! (issue 3); the engine they drive lives in `crate::engine`.
+//! Actors of the runtime. Each is a thin shell: the scheduler holds a `policy::Cluster` and
+//! moves messages; a GPU actor owns one device on its own thread and runs its jobs; a function
+//! actor owns a deployed function's model and turns requests into jobs. Every message is in
+//! `messages`, grouped by the actor that receives it.
+
+pub mod function;
+pub mod gpu;
+pub mod messages;
+pub mod scheduler;
+
+/// Errors of the runtime layer (between the API and the devices).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("device {device}: {source}")]
+    Device {
+        device: String,
+        #[source]
+        source: crate::gpu::DeviceError,
+    },
+    #[error("function {0:?} was undeployed before its request ran")]
+    FunctionGone(String),
+    #[error("the runtime is shutting down")]
+    Stopped,
+}

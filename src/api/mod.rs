@@ -1,2 +1,26 @@
-//! The HTTP surface (KServe v2, management API, WebSockets, metrics, admin UI). Filled in by
-//! the runtime work (issue 3); `crate::cli` is the only front end so far.
+//! The HTTP surface: KServe v2 (`kserve`), the management API (`functions`, `devices`),
+//! `/metrics`. `configure` registers every route; `error` maps every error to a status and a
+//! stable code.
+
+mod body;
+mod devices;
+pub mod error;
+mod functions;
+mod kserve;
+mod tensors;
+
+use actix_web::{web, HttpResponse};
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    kserve::configure(cfg);
+    functions::configure(cfg);
+    devices::configure(cfg);
+    cfg.route("/metrics", web::get().to(metrics));
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::handle().render())
+}

@@ -3,6 +3,7 @@
 
 mod infer;
 mod profile;
+mod serve;
 mod synth;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the inference server (KServe v2 HTTP API, management API, metrics).
+    Serve(crate::config::ServeArgs),
     /// Run a model package once on the CPU and print its outputs as KServe v2 JSON.
     Run(RunArgs),
     /// Generate tokens with a GPT-2 family package and print {"token_ids": [...]}.
@@ -120,6 +123,10 @@ pub enum CliError {
     Usage(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] crate::runtime::StartError),
 }
 
 /// Runs one parsed command. The rayon pool is sized here, before any computation.
@@ -134,6 +141,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             .build_global();
     }
     match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Run(a) => infer::run(a),
         Command::Generate(a) => infer::generate(a),
         Command::Inspect(a) => infer::inspect(a),

@@ -213,6 +213,15 @@ impl ModelSpec {
         )
     }
 
+    /// Checks a request before it is queued: the outputs exist and the batch fits the model.
+    pub fn check_request(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<()> {
+        let available = self.outputs();
+        if let Some(k) = outputs.iter().find(|k| !available.contains(k)) {
+            self.output_by_name(k.name())?;
+        }
+        self.validate_batch(batch)
+    }
+
     /// Runs one batch against `weights` (any copy of the packed buffer) and returns the asked
     /// outputs in order.
     pub fn infer<W: Weights + ?Sized>(
@@ -222,11 +231,7 @@ impl ModelSpec {
         outputs: &[OutputKind],
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
-        let available = self.outputs();
-        if let Some(k) = outputs.iter().find(|k| !available.contains(k)) {
-            self.output_by_name(k.name())?;
-        }
-        self.validate_batch(batch)?;
+        self.check_request(batch, outputs)?;
         let (b, s) = (batch.batch, batch.seq);
         let h = self.config.hidden_size();
         match (&self.config, &self.family) {

@@ -1,0 +1,124 @@
+//! Every actor message, grouped by the actor that receives it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Message;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::RuntimeError;
+use crate::engine::{Model, OutputKind, OutputTensor, TokenBatch};
+use crate::gpu::Job;
+use crate::policy::{DeviceId, FunctionId};
+
+/// Where a finished request's result goes.
+pub type Reply = oneshot::Sender<Result<Completed, RuntimeError>>;
+
+/// A request's result and what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completed {
+    pub outputs: Vec<OutputTensor>,
+    pub device: String,
+    pub simulated: bool,
+    pub swapped_bytes: u64,
+    pub queue_ms: f64,
+    pub swap_ms: f64,
+    pub exec_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A request the scheduler has accepted: what to run, once placed.
+pub struct Work {
+    pub model: Arc<Model>,
+    pub batch: TokenBatch,
+    pub outputs: Vec<OutputKind>,
+}
+
+// ---- SchedulerActor ----
+
+/// The GPU actors, one per device in device order (started after the scheduler, since they
+/// need its address).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachGpus {
+    pub gpus: Vec<actix::Addr<super::gpu::GpuActor>>,
+}
+
+/// A newly deployed function of `bytes` packed weights. Refused when it fits no device.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RegisterFunction {
+    pub id: FunctionId,
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// An undeployed function: its queued requests fail, its residency is dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnregisterFunction {
+    pub id: FunctionId,
+}
+
+/// A request to queue and place.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Submit {
+    pub function: FunctionId,
+    pub name: String,
+    pub work: Work,
+    pub received: Instant,
+    pub reply: Reply,
+}
+
+/// A device finished its job; `keep` says whether the model's copy there is complete.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobDone {
+    pub device: DeviceId,
+    pub keep: bool,
+}
+
+/// Residency and memory map of every device.
+#[derive(Message)]
+#[rtype(result = "Vec<crate::policy::cluster::DeviceSnapshot>")]
+pub struct GetDevices;
+
+/// Requests waiting for a device, for one function.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct GetQueued {
+    pub function: FunctionId,
+}
+
+// ---- GpuActor ----
+
+/// Run one job on the device (swap-in first when the job says so).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Execute {
+    pub job: Job,
+    pub function: String,
+    pub received: Instant,
+    pub dispatched: Instant,
+    pub reply: Reply,
+}
+
+// ---- FunctionActor ----
+
+/// The inputs of one inference request, as the API decoded them.
+pub enum Inputs {
+    Texts(Vec<String>),
+    Tokens(TokenBatch),
+}
+
+/// One inference request for this function.
+#[derive(Message)]
+#[rtype(result = "Result<Completed, RuntimeError>")]
+pub struct Infer {
+    pub inputs: Inputs,
+    /// Requested outputs by name; the model's default when empty.
+    pub outputs: Vec<String>,
+    pub received: Instant,
+}

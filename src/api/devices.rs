@@ -1,0 +1,34 @@
+//! `/api/v1/devices`: every device with its kind, residency and memory map.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::runtime::Runtime;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/devices", web::get().to(list));
+}
+
+async fn list(rt: web::Data<Runtime>) -> HttpResponse {
+    let snapshots = rt.device_snapshots().await;
+    let devices: Vec<_> = rt
+        .devices
+        .iter()
+        .zip(snapshots)
+        .map(|(info, s)| {
+            json!({
+                "id": info.id,
+                "kind": info.kind,
+                "page_bytes": info.page_bytes,
+                "host_link_bytes_per_s": info.host_link_bytes_per_s,
+                "capacity_bytes": s.capacity_bytes,
+                "used_bytes": s.used_bytes,
+                "free_bytes": s.free_bytes,
+                "busy": s.busy,
+                "executing": s.executing,
+                "resident": s.resident,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(devices)
+}

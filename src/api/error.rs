@@ -1,0 +1,84 @@
+//! The API's error type and the one table that maps every error to an HTTP status and a
+//! stable snake_case code. Bodies are `{"error": "<message>", "code": "<code>"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::actors::RuntimeError;
+use crate::engine::EngineError;
+use crate::runtime::DeployError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("function {0:?} is not deployed")]
+    FunctionNotFound(String),
+    #[error("not ready: functions are still being restored")]
+    NotReady,
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl ApiError {
+    /// The table: (status, code) for every error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use DeployError as D;
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::FunctionNotFound(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+            Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Deploy(d) => match d {
+                D::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                D::NoRepository => (StatusCode::NOT_FOUND, "no_model_repository"),
+                D::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+                D::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+                D::NotDeployed(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+                D::InvalidSettings(_) => (StatusCode::BAD_REQUEST, "invalid_settings"),
+                D::BadPackage(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
+                D::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "model_too_large"),
+                D::Store(_) | D::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                D::Runtime(r) => runtime_code(r),
+            },
+            Self::Runtime(r) => runtime_code(r),
+        }
+    }
+}
+
+fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
+    match e {
+        RuntimeError::Engine(EngineError::UnknownOutput { .. }) => {
+            (StatusCode::BAD_REQUEST, "unknown_output")
+        }
+        RuntimeError::Engine(EngineError::NoTokenizer { .. }) => {
+            (StatusCode::BAD_REQUEST, "no_tokenizer")
+        }
+        RuntimeError::Engine(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+        RuntimeError::Device { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "device_error"),
+        RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+        RuntimeError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code) = self.status_and_code();
+        HttpResponse::build(status)
+            .json(serde_json::json!({ "error": self.to_string(), "code": code }))
+    }
+}
+
+/// JSON errors for requests actix-web itself rejects (bad paths, bad JSON bodies).
+pub fn json_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status)
+        .json(serde_json::json!({ "error": message.to_string(), "code": code }))
+}

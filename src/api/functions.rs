@@ -1,0 +1,111 @@
+//! `/api/v1/functions`: create (deploy with full settings), list, get, update settings,
+//! delete (undeploy).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body;
+use super::error::ApiError;
+use super::kserve::io_metadata;
+use crate::runtime::{FunctionEntry, Runtime};
+use crate::store::FunctionSettings;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/functions", web::get().to(list))
+        .route("/api/v1/functions", web::post().to(create))
+        .route("/api/v1/functions/{name}", web::get().to(get))
+        .route("/api/v1/functions/{name}", web::patch().to(update))
+        .route("/api/v1/functions/{name}", web::put().to(update))
+        .route("/api/v1/functions/{name}", web::delete().to(delete));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    name: String,
+    /// Package name in the model repository (default: the function's name).
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    settings: FunctionSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    settings: FunctionSettings,
+}
+
+async fn view(rt: &Runtime, entry: &FunctionEntry) -> Value {
+    let record = entry.record();
+    let summary = entry.model.spec.summary();
+    let (inputs, outputs) = io_metadata(entry);
+    let snapshots = rt.device_snapshots().await;
+    let resident_on: Vec<&str> = snapshots
+        .iter()
+        .zip(&rt.devices)
+        .filter(|(s, _)| s.resident.iter().any(|r| r.function == record.name))
+        .map(|(_, d)| d.id.as_str())
+        .collect();
+    json!({
+        "name": record.name,
+        "model": record.model,
+        "digest": record.digest,
+        "settings": record.settings,
+        "created_unix_ms": record.created_unix_ms,
+        "model_type": summary.model_type,
+        "weight_bytes": summary.weight_bytes,
+        "max_input_tokens": summary.max_input_tokens,
+        "inputs": inputs,
+        "outputs": outputs,
+        "resident_on": resident_on,
+        "queued": rt.queued(entry).await,
+    })
+}
+
+async fn list(rt: web::Data<Runtime>) -> HttpResponse {
+    let mut out = Vec::new();
+    for entry in rt.functions() {
+        out.push(view(&rt, &entry).await);
+    }
+    HttpResponse::Ok().json(out)
+}
+
+async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body = body::read(payload, 1 << 20).await?;
+    let req: CreateRequest = body::json(&body)?;
+    let model = req.model.unwrap_or_else(|| req.name.clone());
+    let entry = rt
+        .clone()
+        .into_inner()
+        .deploy(&req.name, &model, req.settings)
+        .await?;
+    Ok(HttpResponse::Created().json(view(&rt, &entry).await))
+}
+
+async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+    let entry = rt
+        .function(&path.0)
+        .ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
+    Ok(HttpResponse::Ok().json(view(&rt, &entry).await))
+}
+
+async fn update(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::read(payload, 1 << 20).await?;
+    let req: UpdateRequest = body::json(&body)?;
+    rt.update_settings(&path.0, req.settings).await?;
+    get(rt, path).await
+}
+
+async fn delete(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+) -> Result<HttpResponse, ApiError> {
+    let record = rt.undeploy(&path.0).await?;
+    Ok(HttpResponse::Ok().json(json!({"name": record.name, "deleted": true})))
+}

@@ -1,0 +1,278 @@
+//! KServe v2 / Open Inference Protocol: health, server and model metadata, infer, the model
+//! repository extension and statistics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body;
+use super::error::ApiError;
+use super::tensors;
+use crate::runtime::{FunctionEntry, Runtime};
+use crate::store::FunctionSettings;
+
+/// Most elements in one input tensor.
+const MAX_ELEMENTS: usize = 1 << 24;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v2", web::get().to(server_metadata))
+        .route("/v2/health/live", web::get().to(live))
+        .route("/v2/health/ready", web::get().to(ready))
+        .route("/v2/models/{name}", web::get().to(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            web::get().to(model_metadata),
+        )
+        .route("/v2/models/{name}/ready", web::get().to(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            web::get().to(model_ready),
+        )
+        .route("/v2/models/{name}/infer", web::post().to(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            web::post().to(infer),
+        )
+        .route("/v2/models/{name}/stats", web::get().to(stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            web::get().to(stats),
+        )
+        .route("/v2/models/stats", web::get().to(all_stats))
+        .route("/v2/repository/index", web::post().to(repository_index))
+        .route("/v2/repository/models/{name}/load", web::post().to(load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            web::post().to(unload),
+        );
+}
+
+async fn server_metadata() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "name": "faaswap",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+    }))
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"live": true}))
+}
+
+async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiError> {
+    if rt.is_ready() {
+        Ok(HttpResponse::Ok().json(json!({"ready": true})))
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
+    rt.function(name)
+        .ok_or_else(|| ApiError::FunctionNotFound(name.to_string()))
+}
+
+/// The tensors a function takes and produces, as KServe metadata lists them.
+pub fn io_metadata(entry: &FunctionEntry) -> (Value, Value) {
+    let spec = &entry.model.spec;
+    let ids = |name: &str| json!({"name": name, "datatype": "INT64", "shape": [-1, -1]});
+    let mut inputs = vec![ids("input_ids"), ids("attention_mask")];
+    if matches!(spec.config, crate::engine::ModelConfig::Bert(_)) {
+        inputs.push(ids("token_type_ids"));
+    }
+    if spec.tokenizer.is_some() {
+        inputs.push(json!({"name": "text", "datatype": "BYTES", "shape": [-1]}));
+    }
+    let h = spec.config.hidden_size();
+    let outputs: Vec<Value> = spec
+        .outputs()
+        .into_iter()
+        .map(|o| {
+            let shape = match o {
+                crate::engine::OutputKind::SentenceEmbedding => {
+                    json!([-1, spec.pooling.as_ref().map_or(h, |p| p.output_dim(h))])
+                }
+                crate::engine::OutputKind::LastHiddenState => json!([-1, -1, h]),
+                crate::engine::OutputKind::Logits => json!([-1, -1, spec.config.vocab_size()]),
+            };
+            json!({"name": o.name(), "datatype": "FP32", "shape": shape})
+        })
+        .collect();
+    (Value::Array(inputs), Value::Array(outputs))
+}
+
+async fn model_metadata(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+) -> Result<HttpResponse, ApiError> {
+    let entry = function(&rt, &path.0)?;
+    let (inputs, outputs) = io_metadata(&entry);
+    Ok(HttpResponse::Ok().json(json!({
+        "name": path.0,
+        "versions": ["1"],
+        "platform": format!("faaswap_{}", entry.model.spec.config.model_type()),
+        "inputs": inputs,
+        "outputs": outputs,
+    })))
+}
+
+async fn model_ready(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+) -> Result<HttpResponse, ApiError> {
+    function(&rt, &path.0)?;
+    Ok(HttpResponse::Ok().json(json!({"name": path.0, "ready": true})))
+}
+
+async fn infer(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = &path.0;
+    let entry = function(&rt, name)?;
+    let body = body::read(payload, rt.config.max_body).await?;
+    let header_len = match req.headers().get("Inference-Header-Content-Length") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
+                })?,
+        ),
+        None => None,
+    };
+    let request = tensors::decode(&body, header_len, MAX_ELEMENTS)?;
+    let done = rt.infer(&entry, request.inputs, request.outputs).await?;
+    let (body, json_len) = tensors::encode(name, request.id, done, request.binary_output);
+    Ok(match json_len {
+        Some(n) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header(("Inference-Header-Content-Length", n.to_string()))
+            .body(body),
+        None => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+    })
+}
+
+fn stats_json(entry: &FunctionEntry) -> Value {
+    let s = &entry.stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let success = get(&s.success);
+    json!({
+        "name": entry.record().name,
+        "version": "1",
+        "last_inference": get(&s.last_inference_ms),
+        "inference_count": success,
+        "execution_count": success,
+        "inference_stats": {
+            "success": {"count": success, "ns": get(&s.success_ns)},
+            "fail": {"count": get(&s.fail), "ns": get(&s.fail_ns)},
+            "queue": {"count": success, "ns": get(&s.queue_ns)},
+            "compute_input": {"count": success, "ns": get(&s.swap_ns)},
+            "compute_infer": {"count": success, "ns": get(&s.exec_ns)},
+            "compute_output": {"count": success, "ns": 0},
+        },
+    })
+}
+
+async fn stats(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+) -> Result<HttpResponse, ApiError> {
+    let entry = function(&rt, &path.0)?;
+    Ok(HttpResponse::Ok().json(json!({"model_stats": [stats_json(&entry)]})))
+}
+
+async fn all_stats(rt: web::Data<Runtime>) -> HttpResponse {
+    let stats: Vec<Value> = rt.functions().iter().map(|e| stats_json(e)).collect();
+    HttpResponse::Ok().json(json!({"model_stats": stats}))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(
+    rt: web::Data<Runtime>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::read(payload, 1 << 20).await?;
+    let req: IndexRequest = body::json(&body)?;
+    let mut names = rt.repository_models();
+    for f in rt.functions() {
+        let name = f.record().name;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let index: Vec<Value> = names
+        .into_iter()
+        .filter_map(|name| {
+            let deployed = rt.function(&name).is_some();
+            if req.ready && !deployed {
+                return None;
+            }
+            let state = if deployed { "READY" } else { "UNAVAILABLE" };
+            Some(json!({"name": name, "version": "1", "state": state, "reason": if deployed { "" } else { "not loaded" }}))
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(index))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LoadRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// Deploys the repository package `name` as the function `name`; `parameters.config` may carry
+/// the function's settings as a JSON string. Loading what is already deployed succeeds.
+async fn load(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = &path.0;
+    let body = body::read(payload, 1 << 20).await?;
+    let req: LoadRequest = body::json(&body)?;
+    let settings = match req.parameters.get("config") {
+        Some(Value::String(s)) => {
+            let v: Value = serde_json::from_str(s)
+                .map_err(|e| ApiError::BadRequest(format!("parameters.config is not JSON: {e}")))?;
+            let settings = v.get("settings").cloned().unwrap_or(v);
+            serde_json::from_value(settings)
+                .map_err(|e| ApiError::BadRequest(format!("parameters.config: {e}")))?
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "parameters.config must be a JSON string".into(),
+            ))
+        }
+        None => FunctionSettings::default(),
+    };
+    if rt.function(name).is_some() {
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
+    rt.clone().into_inner().deploy(name, name, settings).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+async fn unload(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let _ = body::read(payload, 1 << 20).await?;
+    rt.undeploy(&path.0).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}

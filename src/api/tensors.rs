@@ -1,0 +1,403 @@
+//! KServe v2 inference bodies: JSON tensors and the binary tensor data extension that
+//! Triton's client uses by default (`Inference-Header-Content-Length`, `binary_data_size`).
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use crate::actors::messages::{Completed, Inputs};
+use crate::engine::{OutputTensor, TokenBatch};
+
+#[derive(Debug, Deserialize)]
+struct RequestJson {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Vec<OutputJson>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// A decoded inference request.
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Inputs,
+    pub outputs: Vec<String>,
+    /// Answer with binary output tensors.
+    pub binary_output: bool,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// Decodes a request body. `header_len` is the `Inference-Header-Content-Length` header: the
+/// JSON part's length when binary tensors follow it.
+pub fn decode(
+    body: &[u8],
+    header_len: Option<usize>,
+    max_elements: usize,
+) -> Result<InferRequest, ApiError> {
+    let json_len = header_len.unwrap_or(body.len());
+    if json_len > body.len() {
+        return Err(bad(format!(
+            "Inference-Header-Content-Length {json_len} exceeds the body's {} bytes",
+            body.len()
+        )));
+    }
+    let (head, mut binary) = body.split_at(json_len);
+    let req: RequestJson = serde_json::from_slice(head)
+        .map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let mut texts = None;
+    let mut ids = None;
+    let mut mask = None;
+    let mut types = None;
+    let mut ids_shape = (0, 0);
+    for input in &req.inputs {
+        let n = elements(&input.shape, max_elements)
+            .map_err(|e| bad(format!("input {:?}: {e}", input.name)))?;
+        let raw = match input.parameters.get("binary_data_size") {
+            Some(size) => {
+                let size = size
+                    .as_u64()
+                    .ok_or_else(|| bad("binary_data_size must be an integer"))?
+                    as usize;
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "input {:?}: binary data is shorter than binary_data_size",
+                        input.name
+                    )));
+                }
+                let (chunk, rest) = binary.split_at(size);
+                binary = rest;
+                Raw::Binary(chunk)
+            }
+            None => Raw::Json(
+                input
+                    .data
+                    .as_ref()
+                    .ok_or_else(|| bad(format!("input {:?} has no data", input.name)))?,
+            ),
+        };
+        match input.name.as_str() {
+            "text" => {
+                expect_type(input, &["BYTES"])?;
+                texts = Some(raw.strings(n).map_err(|e| bad(format!("input \"text\": {e}")))?);
+            }
+            "input_ids" | "attention_mask" | "token_type_ids" => {
+                expect_type(input, &["INT64", "INT32"])?;
+                let shape = match input.shape.as_slice() {
+                    [s] => (1, *s as usize),
+                    [b, s] => (*b as usize, *s as usize),
+                    _ => return Err(bad(format!("input {:?} must have shape [batch, seq]", input.name))),
+                };
+                let values = raw.ints(n, &input.datatype).map_err(|e| bad(format!("input {:?}: {e}", input.name)))?;
+                match input.name.as_str() {
+                    "input_ids" => {
+                        ids_shape = shape;
+                        ids = Some(values);
+                    }
+                    "attention_mask" => mask = Some((shape, values)),
+                    _ => types = Some((shape, values)),
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown input {other:?}: this model takes \"input_ids\" (with optional \"attention_mask\", \"token_type_ids\") or \"text\""
+                )))
+            }
+        }
+    }
+    let inputs = match (texts, ids) {
+        (Some(_), Some(_)) => return Err(bad("give either \"text\" or \"input_ids\", not both")),
+        (Some(t), None) => Inputs::Texts(t),
+        (None, Some(ids)) => {
+            let to_u32 = |what: &str, v: Vec<i64>| -> Result<Vec<u32>, ApiError> {
+                v.into_iter()
+                    .map(|x| {
+                        u32::try_from(x)
+                            .map_err(|_| bad(format!("{what} value {x} is out of range")))
+                    })
+                    .collect()
+            };
+            let check = |what: &str, shape: (usize, usize)| {
+                if shape == ids_shape {
+                    Ok(())
+                } else {
+                    Err(bad(format!(
+                        "{what} shape {shape:?} differs from input_ids {ids_shape:?}"
+                    )))
+                }
+            };
+            let mask = match mask {
+                Some((shape, v)) => {
+                    check("attention_mask", shape)?;
+                    Some(v.into_iter().map(|x| x != 0).collect())
+                }
+                None => None,
+            };
+            let types = match types {
+                Some((shape, v)) => {
+                    check("token_type_ids", shape)?;
+                    Some(to_u32("token_type_ids", v)?)
+                }
+                None => None,
+            };
+            let batch = TokenBatch::from_tensors(
+                ids_shape.0,
+                ids_shape.1,
+                to_u32("input_ids", ids)?,
+                mask,
+                types,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            Inputs::Tokens(batch)
+        }
+        (None, None) => return Err(bad("the request has no \"input_ids\" or \"text\" input")),
+    };
+    let wants_binary =
+        |p: &Map<String, Value>, key: &str| p.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let binary_output = wants_binary(&req.parameters, "binary_data_output")
+        || req
+            .outputs
+            .iter()
+            .any(|o| wants_binary(&o.parameters, "binary_data"));
+    Ok(InferRequest {
+        id: req.id,
+        inputs,
+        outputs: req.outputs.into_iter().map(|o| o.name).collect(),
+        binary_output,
+    })
+}
+
+fn expect_type(input: &InputJson, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&input.datatype.as_str()) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "input {:?} has datatype {}, expected {}",
+            input.name,
+            input.datatype,
+            allowed.join(" or ")
+        )))
+    }
+}
+
+fn elements(shape: &[i64], max: usize) -> Result<usize, String> {
+    let mut n: usize = 1;
+    for &d in shape {
+        let d =
+            usize::try_from(d).map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
+        n = n
+            .checked_mul(d)
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("shape {shape:?} exceeds {max} elements"))?;
+    }
+    Ok(n)
+}
+
+enum Raw<'a> {
+    Json(&'a Value),
+    Binary(&'a [u8]),
+}
+
+impl Raw<'_> {
+    fn ints(&self, n: usize, datatype: &str) -> Result<Vec<i64>, String> {
+        let v: Vec<i64> = match self {
+            Raw::Json(value) => {
+                let mut flat = Vec::with_capacity(n);
+                flatten(value, &mut flat)?;
+                flat.iter()
+                    .map(|x| x.as_i64().ok_or_else(|| format!("{x} is not an integer")))
+                    .collect::<Result<_, _>>()?
+            }
+            Raw::Binary(bytes) => match datatype {
+                "INT64" => bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+                _ => bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                    .collect(),
+            },
+        };
+        if v.len() != n {
+            return Err(format!("{} values for a shape of {n} elements", v.len()));
+        }
+        Ok(v)
+    }
+
+    fn strings(&self, n: usize) -> Result<Vec<String>, String> {
+        let v: Vec<String> = match self {
+            Raw::Json(value) => {
+                let mut flat = Vec::with_capacity(n);
+                flatten(value, &mut flat)?;
+                flat.into_iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| format!("{x} is not a string"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            Raw::Binary(mut bytes) => {
+                let mut out = Vec::new();
+                while !bytes.is_empty() {
+                    if bytes.len() < 4 {
+                        return Err("truncated BYTES element".into());
+                    }
+                    let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+                    let s = bytes.get(4..4 + len).ok_or("truncated BYTES element")?;
+                    out.push(String::from_utf8(s.to_vec()).map_err(|_| "text is not UTF-8")?);
+                    bytes = &bytes[4 + len..];
+                }
+                out
+            }
+        };
+        if v.len() != n {
+            return Err(format!("{} values for a shape of {n} elements", v.len()));
+        }
+        Ok(v)
+    }
+}
+
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter().try_for_each(|x| flatten(x, out)),
+        other => {
+            out.push(other);
+            Ok(())
+        }
+    }
+}
+
+/// The response: JSON, or JSON header + binary tensors. Returns (body, JSON header length when
+/// binary).
+pub fn encode(
+    model: &str,
+    id: Option<String>,
+    done: Completed,
+    binary: bool,
+) -> (Vec<u8>, Option<usize>) {
+    let params = json!({
+        "device": done.device,
+        "simulated": done.simulated,
+        "queue_ms": done.queue_ms,
+        "swap_ms": done.swap_ms,
+        "execute_ms": done.exec_ms,
+        "total_ms": done.total_ms,
+        "swapped_bytes": done.swapped_bytes,
+    });
+    let mut blob = Vec::new();
+    let outputs: Vec<Value> = done
+        .outputs
+        .into_iter()
+        .map(|OutputTensor { name, datatype, shape, data }| {
+            if binary {
+                let size = data.len() * 4;
+                blob.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+                json!({"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}})
+            } else {
+                json!({"name": name, "datatype": datatype, "shape": shape, "data": data})
+            }
+        })
+        .collect();
+    let mut resp = json!({"model_name": model, "model_version": "1", "outputs": outputs, "parameters": params});
+    if done.simulated {
+        resp["simulated"] = json!(true);
+    }
+    if let Some(id) = id {
+        resp["id"] = json!(id);
+    }
+    let mut body = serde_json::to_vec(&resp).expect("JSON values serialize");
+    if binary {
+        let header = body.len();
+        body.extend(blob);
+        (body, Some(header))
+    } else {
+        (body, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_json_and_binary_ids() {
+        let body = br#"{"inputs":[{"name":"input_ids","shape":[2,2],"datatype":"INT64","data":[[1,2],[3,4]]},
+            {"name":"attention_mask","shape":[2,2],"datatype":"INT64","data":[1,1,1,0]}]}"#;
+        let r = decode(body, None, 1000).unwrap();
+        let Inputs::Tokens(b) = r.inputs else {
+            panic!("tokens expected")
+        };
+        assert_eq!(b.ids, vec![1, 2, 3, 4]);
+        assert_eq!(b.mask, vec![true, true, true, false]);
+        assert!(!r.binary_output);
+
+        let head = br#"{"inputs":[{"name":"input_ids","shape":[1,3],"datatype":"INT64","parameters":{"binary_data_size":24}}],"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}"#;
+        let mut body = head.to_vec();
+        for x in [7i64, 8, 9] {
+            body.extend(x.to_le_bytes());
+        }
+        let r = decode(&body, Some(head.len()), 1000).unwrap();
+        let Inputs::Tokens(b) = r.inputs else {
+            panic!("tokens expected")
+        };
+        assert_eq!(b.ids, vec![7, 8, 9]);
+        assert!(r.binary_output);
+        assert_eq!(r.outputs, vec!["logits"]);
+    }
+
+    #[test]
+    fn decodes_binary_text() {
+        let head = br#"{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":17}}]}"#;
+        let mut body = head.to_vec();
+        for s in ["hello", "héh"] {
+            body.extend((s.len() as u32).to_le_bytes());
+            body.extend(s.as_bytes());
+        }
+        let r = decode(&body, Some(head.len()), 1000).unwrap();
+        let Inputs::Texts(t) = r.inputs else {
+            panic!("texts expected")
+        };
+        assert_eq!(t, vec!["hello", "héh"]);
+    }
+
+    #[test]
+    fn rejects_malformed_requests() {
+        for body in [
+            &br#"{"inputs":[]}"#[..],
+            br#"{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[1]}]}"#,
+            br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
+            br#"{"inputs":[{"name":"input_ids","shape":[1,-2],"datatype":"INT64","data":[1,2]}]}"#,
+            br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[1,-2]}]}"#,
+            br#"{"inputs":[{"name":"input_ids","shape":[100000,100000],"datatype":"INT64","data":[1]}]}"#,
+            br#"not json"#,
+        ] {
+            assert!(decode(body, None, 1 << 20).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

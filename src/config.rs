@@ -1,0 +1,167 @@
+//! `faaswap serve` configuration: defaults in the struct, then a TOML file (`--config`), then
+//! environment variables (`FAASWAP_*`), then flags — each later source wins.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::gpu::{parse_bandwidth, parse_bytes, DevicePlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Devices(#[from] crate::gpu::DeviceError),
+}
+
+/// Flags and environment variables; every field is optional so that the file can fill it.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the flags, e.g. `device-memory = "4GiB"`).
+    #[arg(long, env = "FAASWAP_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "FAASWAP_ADDR")]
+    pub addr: Option<String>,
+    /// Data directory: the store and the deployed packages [default: ./state].
+    #[arg(long, env = "FAASWAP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Folder of model packages that can be deployed by name.
+    #[arg(long, env = "FAASWAP_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// auto, cpu, cpu:N, cuda, sim:N or sim:NxSIZE [default: auto].
+    #[arg(long, env = "FAASWAP_DEVICES")]
+    pub devices: Option<String>,
+    /// Weight pool of each device, e.g. 2GiB [default: 2GiB for cpu, 16GiB for sim].
+    #[arg(long, env = "FAASWAP_DEVICE_MEMORY")]
+    pub device_memory: Option<String>,
+    /// Page size of the weight pools [default: 2MiB].
+    #[arg(long, env = "FAASWAP_PAGE_SIZE")]
+    pub page_size: Option<String>,
+    /// Host→device link bandwidth to model, e.g. 12GB/s (cpu: throttles swap-in copies).
+    #[arg(long, env = "FAASWAP_HOST_LINK")]
+    pub host_link: Option<String>,
+    /// Largest request body [default: 64MiB].
+    #[arg(long, env = "FAASWAP_MAX_BODY")]
+    pub max_body: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub addr: String,
+    pub state_dir: PathBuf,
+    pub model_repository: Option<PathBuf>,
+    pub devices: DevicePlan,
+    pub page_bytes: u64,
+    pub host_link: Option<f64>,
+    pub max_body: usize,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        let pick = |a: Option<String>, b: Option<String>| a.or(b);
+        let addr = pick(self.addr, file.addr).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let size = |what: &str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
+            v.map(|s| parse_bytes(&s).map_err(|e| ConfigError::Invalid(format!("{what}: {e}"))))
+                .transpose()
+        };
+        let device_memory = size(
+            "--device-memory",
+            pick(self.device_memory, file.device_memory),
+        )?;
+        let page_bytes =
+            size("--page-size", pick(self.page_size, file.page_size))?.unwrap_or(2 << 20);
+        if !page_bytes.is_power_of_two() || !(4096..=(64 << 20)).contains(&page_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "--page-size {page_bytes} must be a power of two from 4KiB to 64MiB"
+            )));
+        }
+        let spec = pick(self.devices, file.devices).unwrap_or_else(|| "auto".into());
+        let host_link = pick(self.host_link, file.host_link)
+            .map(|s| {
+                parse_bandwidth(&s).map_err(|e| ConfigError::Invalid(format!("--host-link: {e}")))
+            })
+            .transpose()?;
+        let max_body = size("--max-body", pick(self.max_body, file.max_body))?.unwrap_or(64 << 20);
+        Ok(ServeConfig {
+            addr,
+            state_dir: self
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("state")),
+            model_repository: self.model_repository.or(file.model_repository),
+            devices: DevicePlan::parse(&spec, device_memory)?,
+            page_bytes,
+            host_link,
+            max_body: max_body as usize,
+        })
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let err = |reason: String| ConfigError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("faaswap.toml");
+        std::fs::write(
+            &file,
+            "addr = \"0.0.0.0:9000\"\ndevices = \"sim:2x1GiB\"\npage-size = \"1MiB\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            devices: Some("cpu:2".into()),
+            device_memory: Some("256MiB".into()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.addr, "0.0.0.0:9000");
+        assert_eq!((c.devices.count, c.devices.pool_bytes), (2, 256 << 20));
+        assert_eq!(c.page_bytes, 1 << 20);
+        assert_eq!(c.state_dir, PathBuf::from("state"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad = |args: ServeArgs| assert!(args.resolve().is_err());
+        bad(ServeArgs {
+            page_size: Some("3000".into()),
+            ..Default::default()
+        });
+        bad(ServeArgs {
+            device_memory: Some("lots".into()),
+            ..Default::default()
+        });
+        bad(ServeArgs {
+            host_link: Some("fast".into()),
+            ..Default::default()
+        });
+        bad(ServeArgs {
+            devices: Some("tpu".into()),
+            ..Default::default()
+        });
+    }
+}

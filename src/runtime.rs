@@ -1,0 +1,465 @@
+//! The running system: starts the actors, owns the registry of deployed functions and the
+//! store, and carries out deploys, undeploys and the restore after a start. HTTP handlers call
+//! it; it calls the actors.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix::{Actor, Addr, Arbiter};
+
+use crate::actors::function::FunctionActor;
+use crate::actors::gpu::GpuActor;
+use crate::actors::messages::{
+    AttachGpus, Completed, GetDevices, GetQueued, Infer, Inputs, RegisterFunction,
+    UnregisterFunction,
+};
+use crate::actors::scheduler::SchedulerActor;
+use crate::actors::RuntimeError;
+use crate::config::ServeConfig;
+use crate::engine::{EngineError, Model};
+use crate::gpu::{DeviceError, DeviceInfo};
+use crate::metrics as m;
+use crate::policy::cluster::DeviceSnapshot;
+use crate::policy::{Cluster, FunctionId, PagePool};
+use crate::store::{FunctionRecord, FunctionSettings, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("invalid name {0:?}: use letters, digits, '_', '-' and '.', starting with a letter or digit, at most 64 characters")]
+    InvalidName(String),
+    #[error("no model repository is configured (start with --model-repository DIR)")]
+    NoRepository,
+    #[error("model {0:?} is not in the model repository")]
+    ModelNotFound(String),
+    #[error("function {0:?} is already deployed")]
+    AlreadyExists(String),
+    #[error("function {0:?} is not deployed")]
+    NotDeployed(String),
+    #[error("invalid settings: {0}")]
+    InvalidSettings(String),
+    #[error("bad model package: {0}")]
+    BadPackage(#[source] EngineError),
+    #[error("function {name:?} cannot be served: {reason}")]
+    DoesNotFit { name: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("deploy task failed: {0}")]
+    Task(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Names of functions and models: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Counters behind `GET /v2/models/{name}/stats`.
+#[derive(Debug, Default)]
+pub struct FunctionStats {
+    pub success: AtomicU64,
+    pub fail: AtomicU64,
+    pub success_ns: AtomicU64,
+    pub fail_ns: AtomicU64,
+    pub queue_ns: AtomicU64,
+    pub swap_ns: AtomicU64,
+    pub exec_ns: AtomicU64,
+    pub last_inference_ms: AtomicU64,
+}
+
+pub struct FunctionEntry {
+    pub id: FunctionId,
+    pub record: RwLock<FunctionRecord>,
+    pub model: Arc<Model>,
+    actor: Addr<FunctionActor>,
+    pub stats: FunctionStats,
+}
+
+impl FunctionEntry {
+    pub fn record(&self) -> FunctionRecord {
+        self.record
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+pub struct Runtime {
+    pub config: ServeConfig,
+    pub devices: Vec<DeviceInfo>,
+    store: Store,
+    scheduler: Addr<SchedulerActor>,
+    functions: RwLock<BTreeMap<String, Arc<FunctionEntry>>>,
+    next_id: AtomicU64,
+    ready: AtomicBool,
+    deploys: tokio::sync::Mutex<()>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Runtime {
+    /// Opens the store, creates the devices and starts the actors. Call inside an actix system.
+    pub fn start(config: ServeConfig) -> Result<Arc<Self>, StartError> {
+        m::handle();
+        let store = Store::open(&config.state_dir)?;
+        let devices = config.devices.build(config.page_bytes, config.host_link)?;
+        let infos: Vec<DeviceInfo> = devices.iter().map(|d| d.info().clone()).collect();
+        let pools = infos
+            .iter()
+            .map(|i| PagePool::new(i.pool_bytes, i.page_bytes))
+            .collect();
+        let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();
+        let sched_arbiter = Arbiter::new();
+        let scheduler_state = SchedulerActor::new(Cluster::new(pools), ids);
+        let scheduler =
+            SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
+        let mut arbiters = vec![sched_arbiter];
+        let mut gpus = Vec::with_capacity(devices.len());
+        for (i, device) in devices.into_iter().enumerate() {
+            // Each device on its own thread: its calls block.
+            let arbiter = Arbiter::new();
+            let sched = scheduler.clone();
+            gpus.push(GpuActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                GpuActor::new(i, device, sched)
+            }));
+            arbiters.push(arbiter);
+        }
+        scheduler.do_send(AttachGpus { gpus });
+        arbiters.push(Arbiter::new()); // function actors
+        Ok(Arc::new(Self {
+            config,
+            devices: infos,
+            store,
+            scheduler,
+            functions: RwLock::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            deploys: tokio::sync::Mutex::new(()),
+            arbiters,
+        }))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Brings back every persisted function, then reports ready.
+    pub async fn restore(self: &Arc<Self>) {
+        let _guard = self.deploys.lock().await;
+        match self.store.list() {
+            Ok(records) => {
+                for record in records {
+                    let name = record.name.clone();
+                    if let Err(e) = self.activate(record).await {
+                        tracing::error!("function {name:?} could not be restored: {e}");
+                    }
+                }
+                if let Err(e) = self.store.remove_unused_packages() {
+                    tracing::warn!("removing unused package copies: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cannot list persisted functions: {e}"),
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(
+            "ready: {} functions restored",
+            self.functions.read().map_or(0, |f| f.len())
+        );
+    }
+
+    pub fn function(&self, name: &str) -> Option<Arc<FunctionEntry>> {
+        self.functions.read().ok()?.get(name).cloned()
+    }
+
+    pub fn functions(&self) -> Vec<Arc<FunctionEntry>> {
+        self.functions
+            .read()
+            .map(|f| f.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Package folders in the model repository.
+    pub fn repository_models(&self) -> Vec<String> {
+        let Some(repo) = &self.config.model_repository else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = std::fs::read_dir(repo)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("config.json").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn repository_path(&self, model: &str) -> Result<PathBuf, DeployError> {
+        if !valid_name(model) {
+            return Err(DeployError::InvalidName(model.to_string()));
+        }
+        let repo = self
+            .config
+            .model_repository
+            .as_ref()
+            .ok_or(DeployError::NoRepository)?;
+        let dir = repo.join(model);
+        if !dir.join("config.json").is_file() {
+            return Err(DeployError::ModelNotFound(model.to_string()));
+        }
+        Ok(dir)
+    }
+
+    /// Deploys package `model` from the repository as function `name`. Durable once it returns.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        model: &str,
+        settings: FunctionSettings,
+    ) -> Result<Arc<FunctionEntry>, DeployError> {
+        if !valid_name(name) {
+            return Err(DeployError::InvalidName(name.to_string()));
+        }
+        settings.validate().map_err(DeployError::InvalidSettings)?;
+        let src = self.repository_path(model)?;
+        let _guard = self.deploys.lock().await;
+        if self.function(name).is_some() {
+            return Err(DeployError::AlreadyExists(name.to_string()));
+        }
+        let this = self.clone();
+        let fname = name.to_string();
+        let (package_dir, digest) =
+            actix_rt::task::spawn_blocking(move || this.store.import_package(&src, &fname))
+                .await
+                .map_err(|e| DeployError::Task(e.to_string()))??;
+        let record = FunctionRecord {
+            name: name.to_string(),
+            model: model.to_string(),
+            digest,
+            package_dir,
+            settings,
+            created_unix_ms: now_ms(),
+        };
+        let entry = match self.activate(record.clone()).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = self.store.remove_unused_packages();
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.put(&record) {
+            self.deactivate(name).await;
+            return Err(e.into());
+        }
+        Ok(entry)
+    }
+
+    /// Loads a recorded function's package and makes it servable.
+    async fn activate(
+        self: &Arc<Self>,
+        record: FunctionRecord,
+    ) -> Result<Arc<FunctionEntry>, DeployError> {
+        let dir = self.store.package_path(&record);
+        let model = actix_rt::task::spawn_blocking(move || Model::load(&dir))
+            .await
+            .map_err(|e| DeployError::Task(e.to_string()))?
+            .map_err(DeployError::BadPackage)?;
+        let model = Arc::new(model);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = record.name.clone();
+        self.scheduler
+            .send(RegisterFunction {
+                id,
+                name: name.clone(),
+                bytes: model.spec.layout.total_bytes() as u64,
+            })
+            .await
+            .map_err(|_| RuntimeError::Stopped)?
+            .map_err(|reason| DeployError::DoesNotFit {
+                name: name.clone(),
+                reason,
+            })?;
+        let (actor_model, scheduler, actor_name) =
+            (model.clone(), self.scheduler.clone(), name.clone());
+        let actor = FunctionActor::start_in_arbiter(
+            &self.arbiters.last().expect("function arbiter").handle(),
+            move |_| FunctionActor::new(id, actor_name, actor_model, scheduler),
+        );
+        let entry = Arc::new(FunctionEntry {
+            id,
+            record: RwLock::new(record),
+            model,
+            actor,
+            stats: FunctionStats::default(),
+        });
+        let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
+        functions.insert(name, entry.clone());
+        m::functions_deployed(functions.len());
+        Ok(entry)
+    }
+
+    async fn deactivate(&self, name: &str) -> Option<Arc<FunctionEntry>> {
+        let entry = {
+            let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
+            let entry = functions.remove(name);
+            m::functions_deployed(functions.len());
+            entry
+        }?;
+        let _ = self
+            .scheduler
+            .send(UnregisterFunction { id: entry.id })
+            .await;
+        Some(entry)
+    }
+
+    pub async fn undeploy(&self, name: &str) -> Result<FunctionRecord, DeployError> {
+        let _guard = self.deploys.lock().await;
+        let entry = self
+            .deactivate(name)
+            .await
+            .ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
+        let record = entry.record();
+        self.store.delete(name)?;
+        Ok(record)
+    }
+
+    pub async fn update_settings(
+        &self,
+        name: &str,
+        settings: FunctionSettings,
+    ) -> Result<FunctionRecord, DeployError> {
+        settings.validate().map_err(DeployError::InvalidSettings)?;
+        let _guard = self.deploys.lock().await;
+        let entry = self
+            .function(name)
+            .ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
+        let mut record = entry.record();
+        record.settings = settings;
+        self.store.put(&record)?;
+        *entry.record.write().unwrap_or_else(|e| e.into_inner()) = record.clone();
+        Ok(record)
+    }
+
+    /// Runs one request on a deployed function.
+    pub async fn infer(
+        &self,
+        entry: &FunctionEntry,
+        inputs: Inputs,
+        outputs: Vec<String>,
+    ) -> Result<Completed, RuntimeError> {
+        let received = Instant::now();
+        let result = entry
+            .actor
+            .send(Infer {
+                inputs,
+                outputs,
+                received,
+            })
+            .await
+            .unwrap_or(Err(RuntimeError::Stopped));
+        let ns = |ms: f64| (ms * 1e6) as u64;
+        let s = &entry.stats;
+        let name = &entry.record().name;
+        match &result {
+            Ok(c) => {
+                s.success.fetch_add(1, Ordering::Relaxed);
+                s.success_ns.fetch_add(ns(c.total_ms), Ordering::Relaxed);
+                s.queue_ns.fetch_add(ns(c.queue_ms), Ordering::Relaxed);
+                s.swap_ns.fetch_add(ns(c.swap_ms), Ordering::Relaxed);
+                s.exec_ns.fetch_add(ns(c.exec_ms), Ordering::Relaxed);
+                m::request(name, "success");
+                m::phases(c.queue_ms, c.swap_ms, c.exec_ms, c.total_ms);
+            }
+            Err(e) => {
+                s.fail.fetch_add(1, Ordering::Relaxed);
+                s.fail_ns
+                    .fetch_add(received.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                m::request(
+                    name,
+                    if matches!(e, RuntimeError::Engine(_)) {
+                        "invalid"
+                    } else {
+                        "error"
+                    },
+                );
+            }
+        }
+        s.last_inference_ms.store(now_ms(), Ordering::Relaxed);
+        result
+    }
+
+    pub async fn device_snapshots(&self) -> Vec<DeviceSnapshot> {
+        self.scheduler.send(GetDevices).await.unwrap_or_default()
+    }
+
+    pub async fn queued(&self, entry: &FunctionEntry) -> usize {
+        self.scheduler
+            .send(GetQueued { function: entry.id })
+            .await
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_follow_the_safe_alphabet() {
+        for ok in [
+            "bert",
+            "all-MiniLM-L6-v2",
+            "a.b_c",
+            "9lives",
+            &"x".repeat(64),
+        ] {
+            assert!(super::valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".hidden",
+            "..",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(!super::valid_name(bad), "{bad}");
+        }
+    }
+}
