@@ -6,4 +6,5 @@ mod cli;
 mod common;
 mod fixtures;
 mod minilm;
+mod server;
 mod synth;
