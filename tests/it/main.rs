@@ -8,3 +8,4 @@ mod fixtures;
 mod minilm;
 mod server;
 mod synth;
+mod triton;
