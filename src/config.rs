@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Host→device link bandwidth to model, e.g. 12GB/s (cpu: throttles swap-in copies).
     #[arg(long, env = "FAASWAP_HOST_LINK")]
     pub host_link: Option<String>,
+    /// Multiplies every modelled time of `sim` devices (0: jobs take no time, to measure the
+    /// runtime's own overhead) [default: 1].
+    #[arg(long, env = "FAASWAP_SIM_TIME_SCALE")]
+    pub sim_time_scale: Option<f64>,
     /// Largest request body [default: 64MiB].
     #[arg(long, env = "FAASWAP_MAX_BODY")]
     pub max_body: Option<String>,
@@ -61,6 +65,7 @@ pub struct ServeConfig {
     pub devices: DevicePlan,
     pub page_bytes: u64,
     pub host_link: Option<f64>,
+    pub sim_time_scale: f64,
     pub max_body: usize,
 }
 
@@ -94,6 +99,12 @@ impl ServeArgs {
             })
             .transpose()?;
         let max_body = size("--max-body", pick(self.max_body, file.max_body))?.unwrap_or(64 << 20);
+        let sim_time_scale = self.sim_time_scale.or(file.sim_time_scale).unwrap_or(1.0);
+        if !(sim_time_scale.is_finite() && sim_time_scale >= 0.0) {
+            return Err(ConfigError::Invalid(format!(
+                "--sim-time-scale {sim_time_scale} must be ≥ 0"
+            )));
+        }
         Ok(ServeConfig {
             addr,
             state_dir: self
@@ -104,6 +115,7 @@ impl ServeArgs {
             devices: DevicePlan::parse(&spec, device_memory)?,
             page_bytes,
             host_link,
+            sim_time_scale,
             max_body: max_body as usize,
         })
     }

@@ -75,6 +75,7 @@ pub struct FunctionStats {
 
 pub struct FunctionEntry {
     pub id: FunctionId,
+    pub name: String,
     pub record: RwLock<FunctionRecord>,
     pub model: Arc<Model>,
     actor: Addr<FunctionActor>,
@@ -121,7 +122,10 @@ impl Runtime {
     pub fn start(config: ServeConfig) -> Result<Arc<Self>, StartError> {
         m::handle();
         let store = Store::open(&config.state_dir)?;
-        let devices = config.devices.build(config.page_bytes, config.host_link)?;
+        let devices =
+            config
+                .devices
+                .build(config.page_bytes, config.host_link, config.sim_time_scale)?;
         let infos: Vec<DeviceInfo> = devices.iter().map(|d| d.info().clone()).collect();
         let pools = infos
             .iter()
@@ -144,7 +148,6 @@ impl Runtime {
             arbiters.push(arbiter);
         }
         scheduler.do_send(AttachGpus { gpus });
-        arbiters.push(Arbiter::new()); // function actors
         Ok(Arc::new(Self {
             config,
             devices: infos,
@@ -302,11 +305,14 @@ impl Runtime {
         let (actor_model, scheduler, actor_name) =
             (model.clone(), self.scheduler.clone(), name.clone());
         let actor = FunctionActor::start_in_arbiter(
-            &self.arbiters.last().expect("function arbiter").handle(),
+            // On the scheduler's thread: a request then crosses threads only to its device
+            // and back (each crossing is a wake-up, the largest cost of a zero-time job).
+            &self.arbiters[0].handle(),
             move |_| FunctionActor::new(id, actor_name, actor_model, scheduler),
         );
         let entry = Arc::new(FunctionEntry {
             id,
+            name: name.clone(),
             record: RwLock::new(record),
             model,
             actor,
@@ -368,18 +374,18 @@ impl Runtime {
         outputs: Vec<String>,
     ) -> Result<Completed, RuntimeError> {
         let received = Instant::now();
-        let result = entry
-            .actor
-            .send(Infer {
-                inputs,
-                outputs,
-                received,
-            })
-            .await
-            .unwrap_or(Err(RuntimeError::Stopped));
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
+        entry.actor.do_send(Infer {
+            inputs,
+            outputs,
+            received,
+            reply,
+        });
+        let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;
-        let name = &entry.record().name;
+        let name = &entry.name;
         match &result {
             Ok(c) => {
                 s.success.fetch_add(1, Ordering::Relaxed);

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Context, Handler, ResponseFuture};
+use actix::{Actor, Addr, Context, Handler};
 use tokio::sync::oneshot;
 
-use super::messages::{Completed, Infer, Inputs, Submit, Work};
+use super::messages::{Infer, Inputs, Submit, Work};
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
 use crate::engine::{Model, OutputKind, TokenBatch};
@@ -62,22 +62,22 @@ impl Actor for FunctionActor {
 }
 
 impl Handler<Infer> for FunctionActor {
-    type Result = ResponseFuture<Result<Completed, RuntimeError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Infer, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, mut msg: Infer, _: &mut Context<Self>) {
         let received = msg.received;
-        let work = match self.prepare(msg) {
-            Ok(w) => w,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        let (tx, rx) = oneshot::channel();
-        self.scheduler.do_send(Submit {
-            function: self.id,
-            name: self.name.clone(),
-            work,
-            received,
-            reply: tx,
-        });
-        Box::pin(async move { rx.await.unwrap_or(Err(RuntimeError::Stopped)) })
+        let reply = std::mem::replace(&mut msg.reply, oneshot::channel().0);
+        match self.prepare(msg) {
+            Ok(work) => self.scheduler.do_send(Submit {
+                function: self.id,
+                name: self.name.clone(),
+                work,
+                received,
+                reply,
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 }

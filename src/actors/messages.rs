@@ -113,12 +113,14 @@ pub enum Inputs {
     Tokens(TokenBatch),
 }
 
-/// One inference request for this function.
+/// One inference request for this function. The result goes straight from the device to
+/// `reply` (the HTTP handler waits on it), not back through this actor.
 #[derive(Message)]
-#[rtype(result = "Result<Completed, RuntimeError>")]
+#[rtype(result = "()")]
 pub struct Infer {
     pub inputs: Inputs,
     /// Requested outputs by name; the model's default when empty.
     pub outputs: Vec<String>,
     pub received: Instant,
+    pub reply: Reply,
 }

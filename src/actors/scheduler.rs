@@ -48,7 +48,9 @@ impl SchedulerActor {
         if self.gpus.is_empty() {
             return;
         }
+        let mut moved = false;
         while let Some(d) = self.cluster.next_dispatch() {
+            moved |= d.swap.is_some();
             let Some(p) = self.pending.remove(&d.request) else {
                 // Its function was removed while the order was being decided.
                 self.cluster.complete(d.device, true);
@@ -71,7 +73,9 @@ impl SchedulerActor {
                 reply: p.reply,
             });
         }
-        self.publish_memory();
+        if moved {
+            self.publish_memory();
+        }
     }
 
     fn publish_memory(&self) {
@@ -141,6 +145,9 @@ impl Handler<JobDone> for SchedulerActor {
 
     fn handle(&mut self, msg: JobDone, _: &mut Context<Self>) {
         self.cluster.complete(msg.device, msg.keep);
+        if !msg.keep {
+            self.publish_memory();
+        }
         self.dispatch();
     }
 }

@@ -18,7 +18,13 @@ use crate::store::FunctionSettings;
 const MAX_ELEMENTS: usize = 1 << 24;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v2", web::get().to(server_metadata))
+    // Routes are matched in order, a pattern at a time: the hot one goes first.
+    cfg.route("/v2/models/{name}/infer", web::post().to(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            web::post().to(infer),
+        )
+        .route("/v2", web::get().to(server_metadata))
         .route("/v2/health/live", web::get().to(live))
         .route("/v2/health/ready", web::get().to(ready))
         .route("/v2/models/{name}", web::get().to(model_metadata))
@@ -30,11 +36,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v2/models/{name}/versions/{version}/ready",
             web::get().to(model_ready),
-        )
-        .route("/v2/models/{name}/infer", web::post().to(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            web::post().to(infer),
         )
         .route("/v2/models/{name}/stats", web::get().to(stats))
         .route(

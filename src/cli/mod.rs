@@ -1,6 +1,7 @@
 //! The `faaswap` command line: argument definitions and the one-off commands that use the
 //! engine directly (`run`, `generate`, `inspect`, `profile`, `synth`).
 
+mod bench;
 mod infer;
 mod profile;
 mod serve;
@@ -30,6 +31,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the inference server (KServe v2 HTTP API, management API, metrics).
     Serve(crate::config::ServeArgs),
+    /// Replay requests against a running server's infer endpoint and report throughput and
+    /// latency percentiles.
+    Bench(bench::BenchArgs),
+    /// A bare actix-web route with a fixed answer: the baseline for `bench`.
+    #[command(hide = true)]
+    BareServer(bench::BareArgs),
     /// Run a model package once on the CPU and print its outputs as KServe v2 JSON.
     Run(RunArgs),
     /// Generate tokens with a GPT-2 family package and print {"token_ids": [...]}.
@@ -142,6 +149,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
     match cli.command {
         Command::Serve(a) => serve::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::BareServer(a) => bench::bare_server(a),
         Command::Run(a) => infer::run(a),
         Command::Generate(a) => infer::generate(a),
         Command::Inspect(a) => infer::inspect(a),

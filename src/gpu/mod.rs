@@ -142,6 +142,7 @@ impl DevicePlan {
         &self,
         page_bytes: u64,
         host_link: Option<f64>,
+        sim_time_scale: f64,
     ) -> Result<Vec<Box<dyn Device>>, DeviceError> {
         (0..self.count)
             .map(|i| -> Result<Box<dyn Device>, DeviceError> {
@@ -158,11 +159,14 @@ impl DevicePlan {
                         "cpu",
                         host_link,
                     ))?)),
-                    DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(info(
-                        DeviceKind::Sim,
-                        "sim",
-                        Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)),
-                    )))),
+                    DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(
+                        info(
+                            DeviceKind::Sim,
+                            "sim",
+                            Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)),
+                        ),
+                        sim_time_scale,
+                    ))),
                     DeviceKind::Cuda => Err(cuda::probe().expect_err("no CUDA back end yet")),
                 }
             })

@@ -1,0 +1,152 @@
+//! `faaswap bench`: a closed-loop HTTP load generator for one function's infer endpoint
+//! (KServe v2 JSON), and `faaswap bare-server`, a bare actix-web route answering the same URL
+//! with a fixed body — the baseline that isolates faaswap's own overhead.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use clap::Args;
+use serde_json::json;
+
+use super::{print_json, CliError, TokenIds};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Function to invoke.
+    #[arg(long)]
+    pub function: String,
+    /// Token ids of every request.
+    #[arg(long = "input-ids", value_parser = super::parse_ids, default_value = "101,7592,2088,102")]
+    pub input_ids: TokenIds,
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Clients sending at once (each waits for its answer before sending again).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Requests sent first and not measured.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+}
+
+pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    if a.concurrency == 0 || a.requests == 0 {
+        return Err(CliError::Usage(
+            "--requests and --concurrency must be at least 1".into(),
+        ));
+    }
+    let url = format!(
+        "{}/v2/models/{}/infer",
+        a.url.trim_end_matches('/'),
+        a.function
+    );
+    let ids = &a.input_ids.0;
+    let body = json!({"inputs": [{"name": "input_ids", "shape": [1, ids.len()], "datatype": "INT64", "data": ids}]})
+        .to_string();
+    let send = |agent: &ureq::Agent| -> Result<(), String> {
+        agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+            .map_err(|e| e.to_string())?
+            .into_string()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    for _ in 0..a.warmup {
+        send(&agent).map_err(|e| CliError::Usage(format!("warm-up request failed: {e}")))?;
+    }
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let per_client: Vec<(Vec<f64>, usize)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..a.concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(60))
+                        .build();
+                    let (mut lat, mut errors) = (Vec::new(), 0);
+                    while next.fetch_add(1, Ordering::Relaxed) < a.requests {
+                        let t = Instant::now();
+                        match send(&agent) {
+                            Ok(()) => lat.push(t.elapsed().as_secs_f64() * 1e3),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("bench client does not panic"))
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let errors: usize = per_client.iter().map(|(_, e)| e).sum();
+    let mut lat: Vec<f64> = per_client.into_iter().flat_map(|(l, _)| l).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    print_json(&json!({
+        "url": url,
+        "requests": a.requests,
+        "concurrency": a.concurrency,
+        "ok": lat.len(),
+        "errors": errors,
+        "seconds": seconds,
+        "throughput_rps": lat.len() as f64 / seconds,
+        "mean_ms": lat.iter().sum::<f64>() / lat.len().max(1) as f64,
+        "p50_ms": pct(0.5),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+    }))
+}
+
+#[derive(Debug, Args)]
+pub struct BareArgs {
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub addr: String,
+}
+
+/// Answers `POST /v2/models/{name}/infer` with a fixed KServe-shaped body after reading the
+/// request: the least an HTTP inference endpoint can do.
+pub fn bare_server(a: BareArgs) -> Result<(), CliError> {
+    let reply = json!({"model_name": "bare", "model_version": "1", "outputs": [
+        {"name": "last_hidden_state", "datatype": "FP32", "shape": [1, 1, 1], "data": [0.0]}]})
+    .to_string();
+    eprintln!(
+        "bare actix-web route on http://{}/v2/models/{{name}}/infer",
+        a.addr
+    );
+    actix_rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            let reply = reply.clone();
+            App::new().route(
+                "/v2/models/{name}/infer",
+                web::post().to(move |_body: web::Bytes| {
+                    let reply = reply.clone();
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(reply)
+                    }
+                }),
+            )
+        })
+        .workers(2)
+        .bind(&a.addr)?
+        .run()
+        .await
+    })?;
+    Ok(())
+}
