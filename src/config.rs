@@ -78,15 +78,10 @@ impl ServeArgs {
         let pick = |a: Option<String>, b: Option<String>| a.or(b);
         let addr = pick(self.addr, file.addr).unwrap_or_else(|| "127.0.0.1:8080".into());
         let size = |what: &str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
-            v.map(|s| parse_bytes(&s).map_err(|e| ConfigError::Invalid(format!("{what}: {e}"))))
-                .transpose()
+            v.map(|s| parse_bytes(&s).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))).transpose()
         };
-        let device_memory = size(
-            "--device-memory",
-            pick(self.device_memory, file.device_memory),
-        )?;
-        let page_bytes =
-            size("--page-size", pick(self.page_size, file.page_size))?.unwrap_or(2 << 20);
+        let device_memory = size("--device-memory", pick(self.device_memory, file.device_memory))?;
+        let page_bytes = size("--page-size", pick(self.page_size, file.page_size))?.unwrap_or(2 << 20);
         if !page_bytes.is_power_of_two() || !(4096..=(64 << 20)).contains(&page_bytes) {
             return Err(ConfigError::Invalid(format!(
                 "--page-size {page_bytes} must be a power of two from 4KiB to 64MiB"
@@ -94,23 +89,16 @@ impl ServeArgs {
         }
         let spec = pick(self.devices, file.devices).unwrap_or_else(|| "auto".into());
         let host_link = pick(self.host_link, file.host_link)
-            .map(|s| {
-                parse_bandwidth(&s).map_err(|e| ConfigError::Invalid(format!("--host-link: {e}")))
-            })
+            .map(|s| parse_bandwidth(&s).map_err(|e| ConfigError::Invalid(format!("--host-link: {e}"))))
             .transpose()?;
         let max_body = size("--max-body", pick(self.max_body, file.max_body))?.unwrap_or(64 << 20);
         let sim_time_scale = self.sim_time_scale.or(file.sim_time_scale).unwrap_or(1.0);
         if !(sim_time_scale.is_finite() && sim_time_scale >= 0.0) {
-            return Err(ConfigError::Invalid(format!(
-                "--sim-time-scale {sim_time_scale} must be ≥ 0"
-            )));
+            return Err(ConfigError::Invalid(format!("--sim-time-scale {sim_time_scale} must be ≥ 0")));
         }
         Ok(ServeConfig {
             addr,
-            state_dir: self
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from("state")),
+            state_dir: self.state_dir.or(file.state_dir).unwrap_or_else(|| PathBuf::from("state")),
             model_repository: self.model_repository.or(file.model_repository),
             devices: DevicePlan::parse(&spec, device_memory)?,
             page_bytes,
@@ -121,10 +109,7 @@ impl ServeArgs {
     }
 
     fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let err = |reason: String| ConfigError::File {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         toml::from_str(&text).map_err(|e| err(e.to_string()))
     }
@@ -138,11 +123,7 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("faaswap.toml");
-        std::fs::write(
-            &file,
-            "addr = \"0.0.0.0:9000\"\ndevices = \"sim:2x1GiB\"\npage-size = \"1MiB\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "addr = \"0.0.0.0:9000\"\ndevices = \"sim:2x1GiB\"\npage-size = \"1MiB\"\n").unwrap();
         let args = ServeArgs {
             config: Some(file),
             devices: Some("cpu:2".into()),
@@ -159,21 +140,9 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let bad = |args: ServeArgs| assert!(args.resolve().is_err());
-        bad(ServeArgs {
-            page_size: Some("3000".into()),
-            ..Default::default()
-        });
-        bad(ServeArgs {
-            device_memory: Some("lots".into()),
-            ..Default::default()
-        });
-        bad(ServeArgs {
-            host_link: Some("fast".into()),
-            ..Default::default()
-        });
-        bad(ServeArgs {
-            devices: Some("tpu".into()),
-            ..Default::default()
-        });
+        bad(ServeArgs { page_size: Some("3000".into()), ..Default::default() });
+        bad(ServeArgs { device_memory: Some("lots".into()), ..Default::default() });
+        bad(ServeArgs { host_link: Some("fast".into()), ..Default::default() });
+        bad(ServeArgs { devices: Some("tpu".into()), ..Default::default() });
     }
 }

@@ -12,13 +12,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the process-wide recorder once (several servers in one test process share it).
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let buckets = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&buckets)
-            .expect("static buckets are valid")
-            .build_recorder();
+        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let recorder =
+            PrometheusBuilder::new().set_buckets(&buckets).expect("static buckets are valid").build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed by an embedding program; ours then only
         // renders what it recorded (nothing), which is better than failing to start.
@@ -29,34 +25,13 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_counter!(
-        "faaswap_requests_total",
-        "Inference requests by function and outcome"
-    );
-    metrics::describe_histogram!(
-        "faaswap_request_phase_seconds",
-        "Request time by phase: queue, swap, execute, total"
-    );
-    metrics::describe_counter!(
-        "faaswap_swaps_total",
-        "Model swap-ins by source (host, peer)"
-    );
-    metrics::describe_counter!(
-        "faaswap_swap_bytes_total",
-        "Bytes copied by swap-ins, by source"
-    );
-    metrics::describe_counter!(
-        "faaswap_evictions_total",
-        "Resident models dropped, by reason"
-    );
-    metrics::describe_gauge!(
-        "faaswap_device_resident_bytes",
-        "Weight-pool bytes in use, by device"
-    );
-    metrics::describe_gauge!(
-        "faaswap_device_capacity_bytes",
-        "Weight-pool capacity, by device"
-    );
+    metrics::describe_counter!("faaswap_requests_total", "Inference requests by function and outcome");
+    metrics::describe_histogram!("faaswap_request_phase_seconds", "Request time by phase: queue, swap, execute, total");
+    metrics::describe_counter!("faaswap_swaps_total", "Model swap-ins by source (host, peer)");
+    metrics::describe_counter!("faaswap_swap_bytes_total", "Bytes copied by swap-ins, by source");
+    metrics::describe_counter!("faaswap_evictions_total", "Resident models dropped, by reason");
+    metrics::describe_gauge!("faaswap_device_resident_bytes", "Weight-pool bytes in use, by device");
+    metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
     metrics::describe_gauge!(
         "faaswap_device_seconds_total",
@@ -65,17 +40,11 @@ fn describe() {
 }
 
 pub fn request(function: &str, outcome: &'static str) {
-    counter!("faaswap_requests_total", "function" => function.to_string(), "outcome" => outcome)
-        .increment(1);
+    counter!("faaswap_requests_total", "function" => function.to_string(), "outcome" => outcome).increment(1);
 }
 
 pub fn phases(queue_ms: f64, swap_ms: f64, exec_ms: f64, total_ms: f64) {
-    for (phase, ms) in [
-        ("queue", queue_ms),
-        ("swap", swap_ms),
-        ("execute", exec_ms),
-        ("total", total_ms),
-    ] {
+    for (phase, ms) in [("queue", queue_ms), ("swap", swap_ms), ("execute", exec_ms), ("total", total_ms)] {
         histogram!("faaswap_request_phase_seconds", "phase" => phase).record(ms / 1e3);
     }
 }
@@ -93,8 +62,7 @@ pub fn executed(function: &str, ms: f64) {
 /// `metrics` counters are integers; device time needs fractions of a second, so it is a gauge
 /// that only ever increases.
 fn device_seconds(function: &str, kind: &'static str, ms: f64) {
-    gauge!("faaswap_device_seconds_total", "function" => function.to_string(), "kind" => kind)
-        .increment(ms / 1e3);
+    gauge!("faaswap_device_seconds_total", "function" => function.to_string(), "kind" => kind).increment(ms / 1e3);
 }
 
 pub fn eviction(reason: &'static str) {

@@ -13,8 +13,7 @@ use actix::{Actor, Addr, Arbiter};
 use crate::actors::function::FunctionActor;
 use crate::actors::gpu::GpuActor;
 use crate::actors::messages::{
-    AttachGpus, Completed, GetDevices, GetQueued, Infer, Inputs, RegisterFunction,
-    UnregisterFunction,
+    AttachGpus, Completed, GetDevices, GetQueued, Infer, Inputs, RegisterFunction, UnregisterFunction,
 };
 use crate::actors::scheduler::SchedulerActor;
 use crate::actors::RuntimeError;
@@ -84,10 +83,7 @@ pub struct FunctionEntry {
 
 impl FunctionEntry {
     pub fn record(&self) -> FunctionRecord {
-        self.record
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.record.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -112,9 +108,7 @@ impl Drop for Runtime {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Runtime {
@@ -122,29 +116,20 @@ impl Runtime {
     pub fn start(config: ServeConfig) -> Result<Arc<Self>, StartError> {
         m::handle();
         let store = Store::open(&config.state_dir)?;
-        let devices =
-            config
-                .devices
-                .build(config.page_bytes, config.host_link, config.sim_time_scale)?;
+        let devices = config.devices.build(config.page_bytes, config.host_link, config.sim_time_scale)?;
         let infos: Vec<DeviceInfo> = devices.iter().map(|d| d.info().clone()).collect();
-        let pools = infos
-            .iter()
-            .map(|i| PagePool::new(i.pool_bytes, i.page_bytes))
-            .collect();
+        let pools = infos.iter().map(|i| PagePool::new(i.pool_bytes, i.page_bytes)).collect();
         let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();
         let sched_arbiter = Arbiter::new();
         let scheduler_state = SchedulerActor::new(Cluster::new(pools), ids);
-        let scheduler =
-            SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
+        let scheduler = SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
         let mut arbiters = vec![sched_arbiter];
         let mut gpus = Vec::with_capacity(devices.len());
         for (i, device) in devices.into_iter().enumerate() {
             // Each device on its own thread: its calls block.
             let arbiter = Arbiter::new();
             let sched = scheduler.clone();
-            gpus.push(GpuActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                GpuActor::new(i, device, sched)
-            }));
+            gpus.push(GpuActor::start_in_arbiter(&arbiter.handle(), move |_| GpuActor::new(i, device, sched)));
             arbiters.push(arbiter);
         }
         scheduler.do_send(AttachGpus { gpus });
@@ -183,10 +168,7 @@ impl Runtime {
             Err(e) => tracing::error!("cannot list persisted functions: {e}"),
         }
         self.ready.store(true, Ordering::Release);
-        tracing::info!(
-            "ready: {} functions restored",
-            self.functions.read().map_or(0, |f| f.len())
-        );
+        tracing::info!("ready: {} functions restored", self.functions.read().map_or(0, |f| f.len()));
     }
 
     pub fn function(&self, name: &str) -> Option<Arc<FunctionEntry>> {
@@ -194,10 +176,7 @@ impl Runtime {
     }
 
     pub fn functions(&self) -> Vec<Arc<FunctionEntry>> {
-        self.functions
-            .read()
-            .map(|f| f.values().cloned().collect())
-            .unwrap_or_default()
+        self.functions.read().map(|f| f.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Package folders in the model repository.
@@ -221,11 +200,7 @@ impl Runtime {
         if !valid_name(model) {
             return Err(DeployError::InvalidName(model.to_string()));
         }
-        let repo = self
-            .config
-            .model_repository
-            .as_ref()
-            .ok_or(DeployError::NoRepository)?;
+        let repo = self.config.model_repository.as_ref().ok_or(DeployError::NoRepository)?;
         let dir = repo.join(model);
         if !dir.join("config.json").is_file() {
             return Err(DeployError::ModelNotFound(model.to_string()));
@@ -251,10 +226,9 @@ impl Runtime {
         }
         let this = self.clone();
         let fname = name.to_string();
-        let (package_dir, digest) =
-            actix_rt::task::spawn_blocking(move || this.store.import_package(&src, &fname))
-                .await
-                .map_err(|e| DeployError::Task(e.to_string()))??;
+        let (package_dir, digest) = actix_rt::task::spawn_blocking(move || this.store.import_package(&src, &fname))
+            .await
+            .map_err(|e| DeployError::Task(e.to_string()))??;
         let record = FunctionRecord {
             name: name.to_string(),
             model: model.to_string(),
@@ -278,10 +252,7 @@ impl Runtime {
     }
 
     /// Loads a recorded function's package and makes it servable.
-    async fn activate(
-        self: &Arc<Self>,
-        record: FunctionRecord,
-    ) -> Result<Arc<FunctionEntry>, DeployError> {
+    async fn activate(self: &Arc<Self>, record: FunctionRecord) -> Result<Arc<FunctionEntry>, DeployError> {
         let dir = self.store.package_path(&record);
         let model = actix_rt::task::spawn_blocking(move || Model::load(&dir))
             .await
@@ -291,19 +262,11 @@ impl Runtime {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let name = record.name.clone();
         self.scheduler
-            .send(RegisterFunction {
-                id,
-                name: name.clone(),
-                bytes: model.spec.layout.total_bytes() as u64,
-            })
+            .send(RegisterFunction { id, name: name.clone(), bytes: model.spec.layout.total_bytes() as u64 })
             .await
             .map_err(|_| RuntimeError::Stopped)?
-            .map_err(|reason| DeployError::DoesNotFit {
-                name: name.clone(),
-                reason,
-            })?;
-        let (actor_model, scheduler, actor_name) =
-            (model.clone(), self.scheduler.clone(), name.clone());
+            .map_err(|reason| DeployError::DoesNotFit { name: name.clone(), reason })?;
+        let (actor_model, scheduler, actor_name) = (model.clone(), self.scheduler.clone(), name.clone());
         let actor = FunctionActor::start_in_arbiter(
             // On the scheduler's thread: a request then crosses threads only to its device
             // and back (each crossing is a wake-up, the largest cost of a zero-time job).
@@ -331,34 +294,22 @@ impl Runtime {
             m::functions_deployed(functions.len());
             entry
         }?;
-        let _ = self
-            .scheduler
-            .send(UnregisterFunction { id: entry.id })
-            .await;
+        let _ = self.scheduler.send(UnregisterFunction { id: entry.id }).await;
         Some(entry)
     }
 
     pub async fn undeploy(&self, name: &str) -> Result<FunctionRecord, DeployError> {
         let _guard = self.deploys.lock().await;
-        let entry = self
-            .deactivate(name)
-            .await
-            .ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
+        let entry = self.deactivate(name).await.ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
         let record = entry.record();
         self.store.delete(name)?;
         Ok(record)
     }
 
-    pub async fn update_settings(
-        &self,
-        name: &str,
-        settings: FunctionSettings,
-    ) -> Result<FunctionRecord, DeployError> {
+    pub async fn update_settings(&self, name: &str, settings: FunctionSettings) -> Result<FunctionRecord, DeployError> {
         settings.validate().map_err(DeployError::InvalidSettings)?;
         let _guard = self.deploys.lock().await;
-        let entry = self
-            .function(name)
-            .ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
+        let entry = self.function(name).ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
         let mut record = entry.record();
         record.settings = settings;
         self.store.put(&record)?;
@@ -376,12 +327,7 @@ impl Runtime {
         let received = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
         // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
-        entry.actor.do_send(Infer {
-            inputs,
-            outputs,
-            received,
-            reply,
-        });
+        entry.actor.do_send(Infer { inputs, outputs, received, reply });
         let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;
@@ -398,16 +344,8 @@ impl Runtime {
             }
             Err(e) => {
                 s.fail.fetch_add(1, Ordering::Relaxed);
-                s.fail_ns
-                    .fetch_add(received.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                m::request(
-                    name,
-                    if matches!(e, RuntimeError::Engine(_)) {
-                        "invalid"
-                    } else {
-                        "error"
-                    },
-                );
+                s.fail_ns.fetch_add(received.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                m::request(name, if matches!(e, RuntimeError::Engine(_)) { "invalid" } else { "error" });
             }
         }
         s.last_inference_ms.store(now_ms(), Ordering::Relaxed);
@@ -419,10 +357,7 @@ impl Runtime {
     }
 
     pub async fn queued(&self, entry: &FunctionEntry) -> usize {
-        self.scheduler
-            .send(GetQueued { function: entry.id })
-            .await
-            .unwrap_or(0)
+        self.scheduler.send(GetQueued { function: entry.id }).await.unwrap_or(0)
     }
 }
 
@@ -446,25 +381,10 @@ pub enum StartError {
 mod tests {
     #[test]
     fn names_follow_the_safe_alphabet() {
-        for ok in [
-            "bert",
-            "all-MiniLM-L6-v2",
-            "a.b_c",
-            "9lives",
-            &"x".repeat(64),
-        ] {
+        for ok in ["bert", "all-MiniLM-L6-v2", "a.b_c", "9lives", &"x".repeat(64)] {
             assert!(super::valid_name(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "-x",
-            ".hidden",
-            "..",
-            "a/b",
-            "a b",
-            "é",
-            &"x".repeat(65),
-        ] {
+        for bad in ["", "-x", ".hidden", "..", "a/b", "a b", "é", &"x".repeat(65)] {
             assert!(!super::valid_name(bad), "{bad}");
         }
     }

@@ -11,41 +11,25 @@ use crate::config::ServeConfig;
 use crate::runtime::{Runtime, StartError};
 
 /// Starts everything; the returned server runs until stopped through its handle.
-pub fn start(
-    config: ServeConfig,
-    listener: TcpListener,
-) -> Result<actix_web::dev::Server, StartError> {
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| config.addr.clone(), |a| a.to_string());
+pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::dev::Server, StartError> {
+    let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     let runtime = Runtime::start(config)?;
     let data = web::Data::from(runtime.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(web::PathConfig::default().error_handler(|e, _| {
-                let resp = api::error::json_error(
-                    actix_web::http::StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &e,
-                );
+                let resp = api::error::json_error(actix_web::http::StatusCode::BAD_REQUEST, "bad_request", &e);
                 InternalError::from_response(e, resp).into()
             }))
             .configure(api::configure)
             .default_service(web::to(|| async {
-                api::error::json_error(
-                    actix_web::http::StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such endpoint",
-                )
+                api::error::json_error(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
             }))
     })
     .workers(2)
     .listen(listener)
-    .map_err(|source| StartError::Listen {
-        addr: addr.clone(),
-        source,
-    })?
+    .map_err(|source| StartError::Listen { addr: addr.clone(), source })?
     .run();
     actix_rt::spawn(async move { runtime.restore().await });
     tracing::info!("faaswap listening on http://{addr}");

@@ -35,10 +35,7 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
 /// A function's SLO and limits.
@@ -55,27 +52,17 @@ pub struct FunctionSettings {
 
 impl Default for FunctionSettings {
     fn default() -> Self {
-        Self {
-            slo_ms: 1000.0,
-            slo_percentile: 0.98,
-            max_batch: 8,
-        }
+        Self { slo_ms: 1000.0, slo_percentile: 0.98, max_batch: 8 }
     }
 }
 
 impl FunctionSettings {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.slo_ms.is_finite() && self.slo_ms > 0.0) {
-            return Err(format!(
-                "slo_ms {} must be a positive number of milliseconds",
-                self.slo_ms
-            ));
+            return Err(format!("slo_ms {} must be a positive number of milliseconds", self.slo_ms));
         }
         if !(self.slo_percentile > 0.0 && self.slo_percentile < 1.0) {
-            return Err(format!(
-                "slo_percentile {} must be in (0, 1)",
-                self.slo_percentile
-            ));
+            return Err(format!("slo_percentile {} must be in (0, 1)", self.slo_percentile));
         }
         if !(1..=1024).contains(&self.max_batch) {
             return Err(format!("max_batch {} must be 1 to 1024", self.max_batch));
@@ -109,11 +96,7 @@ impl Store {
         std::fs::create_dir_all(state_dir.join("packages")).map_err(io(state_dir))?;
         let db = sled::open(state_dir.join("db"))?;
         let functions = db.open_tree("functions")?;
-        Ok(Self {
-            root: state_dir.to_path_buf(),
-            db,
-            functions,
-        })
+        Ok(Self { root: state_dir.to_path_buf(), db, functions })
     }
 
     pub fn package_path(&self, record: &FunctionRecord) -> PathBuf {
@@ -154,20 +137,15 @@ impl Store {
 
     /// Writes a record and flushes it to disk before returning.
     pub fn put(&self, record: &FunctionRecord) -> Result<(), StoreError> {
-        let bytes = bincode::serialize(record).map_err(|e| StoreError::Corrupt {
-            key: record.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = bincode::serialize(record)
+            .map_err(|e| StoreError::Corrupt { key: record.name.clone(), reason: e.to_string() })?;
         self.functions.insert(record.name.as_bytes(), bytes)?;
         self.db.flush()?;
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
-        self.functions
-            .get(name.as_bytes())?
-            .map(|v| decode(name, &v))
-            .transpose()
+        self.functions.get(name.as_bytes())?.map(|v| decode(name, &v)).transpose()
     }
 
     pub fn list(&self) -> Result<Vec<FunctionRecord>, StoreError> {
@@ -210,10 +188,7 @@ impl Store {
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
+    bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
 }
 
 fn copy_hashing(from: &Path, to: &Path, digest: &mut Sha256) -> Result<(), StoreError> {
@@ -272,10 +247,7 @@ mod tests {
         let store = Store::open(state.path()).unwrap();
         assert_eq!(store.get("f1").unwrap(), Some(record.clone()));
         let copy = store.package_path(&record);
-        assert_eq!(
-            std::fs::read(copy.join("model.safetensors")).unwrap(),
-            b"weights"
-        );
+        assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), b"weights");
         assert!(!copy.join("notes.txt").exists());
         assert_eq!(store.delete("f1").unwrap(), Some(record));
         assert!(!copy.exists(), "the package copy goes with its last record");
@@ -292,11 +264,7 @@ mod tests {
         std::fs::write(src.path().join("model.safetensors"), b"other weights").unwrap();
         let (_, digest_b) = store.import_package(src.path(), "a").unwrap();
         assert_ne!(digest_a, digest_b);
-        assert_eq!(
-            store.remove_unused_packages().unwrap(),
-            2,
-            "no record points at either copy"
-        );
+        assert_eq!(store.remove_unused_packages().unwrap(), 2, "no record points at either copy");
         assert!(!state.path().join(dir_a).exists());
     }
 
@@ -304,18 +272,9 @@ mod tests {
     fn settings_are_validated() {
         assert!(FunctionSettings::default().validate().is_ok());
         for bad in [
-            FunctionSettings {
-                slo_ms: 0.0,
-                ..Default::default()
-            },
-            FunctionSettings {
-                slo_percentile: 1.0,
-                ..Default::default()
-            },
-            FunctionSettings {
-                max_batch: 0,
-                ..Default::default()
-            },
+            FunctionSettings { slo_ms: 0.0, ..Default::default() },
+            FunctionSettings { slo_percentile: 1.0, ..Default::default() },
+            FunctionSettings { max_batch: 0, ..Default::default() },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

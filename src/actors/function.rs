@@ -20,18 +20,8 @@ pub struct FunctionActor {
 }
 
 impl FunctionActor {
-    pub fn new(
-        id: FunctionId,
-        name: String,
-        model: Arc<Model>,
-        scheduler: Addr<SchedulerActor>,
-    ) -> Self {
-        Self {
-            id,
-            name,
-            model,
-            scheduler,
-        }
+    pub fn new(id: FunctionId, name: String, model: Arc<Model>, scheduler: Addr<SchedulerActor>) -> Self {
+        Self { id, name, model, scheduler }
     }
 
     fn prepare(&self, msg: Infer) -> Result<Work, RuntimeError> {
@@ -39,21 +29,14 @@ impl FunctionActor {
         let outputs: Vec<OutputKind> = if msg.outputs.is_empty() {
             vec![spec.default_output()]
         } else {
-            msg.outputs
-                .iter()
-                .map(|n| spec.output_by_name(n))
-                .collect::<Result<_, _>>()?
+            msg.outputs.iter().map(|n| spec.output_by_name(n)).collect::<Result<_, _>>()?
         };
         let batch = match msg.inputs {
             Inputs::Texts(texts) => TokenBatch::from_sequences(&spec.tokenize(&texts)?)?,
             Inputs::Tokens(batch) => batch,
         };
         spec.check_request(&batch, &outputs)?;
-        Ok(Work {
-            model: self.model.clone(),
-            batch,
-            outputs,
-        })
+        Ok(Work { model: self.model.clone(), batch, outputs })
     }
 }
 
@@ -68,13 +51,9 @@ impl Handler<Infer> for FunctionActor {
         let received = msg.received;
         let reply = std::mem::replace(&mut msg.reply, oneshot::channel().0);
         match self.prepare(msg) {
-            Ok(work) => self.scheduler.do_send(Submit {
-                function: self.id,
-                name: self.name.clone(),
-                work,
-                received,
-                reply,
-            }),
+            Ok(work) => {
+                self.scheduler.do_send(Submit { function: self.id, name: self.name.clone(), work, received, reply })
+            }
             Err(e) => {
                 let _ = reply.send(Err(e));
             }

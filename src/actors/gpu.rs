@@ -20,11 +20,7 @@ pub struct GpuActor {
 
 impl GpuActor {
     pub fn new(index: DeviceId, device: Box<dyn Device>, scheduler: Addr<SchedulerActor>) -> Self {
-        Self {
-            index,
-            device,
-            scheduler,
-        }
+        Self { index, device, scheduler }
     }
 }
 
@@ -60,16 +56,10 @@ impl Handler<Execute> for GpuActor {
             })
             .map_err(|e| match e {
                 DeviceError::Engine(e) => RuntimeError::Engine(e),
-                other => RuntimeError::Device {
-                    device: id,
-                    source: other,
-                },
+                other => RuntimeError::Device { device: id, source: other },
             });
         // The client may have gone away; its result is then dropped.
         let _ = msg.reply.send(reply);
-        self.scheduler.do_send(JobDone {
-            device: self.index,
-            keep,
-        });
+        self.scheduler.do_send(JobDone { device: self.index, keep });
     }
 }

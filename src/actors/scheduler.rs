@@ -9,8 +9,7 @@ use actix::{Actor, Addr, Context, Handler};
 
 use super::gpu::GpuActor;
 use super::messages::{
-    AttachGpus, Execute, GetDevices, GetQueued, JobDone, RegisterFunction, Reply, Submit,
-    UnregisterFunction, Work,
+    AttachGpus, Execute, GetDevices, GetQueued, JobDone, RegisterFunction, Reply, Submit, UnregisterFunction, Work,
 };
 use super::RuntimeError;
 use crate::gpu::Job;
@@ -35,13 +34,7 @@ pub struct SchedulerActor {
 
 impl SchedulerActor {
     pub fn new(cluster: Cluster, device_ids: Vec<String>) -> Self {
-        Self {
-            cluster,
-            gpus: Vec::new(),
-            device_ids,
-            pending: HashMap::new(),
-            next_request: 0,
-        }
+        Self { cluster, gpus: Vec::new(), device_ids, pending: HashMap::new(), next_request: 0 }
     }
 
     fn dispatch(&mut self) {
@@ -126,15 +119,7 @@ impl Handler<Submit> for SchedulerActor {
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) {
         let id = self.next_request;
         self.next_request += 1;
-        self.pending.insert(
-            id,
-            Pending {
-                name: msg.name,
-                work: msg.work,
-                received: msg.received,
-                reply: msg.reply,
-            },
-        );
+        self.pending.insert(id, Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply });
         self.cluster.enqueue(id, msg.function);
         self.dispatch();
     }
@@ -156,9 +141,7 @@ impl Handler<GetDevices> for SchedulerActor {
     type Result = Vec<DeviceSnapshot>;
 
     fn handle(&mut self, _: GetDevices, _: &mut Context<Self>) -> Self::Result {
-        (0..self.cluster.device_count())
-            .map(|i| self.cluster.snapshot(i))
-            .collect()
+        (0..self.cluster.device_count()).map(|i| self.cluster.snapshot(i)).collect()
     }
 }
 

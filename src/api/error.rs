@@ -52,12 +52,8 @@ impl ApiError {
 
 fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
     match e {
-        RuntimeError::Engine(EngineError::UnknownOutput { .. }) => {
-            (StatusCode::BAD_REQUEST, "unknown_output")
-        }
-        RuntimeError::Engine(EngineError::NoTokenizer { .. }) => {
-            (StatusCode::BAD_REQUEST, "no_tokenizer")
-        }
+        RuntimeError::Engine(EngineError::UnknownOutput { .. }) => (StatusCode::BAD_REQUEST, "unknown_output"),
+        RuntimeError::Engine(EngineError::NoTokenizer { .. }) => (StatusCode::BAD_REQUEST, "no_tokenizer"),
         RuntimeError::Engine(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         RuntimeError::Device { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "device_error"),
         RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),
@@ -72,13 +68,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.status_and_code();
-        HttpResponse::build(status)
-            .json(serde_json::json!({ "error": self.to_string(), "code": code }))
+        HttpResponse::build(status).json(serde_json::json!({ "error": self.to_string(), "code": code }))
     }
 }
 
 /// JSON errors for requests actix-web itself rejects (bad paths, bad JSON bodies).
 pub fn json_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
-    HttpResponse::build(status)
-        .json(serde_json::json!({ "error": message.to_string(), "code": code }))
+    HttpResponse::build(status).json(serde_json::json!({ "error": message.to_string(), "code": code }))
 }

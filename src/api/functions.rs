@@ -76,18 +76,12 @@ async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpRes
     let body = body::read(payload, 1 << 20).await?;
     let req: CreateRequest = body::json(&body)?;
     let model = req.model.unwrap_or_else(|| req.name.clone());
-    let entry = rt
-        .clone()
-        .into_inner()
-        .deploy(&req.name, &model, req.settings)
-        .await?;
+    let entry = rt.clone().into_inner().deploy(&req.name, &model, req.settings).await?;
     Ok(HttpResponse::Created().json(view(&rt, &entry).await))
 }
 
 async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
-    let entry = rt
-        .function(&path.0)
-        .ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
+    let entry = rt.function(&path.0).ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
     Ok(HttpResponse::Ok().json(view(&rt, &entry).await))
 }
 
@@ -102,10 +96,7 @@ async fn update(
     get(rt, path).await
 }
 
-async fn delete(
-    rt: web::Data<Runtime>,
-    path: web::Path<(String,)>,
-) -> Result<HttpResponse, ApiError> {
+async fn delete(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let record = rt.undeploy(&path.0).await?;
     Ok(HttpResponse::Ok().json(json!({"name": record.name, "deleted": true})))
 }

@@ -20,35 +20,20 @@ const MAX_ELEMENTS: usize = 1 << 24;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Routes are matched in order, a pattern at a time: the hot one goes first.
     cfg.route("/v2/models/{name}/infer", web::post().to(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            web::post().to(infer),
-        )
+        .route("/v2/models/{name}/versions/{version}/infer", web::post().to(infer))
         .route("/v2", web::get().to(server_metadata))
         .route("/v2/health/live", web::get().to(live))
         .route("/v2/health/ready", web::get().to(ready))
         .route("/v2/models/{name}", web::get().to(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            web::get().to(model_metadata),
-        )
+        .route("/v2/models/{name}/versions/{version}", web::get().to(model_metadata))
         .route("/v2/models/{name}/ready", web::get().to(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            web::get().to(model_ready),
-        )
+        .route("/v2/models/{name}/versions/{version}/ready", web::get().to(model_ready))
         .route("/v2/models/{name}/stats", web::get().to(stats))
-        .route(
-            "/v2/models/{name}/versions/{version}/stats",
-            web::get().to(stats),
-        )
+        .route("/v2/models/{name}/versions/{version}/stats", web::get().to(stats))
         .route("/v2/models/stats", web::get().to(all_stats))
         .route("/v2/repository/index", web::post().to(repository_index))
         .route("/v2/repository/models/{name}/load", web::post().to(load))
-        .route(
-            "/v2/repository/models/{name}/unload",
-            web::post().to(unload),
-        );
+        .route("/v2/repository/models/{name}/unload", web::post().to(unload));
 }
 
 async fn server_metadata() -> HttpResponse {
@@ -72,8 +57,7 @@ async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiError> {
 }
 
 fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
-    rt.function(name)
-        .ok_or_else(|| ApiError::FunctionNotFound(name.to_string()))
+    rt.function(name).ok_or_else(|| ApiError::FunctionNotFound(name.to_string()))
 }
 
 /// The tensors a function takes and produces, as KServe metadata lists them.
@@ -105,10 +89,7 @@ pub fn io_metadata(entry: &FunctionEntry) -> (Value, Value) {
     (Value::Array(inputs), Value::Array(outputs))
 }
 
-async fn model_metadata(
-    rt: web::Data<Runtime>,
-    path: web::Path<(String,)>,
-) -> Result<HttpResponse, ApiError> {
+async fn model_metadata(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let entry = function(&rt, &path.0)?;
     let (inputs, outputs) = io_metadata(&entry);
     Ok(HttpResponse::Ok().json(json!({
@@ -120,10 +101,7 @@ async fn model_metadata(
     })))
 }
 
-async fn model_ready(
-    rt: web::Data<Runtime>,
-    path: web::Path<(String,)>,
-) -> Result<HttpResponse, ApiError> {
+async fn model_ready(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     function(&rt, &path.0)?;
     Ok(HttpResponse::Ok().json(json!({"name": path.0, "ready": true})))
 }
@@ -142,9 +120,7 @@ async fn infer(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest("Inference-Header-Content-Length is not a number".into())
-                })?,
+                .ok_or_else(|| ApiError::BadRequest("Inference-Header-Content-Length is not a number".into()))?,
         ),
         None => None,
     };
@@ -156,9 +132,7 @@ async fn infer(
             .content_type("application/octet-stream")
             .insert_header(("Inference-Header-Content-Length", n.to_string()))
             .body(body),
-        None => HttpResponse::Ok()
-            .content_type("application/json")
-            .body(body),
+        None => HttpResponse::Ok().content_type("application/json").body(body),
     })
 }
 
@@ -183,10 +157,7 @@ fn stats_json(entry: &FunctionEntry) -> Value {
     })
 }
 
-async fn stats(
-    rt: web::Data<Runtime>,
-    path: web::Path<(String,)>,
-) -> Result<HttpResponse, ApiError> {
+async fn stats(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let entry = function(&rt, &path.0)?;
     Ok(HttpResponse::Ok().json(json!({"model_stats": [stats_json(&entry)]})))
 }
@@ -202,10 +173,7 @@ struct IndexRequest {
     ready: bool,
 }
 
-async fn repository_index(
-    rt: web::Data<Runtime>,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+async fn repository_index(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let body = body::read(payload, 1 << 20).await?;
     let req: IndexRequest = body::json(&body)?;
     let mut names = rt.repository_models();
@@ -251,14 +219,9 @@ async fn load(
             let v: Value = serde_json::from_str(s)
                 .map_err(|e| ApiError::BadRequest(format!("parameters.config is not JSON: {e}")))?;
             let settings = v.get("settings").cloned().unwrap_or(v);
-            serde_json::from_value(settings)
-                .map_err(|e| ApiError::BadRequest(format!("parameters.config: {e}")))?
+            serde_json::from_value(settings).map_err(|e| ApiError::BadRequest(format!("parameters.config: {e}")))?
         }
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "parameters.config must be a JSON string".into(),
-            ))
-        }
+        Some(_) => return Err(ApiError::BadRequest("parameters.config must be a JSON string".into())),
         None => FunctionSettings::default(),
     };
     if rt.function(name).is_some() {

@@ -20,7 +20,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::handle().render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::metrics::handle().render())
 }

@@ -53,51 +53,32 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 /// Decodes a request body. `header_len` is the `Inference-Header-Content-Length` header: the
 /// JSON part's length when binary tensors follow it.
-pub fn decode(
-    body: &[u8],
-    header_len: Option<usize>,
-    max_elements: usize,
-) -> Result<InferRequest, ApiError> {
+pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Result<InferRequest, ApiError> {
     let json_len = header_len.unwrap_or(body.len());
     if json_len > body.len() {
-        return Err(bad(format!(
-            "Inference-Header-Content-Length {json_len} exceeds the body's {} bytes",
-            body.len()
-        )));
+        return Err(bad(format!("Inference-Header-Content-Length {json_len} exceeds the body's {} bytes", body.len())));
     }
     let (head, mut binary) = body.split_at(json_len);
-    let req: RequestJson = serde_json::from_slice(head)
-        .map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let req: RequestJson =
+        serde_json::from_slice(head).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
     let mut texts = None;
     let mut ids = None;
     let mut mask = None;
     let mut types = None;
     let mut ids_shape = (0, 0);
     for input in &req.inputs {
-        let n = elements(&input.shape, max_elements)
-            .map_err(|e| bad(format!("input {:?}: {e}", input.name)))?;
+        let n = elements(&input.shape, max_elements).map_err(|e| bad(format!("input {:?}: {e}", input.name)))?;
         let raw = match input.parameters.get("binary_data_size") {
             Some(size) => {
-                let size = size
-                    .as_u64()
-                    .ok_or_else(|| bad("binary_data_size must be an integer"))?
-                    as usize;
+                let size = size.as_u64().ok_or_else(|| bad("binary_data_size must be an integer"))? as usize;
                 if size > binary.len() {
-                    return Err(bad(format!(
-                        "input {:?}: binary data is shorter than binary_data_size",
-                        input.name
-                    )));
+                    return Err(bad(format!("input {:?}: binary data is shorter than binary_data_size", input.name)));
                 }
                 let (chunk, rest) = binary.split_at(size);
                 binary = rest;
                 Raw::Binary(chunk)
             }
-            None => Raw::Json(
-                input
-                    .data
-                    .as_ref()
-                    .ok_or_else(|| bad(format!("input {:?} has no data", input.name)))?,
-            ),
+            None => Raw::Json(input.data.as_ref().ok_or_else(|| bad(format!("input {:?} has no data", input.name)))?),
         };
         match input.name.as_str() {
             "text" => {
@@ -134,19 +115,14 @@ pub fn decode(
         (None, Some(ids)) => {
             let to_u32 = |what: &str, v: Vec<i64>| -> Result<Vec<u32>, ApiError> {
                 v.into_iter()
-                    .map(|x| {
-                        u32::try_from(x)
-                            .map_err(|_| bad(format!("{what} value {x} is out of range")))
-                    })
+                    .map(|x| u32::try_from(x).map_err(|_| bad(format!("{what} value {x} is out of range"))))
                     .collect()
             };
             let check = |what: &str, shape: (usize, usize)| {
                 if shape == ids_shape {
                     Ok(())
                 } else {
-                    Err(bad(format!(
-                        "{what} shape {shape:?} differs from input_ids {ids_shape:?}"
-                    )))
+                    Err(bad(format!("{what} shape {shape:?} differs from input_ids {ids_shape:?}")))
                 }
             };
             let mask = match mask {
@@ -163,55 +139,31 @@ pub fn decode(
                 }
                 None => None,
             };
-            let batch = TokenBatch::from_tensors(
-                ids_shape.0,
-                ids_shape.1,
-                to_u32("input_ids", ids)?,
-                mask,
-                types,
-            )
-            .map_err(|e| bad(e.to_string()))?;
+            let batch = TokenBatch::from_tensors(ids_shape.0, ids_shape.1, to_u32("input_ids", ids)?, mask, types)
+                .map_err(|e| bad(e.to_string()))?;
             Inputs::Tokens(batch)
         }
         (None, None) => return Err(bad("the request has no \"input_ids\" or \"text\" input")),
     };
-    let wants_binary =
-        |p: &Map<String, Value>, key: &str| p.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let wants_binary = |p: &Map<String, Value>, key: &str| p.get(key).and_then(Value::as_bool).unwrap_or(false);
     let binary_output = wants_binary(&req.parameters, "binary_data_output")
-        || req
-            .outputs
-            .iter()
-            .any(|o| wants_binary(&o.parameters, "binary_data"));
-    Ok(InferRequest {
-        id: req.id,
-        inputs,
-        outputs: req.outputs.into_iter().map(|o| o.name).collect(),
-        binary_output,
-    })
+        || req.outputs.iter().any(|o| wants_binary(&o.parameters, "binary_data"));
+    Ok(InferRequest { id: req.id, inputs, outputs: req.outputs.into_iter().map(|o| o.name).collect(), binary_output })
 }
 
 fn expect_type(input: &InputJson, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&input.datatype.as_str()) {
         Ok(())
     } else {
-        Err(bad(format!(
-            "input {:?} has datatype {}, expected {}",
-            input.name,
-            input.datatype,
-            allowed.join(" or ")
-        )))
+        Err(bad(format!("input {:?} has datatype {}, expected {}", input.name, input.datatype, allowed.join(" or "))))
     }
 }
 
 fn elements(shape: &[i64], max: usize) -> Result<usize, String> {
     let mut n: usize = 1;
     for &d in shape {
-        let d =
-            usize::try_from(d).map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
-        n = n
-            .checked_mul(d)
-            .filter(|&n| n <= max)
-            .ok_or_else(|| format!("shape {shape:?} exceeds {max} elements"))?;
+        let d = usize::try_from(d).map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
+        n = n.checked_mul(d).filter(|&n| n <= max).ok_or_else(|| format!("shape {shape:?} exceeds {max} elements"))?;
     }
     Ok(n)
 }
@@ -232,14 +184,8 @@ impl Raw<'_> {
                     .collect::<Result<_, _>>()?
             }
             Raw::Binary(bytes) => match datatype {
-                "INT64" => bytes
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-                _ => bytes
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-                    .collect(),
+                "INT64" => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                _ => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
             },
         };
         if v.len() != n {
@@ -254,11 +200,7 @@ impl Raw<'_> {
                 let mut flat = Vec::with_capacity(n);
                 flatten(value, &mut flat)?;
                 flat.into_iter()
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| format!("{x} is not a string"))
-                    })
+                    .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("{x} is not a string")))
                     .collect::<Result<_, _>>()?
             }
             Raw::Binary(mut bytes) => {
@@ -294,12 +236,7 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
 
 /// The response: JSON, or JSON header + binary tensors. Returns (body, JSON header length when
 /// binary).
-pub fn encode(
-    model: &str,
-    id: Option<String>,
-    done: Completed,
-    binary: bool,
-) -> (Vec<u8>, Option<usize>) {
+pub fn encode(model: &str, id: Option<String>, done: Completed, binary: bool) -> (Vec<u8>, Option<usize>) {
     let params = json!({
         "device": done.device,
         "simulated": done.simulated,
@@ -349,9 +286,7 @@ mod tests {
         let body = br#"{"inputs":[{"name":"input_ids","shape":[2,2],"datatype":"INT64","data":[[1,2],[3,4]]},
             {"name":"attention_mask","shape":[2,2],"datatype":"INT64","data":[1,1,1,0]}]}"#;
         let r = decode(body, None, 1000).unwrap();
-        let Inputs::Tokens(b) = r.inputs else {
-            panic!("tokens expected")
-        };
+        let Inputs::Tokens(b) = r.inputs else { panic!("tokens expected") };
         assert_eq!(b.ids, vec![1, 2, 3, 4]);
         assert_eq!(b.mask, vec![true, true, true, false]);
         assert!(!r.binary_output);
@@ -362,9 +297,7 @@ mod tests {
             body.extend(x.to_le_bytes());
         }
         let r = decode(&body, Some(head.len()), 1000).unwrap();
-        let Inputs::Tokens(b) = r.inputs else {
-            panic!("tokens expected")
-        };
+        let Inputs::Tokens(b) = r.inputs else { panic!("tokens expected") };
         assert_eq!(b.ids, vec![7, 8, 9]);
         assert!(r.binary_output);
         assert_eq!(r.outputs, vec!["logits"]);
@@ -372,16 +305,15 @@ mod tests {
 
     #[test]
     fn decodes_binary_text() {
-        let head = br#"{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":17}}]}"#;
+        let head =
+            br#"{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":17}}]}"#;
         let mut body = head.to_vec();
         for s in ["hello", "héh"] {
             body.extend((s.len() as u32).to_le_bytes());
             body.extend(s.as_bytes());
         }
         let r = decode(&body, Some(head.len()), 1000).unwrap();
-        let Inputs::Texts(t) = r.inputs else {
-            panic!("texts expected")
-        };
+        let Inputs::Texts(t) = r.inputs else { panic!("texts expected") };
         assert_eq!(t, vec!["hello", "héh"]);
     }
 

@@ -34,15 +34,9 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.concurrency == 0 || a.requests == 0 {
-        return Err(CliError::Usage(
-            "--requests and --concurrency must be at least 1".into(),
-        ));
+        return Err(CliError::Usage("--requests and --concurrency must be at least 1".into()));
     }
-    let url = format!(
-        "{}/v2/models/{}/infer",
-        a.url.trim_end_matches('/'),
-        a.function
-    );
+    let url = format!("{}/v2/models/{}/infer", a.url.trim_end_matches('/'), a.function);
     let ids = &a.input_ids.0;
     let body = json!({"inputs": [{"name": "input_ids", "shape": [1, ids.len()], "datatype": "INT64", "data": ids}]})
         .to_string();
@@ -56,9 +50,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     for _ in 0..a.warmup {
         send(&agent).map_err(|e| CliError::Usage(format!("warm-up request failed: {e}")))?;
     }
@@ -68,9 +60,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         let workers: Vec<_> = (0..a.concurrency)
             .map(|_| {
                 s.spawn(|| {
-                    let agent = ureq::AgentBuilder::new()
-                        .timeout(Duration::from_secs(60))
-                        .build();
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
                     let (mut lat, mut errors) = (Vec::new(), 0);
                     while next.fetch_add(1, Ordering::Relaxed) < a.requests {
                         let t = Instant::now();
@@ -83,20 +73,13 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("bench client does not panic"))
-            .collect()
+        workers.into_iter().map(|w| w.join().expect("bench client does not panic")).collect()
     });
     let seconds = started.elapsed().as_secs_f64();
     let errors: usize = per_client.iter().map(|(_, e)| e).sum();
     let mut lat: Vec<f64> = per_client.into_iter().flat_map(|(l, _)| l).collect();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(f64::NAN);
     print_json(&json!({
         "url": url,
         "requests": a.requests,
@@ -124,10 +107,7 @@ pub fn bare_server(a: BareArgs) -> Result<(), CliError> {
     let reply = json!({"model_name": "bare", "model_version": "1", "outputs": [
         {"name": "last_hidden_state", "datatype": "FP32", "shape": [1, 1, 1], "data": [0.0]}]})
     .to_string();
-    eprintln!(
-        "bare actix-web route on http://{}/v2/models/{{name}}/infer",
-        a.addr
-    );
+    eprintln!("bare actix-web route on http://{}/v2/models/{{name}}/infer", a.addr);
     actix_rt::System::new().block_on(async move {
         HttpServer::new(move || {
             let reply = reply.clone();
@@ -135,11 +115,7 @@ pub fn bare_server(a: BareArgs) -> Result<(), CliError> {
                 "/v2/models/{name}/infer",
                 web::post().to(move |_body: web::Bytes| {
                     let reply = reply.clone();
-                    async move {
-                        HttpResponse::Ok()
-                            .content_type("application/json")
-                            .body(reply)
-                    }
+                    async move { HttpResponse::Ok().content_type("application/json").body(reply) }
                 }),
             )
         })

@@ -18,10 +18,7 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
     let outputs: Vec<OutputKind> = if a.outputs.is_empty() {
         vec![model.spec.default_output()]
     } else {
-        a.outputs
-            .iter()
-            .map(|n| model.spec.output_by_name(n))
-            .collect::<Result<_, _>>()?
+        a.outputs.iter().map(|n| model.spec.output_by_name(n)).collect::<Result<_, _>>()?
     };
     let seqs = token_ids(&model, a.input)?;
     let batch = TokenBatch::from_sequences(&seqs)?;
@@ -38,12 +35,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
     };
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
         stop_at_eos: !a.ignore_eos,
     };
     let tokens = model.generate(&prompt, &opts, &mut |_| true)?;
@@ -54,8 +46,7 @@ pub fn inspect(a: InspectArgs) -> Result<(), CliError> {
     let model = Model::load(&a.model)?;
     let mut v = serde_json::to_value(model.spec.summary()).map_err(std::io::Error::from)?;
     if a.tensors {
-        v["tensors"] =
-            serde_json::to_value(&model.spec.layout.tensors).map_err(std::io::Error::from)?;
+        v["tensors"] = serde_json::to_value(&model.spec.layout.tensors).map_err(std::io::Error::from)?;
     }
     print_json(&v)
 }

@@ -14,11 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine::EngineError;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "faaswap",
-    version,
-    about = "Serverless GPU inference runtime with model swapping"
-)]
+#[command(name = "faaswap", version, about = "Serverless GPU inference runtime with model swapping")]
 pub struct Cli {
     /// Worker threads for CPU execution (default: one per core).
     #[arg(long, global = true, env = "FAASWAP_THREADS")]
@@ -143,9 +139,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             return Err(CliError::Usage("--threads must be at least 1".into()));
         }
         // Fails only if the pool was already built, which nothing before this does.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
     match cli.command {
         Command::Serve(a) => serve::run(a),

@@ -45,19 +45,13 @@ struct BatchResult {
 
 pub fn run(a: ProfileArgs) -> Result<(), CliError> {
     if a.iters == 0 || a.batch_sizes.contains(&0) {
-        return Err(CliError::Usage(
-            "--iters and every batch size must be at least 1".into(),
-        ));
+        return Err(CliError::Usage("--iters and every batch size must be at least 1".into()));
     }
     let model = Model::load(&a.model)?;
     let mut texts = a.texts;
     if let Some(path) = &a.texts_file {
         let body = std::fs::read_to_string(path)?;
-        texts.extend(
-            body.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string),
-        );
+        texts.extend(body.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
     }
     let output = model.spec.default_output();
     let mut results = Vec::new();
@@ -65,18 +59,10 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
         let batch_texts: Vec<String> = texts.iter().cycle().take(b).cloned().collect();
         let vocab = model.spec.config.vocab_size() as u64;
         let random_ids: Vec<Vec<u32>> = (0..b)
-            .map(|i| {
-                (0..a.seq_len as u64)
-                    .map(|j| ((i as u64 * 7919 + j * 104_729) % vocab) as u32)
-                    .collect()
-            })
+            .map(|i| (0..a.seq_len as u64).map(|j| ((i as u64 * 7919 + j * 104_729) % vocab) as u32).collect())
             .collect();
         let once = || -> Result<(), CliError> {
-            let ids = if texts.is_empty() {
-                random_ids.clone()
-            } else {
-                model.spec.tokenize(&batch_texts)?
-            };
+            let ids = if texts.is_empty() { random_ids.clone() } else { model.spec.tokenize(&batch_texts)? };
             let batch = TokenBatch::from_sequences(&ids)?;
             model.infer(&batch, &[output])?;
             Ok(())

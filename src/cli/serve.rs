@@ -6,16 +6,11 @@ use crate::runtime::StartError;
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = args.resolve()?;
-    let listener =
-        std::net::TcpListener::bind(&config.addr).map_err(|source| StartError::Listen {
-            addr: config.addr.clone(),
-            source,
-        })?;
+    let listener = std::net::TcpListener::bind(&config.addr)
+        .map_err(|source| StartError::Listen { addr: config.addr.clone(), source })?;
     eprintln!(
         "faaswap serving on http://{} ({} × {:?}, {} MiB weight pool each, state in {})",
-        listener
-            .local_addr()
-            .map_or_else(|_| config.addr.clone(), |a| a.to_string()),
+        listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string()),
         config.devices.count,
         config.devices.kind,
         config.devices.pool_bytes >> 20,

@@ -27,10 +27,8 @@ pub struct SynthArgs {
 
 pub fn run(a: SynthArgs) -> Result<(), CliError> {
     if a.list {
-        let list: Vec<_> = synth::PRESETS
-            .iter()
-            .map(|p| serde_json::json!({"name": p.name, "description": p.description}))
-            .collect();
+        let list: Vec<_> =
+            synth::PRESETS.iter().map(|p| serde_json::json!({"name": p.name, "description": p.description})).collect();
         return print_json(&list);
     }
     let (Some(name), Some(out)) = (a.preset, a.out) else {
@@ -38,18 +36,13 @@ pub fn run(a: SynthArgs) -> Result<(), CliError> {
     };
     let preset = synth::preset(&name).ok_or_else(|| {
         let names: Vec<_> = synth::PRESETS.iter().map(|p| p.name).collect();
-        CliError::Usage(format!(
-            "unknown preset {name:?} (known: {})",
-            names.join(", ")
-        ))
+        CliError::Usage(format!("unknown preset {name:?} (known: {})", names.join(", ")))
     })?;
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(format!("writing {name}"));
     let report = synth::write_package(preset, a.seed, a.dtype, &out, &mut |done, total| {

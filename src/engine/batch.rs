@@ -31,13 +31,7 @@ impl TokenBatch {
             ids[b * seq..b * seq + s.len()].copy_from_slice(s);
             mask[b * seq..b * seq + s.len()].fill(true);
         }
-        Ok(Self {
-            batch,
-            seq,
-            ids,
-            mask,
-            type_ids: vec![0; batch * seq],
-        })
+        Ok(Self { batch, seq, ids, mask, type_ids: vec![0; batch * seq] })
     }
 
     /// A batch given as flat `[batch, seq]` tensors, as the inference API receives it.
@@ -48,16 +42,15 @@ impl TokenBatch {
         mask: Option<Vec<bool>>,
         type_ids: Option<Vec<u32>>,
     ) -> Result<Self> {
-        let n = batch.checked_mul(seq).filter(|&n| n > 0).ok_or_else(|| {
-            EngineError::BadInput(format!("shape [{batch}, {seq}] holds no tokens"))
-        })?;
+        let n = batch
+            .checked_mul(seq)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| EngineError::BadInput(format!("shape [{batch}, {seq}] holds no tokens")))?;
         let check = |what: &str, len: usize| {
             if len == n {
                 Ok(())
             } else {
-                Err(EngineError::BadInput(format!(
-                    "{what} has {len} elements, expected {batch}×{seq}"
-                )))
+                Err(EngineError::BadInput(format!("{what} has {len} elements, expected {batch}×{seq}")))
             }
         };
         check("input_ids", ids.len())?;
@@ -65,21 +58,12 @@ impl TokenBatch {
         check("attention_mask", mask.len())?;
         let type_ids = type_ids.unwrap_or_else(|| vec![0; n]);
         check("token_type_ids", type_ids.len())?;
-        Ok(Self {
-            batch,
-            seq,
-            ids,
-            mask,
-            type_ids,
-        })
+        Ok(Self { batch, seq, ids, mask, type_ids })
     }
 
     /// Number of unmasked tokens in each row.
     pub fn lengths(&self) -> Vec<usize> {
-        self.mask
-            .chunks_exact(self.seq)
-            .map(|r| r.iter().filter(|&&m| m).count())
-            .collect()
+        self.mask.chunks_exact(self.seq).map(|r| r.iter().filter(|&&m| m).count()).collect()
     }
 
     /// Checks ids and segment ids against a model's vocabulary and position limits.
@@ -90,12 +74,7 @@ impl TokenBatch {
                 self.seq
             )));
         }
-        if let Some((i, &id)) = self
-            .ids
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id as usize >= vocab)
-        {
+        if let Some((i, &id)) = self.ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
             return Err(EngineError::BadInput(format!(
                 "token id {id} at [{}, {}] is outside the vocabulary of {vocab}",
                 i / self.seq,
@@ -103,9 +82,7 @@ impl TokenBatch {
             )));
         }
         if let Some(&t) = self.type_ids.iter().find(|&&t| t as usize >= type_vocab) {
-            return Err(EngineError::BadInput(format!(
-                "token type id {t} is outside 0..{type_vocab}"
-            )));
+            return Err(EngineError::BadInput(format!("token type id {t} is outside 0..{type_vocab}")));
         }
         Ok(())
     }

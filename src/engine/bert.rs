@@ -18,16 +18,8 @@ pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
     let h = c.hidden_size;
     let mut p = vec![
         PlannedTensor::new("embeddings.word_embeddings.weight", &[c.vocab_size, h], 0),
-        PlannedTensor::new(
-            "embeddings.position_embeddings.weight",
-            &[c.max_position_embeddings, h],
-            0,
-        ),
-        PlannedTensor::new(
-            "embeddings.token_type_embeddings.weight",
-            &[c.type_vocab_size, h],
-            0,
-        ),
+        PlannedTensor::new("embeddings.position_embeddings.weight", &[c.max_position_embeddings, h], 0),
+        PlannedTensor::new("embeddings.token_type_embeddings.weight", &[c.type_vocab_size, h], 0),
         PlannedTensor::new("embeddings.LayerNorm.weight", &[h], 0),
         PlannedTensor::new("embeddings.LayerNorm.bias", &[h], 0),
     ];
@@ -35,20 +27,10 @@ pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
     for i in 0..c.num_hidden_layers {
         let l = i + 1;
         let n = |s: &str| format!("encoder.layer.{i}.{s}");
-        let qkv = |kind: &str| {
-            ["query", "key", "value"]
-                .map(|p| n(&format!("attention.self.{p}.{kind}")))
-                .to_vec()
-        };
+        let qkv = |kind: &str| ["query", "key", "value"].map(|p| n(&format!("attention.self.{p}.{kind}"))).to_vec();
         let inter = c.intermediate_size;
         p.extend([
-            PlannedTensor::transposed_concat(
-                n("attention.self.qkv.weight"),
-                qkv("weight"),
-                h,
-                h,
-                l,
-            ),
+            PlannedTensor::transposed_concat(n("attention.self.qkv.weight"), qkv("weight"), h, h, l),
             PlannedTensor::concat(n("attention.self.qkv.bias"), qkv("bias"), h, l),
             PlannedTensor::transposed(n("attention.output.dense.weight"), h, h, l),
             PlannedTensor::new(n("attention.output.dense.bias"), &[h], l),
@@ -130,12 +112,7 @@ impl BertWeights {
 /// Padding tokens are dropped before the first layer (every product runs on real tokens only)
 /// and attention runs per sequence, which equals masked attention for the real tokens. The batch
 /// was validated against the config (ids, type ids and length in range).
-pub fn forward<W: Weights + ?Sized>(
-    c: &BertConfig,
-    wt: &BertWeights,
-    w: &W,
-    batch: &TokenBatch,
-) -> Vec<f32> {
+pub fn forward<W: Weights + ?Sized>(c: &BertConfig, wt: &BertWeights, w: &W, batch: &TokenBatch) -> Vec<f32> {
     let h = c.hidden_size;
     let (b, s) = (batch.batch, batch.seq);
     let heads = c.num_attention_heads;
@@ -151,13 +128,7 @@ pub fn forward<W: Weights + ?Sized>(
         keep.extend((bi * s..(bi + 1) * s).filter(|&t| batch.mask[t]));
         let len = keep.len() - first;
         if len > 0 {
-            segments.push(Segment {
-                row: first,
-                len,
-                kv_base: first * 3 * h,
-                kv_len: len,
-                mask: None,
-            });
+            segments.push(Segment { row: first, len, kv_base: first * 3 * h, kv_len: len, mask: None });
         }
     }
     let n = keep.len();
@@ -179,47 +150,15 @@ pub fn forward<W: Weights + ?Sized>(
     let mut inter = vec![0f32; n * inter_dim];
     for lw in &wt.layers {
         ops::linear(&x, n, h, lw.qkv_w.of(w), lw.qkv_b.of(w), 3 * h, &mut qkv);
-        let views = [0, h, 2 * h].map(|off| HeadLayout {
-            data: &qkv[off..],
-            head_stride: d,
-            row_stride: 3 * h,
-        });
-        let shape = HeadShape {
-            heads,
-            head_dim: d,
-            causal: false,
-        };
+        let views = [0, h, 2 * h].map(|off| HeadLayout { data: &qkv[off..], head_stride: d, row_stride: 3 * h });
+        let shape = HeadShape { heads, head_dim: d, causal: false };
         ops::attention(views, &segments, &[], shape, &mut ctx);
-        ops::linear(
-            &ctx,
-            n,
-            h,
-            lw.attn_out_w.of(w),
-            lw.attn_out_b.of(w),
-            h,
-            &mut tmp,
-        );
+        ops::linear(&ctx, n, h, lw.attn_out_w.of(w), lw.attn_out_b.of(w), h, &mut tmp);
         ops::add_layer_norm(&mut tmp, &x, h, lw.attn_ln_w.of(w), lw.attn_ln_b.of(w), eps);
         std::mem::swap(&mut x, &mut tmp);
-        ops::linear(
-            &x,
-            n,
-            h,
-            lw.inter_w.of(w),
-            lw.inter_b.of(w),
-            inter_dim,
-            &mut inter,
-        );
+        ops::linear(&x, n, h, lw.inter_w.of(w), lw.inter_b.of(w), inter_dim, &mut inter);
         ops::activate(&mut inter, c.hidden_act);
-        ops::linear(
-            &inter,
-            n,
-            inter_dim,
-            lw.out_w.of(w),
-            lw.out_b.of(w),
-            h,
-            &mut tmp,
-        );
+        ops::linear(&inter, n, inter_dim, lw.out_w.of(w), lw.out_b.of(w), h, &mut tmp);
         ops::add_layer_norm(&mut tmp, &x, h, lw.out_ln_w.of(w), lw.out_ln_b.of(w), eps);
         std::mem::swap(&mut x, &mut tmp);
     }

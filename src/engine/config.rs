@@ -114,24 +114,19 @@ impl ModelConfig {
     /// Reads and checks `config.json`.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = read_small_file(path, MAX_CONFIG_BYTES)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::config(path, format!("not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| EngineError::config(path, format!("not valid JSON: {e}")))?;
         Self::from_json(path, &value)
     }
 
     pub fn from_json(path: &Path, value: &Value) -> Result<Self> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| EngineError::config(path, "top level is not a JSON object"))?;
+        let obj = value.as_object().ok_or_else(|| EngineError::config(path, "top level is not a JSON object"))?;
         let r = Reader { path, obj };
         let model_type = r.string("model_type")?;
         match model_type.as_str() {
             "bert" => r.bert().map(Self::Bert),
             "gpt2" => r.gpt2().map(Self::Gpt2),
-            _ => Err(EngineError::UnknownModelType {
-                path: path.to_path_buf(),
-                model_type,
-            }),
+            _ => Err(EngineError::UnknownModelType { path: path.to_path_buf(), model_type }),
         }
     }
 }
@@ -163,10 +158,7 @@ impl Reader<'_> {
     }
 
     fn size(&self, key: &str, max: usize) -> Result<usize> {
-        let v = self
-            .obj
-            .get(key)
-            .ok_or_else(|| self.err(format!("missing key {key:?}")))?;
+        let v = self.obj.get(key).ok_or_else(|| self.err(format!("missing key {key:?}")))?;
         self.size_value(key, v, max)
     }
 
@@ -178,9 +170,7 @@ impl Reader<'_> {
     }
 
     fn size_value(&self, key: &str, v: &Value, max: usize) -> Result<usize> {
-        let n = v
-            .as_u64()
-            .ok_or_else(|| self.err(format!("{key} must be a positive integer, found {v}")))?;
+        let n = v.as_u64().ok_or_else(|| self.err(format!("{key} must be a positive integer, found {v}")))?;
         if n == 0 || n > max as u64 {
             return Err(self.err(format!("{key} = {n} is outside 1..={max}")));
         }
@@ -191,9 +181,7 @@ impl Reader<'_> {
         let Some(v) = self.obj.get(key) else {
             return Ok(default);
         };
-        let x = v
-            .as_f64()
-            .ok_or_else(|| self.err(format!("{key} must be a number, found {v}")))?;
+        let x = v.as_f64().ok_or_else(|| self.err(format!("{key} must be a number, found {v}")))?;
         if !(x > 0.0 && x < 1.0) {
             return Err(self.err(format!("{key} = {x} is outside (0, 1)")));
         }
@@ -202,16 +190,13 @@ impl Reader<'_> {
 
     fn activation(&self, key: &str, default: &str) -> Result<Activation> {
         let name = self.opt_string(key)?.unwrap_or_else(|| default.to_string());
-        Activation::parse(&name)
-            .ok_or_else(|| self.err(format!("{key} = {name:?} is not a supported activation")))
+        Activation::parse(&name).ok_or_else(|| self.err(format!("{key} = {name:?} is not a supported activation")))
     }
 
     fn heads(&self, key: &str, hidden: usize) -> Result<usize> {
         let heads = self.size(key, hidden)?;
         if !hidden.is_multiple_of(heads) {
-            return Err(self.err(format!(
-                "{key} = {heads} does not divide the hidden size {hidden}"
-            )));
+            return Err(self.err(format!("{key} = {heads} does not divide the hidden size {hidden}")));
         }
         Ok(heads)
     }
@@ -220,9 +205,7 @@ impl Reader<'_> {
         let hidden_size = self.size("hidden_size", MAX_HIDDEN)?;
         if let Some(kind) = self.opt_string("position_embedding_type")? {
             if kind != "absolute" {
-                return Err(self.err(format!(
-                    "position_embedding_type {kind:?} is not supported (only \"absolute\")"
-                )));
+                return Err(self.err(format!("position_embedding_type {kind:?} is not supported (only \"absolute\")")));
             }
         }
         Ok(BertConfig {
@@ -232,9 +215,7 @@ impl Reader<'_> {
             num_attention_heads: self.heads("num_attention_heads", hidden_size)?,
             intermediate_size: self.size("intermediate_size", MAX_INTERMEDIATE)?,
             max_position_embeddings: self.size("max_position_embeddings", MAX_POSITIONS)?,
-            type_vocab_size: self
-                .opt_size("type_vocab_size", MAX_TYPE_VOCAB)?
-                .unwrap_or(2),
+            type_vocab_size: self.opt_size("type_vocab_size", MAX_TYPE_VOCAB)?.unwrap_or(2),
             layer_norm_eps: self.eps("layer_norm_eps", 1e-12)?,
             hidden_act: self.activation("hidden_act", "gelu")?,
         })
@@ -247,11 +228,7 @@ impl Reader<'_> {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
                 Some(id) if (id as usize) < vocab_size => Some(id as u32),
-                _ => {
-                    return Err(self.err(format!(
-                        "eos_token_id {v} is not a token id below vocab_size"
-                    )))
-                }
+                _ => return Err(self.err(format!("eos_token_id {v} is not a token id below vocab_size"))),
             },
         };
         Ok(Gpt2Config {
@@ -259,9 +236,7 @@ impl Reader<'_> {
             n_embd,
             n_layer: self.size("n_layer", MAX_LAYERS)?,
             n_head: self.heads("n_head", n_embd)?,
-            n_inner: self
-                .opt_size("n_inner", MAX_INTERMEDIATE)?
-                .unwrap_or(4 * n_embd),
+            n_inner: self.opt_size("n_inner", MAX_INTERMEDIATE)?.unwrap_or(4 * n_embd),
             n_positions: self.size("n_positions", MAX_POSITIONS)?,
             layer_norm_epsilon: self.eps("layer_norm_epsilon", 1e-5)?,
             activation_function: self.activation("activation_function", "gelu_new")?,
@@ -287,9 +262,7 @@ mod tests {
 
     #[test]
     fn parses_bert_defaults() {
-        let ModelConfig::Bert(c) = parse(bert()).unwrap() else {
-            panic!("not bert")
-        };
+        let ModelConfig::Bert(c) = parse(bert()).unwrap() else { panic!("not bert") };
         assert_eq!(c.type_vocab_size, 2);
         assert_eq!(c.hidden_act, Activation::GeluErf);
         assert_eq!(c.layer_norm_eps, 1e-12);
@@ -309,10 +282,7 @@ mod tests {
             let mut v = bert();
             v[key] = value.clone();
             let err = parse(v).unwrap_err();
-            assert!(
-                matches!(err, EngineError::BadConfig { .. }),
-                "{key}={value}: {err}"
-            );
+            assert!(matches!(err, EngineError::BadConfig { .. }), "{key}={value}: {err}");
             assert!(err.to_string().contains(key), "{err}");
         }
     }
@@ -331,9 +301,7 @@ mod tests {
     fn gpt2_inner_defaults_to_four_times_hidden() {
         let v = json!({"model_type":"gpt2","vocab_size":512,"n_embd":64,"n_layer":2,"n_head":4,
                        "n_positions":128,"n_inner":null,"eos_token_id":511});
-        let ModelConfig::Gpt2(c) = parse(v).unwrap() else {
-            panic!("not gpt2")
-        };
+        let ModelConfig::Gpt2(c) = parse(v).unwrap() else { panic!("not gpt2") };
         assert_eq!(c.n_inner, 256);
         assert_eq!(c.eos_token_id, Some(511));
         assert_eq!(c.activation_function, Activation::GeluTanh);

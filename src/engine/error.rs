@@ -13,11 +13,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     #[error("{path}: file is {size} bytes, more than the limit of {limit} bytes")]
-    FileTooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
+    FileTooLarge { path: PathBuf, size: u64, limit: u64 },
     #[error("{path}: invalid config: {reason}")]
     BadConfig { path: PathBuf, reason: String },
     #[error("{path}: unsupported model_type {model_type:?} (supported: \"bert\", \"gpt2\")")]
@@ -27,24 +23,11 @@ pub enum EngineError {
     #[error("{path}: missing tensor {tensor:?}")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
-    WrongShape {
-        path: PathBuf,
-        tensor: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    WrongShape { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{path}: tensor {tensor:?} has dtype {dtype}, expected F32, F16 or BF16")]
-    WrongDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-    },
+    WrongDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{path}: tensor {tensor:?} holds a non-finite value at element {index}")]
-    NonFiniteWeight {
-        path: PathBuf,
-        tensor: String,
-        index: usize,
-    },
+    NonFiniteWeight { path: PathBuf, tensor: String, index: usize },
     #[error("{path}: invalid tokenizer: {reason}")]
     BadTokenizer { path: PathBuf, reason: String },
     #[error("the package in {dir} has no tokenizer.json, so it takes token ids, not text")]
@@ -59,17 +42,11 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 
     pub(crate) fn config(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::BadConfig {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Self::BadConfig { path: path.into(), reason: reason.into() }
     }
 }
 

@@ -13,9 +13,7 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
         + 0.5;
     let y = p * (r * r) + r + 1.0;
     // 2ⁿ from its exponent bits. n + 127 lies in [0, 255] after the clamp; adding 2²³ puts it
@@ -42,12 +40,9 @@ pub fn erf(x: f32) -> f32 {
                         + z * (0.005_223_977
                             + z * (-8.548_327e-4
                                 + z * (1.205_533_6e-4
-                                    + z * (-1.492_565e-5
-                                        + z * (1.646_211_4e-6 + z * -1.636_584_5e-7)))))))));
+                                    + z * (-1.492_565e-5 + z * (1.646_211_4e-6 + z * -1.636_584_5e-7)))))))));
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
     let tail = (1.0 - poly * exp(-a * a)).copysign(x);
     if a < 1.0 {
         series
@@ -90,10 +85,7 @@ mod tests {
         let mut x = -87.0f32;
         while x < 88.0 {
             let (got, want) = (super::exp(x), x.exp());
-            assert!(
-                ((got - want) / want).abs() < 3e-7,
-                "exp({x}) = {got}, want {want}"
-            );
+            assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
             x += 0.0137;
         }
         assert_eq!(super::exp(0.0), 1.0);

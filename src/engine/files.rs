@@ -10,23 +10,13 @@ pub fn read_small_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
     if size > limit {
-        return Err(EngineError::FileTooLarge {
-            path: path.to_path_buf(),
-            size,
-            limit,
-        });
+        return Err(EngineError::FileTooLarge { path: path.to_path_buf(), size, limit });
     }
     let mut bytes = Vec::with_capacity(size as usize);
     // `take` guards against a file that grows between the size check and the read.
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| EngineError::io(path, e))?;
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| EngineError::io(path, e))?;
     if bytes.len() as u64 > limit {
-        return Err(EngineError::FileTooLarge {
-            path: path.to_path_buf(),
-            size: bytes.len() as u64,
-            limit,
-        });
+        return Err(EngineError::FileTooLarge { path: path.to_path_buf(), size: bytes.len() as u64, limit });
     }
     Ok(bytes)
 }
@@ -37,7 +27,5 @@ pub fn read_optional_json(path: &Path, limit: u64) -> Result<Option<serde_json::
         return Ok(None);
     }
     let bytes = read_small_file(path, limit)?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| EngineError::config(path, format!("not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| EngineError::config(path, format!("not valid JSON: {e}")))
 }

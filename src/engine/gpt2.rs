@@ -142,19 +142,14 @@ impl KvCache {
                 for head in 0..h {
                     let at = ((b * h + head) * self.capacity + pos) * d;
                     self.k[layer][at..at + d].copy_from_slice(&row[e + head * d..e + head * d + d]);
-                    self.v[layer][at..at + d]
-                        .copy_from_slice(&row[2 * e + head * d..2 * e + head * d + d]);
+                    self.v[layer][at..at + d].copy_from_slice(&row[2 * e + head * d..2 * e + head * d + d]);
                 }
             }
         }
     }
 
     fn layout<'a>(&self, data: &'a [f32]) -> HeadLayout<'a> {
-        HeadLayout {
-            data,
-            head_stride: self.capacity * self.head_dim,
-            row_stride: self.head_dim,
-        }
+        HeadLayout { data, head_stride: self.capacity * self.head_dim, row_stride: self.head_dim }
     }
 
     /// Attention segments for `t` new tokens per batch item over the `kv_len` cached keys.
@@ -186,26 +181,17 @@ pub fn forward<W: Weights + ?Sized>(
     let e = c.n_embd;
     let b = cache.batch;
     let t = ids.len() / b;
-    assert_eq!(
-        (ids.len(), mask.len()),
-        (b * t, b * t),
-        "ids and mask are [batch, t]"
-    );
+    assert_eq!((ids.len(), mask.len()), (b * t, b * t), "ids and mask are [batch, t]");
     let n = b * t;
     let start = cache.len;
     assert!(start + t <= cache.capacity, "KV cache overflow");
     for bi in 0..b {
         let m = &mask[bi * t..(bi + 1) * t];
-        cache.key_mask[bi * cache.capacity + start..bi * cache.capacity + start + t]
-            .copy_from_slice(m);
+        cache.key_mask[bi * cache.capacity + start..bi * cache.capacity + start + t].copy_from_slice(m);
     }
     let kv_len = start + t;
     let key_mask: Vec<bool> = (0..b)
-        .flat_map(|bi| {
-            cache.key_mask[bi * cache.capacity..bi * cache.capacity + kv_len]
-                .iter()
-                .copied()
-        })
+        .flat_map(|bi| cache.key_mask[bi * cache.capacity..bi * cache.capacity + kv_len].iter().copied())
         .collect();
     let (wte, wpe) = (wt.wte.of(w), wt.wpe.of(w));
     let mut x = vec![0f32; n * e];
@@ -227,51 +213,19 @@ pub fn forward<W: Weights + ?Sized>(
     for (l, bw) in wt.blocks.iter().enumerate() {
         normed.copy_from_slice(&x);
         ops::layer_norm(&mut normed, e, bw.ln1_w.of(w), bw.ln1_b.of(w), eps);
-        ops::linear(
-            &normed,
-            n,
-            e,
-            bw.attn_w.of(w),
-            bw.attn_b.of(w),
-            3 * e,
-            &mut qkv,
-        );
+        ops::linear(&normed, n, e, bw.attn_w.of(w), bw.attn_b.of(w), 3 * e, &mut qkv);
         cache.append(l, &qkv, t);
-        let q = HeadLayout {
-            data: &qkv,
-            head_stride: e / c.n_head,
-            row_stride: 3 * e,
-        };
+        let q = HeadLayout { data: &qkv, head_stride: e / c.n_head, row_stride: 3 * e };
         let (kl, vl) = (cache.layout(&cache.k[l]), cache.layout(&cache.v[l]));
-        let shape = HeadShape {
-            heads: c.n_head,
-            head_dim: e / c.n_head,
-            causal: true,
-        };
+        let shape = HeadShape { heads: c.n_head, head_dim: e / c.n_head, causal: true };
         ops::attention([q, kl, vl], &segments, &key_mask, shape, &mut ctx);
         ops::linear(&ctx, n, e, bw.proj_w.of(w), bw.proj_b.of(w), e, &mut tmp);
         ops::add_in_place(&mut x, &tmp);
         normed.copy_from_slice(&x);
         ops::layer_norm(&mut normed, e, bw.ln2_w.of(w), bw.ln2_b.of(w), eps);
-        ops::linear(
-            &normed,
-            n,
-            e,
-            bw.fc_w.of(w),
-            bw.fc_b.of(w),
-            c.n_inner,
-            &mut inner,
-        );
+        ops::linear(&normed, n, e, bw.fc_w.of(w), bw.fc_b.of(w), c.n_inner, &mut inner);
         ops::activate(&mut inner, c.activation_function);
-        ops::linear(
-            &inner,
-            n,
-            c.n_inner,
-            bw.fc_proj_w.of(w),
-            bw.fc_proj_b.of(w),
-            e,
-            &mut tmp,
-        );
+        ops::linear(&inner, n, c.n_inner, bw.fc_proj_w.of(w), bw.fc_proj_b.of(w), e, &mut tmp);
         ops::add_in_place(&mut x, &tmp);
     }
     cache.len = kv_len;
@@ -280,13 +234,7 @@ pub fn forward<W: Weights + ?Sized>(
 }
 
 /// `logits[rows, vocab] = hidden[rows, n_embd] · wteᵀ` (the tied LM head).
-pub fn logits<W: Weights + ?Sized>(
-    c: &Gpt2Config,
-    wt: &Gpt2Weights,
-    w: &W,
-    hidden: &[f32],
-    rows: usize,
-) -> Vec<f32> {
+pub fn logits<W: Weights + ?Sized>(c: &Gpt2Config, wt: &Gpt2Weights, w: &W, hidden: &[f32], rows: usize) -> Vec<f32> {
     let (e, v) = (c.n_embd, c.vocab_size);
     let mut out = vec![0f32; rows * v];
     matmul(

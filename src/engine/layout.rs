@@ -43,27 +43,12 @@ pub struct PlannedTensor {
 impl PlannedTensor {
     /// A file tensor stored as it is.
     pub fn new(name: impl Into<String>, shape: &[usize], layer: usize) -> Self {
-        Self {
-            name: name.into(),
-            shape: shape.to_vec(),
-            layer,
-            source: Source::Plain,
-        }
+        Self { name: name.into(), shape: shape.to_vec(), layer, source: Source::Plain }
     }
 
     /// A file `[out, in]` matrix stored as `[in, out]`.
-    pub fn transposed(
-        name: impl Into<String>,
-        out_dim: usize,
-        in_dim: usize,
-        layer: usize,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            shape: vec![in_dim, out_dim],
-            layer,
-            source: Source::Transposed,
-        }
+    pub fn transposed(name: impl Into<String>, out_dim: usize, in_dim: usize, layer: usize) -> Self {
+        Self { name: name.into(), shape: vec![in_dim, out_dim], layer, source: Source::Transposed }
     }
 
     /// File matrices `[out_dim, in_dim]` each, stored as one `[in_dim, parts·out_dim]`.
@@ -84,12 +69,7 @@ impl PlannedTensor {
 
     /// 1-D file tensors of `len` elements each, stored back to back.
     pub fn concat(name: impl Into<String>, parts: Vec<String>, len: usize, layer: usize) -> Self {
-        Self {
-            name: name.into(),
-            shape: vec![parts.len() * len],
-            layer,
-            source: Source::Concat { parts },
-        }
+        Self { name: name.into(), shape: vec![parts.len() * len], layer, source: Source::Concat { parts } }
     }
 
     /// The file tensors this one is made of, with the shapes the file must give them.
@@ -177,11 +157,7 @@ impl WeightLayout {
         let mut offset = 0usize;
         let mut last_layer = 0usize;
         for t in plan {
-            assert!(
-                t.layer >= last_layer,
-                "plan goes back from layer {last_layer} to {}",
-                t.layer
-            );
+            assert!(t.layer >= last_layer, "plan goes back from layer {last_layer} to {}", t.layer);
             last_layer = t.layer;
             offset = offset.next_multiple_of(ALIGN_ELEMS);
             layer_starts[t.layer].get_or_insert(offset);
@@ -198,31 +174,11 @@ impl WeightLayout {
         let mut layers = Vec::with_capacity(layer_names.len());
         for (i, name) in layer_names.iter().enumerate() {
             let start = layer_starts[i].expect("every planned layer holds a tensor");
-            let end = layer_starts[i + 1..]
-                .iter()
-                .flatten()
-                .next()
-                .copied()
-                .unwrap_or(total_elems);
-            layers.push(LayerSpan {
-                name: name.clone(),
-                span: Span {
-                    offset: start,
-                    len: end - start,
-                },
-            });
+            let end = layer_starts[i + 1..].iter().flatten().next().copied().unwrap_or(total_elems);
+            layers.push(LayerSpan { name: name.clone(), span: Span { offset: start, len: end - start } });
         }
-        let index = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
-        Self {
-            tensors,
-            layers,
-            total_elems,
-            index,
-        }
+        let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Self { tensors, layers, total_elems, index }
     }
 
     pub fn total_bytes(&self) -> usize {
@@ -235,9 +191,7 @@ impl WeightLayout {
 
     /// The span of a planned tensor. Family code asks only for names it planned itself.
     pub fn span(&self, name: &str) -> Span {
-        self.slot(name)
-            .unwrap_or_else(|| panic!("tensor {name} is not in the layout"))
-            .span
+        self.slot(name).unwrap_or_else(|| panic!("tensor {name} is not in the layout")).span
     }
 }
 
@@ -292,10 +246,7 @@ mod tests {
         }
         assert_eq!(at, l.total_elems);
         for t in &l.tensors {
-            let layer = l
-                .layers
-                .iter()
-                .find(|s| s.span.offset <= t.span.offset && t.span.end() <= s.span.end());
+            let layer = l.layers.iter().find(|s| s.span.offset <= t.span.offset && t.span.end() <= s.span.end());
             assert!(layer.is_some(), "{} lies outside every layer", t.name);
         }
     }

@@ -16,13 +16,7 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
         check_bounds(data.len(), rows, cols, rs, cs);
-        Self {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
+        Self { data, rows, cols, rs, cs }
     }
 
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
@@ -31,13 +25,7 @@ impl<'a> MatRef<'a> {
 
     /// The transposed view of the same elements.
     pub fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
     }
 }
 
@@ -53,13 +41,7 @@ pub struct MatMut<'a> {
 impl<'a> MatMut<'a> {
     pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
         check_bounds(data.len(), rows, cols, rs, cs);
-        Self {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
+        Self { data, rows, cols, rs, cs }
     }
 
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
@@ -70,10 +52,7 @@ impl<'a> MatMut<'a> {
 fn check_bounds(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
     if rows > 0 && cols > 0 {
         let last = (rows - 1) * rs + (cols - 1) * cs;
-        assert!(
-            last < len,
-            "matrix view {rows}x{cols} (rs {rs}, cs {cs}) overruns {len} elements"
-        );
+        assert!(last < len, "matrix view {rows}x{cols} (rs {rs}, cs {cs}) overruns {len} elements");
     }
 }
 
@@ -90,20 +69,9 @@ pub enum Threads {
 const POOL_MIN_MACS: usize = 1 << 24;
 
 /// `dst = scale · a · b`, or `dst += scale · a · b` when `accumulate`.
-pub fn matmul(
-    dst: MatMut<'_>,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    accumulate: bool,
-    scale: f32,
-    threads: Threads,
-) {
+pub fn matmul(dst: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, scale: f32, threads: Threads) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
-    assert_eq!(
-        (dst.rows, dst.cols),
-        (a.rows, b.cols),
-        "output shape differs"
-    );
+    assert_eq!((dst.rows, dst.cols), (a.rows, b.cols), "output shape differs");
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }

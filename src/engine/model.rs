@@ -85,8 +85,7 @@ impl Model {
             }
         };
         let layout = WeightLayout::build(&plan, &layer_names);
-        let weights = WeightsFile::open(&dir.join("model.safetensors"))?
-            .load_packed(&plan, &layout, prefixes)?;
+        let weights = WeightsFile::open(&dir.join("model.safetensors"))?.load_packed(&plan, &layout, prefixes)?;
         let family = match &config {
             ModelConfig::Bert(c) => Family::Bert(BertWeights::resolve(c, &layout)),
             ModelConfig::Gpt2(c) => Family::Gpt2(Gpt2Weights::resolve(c, &layout)),
@@ -96,17 +95,7 @@ impl Model {
             ModelConfig::Gpt2(_) => None,
         };
         let tokenizer = TextEncoder::load(dir, config.max_positions())?;
-        Ok(Self {
-            spec: ModelSpec {
-                dir: dir.to_path_buf(),
-                config,
-                layout,
-                pooling,
-                tokenizer,
-                family,
-            },
-            weights,
-        })
+        Ok(Self { spec: ModelSpec { dir: dir.to_path_buf(), config, layout, pooling, tokenizer, family }, weights })
     }
 
     /// The packed buffer: the unit the runtime copies to devices.
@@ -124,8 +113,7 @@ impl Model {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        self.spec
-            .generate(self.weights.as_slice(), prompt, opts, on_token)
+        self.spec.generate(self.weights.as_slice(), prompt, opts, on_token)
     }
 }
 
@@ -144,10 +132,7 @@ impl ModelSpec {
                 .collect(),
             outputs: self.outputs().iter().map(|o| o.name()).collect(),
             has_tokenizer: self.tokenizer.is_some(),
-            max_input_tokens: self
-                .tokenizer
-                .as_ref()
-                .map_or(self.config.max_positions(), |t| t.max_len()),
+            max_input_tokens: self.tokenizer.as_ref().map_or(self.config.max_positions(), |t| t.max_len()),
         }
     }
 
@@ -168,35 +153,21 @@ impl ModelSpec {
 
     pub fn output_by_name(&self, name: &str) -> Result<OutputKind> {
         let outputs = self.outputs();
-        OutputKind::from_name(name)
-            .filter(|k| outputs.contains(k))
-            .ok_or_else(|| EngineError::UnknownOutput {
-                name: name.to_string(),
-                available: outputs
-                    .iter()
-                    .map(|o| o.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        OutputKind::from_name(name).filter(|k| outputs.contains(k)).ok_or_else(|| EngineError::UnknownOutput {
+            name: name.to_string(),
+            available: outputs.iter().map(|o| o.name()).collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Tokenizes texts with the package's tokenizer.
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        let t = self
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| EngineError::NoTokenizer {
-                dir: self.dir.clone(),
-            })?;
+        let t = self.tokenizer.as_ref().ok_or_else(|| EngineError::NoTokenizer { dir: self.dir.clone() })?;
         t.encode(texts)
     }
 
     fn check_weights<W: Weights + ?Sized>(&self, weights: &W) -> Result<()> {
         if weights.len() != self.layout.total_elems {
-            return Err(EngineError::WeightsSizeMismatch {
-                expected: self.layout.total_elems,
-                found: weights.len(),
-            });
+            return Err(EngineError::WeightsSizeMismatch { expected: self.layout.total_elems, found: weights.len() });
         }
         Ok(())
     }
@@ -206,11 +177,7 @@ impl ModelSpec {
             ModelConfig::Bert(c) => c.type_vocab_size,
             ModelConfig::Gpt2(_) => 1,
         };
-        batch.validate(
-            self.config.vocab_size(),
-            type_vocab,
-            self.config.max_positions(),
-        )
+        batch.validate(self.config.vocab_size(), type_vocab, self.config.max_positions())
     }
 
     /// Checks a request before it is queued: the outputs exist and the batch fits the model.
@@ -253,11 +220,7 @@ impl ModelSpec {
                 let mut cache = KvCache::new(c, b, s);
                 let hidden = gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask);
                 let logits = gpt2::logits(c, wt, weights, &hidden, b * s);
-                Ok(vec![OutputTensor::fp32(
-                    OutputKind::Logits,
-                    vec![b, s, c.vocab_size],
-                    logits,
-                )])
+                Ok(vec![OutputTensor::fp32(OutputKind::Logits, vec![b, s, c.vocab_size], logits)])
             }
             _ => unreachable!("family is derived from the config"),
         }

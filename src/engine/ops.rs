@@ -9,15 +9,7 @@ use super::matmul::{matmul, MatMut, MatRef, Threads};
 
 /// `out[rows, out_dim] = x[rows, in_dim] · W + b` with `W` stored `[in, out]` (the layout
 /// puts every linear weight that way).
-pub fn linear(
-    x: &[f32],
-    rows: usize,
-    in_dim: usize,
-    w: &[f32],
-    b: &[f32],
-    out_dim: usize,
-    out: &mut [f32],
-) {
+pub fn linear(x: &[f32], rows: usize, in_dim: usize, w: &[f32], b: &[f32], out_dim: usize, out: &mut [f32]) {
     debug_assert_eq!(b.len(), out_dim);
     let out = &mut out[..rows * out_dim];
     for row in out.chunks_exact_mut(out_dim) {
@@ -39,14 +31,7 @@ pub fn layer_norm(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps:
 }
 
 /// `x += residual`, then LayerNorm: BERT's post-norm residual step.
-pub fn add_layer_norm(
-    x: &mut [f32],
-    residual: &[f32],
-    width: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-) {
+pub fn add_layer_norm(x: &mut [f32], residual: &[f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     add_layer_norm_rows(x, Some(residual), width, gamma, beta, eps);
 }
 
@@ -137,13 +122,7 @@ pub struct HeadLayout<'a> {
 
 impl<'a> HeadLayout<'a> {
     fn rows(&self, base: usize, h: usize, rows: usize, dim: usize) -> MatRef<'a> {
-        MatRef::strided(
-            &self.data[base + h * self.head_stride..],
-            rows,
-            dim,
-            self.row_stride,
-            1,
-        )
+        MatRef::strided(&self.data[base + h * self.head_stride..], rows, dim, self.row_stride, 1)
     }
 }
 
@@ -169,23 +148,11 @@ pub struct HeadShape {
 
 /// Scaled dot-product attention for every sequence and head. Causal: query `i` sits at
 /// position `kv_len - len + i` and sees keys up to it. Writes `out[row + i][h·d .. h·d + d]`.
-pub fn attention(
-    qkv: [HeadLayout<'_>; 3],
-    segments: &[Segment],
-    key_mask: &[bool],
-    shape: HeadShape,
-    out: &mut [f32],
-) {
+pub fn attention(qkv: [HeadLayout<'_>; 3], segments: &[Segment], key_mask: &[bool], shape: HeadShape, out: &mut [f32]) {
     let [q, k, v] = qkv;
-    let HeadShape {
-        heads,
-        head_dim: d,
-        causal,
-    } = shape;
+    let HeadShape { heads, head_dim: d, causal } = shape;
     let scale = 1.0 / (d as f32).sqrt();
-    let jobs: Vec<(usize, usize)> = (0..segments.len())
-        .flat_map(|s| (0..heads).map(move |h| (s, h)))
-        .collect();
+    let jobs: Vec<(usize, usize)> = (0..segments.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
     let run = |&(si, h): &(usize, usize)| -> Vec<f32> {
         let seg = &segments[si];
         let (q_len, kv_len) = (seg.len, seg.kv_len);
@@ -201,11 +168,7 @@ pub fn attention(
         let all = vec![true; kv_len];
         let mask = seg.mask.clone().map_or(&all[..], |r| &key_mask[r]);
         for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-            let visible = if causal {
-                kv_len - q_len + i + 1
-            } else {
-                kv_len
-            };
+            let visible = if causal { kv_len - q_len + i + 1 } else { kv_len };
             masked_softmax(row, mask, visible);
         }
         let mut head_out = vec![0f32; q_len * d];
@@ -220,11 +183,8 @@ pub fn attention(
         head_out
     };
     let work: usize = segments.iter().map(|s| s.len * s.kv_len).sum::<usize>() * heads * d;
-    let results: Vec<Vec<f32>> = if work < PARALLEL_ELEMS * 4 {
-        jobs.iter().map(run).collect()
-    } else {
-        jobs.par_iter().map(run).collect()
-    };
+    let results: Vec<Vec<f32>> =
+        if work < PARALLEL_ELEMS * 4 { jobs.iter().map(run).collect() } else { jobs.par_iter().map(run).collect() };
     let hidden = heads * d;
     for (&(si, h), head_out) in jobs.iter().zip(&results) {
         let row = segments[si].row;
@@ -272,11 +232,9 @@ mod tests {
     #[test]
     fn gelu_variants_match_known_values() {
         // Values from torch.nn.functional.gelu(x) and gelu(x, approximate="tanh").
-        for (x, erf, tanh) in [
-            (1.0f32, 0.841_344_7, 0.841_192),
-            (-0.5, -0.154_268_8, -0.154_286),
-            (3.0, 2.995_950_3, 2.996_362_6),
-        ] {
+        for (x, erf, tanh) in
+            [(1.0f32, 0.841_344_7, 0.841_192), (-0.5, -0.154_268_8, -0.154_286), (3.0, 2.995_950_3, 2.996_362_6)]
+        {
             assert!((gelu_erf(x) - erf).abs() < 1e-6, "erf gelu({x})");
             assert!((gelu_tanh(x) - tanh).abs() < 1e-6, "tanh gelu({x})");
         }
@@ -290,10 +248,7 @@ mod tests {
         let mean: f32 = row0.iter().sum::<f32>() / 4.0;
         assert!((mean - 0.5).abs() < 1e-6);
         assert!((row0[3] - 0.5 - 1.341_640_8).abs() < 1e-5);
-        assert!(
-            x[4..].iter().all(|&v| (v - 0.5).abs() < 1e-6),
-            "constant row maps to beta"
-        );
+        assert!(x[4..].iter().all(|&v| (v - 0.5).abs() < 1e-6), "constant row maps to beta");
     }
 
     #[test]
@@ -308,11 +263,7 @@ mod tests {
     }
 
     fn shape(causal: bool) -> HeadShape {
-        HeadShape {
-            heads: 1,
-            head_dim: 2,
-            causal,
-        }
+        HeadShape { heads: 1, head_dim: 2, causal }
     }
 
     #[test]
@@ -324,26 +275,10 @@ mod tests {
             1.0, 0.0, 0.3, 0.1, 7.0, -2.0,
             0.0, 1.0, 5.0, 5.0, 1.0, 1.0,
         ];
-        let l = |off: usize| HeadLayout {
-            data: &qkv[off..],
-            head_stride: 2,
-            row_stride: 6,
-        };
-        let seg = Segment {
-            row: 0,
-            len: 2,
-            kv_base: 0,
-            kv_len: 2,
-            mask: Some(0..2),
-        };
+        let l = |off: usize| HeadLayout { data: &qkv[off..], head_stride: 2, row_stride: 6 };
+        let seg = Segment { row: 0, len: 2, kv_base: 0, kv_len: 2, mask: Some(0..2) };
         let mut out = vec![0.0; 4];
-        attention(
-            [l(0), l(2), l(4)],
-            &[seg],
-            &[true, false],
-            shape(false),
-            &mut out,
-        );
+        attention([l(0), l(2), l(4)], &[seg], &[true, false], shape(false), &mut out);
         assert_eq!(out, vec![7.0, -2.0, 7.0, -2.0]);
     }
 
@@ -355,18 +290,8 @@ mod tests {
             1.0, 0.0, 0.0, 1.0, 3.0, 4.0,
             0.0, 1.0, 9.0, 9.0, -1.0, 2.0,
         ];
-        let l = |off: usize| HeadLayout {
-            data: &qkv[off..],
-            head_stride: 2,
-            row_stride: 6,
-        };
-        let seg = Segment {
-            row: 0,
-            len: 2,
-            kv_base: 0,
-            kv_len: 2,
-            mask: None,
-        };
+        let l = |off: usize| HeadLayout { data: &qkv[off..], head_stride: 2, row_stride: 6 };
+        let seg = Segment { row: 0, len: 2, kv_base: 0, kv_len: 2, mask: None };
         let mut out = vec![0.0; 4];
         attention([l(0), l(2), l(4)], &[seg], &[], shape(true), &mut out);
         assert_eq!(&out[..2], &[3.0, 4.0]);

@@ -21,9 +21,7 @@ impl OutputKind {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::LastHiddenState, Self::SentenceEmbedding, Self::Logits]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [Self::LastHiddenState, Self::SentenceEmbedding, Self::Logits].into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -40,11 +38,6 @@ pub struct OutputTensor {
 impl OutputTensor {
     pub fn fp32(kind: OutputKind, shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Self {
-            name: kind.name().to_string(),
-            datatype: "FP32".to_string(),
-            shape,
-            data,
-        }
+        Self { name: kind.name().to_string(), datatype: "FP32".to_string(), shape, data }
     }
 }

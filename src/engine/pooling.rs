@@ -34,15 +34,8 @@ impl Pooling {
         let modules_path = dir.join("modules.json");
         let (pool_dir, normalize) = match read_optional_json(&modules_path, MAX_JSON_BYTES)? {
             Some(modules) => {
-                let list = modules
-                    .as_array()
-                    .ok_or_else(|| EngineError::config(&modules_path, "not a JSON list"))?;
-                let kind = |m: &Value| {
-                    m.get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                };
+                let list = modules.as_array().ok_or_else(|| EngineError::config(&modules_path, "not a JSON list"))?;
+                let kind = |m: &Value| m.get("type").and_then(Value::as_str).unwrap_or("").to_string();
                 let pooling = list.iter().find(|m| kind(m).ends_with(".Pooling"));
                 let normalize = list.iter().any(|m| kind(m).ends_with(".Normalize"));
                 match pooling {
@@ -68,10 +61,7 @@ impl Pooling {
         let flag = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(false);
         for unsupported in ["pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"] {
             if flag(unsupported) {
-                return Err(EngineError::config(
-                    &config_path,
-                    format!("{unsupported} is not supported"),
-                ));
+                return Err(EngineError::config(&config_path, format!("{unsupported} is not supported")));
             }
         }
         let modes: Vec<PoolMode> = [
@@ -85,10 +75,7 @@ impl Pooling {
         .map(|(_, mode)| mode)
         .collect();
         if modes.is_empty() {
-            return Err(EngineError::config(
-                &config_path,
-                "no pooling mode is enabled",
-            ));
+            return Err(EngineError::config(&config_path, "no pooling mode is enabled"));
         }
         Ok(Some(Self { modes, normalize }))
     }
@@ -98,14 +85,7 @@ impl Pooling {
     }
 
     /// Pools `hidden[batch, seq, width]` over the unmasked tokens of each row.
-    pub fn apply(
-        &self,
-        hidden: &[f32],
-        mask: &[bool],
-        batch: usize,
-        seq: usize,
-        width: usize,
-    ) -> Vec<f32> {
+    pub fn apply(&self, hidden: &[f32], mask: &[bool], batch: usize, seq: usize, width: usize) -> Vec<f32> {
         let dim = self.output_dim(width);
         let mut out = vec![0f32; batch * dim];
         for b in 0..batch {
@@ -118,12 +98,7 @@ impl Pooling {
             }
             if self.normalize {
                 // sentence-transformers divides by max(‖v‖, 1e-12).
-                let norm = dst
-                    .iter()
-                    .map(|&v| v as f64 * v as f64)
-                    .sum::<f64>()
-                    .sqrt()
-                    .max(1e-12);
+                let norm = dst.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt().max(1e-12);
                 dst.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
             }
         }
@@ -131,19 +106,8 @@ impl Pooling {
     }
 }
 
-fn pool_one(
-    mode: PoolMode,
-    rows: &[f32],
-    mask: &[bool],
-    count: usize,
-    width: usize,
-    out: &mut [f32],
-) {
-    let tokens = rows
-        .chunks_exact(width)
-        .zip(mask)
-        .filter(|(_, &m)| m)
-        .map(|(r, _)| r);
+fn pool_one(mode: PoolMode, rows: &[f32], mask: &[bool], count: usize, width: usize, out: &mut [f32]) {
+    let tokens = rows.chunks_exact(width).zip(mask).filter(|(_, &m)| m).map(|(r, _)| r);
     match mode {
         PoolMode::Cls => out.copy_from_slice(&rows[..width]),
         PoolMode::Max => {
@@ -160,9 +124,7 @@ fn pool_one(
             // sentence-transformers clamps the count at 1e-9 so an all-padding row gives zeros.
             let n = (count as f64).max(1e-9);
             let div = if mode == PoolMode::Mean { n } else { n.sqrt() };
-            out.iter_mut()
-                .zip(&acc)
-                .for_each(|(o, a)| *o = (a / div) as f32);
+            out.iter_mut().zip(&acc).for_each(|(o, a)| *o = (a / div) as f32);
         }
     }
 }
@@ -173,10 +135,7 @@ mod tests {
 
     #[test]
     fn mean_pooling_skips_padding_and_normalises() {
-        let p = Pooling {
-            modes: vec![PoolMode::Mean],
-            normalize: true,
-        };
+        let p = Pooling { modes: vec![PoolMode::Mean], normalize: true };
         // Two tokens [3, 0] and [1, 4], then a padding row that must not count.
         let hidden = [3.0, 0.0, 1.0, 4.0, 100.0, 100.0];
         let out = p.apply(&hidden, &[true, true, false], 1, 3, 2);
@@ -187,10 +146,7 @@ mod tests {
 
     #[test]
     fn modes_concatenate_in_sentence_transformers_order() {
-        let p = Pooling {
-            modes: vec![PoolMode::Cls, PoolMode::Max],
-            normalize: false,
-        };
+        let p = Pooling { modes: vec![PoolMode::Cls, PoolMode::Max], normalize: false };
         let out = p.apply(&[1.0, 5.0, 2.0, 3.0], &[true, true], 1, 2, 2);
         assert_eq!(out, vec![1.0, 5.0, 2.0, 5.0]);
     }

@@ -20,9 +20,7 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if let Some(t) = self.temperature {
             if !(t.is_finite() && t >= 0.0) {
-                return Err(EngineError::BadInput(format!(
-                    "temperature {t} must be ≥ 0"
-                )));
+                return Err(EngineError::BadInput(format!("temperature {t} must be ≥ 0")));
             }
         }
         if self.top_k == Some(0) {
@@ -30,9 +28,7 @@ impl SamplingParams {
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(EngineError::BadInput(format!(
-                    "top_p {p} must be in (0, 1]"
-                )));
+                return Err(EngineError::BadInput(format!("top_p {p} must be in (0, 1]")));
             }
         }
         Ok(())
@@ -57,11 +53,7 @@ impl Sampler {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
         };
-        Ok(Self {
-            params,
-            rng,
-            scratch: Vec::new(),
-        })
+        Ok(Self { params, rng, scratch: Vec::new() })
     }
 
     pub fn next(&mut self, logits: &[f32]) -> u32 {
@@ -121,18 +113,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 mod tests {
     use super::*;
 
-    fn params(
-        temperature: f32,
-        top_k: Option<usize>,
-        top_p: Option<f32>,
-        seed: u64,
-    ) -> SamplingParams {
-        SamplingParams {
-            temperature: Some(temperature),
-            top_k,
-            top_p,
-            seed: Some(seed),
-        }
+    fn params(temperature: f32, top_k: Option<usize>, top_p: Option<f32>, seed: u64) -> SamplingParams {
+        SamplingParams { temperature: Some(temperature), top_k, top_p, seed: Some(seed) }
     }
 
     #[test]

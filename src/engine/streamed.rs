@@ -51,11 +51,7 @@ impl<'a> StreamedWeights<'a> {
 
     /// Layer `layer`'s elements are in place and will not change while `self` lives.
     pub fn deliver(&self, layer: usize, data: &'a [f32]) {
-        assert_eq!(
-            data.len(),
-            self.layers[layer].len,
-            "layer {layer} delivered with the wrong length"
-        );
+        assert_eq!(data.len(), self.layers[layer].len, "layer {layer} delivered with the wrong length");
         let mut arrived = self.arrived.lock().unwrap_or_else(|e| e.into_inner());
         arrived[layer] = Some(data);
         self.cond.notify_all();
@@ -74,10 +70,7 @@ impl Weights for StreamedWeights<'_> {
     fn get(&self, span: Span) -> &[f32] {
         let i = self.layer_of(span.offset);
         let layer = self.layers[i];
-        assert!(
-            span.end() <= layer.end(),
-            "tensor {span:?} crosses layer {i}"
-        );
+        assert!(span.end() <= layer.end(), "tensor {span:?} crosses layer {i}");
         let mut arrived = self.arrived.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(data) = arrived[i] {
@@ -95,10 +88,7 @@ mod tests {
 
     #[test]
     fn readers_wait_for_their_layer() {
-        let plan = vec![
-            PlannedTensor::new("a", &[64], 0),
-            PlannedTensor::new("b", &[64], 1),
-        ];
+        let plan = vec![PlannedTensor::new("a", &[64], 0), PlannedTensor::new("b", &[64], 1)];
         let layout = WeightLayout::build(&plan, &["l0".into(), "l1".into()]);
         let src: Vec<f32> = (0..128).map(|i| i as f32).collect();
         let streamed = StreamedWeights::new(&layout);

@@ -93,11 +93,7 @@ pub const PRESETS: &[Preset] = &[
         description: "BERT-large, 24 layers, hidden 1024 (335M)",
         config: || bert_config(24, 1024, 16, 4096),
     },
-    Preset {
-        name: "gpt2-tiny",
-        description: "GPT-2 2 layers, hidden 128 (7M)",
-        config: || gpt2_config(2, 128, 2),
-    },
+    Preset { name: "gpt2-tiny", description: "GPT-2 2 layers, hidden 128 (7M)", config: || gpt2_config(2, 128, 2) },
     Preset {
         name: "gpt2",
         description: "GPT-2 small, 12 layers, hidden 768 (124M)",
@@ -151,54 +147,39 @@ pub fn write_package(
         ModelConfig::Gpt2(c) => (gpt2::plan(c).0, "transformer."),
     };
     // The tensors as a Hugging Face file holds them (before the engine fuses or transposes).
-    let tensors: Vec<(String, Vec<usize>)> =
-        plan.iter().flat_map(PlannedTensor::file_parts).collect();
+    let tensors: Vec<(String, Vec<usize>)> = plan.iter().flat_map(PlannedTensor::file_parts).collect();
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     let config_text = serde_json::to_string_pretty(&config_value).expect("JSON values serialize");
     write_atomically(&config_path, config_text.as_bytes())?;
 
     let header = header_bytes(&tensors, prefix, dtype);
     let numel = |shape: &[usize]| shape.iter().product::<usize>();
-    let data_bytes: u64 = tensors
-        .iter()
-        .map(|(_, s)| (numel(s) * dtype.size()) as u64)
-        .sum();
+    let data_bytes: u64 = tensors.iter().map(|(_, s)| (numel(s) * dtype.size()) as u64).sum();
     let total = 8 + header.len() as u64 + data_bytes;
     let final_path = out.join("model.safetensors");
     let tmp_path = out.join("model.safetensors.tmp");
     let io = |e| EngineError::io(&tmp_path, e);
     let file = std::fs::File::create(&tmp_path).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&header).map_err(io)?;
     let mut written = 8 + header.len() as u64;
     progress(written, total);
     let mut chunk = Vec::with_capacity(1 << 20);
     for (i, t) in plan.iter().enumerate() {
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let is_gain = t.name.ends_with("LayerNorm.weight")
-            || (t.name.contains("ln_") && t.name.ends_with(".weight"));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let is_gain = t.name.ends_with("LayerNorm.weight") || (t.name.contains("ln_") && t.name.ends_with(".weight"));
         let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
         let mut left = t.numel();
         while left > 0 {
             let n = left.min(1 << 18);
             chunk.clear();
             for _ in 0..n {
-                let x = if is_gain {
-                    1.0 + rng.random_range(-0.1..0.1)
-                } else {
-                    normal.sample(&mut rng)
-                };
+                let x = if is_gain { 1.0 + rng.random_range(-0.1..0.1) } else { normal.sample(&mut rng) };
                 match dtype {
                     SynthDtype::F32 => chunk.extend_from_slice(&x.to_le_bytes()),
-                    SynthDtype::F16 => {
-                        chunk.extend_from_slice(&half::f16::from_f32(x).to_le_bytes())
-                    }
-                    SynthDtype::Bf16 => {
-                        chunk.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes())
-                    }
+                    SynthDtype::F16 => chunk.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),
+                    SynthDtype::Bf16 => chunk.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
                 }
             }
             w.write_all(&chunk).map_err(io)?;
@@ -224,10 +205,7 @@ pub fn write_package(
 /// as the format's writers do.
 fn header_bytes(tensors: &[(String, Vec<usize>)], prefix: &str, dtype: SynthDtype) -> Vec<u8> {
     let mut map = serde_json::Map::new();
-    map.insert(
-        "__metadata__".into(),
-        json!({"format": "pt", "generator": "faaswap synth"}),
-    );
+    map.insert("__metadata__".into(), json!({"format": "pt", "generator": "faaswap synth"}));
     let mut offset = 0usize;
     for (name, shape) in tensors {
         let len = shape.iter().product::<usize>() * dtype.size();

@@ -18,10 +18,7 @@ pub struct TextEncoder {
 
 impl std::fmt::Debug for TextEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextEncoder")
-            .field("path", &self.path)
-            .field("max_len", &self.max_len)
-            .finish()
+        f.debug_struct("TextEncoder").field("path", &self.path).field("max_len", &self.max_len).finish()
     }
 }
 
@@ -36,36 +33,23 @@ impl TextEncoder {
             return Ok(None);
         }
         let bytes = read_small_file(&path, MAX_TOKENIZER_BYTES)?;
-        let bad = |reason: String| EngineError::BadTokenizer {
-            path: path.clone(),
-            reason,
-        };
+        let bad = |reason: String| EngineError::BadTokenizer { path: path.clone(), reason };
         let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
         let st_path = dir.join("sentence_bert_config.json");
         let max_len = match read_optional_json(&st_path, 1 << 20)? {
             Some(v) => match v.get("max_seq_length").and_then(|x| x.as_u64()) {
                 Some(n) if n > 0 => (n as usize).min(max_positions),
                 _ => {
-                    return Err(EngineError::config(
-                        &st_path,
-                        "max_seq_length must be a positive integer",
-                    ));
+                    return Err(EngineError::config(&st_path, "max_seq_length must be a positive integer"));
                 }
             },
             None => max_positions,
         };
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                ..TruncationParams::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: max_len, ..TruncationParams::default() }))
             .map_err(|e| bad(e.to_string()))?;
         tokenizer.with_padding(None);
-        Ok(Some(Self {
-            tokenizer,
-            max_len,
-            path,
-        }))
+        Ok(Some(Self { tokenizer, max_len, path }))
     }
 
     pub fn max_len(&self) -> usize {
@@ -86,8 +70,6 @@ impl TextEncoder {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| EngineError::BadInput(format!("cannot decode tokens: {e}")))
+        self.tokenizer.decode(ids, true).map_err(|e| EngineError::BadInput(format!("cannot decode tokens: {e}")))
     }
 }

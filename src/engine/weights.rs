@@ -24,44 +24,26 @@ impl WeightsFile {
         // (to a temporary name, then renamed) and never modified in place, so that does not
         // happen to packages faaswap manages.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            map,
-        })
+        Ok(Self { path: path.to_path_buf(), map })
     }
 
     fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.map).map_err(|e| EngineError::CorruptWeights {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })
+        SafeTensors::deserialize(&self.map)
+            .map_err(|e| EngineError::CorruptWeights { path: self.path.clone(), reason: e.to_string() })
     }
 
     /// Which of `prefixes` the file's names use, judged by the plan's first tensor.
-    fn detect_prefix<'p>(
-        &self,
-        st: &SafeTensors<'_>,
-        first: &str,
-        prefixes: &[&'p str],
-    ) -> Result<&'p str> {
+    fn detect_prefix<'p>(&self, st: &SafeTensors<'_>, first: &str, prefixes: &[&'p str]) -> Result<&'p str> {
         let names = st.names();
         prefixes
             .iter()
             .copied()
             .find(|p| names.iter().any(|n| *n == format!("{p}{first}")))
-            .ok_or_else(|| EngineError::MissingTensor {
-                path: self.path.clone(),
-                tensor: first.to_string(),
-            })
+            .ok_or_else(|| EngineError::MissingTensor { path: self.path.clone(), tensor: first.to_string() })
     }
 
     /// Checks the file against the plan and packs it into a new buffer laid out by `layout`.
-    pub fn load_packed(
-        &self,
-        plan: &[PlannedTensor],
-        layout: &WeightLayout,
-        prefixes: &[&str],
-    ) -> Result<Vec<f32>> {
+    pub fn load_packed(&self, plan: &[PlannedTensor], layout: &WeightLayout, prefixes: &[&str]) -> Result<Vec<f32>> {
         let st = self.parse()?;
         let prefix = self.detect_prefix(&st, &plan[0].file_parts()[0].0, prefixes)?;
         // Every part of every planned tensor, checked before anything is allocated.
@@ -70,10 +52,9 @@ impl WeightsFile {
             let mut views = Vec::new();
             for (part, shape) in t.file_parts() {
                 let name = format!("{prefix}{part}");
-                let view = st.tensor(&name).map_err(|_| EngineError::MissingTensor {
-                    path: self.path.clone(),
-                    tensor: name.clone(),
-                })?;
+                let view = st
+                    .tensor(&name)
+                    .map_err(|_| EngineError::MissingTensor { path: self.path.clone(), tensor: name.clone() })?;
                 if view.shape() != shape.as_slice() {
                     return Err(EngineError::WrongShape {
                         path: self.path.clone(),
@@ -116,11 +97,7 @@ impl WeightsFile {
                     }
                 };
                 if let Some(index) = non_finite {
-                    return Err(EngineError::NonFiniteWeight {
-                        path: self.path.clone(),
-                        tensor: name.clone(),
-                        index,
-                    });
+                    return Err(EngineError::NonFiniteWeight { path: self.path.clone(), tensor: name.clone(), index });
                 }
             }
         }
@@ -154,14 +131,7 @@ fn convert(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
 /// Writes the transpose of the `rows × cols` row-major `src` into columns
 /// `col_offset..col_offset + rows` of `dst`, whose rows are `dst_cols` long: `dst[c, col_offset
 /// + r] = src[r, c]`. Works in cache-sized tiles.
-fn transpose_into(
-    src: &[f32],
-    rows: usize,
-    cols: usize,
-    dst: &mut [f32],
-    dst_cols: usize,
-    col_offset: usize,
-) {
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_cols: usize, col_offset: usize) {
     const TILE: usize = 32;
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {

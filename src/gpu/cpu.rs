@@ -19,17 +19,11 @@ pub struct CpuDevice {
 impl CpuDevice {
     pub fn new(info: DeviceInfo) -> Result<Self, DeviceError> {
         if !info.page_bytes.is_multiple_of(4) {
-            return Err(DeviceError::BadSpec(format!(
-                "page size {} is not a multiple of 4 bytes",
-                info.page_bytes
-            )));
+            return Err(DeviceError::BadSpec(format!("page size {} is not a multiple of 4 bytes", info.page_bytes)));
         }
         let pages = info.pool_bytes / info.page_bytes;
         let elems = (pages * info.page_bytes / 4) as usize;
-        Ok(Self {
-            info,
-            pool: vec![0f32; elems],
-        })
+        Ok(Self { info, pool: vec![0f32; elems] })
     }
 }
 
@@ -43,19 +37,12 @@ impl Device for CpuDevice {
         let host = job.model.weights();
         let page_elems = (self.info.page_bytes / 4) as usize;
         let start = job.extent.first * page_elems;
-        assert!(
-            host.len() <= job.extent.pages * page_elems,
-            "the scheduler gave an extent smaller than the model"
-        );
+        assert!(host.len() <= job.extent.pages * page_elems, "the scheduler gave an extent smaller than the model");
         let dst = &mut self.pool[start..start + host.len()];
         let t0 = Instant::now();
         if job.swap.is_none() {
             let outputs = spec.infer(&dst[..], &job.batch, &job.outputs)?;
-            return Ok(JobResult {
-                outputs,
-                exec_ms: ms(t0.elapsed()),
-                ..JobResult::default()
-            });
+            return Ok(JobResult { outputs, exec_ms: ms(t0.elapsed()), ..JobResult::default() });
         }
         // Split the destination into one slice per layer (layers tile the buffer), hand them
         // to the copier, and run the model on whatever has arrived.
@@ -120,9 +107,7 @@ mod tests {
     use crate::policy::{Extent, SwapSource};
 
     fn fixture(name: &str) -> Option<std::path::PathBuf> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures")
-            .join(name);
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name);
         p.exists().then_some(p)
     }
 
@@ -156,10 +141,7 @@ mod tests {
         assert_eq!(swapped.swapped_bytes, model.weights().len() as u64 * 4);
         job.swap = None;
         let resident = dev.run(&job).unwrap();
-        assert_eq!(
-            resident.outputs, want,
-            "the copy left in the pool is the whole model"
-        );
+        assert_eq!(resident.outputs, want, "the copy left in the pool is the whole model");
         assert_eq!(resident.swapped_bytes, 0);
     }
 }

@@ -100,18 +100,12 @@ impl DevicePlan {
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         match kind {
             "auto" if rest.is_empty() => match cuda::probe() {
-                Ok(n) => Ok(Self {
-                    kind: DeviceKind::Cuda,
-                    count: n,
-                    pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL),
-                }),
+                Ok(n) => {
+                    Ok(Self { kind: DeviceKind::Cuda, count: n, pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL) })
+                }
                 Err(e) => {
                     tracing::info!("devices auto: using the CPU ({e})");
-                    Ok(Self {
-                        kind: DeviceKind::Cpu,
-                        count: 1,
-                        pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL),
-                    })
+                    Ok(Self { kind: DeviceKind::Cpu, count: 1, pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL) })
                 }
             },
             "cpu" => Ok(Self {
@@ -127,11 +121,7 @@ impl DevicePlan {
                 } else {
                     parse_bytes(size).map_err(|e| bad(&e))?
                 };
-                Ok(Self {
-                    kind: DeviceKind::Sim,
-                    count: count(n)?,
-                    pool_bytes,
-                })
+                Ok(Self { kind: DeviceKind::Sim, count: count(n)?, pool_bytes })
             }
             _ => Err(bad("expected auto, cpu, cpu:N, cuda, sim:N or sim:NxSIZE")),
         }
@@ -154,17 +144,9 @@ impl DevicePlan {
                     host_link_bytes_per_s: link,
                 };
                 match self.kind {
-                    DeviceKind::Cpu => Ok(Box::new(cpu::CpuDevice::new(info(
-                        DeviceKind::Cpu,
-                        "cpu",
-                        host_link,
-                    ))?)),
+                    DeviceKind::Cpu => Ok(Box::new(cpu::CpuDevice::new(info(DeviceKind::Cpu, "cpu", host_link))?)),
                     DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(
-                        info(
-                            DeviceKind::Sim,
-                            "sim",
-                            Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)),
-                        ),
+                        info(DeviceKind::Sim, "sim", Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK))),
                         sim_time_scale,
                     ))),
                     DeviceKind::Cuda => Err(cuda::probe().expect_err("no CUDA back end yet")),
@@ -181,21 +163,11 @@ mod tests {
     #[test]
     fn parses_device_specs() {
         let p = DevicePlan::parse("sim:4x16GiB", None).unwrap();
-        assert_eq!(
-            (p.kind, p.count, p.pool_bytes),
-            (DeviceKind::Sim, 4, 16 << 30)
-        );
+        assert_eq!((p.kind, p.count, p.pool_bytes), (DeviceKind::Sim, 4, 16 << 30));
         let p = DevicePlan::parse("cpu:2", Some(64 << 20)).unwrap();
-        assert_eq!(
-            (p.kind, p.count, p.pool_bytes),
-            (DeviceKind::Cpu, 2, 64 << 20)
-        );
+        assert_eq!((p.kind, p.count, p.pool_bytes), (DeviceKind::Cpu, 2, 64 << 20));
         let p = DevicePlan::parse("auto", None).unwrap();
-        assert_eq!(
-            (p.kind, p.count),
-            (DeviceKind::Cpu, 1),
-            "no CUDA back end: auto falls back to cpu"
-        );
+        assert_eq!((p.kind, p.count), (DeviceKind::Cpu, 1), "no CUDA back end: auto falls back to cpu");
         for bad in ["gpu", "cpu:0", "sim:2xlots", "cpu:x", "sim:999"] {
             assert!(DevicePlan::parse(bad, None).is_err(), "{bad}");
         }

@@ -28,14 +28,9 @@ impl SimDevice {
     pub fn times(&self, job: &Job) -> (Duration, Duration) {
         let bytes = job.model.spec.layout.total_bytes() as f64;
         let link = self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK);
-        let swap = if job.swap.is_some() {
-            Duration::from_secs_f64(bytes / link)
-        } else {
-            Duration::ZERO
-        };
+        let swap = if job.swap.is_some() { Duration::from_secs_f64(bytes / link) } else { Duration::ZERO };
         let tokens = job.batch.batch as f64;
-        let exec =
-            EXEC_OVERHEAD + Duration::from_secs_f64(bytes / EXEC_BYTES_PER_S * tokens.sqrt());
+        let exec = EXEC_OVERHEAD + Duration::from_secs_f64(bytes / EXEC_BYTES_PER_S * tokens.sqrt());
         (swap.mul_f64(self.time_scale), exec.mul_f64(self.time_scale))
     }
 }
@@ -55,11 +50,7 @@ impl Device for SimDevice {
             outputs: Vec::new(),
             swap_ms: swap.as_secs_f64() * 1e3,
             exec_ms: exec.as_secs_f64() * 1e3,
-            swapped_bytes: if job.swap.is_some() {
-                job.model.spec.layout.total_bytes() as u64
-            } else {
-                0
-            },
+            swapped_bytes: if job.swap.is_some() { job.model.spec.layout.total_bytes() as u64 } else { 0 },
             simulated: true,
         })
     }

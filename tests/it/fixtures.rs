@@ -5,9 +5,7 @@
 
 use std::sync::Mutex;
 
-use faaswap::engine::{
-    GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Weights,
-};
+use faaswap::engine::{GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Weights};
 
 use crate::common::*;
 
@@ -27,11 +25,7 @@ fn tiny_bert_hidden_states_match_reference() {
         assert_eq!(out[0].shape, vec![1, input.len(), 64]);
         let want = flat_rows(&case["last_hidden_state"]);
         let diff = max_abs_diff(&out[0].data, &want);
-        assert!(
-            diff <= HIDDEN_TOL,
-            "seq_len {}: max abs diff {diff}",
-            input.len()
-        );
+        assert!(diff <= HIDDEN_TOL, "seq_len {}: max abs diff {diff}", input.len());
     }
 }
 
@@ -39,12 +33,7 @@ fn tiny_bert_hidden_states_match_reference() {
 fn tiny_bert_padded_batch_equals_single_runs() {
     let model = Model::load(&tiny_bert()).unwrap();
     let reference = read_json(&tiny_bert().join("reference.json"));
-    let cases: Vec<_> = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(3)
-        .collect();
+    let cases: Vec<_> = reference["cases"].as_array().unwrap().iter().take(3).collect();
     let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["input_ids"])).collect();
     let batch = TokenBatch::from_sequences(&seqs).unwrap();
     let out = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
@@ -56,10 +45,7 @@ fn tiny_bert_padded_batch_equals_single_runs() {
         let diff = max_abs_diff(got, &flat_rows(&case["last_hidden_state"]));
         assert!(diff <= HIDDEN_TOL, "batch row {b}: {diff}");
         let padding = &out[0].data[(b * s + len) * 64..(b + 1) * s * 64];
-        assert!(
-            padding.iter().all(|&v| v == 0.0),
-            "padding positions are zeros"
-        );
+        assert!(padding.iter().all(|&v| v == 0.0), "padding positions are zeros");
     }
 }
 
@@ -74,15 +60,8 @@ fn tiny_gpt2_logits_match_reference() {
         assert_eq!(out[0].shape, vec![1, input.len(), 512]);
         let last = &out[0].data[(input.len() - 1) * 512..];
         let diff = max_abs_diff(last, &floats(&case["last_position_logits"]));
-        assert!(
-            diff <= HIDDEN_TOL,
-            "seq_len {}: max abs diff {diff}",
-            input.len()
-        );
-        assert_eq!(
-            faaswap::engine::argmax(last),
-            case["argmax"].as_u64().unwrap() as u32
-        );
+        assert!(diff <= HIDDEN_TOL, "seq_len {}: max abs diff {diff}", input.len());
+        assert_eq!(faaswap::engine::argmax(last), case["argmax"].as_u64().unwrap() as u32);
     }
 }
 
@@ -90,21 +69,13 @@ fn tiny_gpt2_logits_match_reference() {
 fn tiny_gpt2_right_padded_batch_matches_single_runs() {
     let model = Model::load(&tiny_gpt2()).unwrap();
     let reference = read_json(&tiny_gpt2().join("reference.json"));
-    let cases: Vec<_> = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(3)
-        .collect();
+    let cases: Vec<_> = reference["cases"].as_array().unwrap().iter().take(3).collect();
     let seqs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["input_ids"])).collect();
     let batch = TokenBatch::from_sequences(&seqs).unwrap();
     let out = model.infer(&batch, &[OutputKind::Logits]).unwrap();
     for (b, case) in cases.iter().enumerate() {
         let at = (b * batch.seq + seqs[b].len() - 1) * 512;
-        let diff = max_abs_diff(
-            &out[0].data[at..at + 512],
-            &floats(&case["last_position_logits"]),
-        );
+        let diff = max_abs_diff(&out[0].data[at..at + 512], &floats(&case["last_position_logits"]));
         assert!(diff <= HIDDEN_TOL, "batch row {b}: {diff}");
     }
 }
@@ -135,19 +106,11 @@ fn tiny_gpt2_greedy_generation_is_exact() {
 fn kv_cache_generation_equals_full_recompute() {
     let model = Model::load(&tiny_gpt2()).unwrap();
     let prompt = vec![5, 77, 300, 2, 140];
-    let opts = GenerateOptions {
-        max_new_tokens: 12,
-        ..Default::default()
-    };
+    let opts = GenerateOptions { max_new_tokens: 12, ..Default::default() };
     let cached = model.generate(&prompt, &opts, &mut |_| true).unwrap();
     let mut seq = prompt.clone();
     for _ in 0..12 {
-        let out = model
-            .infer(
-                &TokenBatch::from_sequences(&[seq.clone()]).unwrap(),
-                &[OutputKind::Logits],
-            )
-            .unwrap();
+        let out = model.infer(&TokenBatch::from_sequences(&[seq.clone()]).unwrap(), &[OutputKind::Logits]).unwrap();
         let last = &out[0].data[(seq.len() - 1) * 512..];
         seq.push(faaswap::engine::argmax(last));
     }
@@ -161,30 +124,14 @@ fn sampling_is_reproducible_and_top_k_one_is_greedy() {
     let sampled = |temperature: f32, top_k: Option<usize>, top_p: Option<f32>, seed: u64| {
         let opts = GenerateOptions {
             max_new_tokens: 10,
-            sampling: SamplingParams {
-                temperature: Some(temperature),
-                top_k,
-                top_p,
-                seed: Some(seed),
-            },
+            sampling: SamplingParams { temperature: Some(temperature), top_k, top_p, seed: Some(seed) },
             stop_at_eos: false,
         };
         model.generate(&prompt, &opts, &mut |_| true).unwrap()
     };
-    assert_eq!(
-        sampled(1.5, None, Some(0.95), 7),
-        sampled(1.5, None, Some(0.95), 7)
-    );
-    let greedy = model
-        .generate(
-            &prompt,
-            &GenerateOptions {
-                max_new_tokens: 10,
-                ..Default::default()
-            },
-            &mut |_| true,
-        )
-        .unwrap();
+    assert_eq!(sampled(1.5, None, Some(0.95), 7), sampled(1.5, None, Some(0.95), 7));
+    let greedy =
+        model.generate(&prompt, &GenerateOptions { max_new_tokens: 10, ..Default::default() }, &mut |_| true).unwrap();
     assert_eq!(sampled(2.0, Some(1), None, 3), greedy);
     // At a high temperature over 512 tokens, different seeds must diverge somewhere.
     assert_ne!(sampled(5.0, None, None, 1), sampled(5.0, None, None, 2));
@@ -193,10 +140,7 @@ fn sampling_is_reproducible_and_top_k_one_is_greedy() {
 #[test]
 fn generation_stops_when_the_consumer_says_so() {
     let model = Model::load(&tiny_gpt2()).unwrap();
-    let opts = GenerateOptions {
-        max_new_tokens: 20,
-        ..Default::default()
-    };
+    let opts = GenerateOptions { max_new_tokens: 20, ..Default::default() };
     let mut seen = 0;
     let tokens = model
         .generate(&[1, 2, 3], &opts, &mut |_| {
@@ -214,15 +158,9 @@ fn a_copy_of_the_packed_buffer_is_a_complete_model() {
     assert_eq!(copy.len() * 4, model.spec.layout.total_bytes());
     let batch = TokenBatch::from_sequences(&[vec![1, 2, 3, 4]]).unwrap();
     let original = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
-    let from_copy = model
-        .spec
-        .infer(copy.as_slice(), &batch, &[OutputKind::LastHiddenState])
-        .unwrap();
+    let from_copy = model.spec.infer(copy.as_slice(), &batch, &[OutputKind::LastHiddenState]).unwrap();
     assert_eq!(original, from_copy);
-    assert!(model
-        .spec
-        .infer(&copy[1..], &batch, &[OutputKind::LastHiddenState])
-        .is_err());
+    assert!(model.spec.infer(&copy[1..], &batch, &[OutputKind::LastHiddenState]).is_err());
 }
 
 /// Records, for each read, which layer of the layout it falls in.
@@ -238,11 +176,7 @@ impl Weights for Recorder<'_> {
     }
 
     fn get(&self, span: Span) -> &[f32] {
-        let layer = self
-            .layers
-            .iter()
-            .position(|l| l.offset <= span.offset && span.end() <= l.end())
-            .unwrap();
+        let layer = self.layers.iter().position(|l| l.offset <= span.offset && span.end() <= l.end()).unwrap();
         self.seen.lock().unwrap().push(layer);
         &self.data[span.offset..span.end()]
     }
@@ -250,10 +184,7 @@ impl Weights for Recorder<'_> {
 
 #[test]
 fn execution_first_reads_each_layer_in_layout_order() {
-    for (dir, output) in [
-        (tiny_bert(), OutputKind::LastHiddenState),
-        (tiny_gpt2(), OutputKind::Logits),
-    ] {
+    for (dir, output) in [(tiny_bert(), OutputKind::LastHiddenState), (tiny_gpt2(), OutputKind::Logits)] {
         let model = Model::load(&dir).unwrap();
         let recorder = Recorder {
             data: model.weights(),
@@ -275,10 +206,7 @@ fn execution_first_reads_each_layer_in_layout_order() {
 
 #[test]
 fn streamed_weights_give_the_same_outputs_as_resident_ones() {
-    for (dir, output) in [
-        (tiny_bert(), OutputKind::LastHiddenState),
-        (tiny_gpt2(), OutputKind::Logits),
-    ] {
+    for (dir, output) in [(tiny_bert(), OutputKind::LastHiddenState), (tiny_gpt2(), OutputKind::Logits)] {
         let model = Model::load(&dir).unwrap();
         let batch = TokenBatch::from_sequences(&[vec![9, 8, 7, 6], vec![5]]).unwrap();
         let want = model.infer(&batch, &[output]).unwrap();
@@ -308,20 +236,11 @@ fn layout_is_first_use_order_and_layers_tile_the_buffer() {
         }
         assert_eq!(at, layout.total_elems);
         let offsets: Vec<usize> = layout.tensors.iter().map(|t| t.span.offset).collect();
-        assert!(
-            offsets.windows(2).all(|w| w[0] < w[1]),
-            "tensors are packed in plan order"
-        );
-        assert!(
-            offsets.iter().all(|o| o % 64 == 0),
-            "tensors start on 256-byte boundaries"
-        );
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "tensors are packed in plan order");
+        assert!(offsets.iter().all(|o| o % 64 == 0), "tensors start on 256-byte boundaries");
     }
     let bert = Model::load(&tiny_bert()).unwrap();
-    assert_eq!(
-        bert.spec.layout.tensors[0].name,
-        "embeddings.word_embeddings.weight"
-    );
+    assert_eq!(bert.spec.layout.tensors[0].name, "embeddings.word_embeddings.weight");
     assert_eq!(bert.spec.layout.layers.len(), 3);
     assert_eq!(bert.spec.layout.layers[1].name, "encoder.layer.0");
 }
@@ -330,27 +249,14 @@ fn layout_is_first_use_order_and_layers_tile_the_buffer() {
 fn bad_inputs_are_rejected_not_run() {
     let model = Model::load(&tiny_bert()).unwrap();
     let too_long = TokenBatch::from_sequences(&[vec![1; 129]]).unwrap();
-    assert!(model
-        .infer(&too_long, &[OutputKind::LastHiddenState])
-        .is_err());
+    assert!(model.infer(&too_long, &[OutputKind::LastHiddenState]).is_err());
     let bad_id = TokenBatch::from_sequences(&[vec![1, 512]]).unwrap();
-    let err = model
-        .infer(&bad_id, &[OutputKind::LastHiddenState])
-        .unwrap_err();
+    let err = model.infer(&bad_id, &[OutputKind::LastHiddenState]).unwrap_err();
     assert!(err.to_string().contains("512"), "{err}");
     let err = model.infer(&bad_id, &[OutputKind::Logits]).unwrap_err();
     assert!(err.to_string().contains("logits"), "{err}");
     let gpt2 = Model::load(&tiny_gpt2()).unwrap();
-    let opts = GenerateOptions {
-        max_new_tokens: 200,
-        ..Default::default()
-    };
-    assert!(
-        gpt2.generate(&[1, 2], &opts, &mut |_| true).is_err(),
-        "past n_positions"
-    );
-    assert!(
-        model.generate(&[1, 2], &opts, &mut |_| true).is_err(),
-        "BERT does not generate"
-    );
+    let opts = GenerateOptions { max_new_tokens: 200, ..Default::default() };
+    assert!(gpt2.generate(&[1, 2], &opts, &mut |_| true).is_err(), "past n_positions");
+    assert!(model.generate(&[1, 2], &opts, &mut |_| true).is_err(), "BERT does not generate");
 }

@@ -7,20 +7,14 @@ use crate::cli::faaswap_json;
 use crate::common::*;
 
 fn sentences() -> Vec<serde_json::Value> {
-    read_json(&fixtures().join("minilm_sample.json"))["sentences"]
-        .as_array()
-        .unwrap()
-        .clone()
+    read_json(&fixtures().join("minilm_sample.json"))["sentences"].as_array().unwrap().clone()
 }
 
 #[test]
 fn tokenizer_ids_match_sentence_transformers() {
     let model = Model::load(&minilm()).unwrap();
     for s in sentences() {
-        let got = model
-            .spec
-            .tokenize(&[s["text"].as_str().unwrap().to_string()])
-            .unwrap();
+        let got = model.spec.tokenize(&[s["text"].as_str().unwrap().to_string()]).unwrap();
         assert_eq!(got[0], ids(&s["input_ids"]), "{}", s["text"]);
     }
 }
@@ -29,36 +23,18 @@ fn tokenizer_ids_match_sentence_transformers() {
 fn embeddings_match_reference_batched_and_alone() {
     let model = Model::load(&minilm()).unwrap();
     let sentences = sentences();
-    let texts: Vec<String> = sentences
-        .iter()
-        .map(|s| s["text"].as_str().unwrap().to_string())
-        .collect();
+    let texts: Vec<String> = sentences.iter().map(|s| s["text"].as_str().unwrap().to_string()).collect();
     let batch = TokenBatch::from_sequences(&model.spec.tokenize(&texts).unwrap()).unwrap();
-    let out = model
-        .infer(&batch, &[OutputKind::SentenceEmbedding])
-        .unwrap();
+    let out = model.infer(&batch, &[OutputKind::SentenceEmbedding]).unwrap();
     assert_eq!(out[0].shape, vec![texts.len(), 384]);
     for (i, s) in sentences.iter().enumerate() {
         let want = floats(&s["embedding"]);
         let got = &out[0].data[i * 384..(i + 1) * 384];
-        assert!(
-            cosine(got, &want) >= 0.9999,
-            "sentence {i}: cosine {}",
-            cosine(got, &want)
-        );
-        assert!(
-            max_abs_diff(got, &want) <= 1e-5,
-            "sentence {i}: {}",
-            max_abs_diff(got, &want)
-        );
+        assert!(cosine(got, &want) >= 0.9999, "sentence {i}: cosine {}", cosine(got, &want));
+        assert!(max_abs_diff(got, &want) <= 1e-5, "sentence {i}: {}", max_abs_diff(got, &want));
         let alone = TokenBatch::from_sequences(&[ids(&s["input_ids"])]).unwrap();
-        let single = model
-            .infer(&alone, &[OutputKind::SentenceEmbedding])
-            .unwrap();
-        assert!(
-            max_abs_diff(&single[0].data, &want) <= 1e-5,
-            "sentence {i} alone"
-        );
+        let single = model.infer(&alone, &[OutputKind::SentenceEmbedding]).unwrap();
+        assert!(max_abs_diff(&single[0].data, &want) <= 1e-5, "sentence {i} alone");
     }
 }
 

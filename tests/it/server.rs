@@ -41,11 +41,7 @@ impl TestServer {
             });
         });
         let handle = rx.recv().unwrap();
-        let server = Self {
-            url,
-            handle,
-            thread: Some(thread),
-        };
+        let server = Self { url, handle, thread: Some(thread) };
         server.wait_ready();
         server
     }
@@ -75,12 +71,7 @@ impl TestServer {
         response(ureq::post(&format!("{}{path}", self.url)).send_string(&body.to_string()))
     }
 
-    pub fn post_raw(
-        &self,
-        path: &str,
-        body: &[u8],
-        headers: &[(&str, &str)],
-    ) -> (u16, ureq::Response) {
+    pub fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, ureq::Response) {
         let mut req = ureq::post(&format!("{}{path}", self.url));
         for (k, v) in headers {
             req = req.set(k, v);
@@ -101,11 +92,7 @@ impl TestServer {
     }
 
     pub fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = ureq::get(&format!("{}/metrics", self.url))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
+        let text = ureq::get(&format!("{}/metrics", self.url)).call().unwrap().into_string().unwrap();
         text.lines()
             .filter(|l| l.starts_with(name_and_labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -130,10 +117,7 @@ fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     };
     let status = r.status();
     let text = r.into_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// A model repository holding the two tiny fixtures.
@@ -155,22 +139,12 @@ fn ids_input(ids: &[u32]) -> Value {
 
 fn bert_cases() -> Vec<(Vec<u32>, Vec<f32>)> {
     let r = read_json(&tiny_bert().join("reference.json"));
-    r["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (ids(&c["input_ids"]), flat_rows(&c["last_hidden_state"])))
-        .collect()
+    r["cases"].as_array().unwrap().iter().map(|c| (ids(&c["input_ids"]), flat_rows(&c["last_hidden_state"]))).collect()
 }
 
 fn gpt2_cases() -> Vec<(Vec<u32>, Vec<f32>)> {
     let r = read_json(&tiny_gpt2().join("reference.json"));
-    r["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (ids(&c["input_ids"]), floats(&c["last_position_logits"])))
-        .collect()
+    r["cases"].as_array().unwrap().iter().map(|c| (ids(&c["input_ids"]), floats(&c["last_position_logits"]))).collect()
 }
 
 fn check_bert(v: &Value, want: &[f32]) {
@@ -213,16 +187,10 @@ fn swapping_under_memory_pressure_keeps_every_output_exact() {
         for i in 0..4 {
             let (_, v) = s.post("/v2/models/tiny_bert/infer", &ids_input(&bert[i].0));
             check_bert(&v, &bert[i].1);
-            assert!(
-                v["parameters"]["swapped_bytes"].as_u64().unwrap() > 0,
-                "round {round}, BERT case {i} swaps in"
-            );
+            assert!(v["parameters"]["swapped_bytes"].as_u64().unwrap() > 0, "round {round}, BERT case {i} swaps in");
             let (_, v) = s.post("/v2/models/tiny_gpt2/infer", &ids_input(&gpt2[i].0));
             check_gpt2(&v, &gpt2[i].1);
-            assert!(
-                v["parameters"]["swapped_bytes"].as_u64().unwrap() > 0,
-                "round {round}, GPT-2 case {i} swaps in"
-            );
+            assert!(v["parameters"]["swapped_bytes"].as_u64().unwrap() > 0, "round {round}, GPT-2 case {i} swaps in");
         }
     }
     // Metrics are process-wide (other tests' servers add to them): lower bounds only.
@@ -231,10 +199,7 @@ fn swapping_under_memory_pressure_keeps_every_output_exact() {
     let (_, devices) = s.get("/api/v1/devices");
     assert_eq!(devices[0]["id"], "cpu:0");
     assert_eq!(devices[0]["kind"], "cpu");
-    assert!(
-        devices[0]["used_bytes"].as_u64().unwrap()
-            <= devices[0]["capacity_bytes"].as_u64().unwrap()
-    );
+    assert!(devices[0]["used_bytes"].as_u64().unwrap() <= devices[0]["capacity_bytes"].as_u64().unwrap());
 }
 
 #[test]
@@ -255,27 +220,16 @@ fn concurrent_clients_on_two_devices_get_exact_outputs() {
                 for i in 0..6 {
                     let k = (t + i) % 4;
                     if (t + i) % 2 == 0 {
-                        check_bert(
-                            &s.post("/v2/models/tiny_bert/infer", &ids_input(&bert[k].0))
-                                .1,
-                            &bert[k].1,
-                        );
+                        check_bert(&s.post("/v2/models/tiny_bert/infer", &ids_input(&bert[k].0)).1, &bert[k].1);
                     } else {
-                        check_gpt2(
-                            &s.post("/v2/models/tiny_gpt2/infer", &ids_input(&gpt2[k].0))
-                                .1,
-                            &gpt2[k].1,
-                        );
+                        check_gpt2(&s.post("/v2/models/tiny_gpt2/infer", &ids_input(&gpt2[k].0)).1, &gpt2[k].1);
                     }
                 }
             });
         }
     });
     let (_, stats) = s.get("/v2/models/tiny_bert/stats");
-    assert_eq!(
-        stats["model_stats"][0]["inference_stats"]["success"]["count"],
-        12
-    );
+    assert_eq!(stats["model_stats"][0]["inference_stats"]["success"]["count"], 12);
 }
 
 #[test]
@@ -285,10 +239,8 @@ fn deploys_survive_a_restart() {
     let settings = json!({"slo_ms": 250.0, "slo_percentile": 0.95, "max_batch": 4});
     {
         let s = TestServer::start(state.path(), repo.path(), |_| {});
-        let (status, body) = s.post(
-            "/api/v1/functions",
-            &json!({"name": "enc", "model": "tiny_bert", "settings": settings}),
-        );
+        let (status, body) =
+            s.post("/api/v1/functions", &json!({"name": "enc", "model": "tiny_bert", "settings": settings}));
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["settings"], settings);
         s.stop();
@@ -307,14 +259,8 @@ fn deploys_survive_a_restart() {
     assert_eq!(status, 200);
     s.stop();
     let s = TestServer::start(state.path(), repo.path(), |_| {});
-    assert_eq!(
-        s.get("/api/v1/functions/enc").0,
-        404,
-        "a deleted function stays deleted"
-    );
-    let packages: Vec<_> = std::fs::read_dir(state.path().join("packages"))
-        .unwrap()
-        .collect();
+    assert_eq!(s.get("/api/v1/functions/enc").0, 404, "a deleted function stays deleted");
+    let packages: Vec<_> = std::fs::read_dir(state.path().join("packages")).unwrap().collect();
     assert!(packages.is_empty(), "its package copy is gone");
 }
 
@@ -324,10 +270,7 @@ fn kserve_metadata_repository_and_stats() {
     let repo = repository();
     let s = TestServer::start(state.path(), repo.path(), |_| {});
     let (_, meta) = s.get("/v2");
-    assert!(meta["extensions"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("model_repository")));
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("model_repository")));
     assert_eq!(s.get("/v2/health/live").0, 200);
     let (_, index) = s.post("/v2/repository/index", &json!({}));
     assert_eq!(
@@ -338,30 +281,16 @@ fn kserve_metadata_repository_and_stats() {
         ])
     );
     // Nothing deploys on first use.
-    assert_eq!(
-        s.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2])).0,
-        404
-    );
+    assert_eq!(s.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2])).0, 404);
     let config = json!({"slo_ms": 50.0}).to_string();
-    let (status, _) = s.post(
-        "/v2/repository/models/tiny_bert/load",
-        &json!({"parameters": {"config": config}}),
-    );
+    let (status, _) = s.post("/v2/repository/models/tiny_bert/load", &json!({"parameters": {"config": config}}));
     assert_eq!(status, 200);
-    assert_eq!(
-        s.post("/v2/repository/models/tiny_bert/load", &json!({})).0,
-        200,
-        "loading twice is fine"
-    );
+    assert_eq!(s.post("/v2/repository/models/tiny_bert/load", &json!({})).0, 200, "loading twice is fine");
     let (_, f) = s.get("/api/v1/functions/tiny_bert");
     assert_eq!(f["settings"]["slo_ms"], 50.0);
     let (_, model) = s.get("/v2/models/tiny_bert");
     assert_eq!(model["name"], "tiny_bert");
-    assert!(model["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|i| i["name"] == "attention_mask"));
+    assert!(model["inputs"].as_array().unwrap().iter().any(|i| i["name"] == "attention_mask"));
     assert_eq!(model["outputs"][0]["name"], "last_hidden_state");
     assert_eq!(s.get("/v2/models/tiny_bert/ready").0, 200);
     // attention_mask and token_type_ids are optional; a padded batch masks its padding.
@@ -374,18 +303,11 @@ fn kserve_metadata_repository_and_stats() {
     assert_eq!(v["id"], "req-1");
     assert_eq!(v["outputs"][0]["shape"], json!([2, 3, 64]));
     let (_, stats) = s.get("/v2/models/tiny_bert/stats");
-    assert_eq!(
-        stats["model_stats"][0]["inference_stats"]["success"]["count"],
-        1
-    );
+    assert_eq!(stats["model_stats"][0]["inference_stats"]["success"]["count"], 1);
     let (_, index) = s.post("/v2/repository/index", &json!({"ready": true}));
     assert_eq!(index.as_array().unwrap().len(), 1);
     assert_eq!(
-        s.post(
-            "/v2/repository/models/tiny_bert/unload",
-            &json!({"parameters": {"unload_dependents": false}})
-        )
-        .0,
+        s.post("/v2/repository/models/tiny_bert/unload", &json!({"parameters": {"unload_dependents": false}})).0,
         200
     );
     assert_eq!(s.get("/v2/models/tiny_bert/ready").0, 404);
@@ -408,30 +330,16 @@ fn binary_tensor_extension_round_trip() {
         body.extend((id as i64).to_le_bytes());
     }
     let len = head.len().to_string();
-    let (status, resp) = s.post_raw(
-        "/v2/models/tiny_gpt2/infer",
-        &body,
-        &[("Inference-Header-Content-Length", &len)],
-    );
+    let (status, resp) = s.post_raw("/v2/models/tiny_gpt2/infer", &body, &[("Inference-Header-Content-Length", &len)]);
     assert_eq!(status, 200);
-    let json_len: usize = resp
-        .header("Inference-Header-Content-Length")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let json_len: usize = resp.header("Inference-Header-Content-Length").unwrap().parse().unwrap();
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
     let header: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
     let out = &header["outputs"][0];
     assert_eq!(out["shape"], json!([1, ids.len(), 512]));
-    let data: Vec<f32> = bytes[json_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(
-        out["parameters"]["binary_data_size"].as_u64().unwrap() as usize,
-        data.len() * 4
-    );
+    let data: Vec<f32> = bytes[json_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(out["parameters"]["binary_data_size"].as_u64().unwrap() as usize, data.len() * 4);
     assert!(max_abs_diff(&data[data.len() - 512..], want) <= 1e-4);
 }
 
@@ -448,112 +356,39 @@ fn api_errors_have_stable_codes() {
     let expect = |got: (u16, String), status: u16, c: &str| {
         assert_eq!((got.0, got.1.as_str()), (status, c));
     };
+    expect(code(s.post("/v2/models/nope/infer", &ids_input(&[1]))), 404, "function_not_found");
+    expect(code(s.post("/v2/repository/models/nope/load", &json!({}))), 404, "model_not_found");
+    expect(code(s.post("/v2/repository/models/..%2Fetc/load", &json!({}))), 400, "invalid_name");
+    expect(code(s.post("/api/v1/functions", &json!({"name": "-bad", "model": "tiny_bert"}))), 400, "invalid_name");
     expect(
-        code(s.post("/v2/models/nope/infer", &ids_input(&[1]))),
-        404,
-        "function_not_found",
-    );
-    expect(
-        code(s.post("/v2/repository/models/nope/load", &json!({}))),
-        404,
-        "model_not_found",
-    );
-    expect(
-        code(s.post("/v2/repository/models/..%2Fetc/load", &json!({}))),
-        400,
-        "invalid_name",
-    );
-    expect(
-        code(s.post(
-            "/api/v1/functions",
-            &json!({"name": "-bad", "model": "tiny_bert"}),
-        )),
-        400,
-        "invalid_name",
-    );
-    expect(
-        code(s.post(
-            "/api/v1/functions",
-            &json!({"name": "x", "model": "tiny_bert", "settings": {"slo_ms": -1}}),
-        )),
+        code(s.post("/api/v1/functions", &json!({"name": "x", "model": "tiny_bert", "settings": {"slo_ms": -1}}))),
         400,
         "invalid_settings",
     );
     // 512 KiB of pool cannot hold a 580 KB model.
-    expect(
-        code(s.post("/v2/repository/models/tiny_bert/load", &json!({}))),
-        422,
-        "model_too_large",
-    );
-    let s2 = TestServer::start(tempfile::tempdir().unwrap().path(), repo.path(), |a| {
-        a.max_body = Some("64KiB".into())
-    });
-    expect(
-        code(s2.post("/v2/repository/models/tiny_bert/load", &json!({}))),
-        200,
-        "",
-    );
-    expect(
-        code(s2.post("/api/v1/functions", &json!({"name": "tiny_bert"}))),
-        409,
-        "already_exists",
-    );
-    let bad_input =
-        json!({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [0.5]}]});
-    expect(
-        code(s2.post("/v2/models/tiny_bert/infer", &bad_input)),
-        400,
-        "bad_request",
-    );
-    expect(
-        code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 600]))),
-        400,
-        "invalid_input",
-    );
-    expect(
-        code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&vec![1; 129]))),
-        400,
-        "invalid_input",
-    );
-    let text =
-        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]});
-    expect(
-        code(s2.post("/v2/models/tiny_bert/infer", &text)),
-        400,
-        "no_tokenizer",
-    );
-    let wrong_output =
-        json!({"inputs": ids_input(&[1])["inputs"], "outputs": [{"name": "logits"}]});
-    expect(
-        code(s2.post("/v2/models/tiny_bert/infer", &wrong_output)),
-        400,
-        "unknown_output",
-    );
+    expect(code(s.post("/v2/repository/models/tiny_bert/load", &json!({}))), 422, "model_too_large");
+    let s2 = TestServer::start(tempfile::tempdir().unwrap().path(), repo.path(), |a| a.max_body = Some("64KiB".into()));
+    expect(code(s2.post("/v2/repository/models/tiny_bert/load", &json!({}))), 200, "");
+    expect(code(s2.post("/api/v1/functions", &json!({"name": "tiny_bert"}))), 409, "already_exists");
+    let bad_input = json!({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [0.5]}]});
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &bad_input)), 400, "bad_request");
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 600]))), 400, "invalid_input");
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&vec![1; 129]))), 400, "invalid_input");
+    let text = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]});
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &text)), 400, "no_tokenizer");
+    let wrong_output = json!({"inputs": ids_input(&[1])["inputs"], "outputs": [{"name": "logits"}]});
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &wrong_output)), 400, "unknown_output");
     let (status, resp) = s2.post_raw("/v2/models/tiny_bert/infer", b"{not json", &[]);
     assert_eq!(status, 400);
-    assert_eq!(
-        serde_json::from_str::<Value>(&resp.into_string().unwrap()).unwrap()["code"],
-        "bad_request"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&resp.into_string().unwrap()).unwrap()["code"], "bad_request");
     let huge = vec![b' '; 100 << 10];
     let (status, resp) = s2.post_raw("/v2/models/tiny_bert/infer", &huge, &[]);
     assert_eq!(status, 413);
-    assert_eq!(
-        serde_json::from_str::<Value>(&resp.into_string().unwrap()).unwrap()["code"],
-        "payload_too_large"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&resp.into_string().unwrap()).unwrap()["code"], "payload_too_large");
     expect(code(s2.get("/no/such/route")), 404, "not_found");
+    expect(code(s2.request("DELETE", "/api/v1/functions/ghost", None)), 404, "function_not_found");
     expect(
-        code(s2.request("DELETE", "/api/v1/functions/ghost", None)),
-        404,
-        "function_not_found",
-    );
-    expect(
-        code(s2.request(
-            "PATCH",
-            "/api/v1/functions/tiny_bert",
-            Some(&json!({"settings": {"max_batch": 0}})),
-        )),
+        code(s2.request("PATCH", "/api/v1/functions/tiny_bert", Some(&json!({"settings": {"max_batch": 0}})))),
         400,
         "invalid_settings",
     );
@@ -563,9 +398,7 @@ fn api_errors_have_stable_codes() {
 fn sim_devices_report_simulated_results() {
     let state = tempfile::tempdir().unwrap();
     let repo = repository();
-    let s = TestServer::start(state.path(), repo.path(), |a| {
-        a.devices = Some("sim:2x1GiB".into())
-    });
+    let s = TestServer::start(state.path(), repo.path(), |a| a.devices = Some("sim:2x1GiB".into()));
     deploy_fixtures(&s);
     let (status, v) = s.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2, 3]));
     assert_eq!(status, 200, "{v}");

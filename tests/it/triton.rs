@@ -12,9 +12,7 @@ use crate::server::{repository, TestServer};
 fn python() -> PathBuf {
     let p = std::env::var_os("FAASWAP_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/test-venv/bin/python")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/test-venv/bin/python"));
     assert!(
         p.exists(),
         "no Python with tritonclient at {}: run scripts/test.sh (or set FAASWAP_TEST_PYTHON)",
@@ -30,12 +28,7 @@ fn tritonclient_speaks_to_faaswap() {
     let repo = repository();
     let s = TestServer::start(state.path(), repo.path(), |_| {});
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton/check_tritonclient.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&s.url)
-        .arg(fixtures())
-        .output()
-        .unwrap();
+    let out = Command::new(python).arg(script).arg(&s.url).arg(fixtures()).output().unwrap();
     assert!(
         out.status.success(),
         "tritonclient checks failed:\n{}\n{}",
