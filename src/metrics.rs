@@ -34,6 +34,14 @@ fn describe() {
     metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
     metrics::describe_gauge!(
+        "faaswap_function_slo_compliant",
+        "1 when the function's latency at its SLO percentile is within its deadline"
+    );
+    metrics::describe_gauge!(
+        "faaswap_function_observed_latency_seconds",
+        "Latency at the function's SLO percentile over its last 1000 requests"
+    );
+    metrics::describe_gauge!(
         "faaswap_device_seconds_total",
         "Device time used per function, by kind (execute, swap): what pay-per-use billing needs"
     );
@@ -72,6 +80,13 @@ pub fn eviction(reason: &'static str) {
 pub fn device_memory(device: &str, used: u64, capacity: u64) {
     gauge!("faaswap_device_resident_bytes", "device" => device.to_string()).set(used as f64);
     gauge!("faaswap_device_capacity_bytes", "device" => device.to_string()).set(capacity as f64);
+}
+
+pub fn slo(function: &str, compliant: bool, observed_ms: Option<f64>) {
+    gauge!("faaswap_function_slo_compliant", "function" => function.to_string()).set(if compliant { 1.0 } else { 0.0 });
+    if let Some(ms) = observed_ms {
+        gauge!("faaswap_function_observed_latency_seconds", "function" => function.to_string()).set(ms / 1e3);
+    }
 }
 
 pub fn functions_deployed(n: usize) {

@@ -22,7 +22,7 @@ use crate::engine::{EngineError, Model};
 use crate::gpu::{DeviceError, DeviceInfo};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
-use crate::policy::{Cluster, FunctionId, PagePool};
+use crate::policy::{Cluster, FunctionId, PagePool, SloStatus, SloTracker};
 use crate::store::{FunctionRecord, FunctionSettings, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +79,24 @@ pub struct FunctionEntry {
     pub model: Arc<Model>,
     actor: Addr<FunctionActor>,
     pub stats: FunctionStats,
+    slo: std::sync::Mutex<SloTracker>,
 }
 
 impl FunctionEntry {
     pub fn record(&self) -> FunctionRecord {
         self.record.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn slo(&self) -> SloStatus {
+        let settings = self.record().settings;
+        let tracker = self.slo.lock().unwrap_or_else(|e| e.into_inner());
+        tracker.status(settings.slo_ms, settings.slo_percentile)
+    }
+
+    fn record_latency(&self, ms: f64) {
+        self.slo.lock().unwrap_or_else(|e| e.into_inner()).record(ms);
+        let status = self.slo();
+        m::slo(&self.name, status.compliant, status.observed_ms);
     }
 }
 
@@ -280,6 +293,7 @@ impl Runtime {
             model,
             actor,
             stats: FunctionStats::default(),
+            slo: std::sync::Mutex::new(SloTracker::default()),
         });
         let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
         functions.insert(name, entry.clone());
@@ -341,11 +355,16 @@ impl Runtime {
                 s.exec_ns.fetch_add(ns(c.exec_ms), Ordering::Relaxed);
                 m::request(name, "success");
                 m::phases(c.queue_ms, c.swap_ms, c.exec_ms, c.total_ms);
+                entry.record_latency(received.elapsed().as_secs_f64() * 1e3);
             }
             Err(e) => {
                 s.fail.fetch_add(1, Ordering::Relaxed);
                 s.fail_ns.fetch_add(received.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                m::request(name, if matches!(e, RuntimeError::Engine(_)) { "invalid" } else { "error" });
+                let invalid = matches!(e, RuntimeError::Engine(_));
+                m::request(name, if invalid { "invalid" } else { "error" });
+                if !invalid {
+                    entry.record_latency(f64::INFINITY);
+                }
             }
         }
         s.last_inference_ms.store(now_ms(), Ordering::Relaxed);

@@ -104,7 +104,11 @@ impl Handler<UnregisterFunction> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: UnregisterFunction, _: &mut Context<Self>) {
-        for r in self.cluster.remove_function(msg.id) {
+        let (dropped, evicted) = self.cluster.remove_function(msg.id);
+        for _ in 0..evicted {
+            m::eviction("undeploy");
+        }
+        for r in dropped {
             if let Some(p) = self.pending.remove(&r) {
                 let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
             }

@@ -60,6 +60,7 @@ async fn view(rt: &Runtime, entry: &FunctionEntry) -> Value {
         "inputs": inputs,
         "outputs": outputs,
         "resident_on": resident_on,
+        "slo": entry.slo(),
         "queued": rt.queued(entry).await,
     })
 }

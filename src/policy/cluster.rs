@@ -105,8 +105,9 @@ impl Cluster {
     }
 
     /// Forgets a function: drops its queued requests (returned, to be answered) and frees its
-    /// residency on idle devices; a device still executing it frees it on completion.
-    pub fn remove_function(&mut self, id: FunctionId) -> Vec<RequestId> {
+    /// residency on idle devices (their count is returned); a device still executing it frees
+    /// it on completion.
+    pub fn remove_function(&mut self, id: FunctionId) -> (Vec<RequestId>, usize) {
         self.functions.remove(&id);
         let mut dropped = Vec::new();
         self.queue.retain(|&(r, f)| {
@@ -115,14 +116,16 @@ impl Cluster {
             }
             f != id
         });
+        let mut evicted = 0;
         for d in &mut self.devices {
             if d.busy != Some(id) {
                 if let Some(r) = d.resident.remove(&id) {
                     d.pool.free(r.extent);
+                    evicted += 1;
                 }
             }
         }
-        dropped
+        (dropped, evicted)
     }
 
     pub fn enqueue(&mut self, request: RequestId, function: FunctionId) {
@@ -334,7 +337,7 @@ mod tests {
         c.enqueue(1, 1);
         c.next_dispatch().unwrap();
         c.enqueue(2, 1);
-        assert_eq!(c.remove_function(1), vec![2]);
+        assert_eq!(c.remove_function(1), (vec![2], 0));
         assert_eq!(c.snapshot(0).used_bytes, 3 * PAGE, "still executing: freed on completion");
         c.complete(0, true);
         assert_eq!(c.snapshot(0).used_bytes, 0);

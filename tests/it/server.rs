@@ -410,3 +410,43 @@ fn sim_devices_report_simulated_results() {
     assert_eq!(devices[1]["kind"], "sim");
     assert_eq!(devices[1]["capacity_bytes"], 1u64 << 30);
 }
+
+#[test]
+fn synthetic_packages_serve_exact_outputs_and_track_their_slo() {
+    let state = tempfile::tempdir().unwrap();
+    let repo = repository();
+    let package = repo.path().join("bert-mini");
+    crate::cli::faaswap_json(&["synth", "--preset", "bert-mini", "--seed", "5", "--out", package.to_str().unwrap()]);
+    let s = TestServer::start(state.path(), repo.path(), |a| {
+        a.device_memory = Some("48MiB".into());
+        a.page_size = Some("1MiB".into());
+    });
+    let settings = json!({"slo_ms": 60000.0, "slo_percentile": 0.9, "max_batch": 8});
+    let (status, body) =
+        s.post("/api/v1/functions", &json!({"name": "mini", "model": "bert-mini", "settings": settings}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["weight_bytes"].as_u64().unwrap() % 256, 0);
+    let model = faaswap::engine::Model::load(&package).unwrap();
+    let batch = faaswap::engine::TokenBatch::from_sequences(&[vec![101, 2000, 3000, 102]]).unwrap();
+    let want = model.infer(&batch, &[faaswap::engine::OutputKind::LastHiddenState]).unwrap();
+    for _ in 0..3 {
+        let (status, v) = s.post("/v2/models/mini/infer", &ids_input(&[101, 2000, 3000, 102]));
+        assert_eq!(status, 200, "{v}");
+        assert!(max_abs_diff(&floats(&v["outputs"][0]["data"]), &want[0].data) <= 1e-6);
+    }
+    let (_, f) = s.get("/api/v1/functions/mini");
+    assert_eq!(f["slo"]["compliant"], true, "{f}");
+    assert_eq!(f["slo"]["window"], 3);
+    assert_eq!(f["resident_on"], json!(["cpu:0"]));
+    // A deadline no request can meet turns the function non-compliant.
+    let strict = json!({"settings": {"slo_ms": 0.001, "slo_percentile": 0.9, "max_batch": 8}});
+    let (status, f) = s.request("PATCH", "/api/v1/functions/mini", Some(&strict));
+    assert_eq!(status, 200, "{f}");
+    assert_eq!(f["slo"]["compliant"], false, "{f}");
+    assert!(f["slo"]["observed_ms"].as_f64().unwrap() > 0.001);
+    // Undeploying drops its residency: the pool is empty again.
+    assert_eq!(s.request("DELETE", "/api/v1/functions/mini", None).0, 200);
+    let (_, devices) = s.get("/api/v1/devices");
+    assert_eq!(devices[0]["used_bytes"], 0);
+    assert!(s.metric("faaswap_evictions_total{reason=\"undeploy\"}") >= 1.0);
+}
