@@ -57,9 +57,10 @@ pub fn phases(queue_ms: f64, swap_ms: f64, exec_ms: f64, total_ms: f64) {
     }
 }
 
-pub fn swap(function: &str, bytes: u64, ms: f64) {
-    counter!("faaswap_swaps_total", "source" => "host").increment(1);
-    counter!("faaswap_swap_bytes_total", "source" => "host").increment(bytes);
+/// A completed swap-in; `source` is `host` or `peer`.
+pub fn swap(function: &str, source: &'static str, bytes: u64, ms: f64) {
+    counter!("faaswap_swaps_total", "source" => source).increment(1);
+    counter!("faaswap_swap_bytes_total", "source" => source).increment(bytes);
     device_seconds(function, "swap", ms);
 }
 

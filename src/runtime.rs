@@ -22,7 +22,7 @@ use crate::engine::{EngineError, Model};
 use crate::gpu::{DeviceError, DeviceInfo};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
-use crate::policy::{Cluster, FunctionId, PagePool, SloStatus, SloTracker};
+use crate::policy::{Cluster, FunctionId, Links, PagePool, SloStatus, SloTracker};
 use crate::store::{FunctionRecord, FunctionSettings, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,11 @@ impl Runtime {
         let pools = infos.iter().map(|i| PagePool::new(i.pool_bytes, i.page_bytes)).collect();
         let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();
         let sched_arbiter = Arbiter::new();
-        let scheduler_state = SchedulerActor::new(Cluster::new(pools), ids);
+        let links = infos
+            .iter()
+            .map(|i| Links { host: i.host_link_bytes_per_s, peers: i.peer_links_bytes_per_s.clone() })
+            .collect();
+        let scheduler_state = SchedulerActor::new(Cluster::with_links(pools, links), ids);
         let scheduler = SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
         let mut arbiters = vec![sched_arbiter];
         let mut gpus = Vec::with_capacity(devices.len());

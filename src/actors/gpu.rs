@@ -10,7 +10,7 @@ use super::scheduler::SchedulerActor;
 use super::RuntimeError;
 use crate::gpu::{Device, DeviceError};
 use crate::metrics as m;
-use crate::policy::DeviceId;
+use crate::policy::{DeviceId, SwapSource};
 
 pub struct GpuActor {
     index: DeviceId,
@@ -40,13 +40,21 @@ impl Handler<Execute> for GpuActor {
         let reply = result
             .map(|r| {
                 if r.swapped_bytes > 0 {
-                    m::swap(&msg.function, r.swapped_bytes, r.swap_ms);
+                    let source = match msg.job.swap {
+                        Some(SwapSource::Peer(_)) => "peer",
+                        _ => "host",
+                    };
+                    m::swap(&msg.function, source, r.swapped_bytes, r.swap_ms);
                 }
                 m::executed(&msg.function, r.exec_ms);
                 Completed {
                     outputs: r.outputs,
                     device: id.clone(),
                     simulated: r.simulated,
+                    swap_source: msg.job.swap.map(|s| match s {
+                        SwapSource::Host => "host".to_string(),
+                        SwapSource::Peer(j) => format!("peer:{j}"),
+                    }),
                     swapped_bytes: r.swapped_bytes,
                     queue_ms: (msg.dispatched - msg.received).as_secs_f64() * 1e3,
                     swap_ms: r.swap_ms,

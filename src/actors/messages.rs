@@ -21,6 +21,9 @@ pub struct Completed {
     pub outputs: Vec<OutputTensor>,
     pub device: String,
     pub simulated: bool,
+    /// Where the model was copied from for this request: `host`, `peer:<device index>`, or
+    /// `None` when it was already resident.
+    pub swap_source: Option<String>,
     pub swapped_bytes: u64,
     pub queue_ms: f64,
     pub swap_ms: f64,

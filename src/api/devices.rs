@@ -21,6 +21,7 @@ async fn list(rt: web::Data<Runtime>) -> HttpResponse {
                 "kind": info.kind,
                 "page_bytes": info.page_bytes,
                 "host_link_bytes_per_s": info.host_link_bytes_per_s,
+                "peer_links_bytes_per_s": info.peer_links_bytes_per_s,
                 "capacity_bytes": s.capacity_bytes,
                 "used_bytes": s.used_bytes,
                 "free_bytes": s.free_bytes,

@@ -245,6 +245,7 @@ pub fn encode(model: &str, id: Option<String>, done: Completed, binary: bool) ->
         "execute_ms": done.exec_ms,
         "total_ms": done.total_ms,
         "swapped_bytes": done.swapped_bytes,
+        "swap_source": done.swap_source,
     });
     let mut blob = Vec::new();
     let outputs: Vec<Value> = done

@@ -38,6 +38,7 @@ impl Device for CpuDevice {
         let page_elems = (self.info.page_bytes / 4) as usize;
         let start = job.extent.first * page_elems;
         assert!(host.len() <= job.extent.pages * page_elems, "the scheduler gave an extent smaller than the model");
+        // CPU devices have no peer links, so the scheduler only orders copies from the host.
         let dst = &mut self.pool[start..start + host.len()];
         let t0 = Instant::now();
         if job.swap.is_none() {
@@ -124,6 +125,7 @@ mod tests {
             pool_bytes: 4 << 20,
             page_bytes: page,
             host_link_bytes_per_s: Some(2e9),
+            peer_links_bytes_per_s: vec![None],
         })
         .unwrap();
         let pages = (model.weights().len() * 4).div_ceil(page as usize);

@@ -7,12 +7,15 @@ pub mod cpu;
 pub mod cuda;
 pub mod sim;
 mod sizes;
+pub mod topology;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 pub use sizes::{parse_bandwidth, parse_bytes};
+pub use topology::Topology;
 
 use crate::engine::{EngineError, Model, OutputKind, OutputTensor, TokenBatch};
 use crate::policy::{Extent, SwapSource};
@@ -35,6 +38,8 @@ pub struct DeviceInfo {
     pub page_bytes: u64,
     /// Host→device copy rate, bytes per second (`None`: as fast as memory copies go).
     pub host_link_bytes_per_s: Option<f64>,
+    /// Copy rate from each other device, by device index (`None`: no peer access).
+    pub peer_links_bytes_per_s: Vec<Option<f64>>,
 }
 
 /// Errors of the device layer.
@@ -79,6 +84,7 @@ pub struct DevicePlan {
     pub kind: DeviceKind,
     pub count: usize,
     pub pool_bytes: u64,
+    pub topology: Topology,
 }
 
 /// Default weight pool of a `cpu` device.
@@ -88,9 +94,22 @@ pub const DEFAULT_SIM_POOL: u64 = 16 << 30;
 
 impl DevicePlan {
     /// `auto` (CUDA GPUs when the back end exists, else one `cpu`), `cpu`, `cpu:N`, `cuda`,
-    /// `sim:N`, `sim:NxSIZE` (e.g. `sim:4x16GiB`).
+    /// `sim:N`, `sim:NxSIZE` (e.g. `sim:4x16GiB`), `sim:paper-node`, or a topology file for
+    /// simulated devices (`*.json`, see `topology`).
     pub fn parse(spec: &str, device_memory: Option<u64>) -> Result<Self, DeviceError> {
         let bad = |why: &str| DeviceError::BadSpec(format!("{spec:?}: {why}"));
+        let simulated = |(count, memory, topology): (usize, u64, Topology)| Self {
+            kind: DeviceKind::Sim,
+            count,
+            pool_bytes: device_memory.unwrap_or(memory),
+            topology,
+        };
+        if spec.ends_with(".json") {
+            return topology::load(Path::new(spec)).map(simulated);
+        }
+        if let Some(preset) = spec.strip_prefix("sim:").and_then(topology::preset) {
+            return preset.map(simulated);
+        }
         let count = |n: &str| -> Result<usize, DeviceError> {
             match n.parse::<usize>() {
                 Ok(n) if (1..=64).contains(&n) => Ok(n),
@@ -100,18 +119,27 @@ impl DevicePlan {
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         match kind {
             "auto" if rest.is_empty() => match cuda::probe() {
-                Ok(n) => {
-                    Ok(Self { kind: DeviceKind::Cuda, count: n, pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL) })
-                }
+                Ok(n) => Ok(Self {
+                    kind: DeviceKind::Cuda,
+                    count: n,
+                    pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL),
+                    topology: Topology::default(),
+                }),
                 Err(e) => {
                     tracing::info!("devices auto: using the CPU ({e})");
-                    Ok(Self { kind: DeviceKind::Cpu, count: 1, pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL) })
+                    Ok(Self {
+                        kind: DeviceKind::Cpu,
+                        count: 1,
+                        pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL),
+                        topology: Topology::default(),
+                    })
                 }
             },
             "cpu" => Ok(Self {
                 kind: DeviceKind::Cpu,
                 count: if rest.is_empty() { 1 } else { count(rest)? },
                 pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL),
+                topology: Topology::default(),
             }),
             "cuda" if rest.is_empty() => Err(cuda::probe().expect_err("no CUDA back end yet")),
             "sim" => {
@@ -121,9 +149,11 @@ impl DevicePlan {
                 } else {
                     parse_bytes(size).map_err(|e| bad(&e))?
                 };
-                Ok(Self { kind: DeviceKind::Sim, count: count(n)?, pool_bytes })
+                Ok(Self { kind: DeviceKind::Sim, count: count(n)?, pool_bytes, topology: Topology::default() })
             }
-            _ => Err(bad("expected auto, cpu, cpu:N, cuda, sim:N or sim:NxSIZE")),
+            _ => {
+                Err(bad("expected auto, cpu, cpu:N, cuda, sim:N, sim:NxSIZE, sim:paper-node or a topology .json file"))
+            }
         }
     }
 
@@ -142,7 +172,15 @@ impl DevicePlan {
                     pool_bytes: self.pool_bytes,
                     page_bytes,
                     host_link_bytes_per_s: link,
+                    peer_links_bytes_per_s: self
+                        .topology
+                        .peers
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| vec![None; self.count]),
                 };
+                // A --host-link flag overrides the topology's host link.
+                let host_link = host_link.or(self.topology.host_link);
                 match self.kind {
                     DeviceKind::Cpu => Ok(Box::new(cpu::CpuDevice::new(info(DeviceKind::Cpu, "cpu", host_link))?)),
                     DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(
@@ -171,6 +209,11 @@ mod tests {
         for bad in ["gpu", "cpu:0", "sim:2xlots", "cpu:x", "sim:999"] {
             assert!(DevicePlan::parse(bad, None).is_err(), "{bad}");
         }
+        let p = DevicePlan::parse("sim:paper-node", None).unwrap();
+        assert_eq!((p.kind, p.count, p.pool_bytes), (DeviceKind::Sim, 4, 25_000_000_000));
+        let devices = p.build(2 << 20, None, 0.0).unwrap();
+        assert_eq!(devices[3].info().peer_links_bytes_per_s[0], Some(48e9));
+        assert_eq!(devices[3].info().host_link_bytes_per_s, Some(12e9));
         let err = DevicePlan::parse("cuda", None).unwrap_err().to_string();
         assert!(err.contains("CUDA"), "{err}");
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
+use crate::policy::SwapSource;
 
 /// Host link of a simulated device when none is configured: PCIe 4.0 x16 class, pinned.
 pub const DEFAULT_HOST_LINK: f64 = 24e9;
@@ -27,8 +28,15 @@ impl SimDevice {
     /// The modelled swap and execution times of a job.
     pub fn times(&self, job: &Job) -> (Duration, Duration) {
         let bytes = job.model.spec.layout.total_bytes() as f64;
-        let link = self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK);
-        let swap = if job.swap.is_some() { Duration::from_secs_f64(bytes / link) } else { Duration::ZERO };
+        let host = self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK);
+        let swap = match job.swap {
+            None => Duration::ZERO,
+            Some(SwapSource::Host) => Duration::from_secs_f64(bytes / host),
+            Some(SwapSource::Peer(j)) => {
+                let peer = self.info.peer_links_bytes_per_s.get(j).copied().flatten().unwrap_or(host);
+                Duration::from_secs_f64(bytes / peer)
+            }
+        };
         let tokens = job.batch.batch as f64;
         let exec = EXEC_OVERHEAD + Duration::from_secs_f64(bytes / EXEC_BYTES_PER_S * tokens.sqrt());
         (swap.mul_f64(self.time_scale), exec.mul_f64(self.time_scale))

@@ -1,7 +1,8 @@
 //! The scheduler's view of every device: which models are resident where, which devices are
 //! busy, the queue of waiting requests, and the decisions over them. This first policy is the
 //! baseline the scheduling work replaces: FIFO order, a device that already holds the model
-//! first, else any idle device, making room by evicting least-recently-used models.
+//! first, else any idle device, making room by evicting least-recently-used models; the copy
+//! comes from another device that holds the model when its peer link beats the host link.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -43,14 +44,40 @@ struct FunctionInfo {
 struct Resident {
     extent: Extent,
     last_used: u64,
+    /// Copies to other devices reading from this one: never evicted while non-zero.
+    pins: usize,
+    /// The copy is complete (only a complete copy can be a peer-copy source).
+    ready: bool,
+}
+
+/// A device's links, bytes per second (`None`: no limit for the host link, no peer access for
+/// a peer link).
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    pub host: Option<f64>,
+    /// Indexed by device.
+    pub peers: Vec<Option<f64>>,
+}
+
+impl Links {
+    /// Whether copying from device `from` is faster than from the host.
+    fn peer_beats_host(&self, from: DeviceId) -> bool {
+        match (self.peers.get(from).copied().flatten(), self.host) {
+            (Some(peer), Some(host)) => peer > host,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct DeviceState {
     pool: PagePool,
+    links: Links,
     resident: HashMap<FunctionId, Resident>,
     /// The function executing there, if any.
     busy: Option<FunctionId>,
+    /// The device (and function) its running job copies from, pinned until it completes.
+    copying_from: Option<(DeviceId, FunctionId)>,
 }
 
 /// A device's memory map, for the devices API.
@@ -82,9 +109,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Devices without peer links (every copy comes from the host).
     pub fn new(pools: Vec<PagePool>) -> Self {
+        let n = pools.len();
+        Self::with_links(pools, vec![Links::default(); n])
+    }
+
+    pub fn with_links(pools: Vec<PagePool>, links: Vec<Links>) -> Self {
+        assert_eq!(pools.len(), links.len(), "one link description per device");
         Self {
-            devices: pools.into_iter().map(|pool| DeviceState { pool, resident: HashMap::new(), busy: None }).collect(),
+            devices: pools
+                .into_iter()
+                .zip(links)
+                .map(|(pool, links)| DeviceState {
+                    pool,
+                    links,
+                    resident: HashMap::new(),
+                    busy: None,
+                    copying_from: None,
+                })
+                .collect(),
             functions: HashMap::new(),
             queue: VecDeque::new(),
             clock: 0,
@@ -118,7 +162,8 @@ impl Cluster {
         });
         let mut evicted = 0;
         for d in &mut self.devices {
-            if d.busy != Some(id) {
+            let pinned = d.resident.get(&id).is_some_and(|r| r.pins > 0);
+            if d.busy != Some(id) && !pinned {
                 if let Some(r) = d.resident.remove(&id) {
                     d.pool.free(r.extent);
                     evicted += 1;
@@ -171,6 +216,14 @@ impl Cluster {
             }
         }
         let (_, i) = best?;
+        // Copy from a device that holds the model over a faster peer link, if any.
+        let source = (0..self.devices.len())
+            .filter(|&j| j != i && self.devices[j].resident.get(&function).is_some_and(|r| r.ready))
+            .filter(|&j| self.devices[i].links.peer_beats_host(j))
+            .max_by(|&a, &b| {
+                let bw = |j: DeviceId| self.devices[i].links.peers[j].unwrap_or(0.0);
+                bw(a).total_cmp(&bw(b))
+            });
         let d = &mut self.devices[i];
         let pages = d.pool.pages_for(bytes);
         let mut evicted = Vec::new();
@@ -181,6 +234,7 @@ impl Cluster {
             let victim = d
                 .resident
                 .iter()
+                .filter(|(_, r)| r.pins == 0)
                 .min_by_key(|(_, r)| r.last_used)
                 .map(|(&f, _)| f)
                 .expect("evictions_needed promised room");
@@ -188,9 +242,19 @@ impl Cluster {
             d.pool.free(r.extent);
             evicted.push(victim);
         };
-        d.resident.insert(function, Resident { extent, last_used: now });
+        d.resident.insert(function, Resident { extent, last_used: now, pins: 0, ready: false });
         d.busy = Some(function);
-        Some(Dispatch { request, function, device: i, extent, swap: Some(SwapSource::Host), evicted })
+        let swap = match source {
+            Some(j) => {
+                d.copying_from = Some((j, function));
+                let r = self.devices[j].resident.get_mut(&function).expect("source holds the model");
+                r.pins += 1;
+                r.last_used = now;
+                SwapSource::Peer(j)
+            }
+            None => SwapSource::Host,
+        };
+        Some(Dispatch { request, function, device: i, extent, swap: Some(swap), evicted })
     }
 
     /// How many LRU evictions device `i` needs before `bytes` fit, or `None` if they never
@@ -202,7 +266,7 @@ impl Cluster {
         }
         let mut pool = d.pool.clone();
         let pages = pool.pages_for(bytes);
-        let mut order: Vec<_> = d.resident.values().collect();
+        let mut order: Vec<_> = d.resident.values().filter(|r| r.pins == 0).collect();
         order.sort_by_key(|r| r.last_used);
         let mut n = 0;
         while pool.alloc(pages).is_none() {
@@ -215,10 +279,27 @@ impl Cluster {
     /// The device finished its order (successfully or not: `keep` says whether the model's
     /// copy there is complete and may be reused).
     pub fn complete(&mut self, device: DeviceId, keep: bool) {
+        if let Some((j, f)) = self.devices[device].copying_from.take() {
+            let registered = self.functions.contains_key(&f);
+            let src = &mut self.devices[j];
+            if let Some(r) = src.resident.get_mut(&f) {
+                r.pins -= 1;
+                // Undeployed while it was a copy source, and not executing there: drop it now.
+                if r.pins == 0 && !registered && src.busy != Some(f) {
+                    let extent = r.extent;
+                    src.resident.remove(&f);
+                    src.pool.free(extent);
+                }
+            }
+        }
         let registered = &self.functions;
         let d = &mut self.devices[device];
         if let Some(f) = d.busy.take() {
-            if !keep || !registered.contains_key(&f) {
+            if let Some(r) = d.resident.get_mut(&f) {
+                r.ready |= keep;
+            }
+            let pinned = d.resident.get(&f).is_some_and(|r| r.pins > 0);
+            if (!keep || !registered.contains_key(&f)) && !pinned {
                 if let Some(r) = d.resident.remove(&f) {
                     d.pool.free(r.extent);
                 }
@@ -341,6 +422,54 @@ mod tests {
         assert_eq!(c.snapshot(0).used_bytes, 3 * PAGE, "still executing: freed on completion");
         c.complete(0, true);
         assert_eq!(c.snapshot(0).used_bytes, 0);
+    }
+
+    fn linked(devices: usize, pages: u64, host: f64, peer: f64) -> Cluster {
+        let pools = (0..devices).map(|_| PagePool::new(pages * PAGE, PAGE)).collect();
+        let links = (0..devices)
+            .map(|i| Links { host: Some(host), peers: (0..devices).map(|j| (i != j).then_some(peer)).collect() })
+            .collect();
+        Cluster::with_links(pools, links)
+    }
+
+    #[test]
+    fn copies_from_a_peer_when_its_link_is_faster_and_pins_the_source() {
+        let mut c = linked(2, 2, 12e9, 48e9);
+        c.add_function(1, "a", 2 * PAGE).unwrap();
+        c.enqueue(1, 1);
+        c.next_dispatch().unwrap();
+        c.complete(0, true);
+        c.enqueue(2, 1);
+        c.next_dispatch().unwrap(); // device 0 runs `a` again
+        c.enqueue(3, 1);
+        let d = c.next_dispatch().unwrap();
+        assert_eq!((d.device, d.swap), (1, Some(SwapSource::Peer(0))));
+        // While device 1 copies from it, device 0's copy of `a` cannot be evicted.
+        c.complete(0, true);
+        c.add_function(2, "b", 2 * PAGE).unwrap();
+        c.enqueue(4, 2);
+        assert!(c.next_dispatch().is_none(), "device 0's only model is pinned, device 1 is busy");
+        c.complete(1, true);
+        assert_eq!(c.next_dispatch().unwrap().evicted, vec![1]);
+    }
+
+    #[test]
+    fn an_incomplete_copy_is_never_a_source_and_slow_peers_are_skipped() {
+        let mut c = linked(3, 2, 12e9, 48e9);
+        c.add_function(1, "a", PAGE).unwrap();
+        c.enqueue(1, 1);
+        c.enqueue(2, 1);
+        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host));
+        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host), "device 0's copy is not complete yet");
+        let mut c = linked(2, 2, 12e9, 6e9);
+        c.add_function(1, "a", PAGE).unwrap();
+        c.enqueue(1, 1);
+        c.next_dispatch().unwrap();
+        c.complete(0, true);
+        c.enqueue(2, 1);
+        c.next_dispatch().unwrap();
+        c.enqueue(3, 1);
+        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host), "the peer link is slower than the host's");
     }
 
     #[test]

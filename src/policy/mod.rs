@@ -6,6 +6,6 @@ pub mod cluster;
 pub mod pages;
 pub mod slo;
 
-pub use cluster::{Cluster, DeviceId, Dispatch, FunctionId, RequestId, SwapSource};
+pub use cluster::{Cluster, DeviceId, Dispatch, FunctionId, Links, RequestId, SwapSource};
 pub use pages::{Extent, PagePool};
 pub use slo::{SloStatus, SloTracker};

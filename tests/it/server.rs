@@ -450,3 +450,34 @@ fn synthetic_packages_serve_exact_outputs_and_track_their_slo() {
     assert_eq!(devices[0]["used_bytes"], 0);
     assert!(s.metric("faaswap_evictions_total{reason=\"undeploy\"}") >= 1.0);
 }
+
+#[test]
+fn a_busy_devices_model_is_copied_to_an_idle_one_over_the_faster_peer_link() {
+    let state = tempfile::tempdir().unwrap();
+    let repo = repository();
+    // The paper's node, with every modelled time stretched so that a job takes long enough
+    // (tens of ms) for a second request to arrive while it runs.
+    let s = TestServer::start(state.path(), repo.path(), |a| {
+        a.devices = Some("sim:paper-node".into());
+        a.sim_time_scale = Some(300.0);
+    });
+    deploy_fixtures(&s);
+    let (_, first) = s.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2]));
+    assert_eq!(first["parameters"]["swap_source"], "host", "{first}");
+    assert_eq!(first["parameters"]["device"], "sim:0");
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| s.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2])).1);
+        let b = scope.spawn(|| s.post("/v2/models/tiny_bert/infer", &ids_input(&[3, 4])).1);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut sources: Vec<(String, Value)> = [a, b]
+        .iter()
+        .map(|v| (v["parameters"]["device"].as_str().unwrap().to_string(), v["parameters"]["swap_source"].clone()))
+        .collect();
+    sources.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(sources[0], ("sim:0".to_string(), Value::Null), "one runs where the model is");
+    assert_eq!(sources[1].1, "peer:0", "the other copies it from sim:0: {sources:?}");
+    assert!(s.metric("faaswap_swaps_total{source=\"peer\"}") >= 1.0);
+    let (_, devices) = s.get("/api/v1/devices");
+    assert_eq!(devices[0]["peer_links_bytes_per_s"][3], 48e9);
+}

@@ -1,0 +1,110 @@
+//! How simulated devices are connected: host links, PCIe groups that share a host link, and
+//! peer links between devices. From a preset (`sim:paper-node`) or a JSON file.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::sizes::{parse_bandwidth, parse_bytes};
+use super::DeviceError;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Topology {
+    /// Host→device bandwidth of every device, bytes per second (`None`: not modelled).
+    pub host_link: Option<f64>,
+    /// `peers[i][j]`: bandwidth of a copy from device `j` to device `i` (`None`: no peer access).
+    pub peers: Vec<Vec<Option<f64>>>,
+    /// Devices that share one host link (a PCIe switch); the simulator splits it among them.
+    pub pcie_groups: Vec<Vec<usize>>,
+}
+
+/// The file format: `{"devices": 4, "memory": "25GB", "host_link": "12GB/s",
+/// "pcie_groups": [[0, 1], [2, 3]], "peer_links": [[0, 3, "48GB/s"], ...]}`; peer links are
+/// symmetric.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyFile {
+    devices: usize,
+    memory: String,
+    host_link: String,
+    #[serde(default)]
+    pcie_groups: Vec<Vec<usize>>,
+    #[serde(default)]
+    peer_links: Vec<(usize, usize, String)>,
+}
+
+/// The paper's node (FaaSwap/Torpor artifact): 4 GPUs with 25 GB budgets, PCIe 3 class host
+/// links (12 GB/s pinned) shared by the pairs (0, 1) and (2, 3), fast peer links (48 GB/s) for
+/// 0–3, 1–2, 2–3 and slow ones (24 GB/s) for 0–1, 0–2, 1–3.
+const PAPER_NODE: &str = r#"{"devices": 4, "memory": "25GB", "host_link": "12GB/s",
+  "pcie_groups": [[0, 1], [2, 3]],
+  "peer_links": [[0, 3, "48GB/s"], [1, 2, "48GB/s"], [2, 3, "48GB/s"],
+                 [0, 1, "24GB/s"], [0, 2, "24GB/s"], [1, 3, "24GB/s"]]}"#;
+
+/// A preset by name: (device count, pool bytes, topology).
+pub fn preset(name: &str) -> Option<Result<(usize, u64, Topology), DeviceError>> {
+    match name {
+        "paper-node" => Some(parse(PAPER_NODE, "preset paper-node")),
+        _ => None,
+    }
+}
+
+pub fn load(path: &Path) -> Result<(usize, u64, Topology), DeviceError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DeviceError::BadSpec(format!("topology file {}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string())
+}
+
+fn parse(text: &str, what: &str) -> Result<(usize, u64, Topology), DeviceError> {
+    let bad = |why: String| DeviceError::BadSpec(format!("topology {what}: {why}"));
+    let f: TopologyFile = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if !(1..=64).contains(&f.devices) {
+        return Err(bad(format!("devices {} must be 1 to 64", f.devices)));
+    }
+    let memory = parse_bytes(&f.memory).map_err(bad)?;
+    let host = parse_bandwidth(&f.host_link).map_err(bad)?;
+    let mut peers = vec![vec![None; f.devices]; f.devices];
+    for (a, b, bw) in &f.peer_links {
+        if *a >= f.devices || *b >= f.devices || a == b {
+            return Err(bad(format!("peer link {a}–{b} does not join two of the {} devices", f.devices)));
+        }
+        let bw = parse_bandwidth(bw).map_err(bad)?;
+        peers[*a][*b] = Some(bw);
+        peers[*b][*a] = Some(bw);
+    }
+    for group in &f.pcie_groups {
+        if group.iter().any(|&d| d >= f.devices) {
+            return Err(bad(format!("PCIe group {group:?} names a device that does not exist")));
+        }
+    }
+    Ok((f.devices, memory, Topology { host_link: Some(host), peers, pcie_groups: f.pcie_groups }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_node_preset() {
+        let (n, memory, t) = preset("paper-node").unwrap().unwrap();
+        assert_eq!((n, memory), (4, 25_000_000_000));
+        assert_eq!(t.host_link, Some(12e9));
+        assert_eq!(t.peers[0][3], Some(48e9));
+        assert_eq!(t.peers[3][0], Some(48e9));
+        assert_eq!(t.peers[1][3], Some(24e9));
+        assert_eq!(t.peers[2][2], None);
+        assert_eq!(t.pcie_groups, vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        for text in [
+            r#"{"devices": 0, "memory": "1GB", "host_link": "1GB/s"}"#,
+            r#"{"devices": 2, "memory": "1GB", "host_link": "1GB/s", "peer_links": [[0, 2, "1GB/s"]]}"#,
+            r#"{"devices": 2, "memory": "lots", "host_link": "1GB/s"}"#,
+            r#"{"devices": 2, "memory": "1GB", "host_link": "1GB/s", "nvlink": true}"#,
+        ] {
+            assert!(parse(text, "test").is_err(), "{text}");
+        }
+    }
+}
