@@ -459,7 +459,7 @@ fn a_busy_devices_model_is_copied_to_an_idle_one_over_the_faster_peer_link() {
     // (tens of ms) for a second request to arrive while it runs.
     let s = TestServer::start(state.path(), repo.path(), |a| {
         a.devices = Some("sim:paper-node".into());
-        a.sim_time_scale = Some(300.0);
+        a.sim_time_scale = Some(2000.0);
     });
     deploy_fixtures(&s);
     let (_, first) = s.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2]));
