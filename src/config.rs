@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// runtime's own overhead) [default: 1].
     #[arg(long, env = "FAASWAP_SIM_TIME_SCALE")]
     pub sim_time_scale: Option<f64>,
+    /// Activation workspace of each cpu device, reserved at start-up; a request needing more
+    /// is refused [default: 1GiB].
+    #[arg(long, env = "FAASWAP_WORKSPACE")]
+    pub workspace: Option<String>,
     /// Largest request body [default: 64MiB].
     #[arg(long, env = "FAASWAP_MAX_BODY")]
     pub max_body: Option<String>,
@@ -66,6 +70,7 @@ pub struct ServeConfig {
     pub page_bytes: u64,
     pub host_link: Option<f64>,
     pub sim_time_scale: f64,
+    pub workspace_bytes: u64,
     pub max_body: usize,
 }
 
@@ -104,6 +109,7 @@ impl ServeArgs {
             page_bytes,
             host_link,
             sim_time_scale,
+            workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?.unwrap_or(1 << 30),
             max_body: max_body as usize,
         })
     }

@@ -19,7 +19,7 @@ use crate::actors::scheduler::SchedulerActor;
 use crate::actors::RuntimeError;
 use crate::config::ServeConfig;
 use crate::engine::{EngineError, Model};
-use crate::gpu::{DeviceError, DeviceInfo};
+use crate::gpu::{BuildOptions, DeviceError, DeviceInfo};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
 use crate::policy::{Cluster, FunctionId, Links, PagePool, SloStatus, SloTracker};
@@ -129,7 +129,12 @@ impl Runtime {
     pub fn start(config: ServeConfig) -> Result<Arc<Self>, StartError> {
         m::handle();
         let store = Store::open(&config.state_dir)?;
-        let devices = config.devices.build(config.page_bytes, config.host_link, config.sim_time_scale)?;
+        let devices = config.devices.build(&BuildOptions {
+            page_bytes: config.page_bytes,
+            host_link: config.host_link,
+            sim_time_scale: config.sim_time_scale,
+            workspace_bytes: config.workspace_bytes,
+        })?;
         let infos: Vec<DeviceInfo> = devices.iter().map(|d| d.info().clone()).collect();
         let pools = infos.iter().map(|i| PagePool::new(i.pool_bytes, i.page_bytes)).collect();
         let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();

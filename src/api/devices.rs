@@ -20,6 +20,7 @@ async fn list(rt: web::Data<Runtime>) -> HttpResponse {
                 "id": info.id,
                 "kind": info.kind,
                 "page_bytes": info.page_bytes,
+                "workspace_bytes": info.workspace_bytes,
                 "host_link_bytes_per_s": info.host_link_bytes_per_s,
                 "peer_links_bytes_per_s": info.peer_links_bytes_per_s,
                 "capacity_bytes": s.capacity_bytes,

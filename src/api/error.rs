@@ -54,6 +54,7 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
     match e {
         RuntimeError::Engine(EngineError::UnknownOutput { .. }) => (StatusCode::BAD_REQUEST, "unknown_output"),
         RuntimeError::Engine(EngineError::NoTokenizer { .. }) => (StatusCode::BAD_REQUEST, "no_tokenizer"),
+        RuntimeError::Engine(EngineError::WorkspaceTooSmall { .. }) => (StatusCode::BAD_REQUEST, "exceeds_workspace"),
         RuntimeError::Engine(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         RuntimeError::Device { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "device_error"),
         RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{print_json, CliError};
-use crate::engine::{Model, TokenBatch};
+use crate::engine::{Model, TokenBatch, Workspace};
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
@@ -61,10 +61,13 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
         let random_ids: Vec<Vec<u32>> = (0..b)
             .map(|i| (0..a.seq_len as u64).map(|j| ((i as u64 * 7919 + j * 104_729) % vocab) as u32).collect())
             .collect();
-        let once = || -> Result<(), CliError> {
+        // One workspace for all runs, as a device keeps one: sized for the longest input.
+        let max_len = model.spec.summary().max_input_tokens;
+        let mut ws = Workspace::new(model.spec.workspace_elems(b, max_len, max_len));
+        let mut once = || -> Result<(), CliError> {
             let ids = if texts.is_empty() { random_ids.clone() } else { model.spec.tokenize(&batch_texts)? };
             let batch = TokenBatch::from_sequences(&ids)?;
-            model.infer(&batch, &[output])?;
+            model.spec.infer(model.weights(), &batch, &[output], &mut ws)?;
             Ok(())
         };
         for _ in 0..a.warmup {

@@ -3,9 +3,11 @@
 
 use super::batch::TokenBatch;
 use super::config::BertConfig;
+use super::error::Result;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::ops::{self, HeadLayout, HeadShape, Segment};
 use super::streamed::Weights;
+use super::workspace::Arena;
 
 /// Name prefixes a BERT file may use: bare `BertModel`, or a task model's `bert.` submodule.
 pub const PREFIXES: &[&str] = &["", "bert."];
@@ -112,7 +114,13 @@ impl BertWeights {
 /// Padding tokens are dropped before the first layer (every product runs on real tokens only)
 /// and attention runs per sequence, which equals masked attention for the real tokens. The batch
 /// was validated against the config (ids, type ids and length in range).
-pub fn forward<W: Weights + ?Sized>(c: &BertConfig, wt: &BertWeights, w: &W, batch: &TokenBatch) -> Vec<f32> {
+pub fn forward<W: Weights + ?Sized>(
+    c: &BertConfig,
+    wt: &BertWeights,
+    w: &W,
+    batch: &TokenBatch,
+    arena: &mut Arena<'_>,
+) -> Result<Vec<f32>> {
     let h = c.hidden_size;
     let (b, s) = (batch.batch, batch.seq);
     let heads = c.num_attention_heads;
@@ -132,7 +140,7 @@ pub fn forward<W: Weights + ?Sized>(c: &BertConfig, wt: &BertWeights, w: &W, bat
         }
     }
     let n = keep.len();
-    let mut x = vec![0f32; n * h];
+    let mut x = arena.take(n * h)?;
     let (word, pos, tt) = (wt.word.of(w), wt.position.of(w), wt.token_type.of(w));
     for (row, &t) in x.chunks_exact_mut(h).zip(&keep) {
         let id = batch.ids[t] as usize;
@@ -142,32 +150,34 @@ pub fn forward<W: Weights + ?Sized>(c: &BertConfig, wt: &BertWeights, w: &W, bat
             *v = word[id * h + j] + pos[p * h + j] + tt[ty * h + j];
         }
     }
-    ops::layer_norm(&mut x, h, wt.emb_ln_w.of(w), wt.emb_ln_b.of(w), eps);
+    ops::layer_norm(x, h, wt.emb_ln_w.of(w), wt.emb_ln_b.of(w), eps);
 
-    let mut qkv = vec![0f32; n * 3 * h];
-    let mut ctx = vec![0f32; n * h];
-    let mut tmp = vec![0f32; n * h];
-    let mut inter = vec![0f32; n * inter_dim];
+    let qkv = arena.take(n * 3 * h)?;
+    let ctx = arena.take(n * h)?;
+    let mut tmp = arena.take(n * h)?;
+    let inter = arena.take(n * inter_dim)?;
     for lw in &wt.layers {
-        ops::linear(&x, n, h, lw.qkv_w.of(w), lw.qkv_b.of(w), 3 * h, &mut qkv);
+        ops::linear(x, n, h, lw.qkv_w.of(w), lw.qkv_b.of(w), 3 * h, qkv);
         let views = [0, h, 2 * h].map(|off| HeadLayout { data: &qkv[off..], head_stride: d, row_stride: 3 * h });
         let shape = HeadShape { heads, head_dim: d, causal: false };
-        ops::attention(views, &segments, &[], shape, &mut ctx);
-        ops::linear(&ctx, n, h, lw.attn_out_w.of(w), lw.attn_out_b.of(w), h, &mut tmp);
-        ops::add_layer_norm(&mut tmp, &x, h, lw.attn_ln_w.of(w), lw.attn_ln_b.of(w), eps);
+        arena.scoped(|scratch| ops::attention(views, &segments, &[], shape, ctx, scratch))?;
+        ops::linear(ctx, n, h, lw.attn_out_w.of(w), lw.attn_out_b.of(w), h, tmp);
+        ops::add_layer_norm(tmp, x, h, lw.attn_ln_w.of(w), lw.attn_ln_b.of(w), eps);
         std::mem::swap(&mut x, &mut tmp);
-        ops::linear(&x, n, h, lw.inter_w.of(w), lw.inter_b.of(w), inter_dim, &mut inter);
-        ops::activate(&mut inter, c.hidden_act);
-        ops::linear(&inter, n, inter_dim, lw.out_w.of(w), lw.out_b.of(w), h, &mut tmp);
-        ops::add_layer_norm(&mut tmp, &x, h, lw.out_ln_w.of(w), lw.out_ln_b.of(w), eps);
+        ops::linear(x, n, h, lw.inter_w.of(w), lw.inter_b.of(w), inter_dim, inter);
+        ops::activate(inter, c.hidden_act);
+        ops::linear(inter, n, inter_dim, lw.out_w.of(w), lw.out_b.of(w), h, tmp);
+        ops::add_layer_norm(tmp, x, h, lw.out_ln_w.of(w), lw.out_ln_b.of(w), eps);
         std::mem::swap(&mut x, &mut tmp);
     }
+    // The result leaves the workspace: it is the response.
+    let mut hidden = vec![0f32; b * s * h];
     if n == b * s {
-        return x;
+        hidden.copy_from_slice(x);
+    } else {
+        for (row, &t) in x.chunks_exact(h).zip(&keep) {
+            hidden[t * h..(t + 1) * h].copy_from_slice(row);
+        }
     }
-    let mut padded = vec![0f32; b * s * h];
-    for (row, &t) in x.chunks_exact(h).zip(&keep) {
-        padded[t * h..(t + 1) * h].copy_from_slice(row);
-    }
-    padded
+    Ok(hidden)
 }

@@ -36,6 +36,8 @@ pub enum EngineError {
     BadInput(String),
     #[error("output {name:?} is not produced by this model (it produces: {available})")]
     UnknownOutput { name: String, available: String },
+    #[error("the request needs {needed} bytes of activation memory, more than the workspace's {available}")]
+    WorkspaceTooSmall { needed: u64, available: u64 },
     #[error("weights buffer holds {found} floats, the layout needs {expected}")]
     WeightsSizeMismatch { expected: usize, found: usize },
 }

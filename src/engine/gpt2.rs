@@ -2,10 +2,12 @@
 //! pass with a KV cache, and the logits projection.
 
 use super::config::Gpt2Config;
+use super::error::Result;
 use super::layout::{PlannedTensor, Span, WeightLayout};
 use super::matmul::{matmul, MatMut, MatRef, Threads};
 use super::ops::{self, HeadLayout, HeadShape, Segment};
 use super::streamed::Weights;
+use super::workspace::Arena;
 
 /// `GPT2LMHeadModel` files prefix names with `transformer.`; bare `GPT2Model` files do not.
 pub const PREFIXES: &[&str] = &["transformer.", ""];
@@ -102,33 +104,36 @@ impl Gpt2Weights {
 }
 
 /// Keys and values of every position seen so far, per layer, laid out
-/// `[batch, head, capacity, head_dim]` so each head's keys are one strided matrix.
-pub struct KvCache {
+/// `[layer][batch, head, capacity, head_dim]` in workspace memory, so each head's keys are one
+/// strided matrix.
+pub struct KvCache<'a> {
     batch: usize,
     heads: usize,
     head_dim: usize,
     capacity: usize,
     len: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    per_layer: usize,
+    k: &'a mut [f32],
+    v: &'a mut [f32],
     /// `[batch, capacity]`: false for padding positions.
     key_mask: Vec<bool>,
 }
 
-impl KvCache {
-    pub fn new(c: &Gpt2Config, batch: usize, capacity: usize) -> Self {
+impl<'a> KvCache<'a> {
+    pub fn new(c: &Gpt2Config, batch: usize, capacity: usize, arena: &mut Arena<'a>) -> Result<Self> {
         let d = c.n_embd / c.n_head;
         let per_layer = batch * c.n_head * capacity * d;
-        Self {
+        Ok(Self {
             batch,
             heads: c.n_head,
             head_dim: d,
             capacity,
             len: 0,
-            k: (0..c.n_layer).map(|_| vec![0f32; per_layer]).collect(),
-            v: (0..c.n_layer).map(|_| vec![0f32; per_layer]).collect(),
+            per_layer,
+            k: arena.take(c.n_layer * per_layer)?,
+            v: arena.take(c.n_layer * per_layer)?,
             key_mask: vec![false; batch * capacity],
-        }
+        })
     }
 
     /// Copies the keys and values of `t` new positions out of `qkv[batch·t, 3E]`.
@@ -140,15 +145,15 @@ impl KvCache {
                 let row = &qkv[(b * t + i) * 3 * e..(b * t + i + 1) * 3 * e];
                 let pos = self.len + i;
                 for head in 0..h {
-                    let at = ((b * h + head) * self.capacity + pos) * d;
-                    self.k[layer][at..at + d].copy_from_slice(&row[e + head * d..e + head * d + d]);
-                    self.v[layer][at..at + d].copy_from_slice(&row[2 * e + head * d..2 * e + head * d + d]);
+                    let at = layer * self.per_layer + ((b * h + head) * self.capacity + pos) * d;
+                    self.k[at..at + d].copy_from_slice(&row[e + head * d..e + head * d + d]);
+                    self.v[at..at + d].copy_from_slice(&row[2 * e + head * d..2 * e + head * d + d]);
                 }
             }
         }
     }
 
-    fn layout<'a>(&self, data: &'a [f32]) -> HeadLayout<'a> {
+    fn layout<'d>(&self, data: &'d [f32]) -> HeadLayout<'d> {
         HeadLayout { data, head_stride: self.capacity * self.head_dim, row_stride: self.head_dim }
     }
 
@@ -174,10 +179,11 @@ pub fn forward<W: Weights + ?Sized>(
     c: &Gpt2Config,
     wt: &Gpt2Weights,
     w: &W,
-    cache: &mut KvCache,
+    cache: &mut KvCache<'_>,
     ids: &[u32],
     mask: &[bool],
-) -> Vec<f32> {
+    arena: &mut Arena<'_>,
+) -> Result<Vec<f32>> {
     let e = c.n_embd;
     let b = cache.batch;
     let t = ids.len() / b;
@@ -194,7 +200,7 @@ pub fn forward<W: Weights + ?Sized>(
         .flat_map(|bi| cache.key_mask[bi * cache.capacity..bi * cache.capacity + kv_len].iter().copied())
         .collect();
     let (wte, wpe) = (wt.wte.of(w), wt.wpe.of(w));
-    let mut x = vec![0f32; n * e];
+    let x = arena.take(n * e)?;
     for (r, row) in x.chunks_exact_mut(e).enumerate() {
         let id = ids[r] as usize;
         let pos = start + r % t;
@@ -203,34 +209,35 @@ pub fn forward<W: Weights + ?Sized>(
         }
     }
 
-    let mut normed = vec![0f32; n * e];
-    let mut qkv = vec![0f32; n * 3 * e];
-    let mut ctx = vec![0f32; n * e];
-    let mut tmp = vec![0f32; n * e];
-    let mut inner = vec![0f32; n * c.n_inner];
+    let normed = arena.take(n * e)?;
+    let qkv = arena.take(n * 3 * e)?;
+    let ctx = arena.take(n * e)?;
+    let tmp = arena.take(n * e)?;
+    let inner = arena.take(n * c.n_inner)?;
     let segments = cache.segments(t, kv_len);
     let eps = c.layer_norm_epsilon;
     for (l, bw) in wt.blocks.iter().enumerate() {
-        normed.copy_from_slice(&x);
-        ops::layer_norm(&mut normed, e, bw.ln1_w.of(w), bw.ln1_b.of(w), eps);
-        ops::linear(&normed, n, e, bw.attn_w.of(w), bw.attn_b.of(w), 3 * e, &mut qkv);
-        cache.append(l, &qkv, t);
-        let q = HeadLayout { data: &qkv, head_stride: e / c.n_head, row_stride: 3 * e };
-        let (kl, vl) = (cache.layout(&cache.k[l]), cache.layout(&cache.v[l]));
+        normed.copy_from_slice(x);
+        ops::layer_norm(normed, e, bw.ln1_w.of(w), bw.ln1_b.of(w), eps);
+        ops::linear(normed, n, e, bw.attn_w.of(w), bw.attn_b.of(w), 3 * e, qkv);
+        cache.append(l, qkv, t);
+        let q = HeadLayout { data: qkv, head_stride: e / c.n_head, row_stride: 3 * e };
+        let layer = l * cache.per_layer..(l + 1) * cache.per_layer;
+        let (kl, vl) = (cache.layout(&cache.k[layer.clone()]), cache.layout(&cache.v[layer]));
         let shape = HeadShape { heads: c.n_head, head_dim: e / c.n_head, causal: true };
-        ops::attention([q, kl, vl], &segments, &key_mask, shape, &mut ctx);
-        ops::linear(&ctx, n, e, bw.proj_w.of(w), bw.proj_b.of(w), e, &mut tmp);
-        ops::add_in_place(&mut x, &tmp);
-        normed.copy_from_slice(&x);
-        ops::layer_norm(&mut normed, e, bw.ln2_w.of(w), bw.ln2_b.of(w), eps);
-        ops::linear(&normed, n, e, bw.fc_w.of(w), bw.fc_b.of(w), c.n_inner, &mut inner);
-        ops::activate(&mut inner, c.activation_function);
-        ops::linear(&inner, n, c.n_inner, bw.fc_proj_w.of(w), bw.fc_proj_b.of(w), e, &mut tmp);
-        ops::add_in_place(&mut x, &tmp);
+        arena.scoped(|scratch| ops::attention([q, kl, vl], &segments, &key_mask, shape, ctx, scratch))?;
+        ops::linear(ctx, n, e, bw.proj_w.of(w), bw.proj_b.of(w), e, tmp);
+        ops::add_in_place(x, tmp);
+        normed.copy_from_slice(x);
+        ops::layer_norm(normed, e, bw.ln2_w.of(w), bw.ln2_b.of(w), eps);
+        ops::linear(normed, n, e, bw.fc_w.of(w), bw.fc_b.of(w), c.n_inner, inner);
+        ops::activate(inner, c.activation_function);
+        ops::linear(inner, n, c.n_inner, bw.fc_proj_w.of(w), bw.fc_proj_b.of(w), e, tmp);
+        ops::add_in_place(x, tmp);
     }
     cache.len = kv_len;
-    ops::layer_norm(&mut x, e, wt.lnf_w.of(w), wt.lnf_b.of(w), eps);
-    x
+    ops::layer_norm(x, e, wt.lnf_w.of(w), wt.lnf_b.of(w), eps);
+    Ok(x.to_vec())
 }
 
 /// `logits[rows, vocab] = hidden[rows, n_embd] · wteᵀ` (the tied LM head).

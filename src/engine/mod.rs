@@ -19,6 +19,7 @@ mod streamed;
 pub mod synth;
 mod tokenize;
 mod weights;
+mod workspace;
 
 pub use batch::TokenBatch;
 pub use config::{Activation, BertConfig, Gpt2Config, ModelConfig};
@@ -30,3 +31,4 @@ pub use pooling::{PoolMode, Pooling};
 pub use sampling::{argmax, SamplingParams};
 pub use streamed::{StreamedWeights, Weights};
 pub use tokenize::TextEncoder;
+pub use workspace::{Arena, Workspace};

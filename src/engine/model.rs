@@ -17,6 +17,7 @@ use super::sampling::{Sampler, SamplingParams};
 use super::streamed::Weights;
 use super::tokenize::TextEncoder;
 use super::weights::WeightsFile;
+use super::workspace::Workspace;
 
 #[derive(Debug, Clone)]
 enum Family {
@@ -103,8 +104,10 @@ impl Model {
         &self.weights
     }
 
+    /// One batch with a workspace sized for it (for one-off use; servers reuse a workspace).
     pub fn infer(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<Vec<OutputTensor>> {
-        self.spec.infer(self.weights.as_slice(), batch, outputs)
+        let mut ws = Workspace::new(self.spec.workspace_elems(batch.batch, batch.seq, batch.seq));
+        self.spec.infer(self.weights.as_slice(), batch, outputs, &mut ws)
     }
 
     pub fn generate(
@@ -113,7 +116,9 @@ impl Model {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        self.spec.generate(self.weights.as_slice(), prompt, opts, on_token)
+        let total = prompt.len() + opts.max_new_tokens;
+        let mut ws = Workspace::new(self.spec.workspace_elems(1, prompt.len(), total));
+        self.spec.generate(self.weights.as_slice(), prompt, opts, &mut ws, on_token)
     }
 }
 
@@ -180,6 +185,21 @@ impl ModelSpec {
         batch.validate(self.config.vocab_size(), type_vocab, self.config.max_positions())
     }
 
+    /// Workspace floats that always suffice for `batch` sequences of up to `seq` new tokens
+    /// attending to up to `kv` positions (`kv` = `seq` outside generation).
+    pub fn workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
+        let n = batch * seq;
+        let (h, heads) = match &self.config {
+            ModelConfig::Bert(c) => (c.hidden_size, c.num_attention_heads),
+            ModelConfig::Gpt2(c) => (c.n_embd, c.n_head),
+        };
+        let attention = batch * heads * (seq * kv + seq * (h / heads));
+        match &self.config {
+            ModelConfig::Bert(c) => n * (6 * h + c.intermediate_size) + attention,
+            ModelConfig::Gpt2(c) => 2 * c.n_layer * batch * kv * h + n * (7 * h + c.n_inner) + attention,
+        }
+    }
+
     /// Checks a request before it is queued: the outputs exist and the batch fits the model.
     pub fn check_request(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<()> {
         let available = self.outputs();
@@ -196,6 +216,7 @@ impl ModelSpec {
         weights: &W,
         batch: &TokenBatch,
         outputs: &[OutputKind],
+        ws: &mut Workspace,
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
         self.check_request(batch, outputs)?;
@@ -203,7 +224,7 @@ impl ModelSpec {
         let h = self.config.hidden_size();
         match (&self.config, &self.family) {
             (ModelConfig::Bert(c), Family::Bert(wt)) => {
-                let hidden = bert::forward(c, wt, weights, batch);
+                let hidden = bert::forward(c, wt, weights, batch, &mut ws.arena())?;
                 Ok(outputs
                     .iter()
                     .map(|&kind| match kind {
@@ -217,8 +238,9 @@ impl ModelSpec {
                     .collect())
             }
             (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => {
-                let mut cache = KvCache::new(c, b, s);
-                let hidden = gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask);
+                let mut arena = ws.arena();
+                let mut cache = KvCache::new(c, b, s, &mut arena)?;
+                let hidden = gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, &mut arena)?;
                 let logits = gpt2::logits(c, wt, weights, &hidden, b * s);
                 Ok(vec![OutputTensor::fp32(OutputKind::Logits, vec![b, s, c.vocab_size], logits)])
             }
@@ -234,6 +256,7 @@ impl ModelSpec {
         weights: &W,
         prompt: &[u32],
         opts: &GenerateOptions,
+        ws: &mut Workspace,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         self.check_weights(weights)?;
@@ -259,8 +282,9 @@ impl ModelSpec {
         if opts.max_new_tokens == 0 {
             return Ok(out);
         }
-        let mut cache = KvCache::new(c, 1, total);
-        let hidden = gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask);
+        let mut arena = ws.arena();
+        let mut cache = KvCache::new(c, 1, total, &mut arena)?;
+        let hidden = arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask, step))?;
         let e = c.n_embd;
         let mut last = hidden[(prompt.len() - 1) * e..].to_vec();
         loop {
@@ -272,7 +296,7 @@ impl ModelSpec {
             if !keep_going || eos || out.len() == opts.max_new_tokens {
                 return Ok(out);
             }
-            last = gpt2::forward(c, wt, weights, &mut cache, &[token], &[true]);
+            last = arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, &[token], &[true], step))?;
         }
     }
 }

@@ -4,8 +4,10 @@
 use rayon::prelude::*;
 
 use super::config::Activation;
+use super::error::Result;
 use super::fast_math::{self, multiversion};
 use super::matmul::{matmul, MatMut, MatRef, Threads};
+use super::workspace::Arena;
 
 /// `out[rows, out_dim] = x[rows, in_dim] · W + b` with `W` stored `[in, out]` (the layout
 /// puts every linear weight that way).
@@ -148,63 +150,82 @@ pub struct HeadShape {
 
 /// Scaled dot-product attention for every sequence and head. Causal: query `i` sits at
 /// position `kv_len - len + i` and sees keys up to it. Writes `out[row + i][h·d .. h·d + d]`.
-pub fn attention(qkv: [HeadLayout<'_>; 3], segments: &[Segment], key_mask: &[bool], shape: HeadShape, out: &mut [f32]) {
+/// Scores and per-head outputs live in `arena`.
+pub fn attention(
+    qkv: [HeadLayout<'_>; 3],
+    segments: &[Segment],
+    key_mask: &[bool],
+    shape: HeadShape,
+    out: &mut [f32],
+    arena: &mut Arena<'_>,
+) -> Result<()> {
     let [q, k, v] = qkv;
     let HeadShape { heads, head_dim: d, causal } = shape;
     let scale = 1.0 / (d as f32).sqrt();
-    let jobs: Vec<(usize, usize)> = (0..segments.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
-    let run = |&(si, h): &(usize, usize)| -> Vec<f32> {
+    // One job per (sequence, head), each with its own scratch: scores then the head's output.
+    let mut jobs = Vec::with_capacity(segments.len() * heads);
+    for (si, seg) in segments.iter().enumerate() {
+        for h in 0..heads {
+            let scores = arena.take(seg.len * seg.kv_len)?;
+            let head_out = arena.take(seg.len * d)?;
+            jobs.push((si, h, scores, head_out));
+        }
+    }
+    let run = |job: &mut (usize, usize, &mut [f32], &mut [f32])| {
+        let (si, h, ref mut scores, ref mut head_out) = *job;
         let seg = &segments[si];
         let (q_len, kv_len) = (seg.len, seg.kv_len);
-        let mut scores = vec![0f32; q_len * kv_len];
         matmul(
-            MatMut::row_major(&mut scores, q_len, kv_len),
+            MatMut::row_major(scores, q_len, kv_len),
             q.rows(seg.row * q.row_stride, h, q_len, d),
             k.rows(seg.kv_base, h, kv_len, d).t(),
             false,
             scale,
             Threads::Single,
         );
-        let all = vec![true; kv_len];
-        let mask = seg.mask.clone().map_or(&all[..], |r| &key_mask[r]);
+        let mask = seg.mask.clone().map(|r| &key_mask[r]);
         for (i, row) in scores.chunks_exact_mut(kv_len).enumerate() {
             let visible = if causal { kv_len - q_len + i + 1 } else { kv_len };
             masked_softmax(row, mask, visible);
         }
-        let mut head_out = vec![0f32; q_len * d];
         matmul(
-            MatMut::row_major(&mut head_out, q_len, d),
-            MatRef::row_major(&scores, q_len, kv_len),
+            MatMut::row_major(head_out, q_len, d),
+            MatRef::row_major(scores, q_len, kv_len),
             v.rows(seg.kv_base, h, kv_len, d),
             false,
             1.0,
             Threads::Single,
         );
-        head_out
     };
     let work: usize = segments.iter().map(|s| s.len * s.kv_len).sum::<usize>() * heads * d;
-    let results: Vec<Vec<f32>> =
-        if work < PARALLEL_ELEMS * 4 { jobs.iter().map(run).collect() } else { jobs.par_iter().map(run).collect() };
+    if work < PARALLEL_ELEMS * 4 {
+        jobs.iter_mut().for_each(run);
+    } else {
+        jobs.par_iter_mut().for_each(run);
+    }
     let hidden = heads * d;
-    for (&(si, h), head_out) in jobs.iter().zip(&results) {
-        let row = segments[si].row;
+    for (si, h, _, head_out) in &jobs {
+        let row = segments[*si].row;
         for (i, r) in head_out.chunks_exact(d).enumerate() {
             let at = (row + i) * hidden + h * d;
             out[at..at + d].copy_from_slice(r);
         }
     }
+    Ok(())
 }
 
 multiversion! {
 /// Softmax over `row[..visible]` where `mask` is true; every other entry becomes 0. A row that
 /// sees no key at all gets uniform weights over the visible range, as adding a very negative
 /// bias to every score (what PyTorch does) would give.
-pub fn masked_softmax(row: &mut [f32], mask: &[bool], visible: usize) {
+pub fn masked_softmax(row: &mut [f32], mask: Option<&[bool]>, visible: usize) {
     let visible = visible.min(row.len());
     {
-        for (v, &m) in row[..visible].iter_mut().zip(mask) {
-            if !m {
-                *v = f32::NEG_INFINITY;
+        if let Some(mask) = mask {
+            for (v, &m) in row[..visible].iter_mut().zip(mask) {
+                if !m {
+                    *v = f32::NEG_INFINITY;
+                }
             }
         }
         row[visible..].fill(f32::NEG_INFINITY);
@@ -228,6 +249,7 @@ pub fn masked_softmax(row: &mut [f32], mask: &[bool], visible: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::workspace::Workspace;
 
     #[test]
     fn gelu_variants_match_known_values() {
@@ -254,7 +276,7 @@ mod tests {
     #[test]
     fn masked_softmax_ignores_masked_and_future_keys() {
         let mut row = vec![1.0, 5.0, 2.0, 9.0];
-        masked_softmax(&mut row, &[true, false, true, true], 3);
+        masked_softmax(&mut row, Some(&[true, false, true, true]), 3);
         assert_eq!(row[1], 0.0);
         assert_eq!(row[3], 0.0);
         let e = (1.0f32 - 2.0).exp();
@@ -278,7 +300,8 @@ mod tests {
         let l = |off: usize| HeadLayout { data: &qkv[off..], head_stride: 2, row_stride: 6 };
         let seg = Segment { row: 0, len: 2, kv_base: 0, kv_len: 2, mask: Some(0..2) };
         let mut out = vec![0.0; 4];
-        attention([l(0), l(2), l(4)], &[seg], &[true, false], shape(false), &mut out);
+        let mut ws = Workspace::new(64);
+        attention([l(0), l(2), l(4)], &[seg], &[true, false], shape(false), &mut out, &mut ws.arena()).unwrap();
         assert_eq!(out, vec![7.0, -2.0, 7.0, -2.0]);
     }
 
@@ -293,7 +316,8 @@ mod tests {
         let l = |off: usize| HeadLayout { data: &qkv[off..], head_stride: 2, row_stride: 6 };
         let seg = Segment { row: 0, len: 2, kv_base: 0, kv_len: 2, mask: None };
         let mut out = vec![0.0; 4];
-        attention([l(0), l(2), l(4)], &[seg], &[], shape(true), &mut out);
+        let mut ws = Workspace::new(64);
+        attention([l(0), l(2), l(4)], &[seg], &[], shape(true), &mut out, &mut ws.arena()).unwrap();
         assert_eq!(&out[..2], &[3.0, 4.0]);
         assert!(out[2] < 3.0, "second query mixes in v1");
     }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
-use crate::engine::StreamedWeights;
+use crate::engine::{StreamedWeights, Workspace};
 
 /// Copy granularity: progress is published per layer, throttling is applied per chunk.
 const CHUNK_ELEMS: usize = (4 << 20) / 4;
@@ -14,6 +14,7 @@ const CHUNK_ELEMS: usize = (4 << 20) / 4;
 pub struct CpuDevice {
     info: DeviceInfo,
     pool: Vec<f32>,
+    workspace: Workspace,
 }
 
 impl CpuDevice {
@@ -23,7 +24,8 @@ impl CpuDevice {
         }
         let pages = info.pool_bytes / info.page_bytes;
         let elems = (pages * info.page_bytes / 4) as usize;
-        Ok(Self { info, pool: vec![0f32; elems] })
+        let workspace = Workspace::with_bytes(info.workspace_bytes);
+        Ok(Self { info, pool: vec![0f32; elems], workspace })
     }
 }
 
@@ -42,7 +44,7 @@ impl Device for CpuDevice {
         let dst = &mut self.pool[start..start + host.len()];
         let t0 = Instant::now();
         if job.swap.is_none() {
-            let outputs = spec.infer(&dst[..], &job.batch, &job.outputs)?;
+            let outputs = spec.infer(&dst[..], &job.batch, &job.outputs, &mut self.workspace)?;
             return Ok(JobResult { outputs, exec_ms: ms(t0.elapsed()), ..JobResult::default() });
         }
         // Split the destination into one slice per layer (layers tile the buffer), hand them
@@ -56,6 +58,7 @@ impl Device for CpuDevice {
         }
         let streamed = StreamedWeights::new(&spec.layout);
         let link = self.info.host_link_bytes_per_s;
+        let workspace = &mut self.workspace;
         let (outputs, swap_ms) = std::thread::scope(|s| {
             let copier = s.spawn(|| {
                 let mut copied = 0usize;
@@ -70,7 +73,7 @@ impl Device for CpuDevice {
                 }
                 ms(t0.elapsed())
             });
-            let outputs = spec.infer(&streamed, &job.batch, &job.outputs);
+            let outputs = spec.infer(&streamed, &job.batch, &job.outputs, workspace);
             (outputs, copier.join().expect("the copier does not panic"))
         });
         Ok(JobResult {
@@ -126,6 +129,7 @@ mod tests {
             page_bytes: page,
             host_link_bytes_per_s: Some(2e9),
             peer_links_bytes_per_s: vec![None],
+            workspace_bytes: 1 << 20,
         })
         .unwrap();
         let pages = (model.weights().len() * 4).div_ceil(page as usize);

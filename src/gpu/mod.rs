@@ -36,6 +36,8 @@ pub struct DeviceInfo {
     pub kind: DeviceKind,
     pub pool_bytes: u64,
     pub page_bytes: u64,
+    /// Activation workspace reserved at start-up (0 where the device computes nothing).
+    pub workspace_bytes: u64,
     /// Host→device copy rate, bytes per second (`None`: as fast as memory copies go).
     pub host_link_bytes_per_s: Option<f64>,
     /// Copy rate from each other device, by device index (`None`: no peer access).
@@ -76,6 +78,17 @@ pub trait Device: Send {
     fn info(&self) -> &DeviceInfo;
     /// Copies the model in when the job says so (pipelined with execution), then runs it.
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError>;
+}
+
+/// How to create devices (from the serve configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOptions {
+    pub page_bytes: u64,
+    /// Overrides the topology's host link.
+    pub host_link: Option<f64>,
+    pub sim_time_scale: f64,
+    /// Activation workspace of each `cpu` device.
+    pub workspace_bytes: u64,
 }
 
 /// Which devices to create, parsed from `--devices` and `--device-memory`.
@@ -157,20 +170,16 @@ impl DevicePlan {
         }
     }
 
-    /// Creates the devices, reserving each weight pool.
-    pub fn build(
-        &self,
-        page_bytes: u64,
-        host_link: Option<f64>,
-        sim_time_scale: f64,
-    ) -> Result<Vec<Box<dyn Device>>, DeviceError> {
+    /// Creates the devices, reserving each weight pool (and, for `cpu`, its workspace).
+    pub fn build(&self, opts: &BuildOptions) -> Result<Vec<Box<dyn Device>>, DeviceError> {
         (0..self.count)
             .map(|i| -> Result<Box<dyn Device>, DeviceError> {
-                let info = |kind: DeviceKind, name: &str, link| DeviceInfo {
+                let info = |kind: DeviceKind, name: &str, link, workspace_bytes| DeviceInfo {
                     id: format!("{name}:{i}"),
                     kind,
                     pool_bytes: self.pool_bytes,
-                    page_bytes,
+                    page_bytes: opts.page_bytes,
+                    workspace_bytes,
                     host_link_bytes_per_s: link,
                     peer_links_bytes_per_s: self
                         .topology
@@ -180,12 +189,17 @@ impl DevicePlan {
                         .unwrap_or_else(|| vec![None; self.count]),
                 };
                 // A --host-link flag overrides the topology's host link.
-                let host_link = host_link.or(self.topology.host_link);
+                let host_link = opts.host_link.or(self.topology.host_link);
                 match self.kind {
-                    DeviceKind::Cpu => Ok(Box::new(cpu::CpuDevice::new(info(DeviceKind::Cpu, "cpu", host_link))?)),
+                    DeviceKind::Cpu => Ok(Box::new(cpu::CpuDevice::new(info(
+                        DeviceKind::Cpu,
+                        "cpu",
+                        host_link,
+                        opts.workspace_bytes,
+                    ))?)),
                     DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(
-                        info(DeviceKind::Sim, "sim", Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK))),
-                        sim_time_scale,
+                        info(DeviceKind::Sim, "sim", Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)), 0),
+                        opts.sim_time_scale,
                     ))),
                     DeviceKind::Cuda => Err(cuda::probe().expect_err("no CUDA back end yet")),
                 }
@@ -211,7 +225,8 @@ mod tests {
         }
         let p = DevicePlan::parse("sim:paper-node", None).unwrap();
         assert_eq!((p.kind, p.count, p.pool_bytes), (DeviceKind::Sim, 4, 25_000_000_000));
-        let devices = p.build(2 << 20, None, 0.0).unwrap();
+        let opts = BuildOptions { page_bytes: 2 << 20, host_link: None, sim_time_scale: 0.0, workspace_bytes: 0 };
+        let devices = p.build(&opts).unwrap();
         assert_eq!(devices[3].info().peer_links_bytes_per_s[0], Some(48e9));
         assert_eq!(devices[3].info().host_link_bytes_per_s, Some(12e9));
         let err = DevicePlan::parse("cuda", None).unwrap_err().to_string();

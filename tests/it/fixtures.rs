@@ -5,7 +5,10 @@
 
 use std::sync::Mutex;
 
-use faaswap::engine::{GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Weights};
+use faaswap::engine::{
+    EngineError, GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Weights,
+    Workspace,
+};
 
 use crate::common::*;
 
@@ -158,9 +161,10 @@ fn a_copy_of_the_packed_buffer_is_a_complete_model() {
     assert_eq!(copy.len() * 4, model.spec.layout.total_bytes());
     let batch = TokenBatch::from_sequences(&[vec![1, 2, 3, 4]]).unwrap();
     let original = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
-    let from_copy = model.spec.infer(copy.as_slice(), &batch, &[OutputKind::LastHiddenState]).unwrap();
+    let mut ws = Workspace::new(model.spec.workspace_elems(1, 4, 4));
+    let from_copy = model.spec.infer(copy.as_slice(), &batch, &[OutputKind::LastHiddenState], &mut ws).unwrap();
     assert_eq!(original, from_copy);
-    assert!(model.spec.infer(&copy[1..], &batch, &[OutputKind::LastHiddenState]).is_err());
+    assert!(model.spec.infer(&copy[1..], &batch, &[OutputKind::LastHiddenState], &mut ws).is_err());
 }
 
 /// Records, for each read, which layer of the layout it falls in.
@@ -192,7 +196,8 @@ fn execution_first_reads_each_layer_in_layout_order() {
             seen: Mutex::new(Vec::new()),
         };
         let batch = TokenBatch::from_sequences(&[vec![3, 4, 5]]).unwrap();
-        model.spec.infer(&recorder, &batch, &[output]).unwrap();
+        let mut ws = Workspace::new(model.spec.workspace_elems(1, 3, 3));
+        model.spec.infer(&recorder, &batch, &[output], &mut ws).unwrap();
         let mut first_reads = Vec::new();
         for layer in recorder.seen.into_inner().unwrap() {
             if !first_reads.contains(&layer) {
@@ -212,8 +217,9 @@ fn streamed_weights_give_the_same_outputs_as_resident_ones() {
         let want = model.infer(&batch, &[output]).unwrap();
         let layout = &model.spec.layout;
         let streamed = StreamedWeights::new(layout);
+        let mut ws = Workspace::new(model.spec.workspace_elems(2, 4, 4));
         let got = std::thread::scope(|s| {
-            let run = s.spawn(|| model.spec.infer(&streamed, &batch, &[output]).unwrap());
+            let run = s.spawn(|| model.spec.infer(&streamed, &batch, &[output], &mut ws).unwrap());
             // Deliver the layers last to first: execution must wait for each in turn.
             for (i, l) in layout.layers.iter().enumerate().rev() {
                 streamed.deliver(i, &model.weights()[l.span.offset..l.span.end()]);
@@ -259,4 +265,20 @@ fn bad_inputs_are_rejected_not_run() {
     let opts = GenerateOptions { max_new_tokens: 200, ..Default::default() };
     assert!(gpt2.generate(&[1, 2], &opts, &mut |_| true).is_err(), "past n_positions");
     assert!(model.generate(&[1, 2], &opts, &mut |_| true).is_err(), "BERT does not generate");
+}
+
+#[test]
+fn a_workspace_too_small_for_the_request_is_an_error_not_an_allocation() {
+    let model = Model::load(&tiny_bert()).unwrap();
+    let batch = TokenBatch::from_sequences(&[vec![1; 100]]).unwrap();
+    let need = model.spec.workspace_elems(1, 100, 100);
+    let mut small = Workspace::new(need / 2);
+    let err = model.spec.infer(model.weights(), &batch, &[OutputKind::LastHiddenState], &mut small).unwrap_err();
+    assert!(matches!(err, EngineError::WorkspaceTooSmall { .. }), "{err}");
+    // The same workspace serves a smaller request; a large enough one serves the big one.
+    let short = TokenBatch::from_sequences(&[vec![1; 10]]).unwrap();
+    assert!(model.spec.infer(model.weights(), &short, &[OutputKind::LastHiddenState], &mut small).is_ok());
+    let mut enough = Workspace::new(need);
+    let out = model.spec.infer(model.weights(), &batch, &[OutputKind::LastHiddenState], &mut enough).unwrap();
+    assert_eq!(out, model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap());
 }

@@ -367,13 +367,19 @@ fn api_errors_have_stable_codes() {
     );
     // 512 KiB of pool cannot hold a 580 KB model.
     expect(code(s.post("/v2/repository/models/tiny_bert/load", &json!({}))), 422, "model_too_large");
-    let s2 = TestServer::start(tempfile::tempdir().unwrap().path(), repo.path(), |a| a.max_body = Some("64KiB".into()));
+    let s2 = TestServer::start(tempfile::tempdir().unwrap().path(), repo.path(), |a| {
+        a.max_body = Some("64KiB".into());
+        a.workspace = Some("16KiB".into());
+    });
     expect(code(s2.post("/v2/repository/models/tiny_bert/load", &json!({}))), 200, "");
     expect(code(s2.post("/api/v1/functions", &json!({"name": "tiny_bert"}))), 409, "already_exists");
     let bad_input = json!({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [0.5]}]});
     expect(code(s2.post("/v2/models/tiny_bert/infer", &bad_input)), 400, "bad_request");
     expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 600]))), 400, "invalid_input");
     expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&vec![1; 129]))), 400, "invalid_input");
+    // 100 tokens need more activation memory than the 16 KiB workspace; 2 tokens do not.
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1; 100]))), 400, "exceeds_workspace");
+    expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2]))), 200, "");
     let text = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]});
     expect(code(s2.post("/v2/models/tiny_bert/infer", &text)), 400, "no_tokenizer");
     let wrong_output = json!({"inputs": ids_input(&[1])["inputs"], "outputs": [{"name": "logits"}]});
