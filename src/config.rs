@@ -144,6 +144,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("faaswap.example.toml");
+        let c = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!((c.workspace_bytes, c.max_body), (1 << 30, 64 << 20));
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let bad = |args: ServeArgs| assert!(args.resolve().is_err());
         bad(ServeArgs { page_size: Some("3000".into()), ..Default::default() });
