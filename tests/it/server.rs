@@ -487,3 +487,15 @@ fn a_busy_devices_model_is_copied_to_an_idle_one_over_the_faster_peer_link() {
     let (_, devices) = s.get("/api/v1/devices");
     assert_eq!(devices[0]["peer_links_bytes_per_s"][3], 48e9);
 }
+
+#[test]
+fn only_version_one_exists() {
+    let state = tempfile::tempdir().unwrap();
+    let repo = repository();
+    let s = TestServer::start(state.path(), repo.path(), |_| {});
+    deploy_fixtures(&s);
+    assert_eq!(s.get("/v2/models/tiny_bert/versions/1/ready").0, 200);
+    assert_eq!(s.post("/v2/models/tiny_bert/versions/1/infer", &ids_input(&[1, 2])).0, 200);
+    let (status, body) = s.post("/v2/models/tiny_bert/versions/2/infer", &ids_input(&[1, 2]));
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+}
