@@ -179,8 +179,9 @@ impl Runtime {
             Ok(records) => {
                 for record in records {
                     let name = record.name.clone();
-                    if let Err(e) = self.activate(record).await {
-                        tracing::error!("function {name:?} could not be restored: {e}");
+                    match self.activate(record).await {
+                        Ok(entry) => self.publish(entry),
+                        Err(e) => tracing::error!("function {name:?} could not be restored: {e}"),
                     }
                 }
                 if let Err(e) = self.store.remove_unused_packages() {
@@ -266,14 +267,25 @@ impl Runtime {
                 return Err(e);
             }
         };
+        // Durable first, visible second: nobody sees (or is told "loaded" about) a function
+        // whose record is not on disk.
         if let Err(e) = self.store.put(&record) {
-            self.deactivate(name).await;
+            let _ = self.scheduler.send(UnregisterFunction { id: entry.id }).await;
+            let _ = self.store.remove_unused_packages();
             return Err(e.into());
         }
+        self.publish(entry.clone());
         Ok(entry)
     }
 
-    /// Loads a recorded function's package and makes it servable.
+    fn publish(&self, entry: Arc<FunctionEntry>) {
+        let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
+        functions.insert(entry.name.clone(), entry);
+        m::functions_deployed(functions.len());
+    }
+
+    /// Loads a recorded function's package, registers it with the scheduler and starts its
+    /// actor; the caller publishes it.
     async fn activate(self: &Arc<Self>, record: FunctionRecord) -> Result<Arc<FunctionEntry>, DeployError> {
         let dir = self.store.package_path(&record);
         let model = actix_rt::task::spawn_blocking(move || Model::load(&dir))
@@ -304,9 +316,6 @@ impl Runtime {
             stats: FunctionStats::default(),
             slo: std::sync::Mutex::new(SloTracker::default()),
         });
-        let mut functions = self.functions.write().unwrap_or_else(|e| e.into_inner());
-        functions.insert(name, entry.clone());
-        m::functions_deployed(functions.len());
         Ok(entry)
     }
 
@@ -321,12 +330,17 @@ impl Runtime {
         Some(entry)
     }
 
+    /// Removes the record first (the durable fact), then the function from memory; a leftover
+    /// package copy is removed now or at the next start.
     pub async fn undeploy(&self, name: &str) -> Result<FunctionRecord, DeployError> {
         let _guard = self.deploys.lock().await;
-        let entry = self.deactivate(name).await.ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
-        let record = entry.record();
-        self.store.delete(name)?;
-        Ok(record)
+        let entry = self.function(name).ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
+        self.store.delete_record(name)?;
+        self.deactivate(name).await;
+        if let Err(e) = self.store.remove_unused_packages() {
+            tracing::warn!("removing the package copy of {name:?}: {e}");
+        }
+        Ok(entry.record())
     }
 
     pub async fn update_settings(&self, name: &str, settings: FunctionSettings) -> Result<FunctionRecord, DeployError> {
@@ -350,7 +364,7 @@ impl Runtime {
         let received = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
         // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
-        entry.actor.do_send(Infer { inputs, outputs, received, reply });
+        entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.record().settings.max_batch, received, reply });
         let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;

@@ -122,6 +122,12 @@ impl Store {
             digest.update(file.as_bytes());
             copy_hashing(&from, &to, &mut digest)?;
         }
+        if tmp.join("1_Pooling").is_dir() {
+            sync_dir(&tmp.join("1_Pooling"))?;
+        }
+        if tmp.is_dir() {
+            sync_dir(&tmp)?;
+        }
         let digest = hex(&digest.finalize());
         let rel = format!("packages/{name}-{}", &digest[..16]);
         let dst = self.root.join(&rel);
@@ -158,15 +164,14 @@ impl Store {
             .collect()
     }
 
-    /// Removes a record (flushed) and then its package copy when no other record uses it.
-    pub fn delete(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+    /// Removes a record, flushed before returning. Its package copy stays until
+    /// `remove_unused_packages`.
+    pub fn delete_record(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
         let Some(old) = self.functions.remove(name.as_bytes())? else {
             return Ok(None);
         };
         self.db.flush()?;
-        let record = decode(name, &old)?;
-        self.remove_unused_packages()?;
-        Ok(Some(record))
+        decode(name, &old).map(Some)
     }
 
     /// Deletes package folders no record points at: copies left by a deploy that was killed
@@ -249,7 +254,8 @@ mod tests {
         let copy = store.package_path(&record);
         assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), b"weights");
         assert!(!copy.join("notes.txt").exists());
-        assert_eq!(store.delete("f1").unwrap(), Some(record));
+        assert_eq!(store.delete_record("f1").unwrap(), Some(record));
+        assert_eq!(store.remove_unused_packages().unwrap(), 1);
         assert!(!copy.exists(), "the package copy goes with its last record");
         assert!(store.list().unwrap().is_empty());
     }

@@ -9,8 +9,12 @@ use tokio::sync::oneshot;
 use super::messages::{Infer, Inputs, Submit, Work};
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
-use crate::engine::{Model, OutputKind, TokenBatch};
+use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
 use crate::policy::FunctionId;
+
+/// Most output values one request may produce (256 MiB of `f32`): responses are built in host
+/// memory, outside the device's workspace.
+const MAX_OUTPUT_VALUES: usize = 1 << 26;
 
 pub struct FunctionActor {
     id: FunctionId,
@@ -36,6 +40,20 @@ impl FunctionActor {
             Inputs::Tokens(batch) => batch,
         };
         spec.check_request(&batch, &outputs)?;
+        if batch.batch > msg.max_batch {
+            return Err(EngineError::BadInput(format!(
+                "a batch of {} exceeds the function's max_batch of {}",
+                batch.batch, msg.max_batch
+            ))
+            .into());
+        }
+        let values = spec.output_elems(&batch, &outputs);
+        if values > MAX_OUTPUT_VALUES {
+            return Err(EngineError::BadInput(format!(
+                "the response would hold {values} values, more than the limit of {MAX_OUTPUT_VALUES}"
+            ))
+            .into());
+        }
         Ok(Work { model: self.model.clone(), batch, outputs })
     }
 }

@@ -33,7 +33,11 @@ impl Handler<Execute> for GpuActor {
 
     fn handle(&mut self, msg: Execute, _: &mut Context<Self>) {
         let id = self.device.info().id.clone();
-        let result = self.device.run(&msg.job);
+        // A panic inside a device must not leave it marked busy forever: it becomes an error
+        // for this request and the copy is not kept.
+        let device = &mut self.device;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.run(&msg.job)))
+            .unwrap_or_else(|_| Err(DeviceError::Unavailable("the device failed while running the job".into())));
         // An input error leaves the copy complete; a device error does not.
         let keep = !matches!(result, Err(DeviceError::Unavailable(_)));
         let done = Instant::now();

@@ -124,6 +124,8 @@ pub struct Infer {
     pub inputs: Inputs,
     /// Requested outputs by name; the model's default when empty.
     pub outputs: Vec<String>,
+    /// The function's `max_batch` setting.
+    pub max_batch: usize,
     pub received: Instant,
     pub reply: Reply,
 }

@@ -45,8 +45,9 @@ impl SchedulerActor {
         while let Some(d) = self.cluster.next_dispatch() {
             moved |= d.swap.is_some();
             let Some(p) = self.pending.remove(&d.request) else {
-                // Its function was removed while the order was being decided.
-                self.cluster.complete(d.device, true);
+                // Queue and pending move together, so this does not happen; if it did, the copy
+                // was never made and must not be reused.
+                self.cluster.complete(d.device, false);
                 continue;
             };
             for _ in &d.evicted {
@@ -123,8 +124,11 @@ impl Handler<Submit> for SchedulerActor {
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) {
         let id = self.next_request;
         self.next_request += 1;
+        if !self.cluster.enqueue(id, msg.function) {
+            let _ = msg.reply.send(Err(RuntimeError::FunctionGone(msg.name)));
+            return;
+        }
         self.pending.insert(id, Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply });
-        self.cluster.enqueue(id, msg.function);
         self.dispatch();
     }
 }

@@ -109,6 +109,9 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
             }
         }
     }
+    if !binary.is_empty() {
+        return Err(bad(format!("{} bytes of binary data follow the last input", binary.len())));
+    }
     let inputs = match (texts, ids) {
         (Some(_), Some(_)) => return Err(bad("give either \"text\" or \"input_ids\", not both")),
         (Some(t), None) => Inputs::Texts(t),
@@ -177,16 +180,25 @@ impl Raw<'_> {
     fn ints(&self, n: usize, datatype: &str) -> Result<Vec<i64>, String> {
         let v: Vec<i64> = match self {
             Raw::Json(value) => {
-                let mut flat = Vec::with_capacity(n);
+                let mut flat = Vec::new();
                 flatten(value, &mut flat)?;
                 flat.iter()
                     .map(|x| x.as_i64().ok_or_else(|| format!("{x} is not an integer")))
                     .collect::<Result<_, _>>()?
             }
-            Raw::Binary(bytes) => match datatype {
-                "INT64" => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-                _ => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
-            },
+            Raw::Binary(bytes) => {
+                let width = if datatype == "INT64" { 8 } else { 4 };
+                if bytes.len() != n * width {
+                    return Err(format!("binary_data_size {} is not {n} elements of {width} bytes", bytes.len()));
+                }
+                match width {
+                    8 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+                    _ => bytes
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                        .collect(),
+                }
+            }
         };
         if v.len() != n {
             return Err(format!("{} values for a shape of {n} elements", v.len()));
@@ -197,7 +209,7 @@ impl Raw<'_> {
     fn strings(&self, n: usize) -> Result<Vec<String>, String> {
         let v: Vec<String> = match self {
             Raw::Json(value) => {
-                let mut flat = Vec::with_capacity(n);
+                let mut flat = Vec::new();
                 flatten(value, &mut flat)?;
                 flat.into_iter()
                     .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("{x} is not a string")))
@@ -316,6 +328,18 @@ mod tests {
         let r = decode(&body, Some(head.len()), 1000).unwrap();
         let Inputs::Texts(t) = r.inputs else { panic!("texts expected") };
         assert_eq!(t, vec!["hello", "héh"]);
+    }
+
+    #[test]
+    fn binary_sizes_must_match_shapes_exactly() {
+        let head = br#"{"inputs":[{"name":"input_ids","shape":[1,3],"datatype":"INT64","parameters":{"binary_data_size":20}}]}"#;
+        let mut body = head.to_vec();
+        body.extend([0u8; 20]);
+        assert!(decode(&body, Some(head.len()), 1000).is_err(), "20 bytes are not 3 INT64");
+        let head = br#"{"inputs":[{"name":"input_ids","shape":[1,3],"datatype":"INT64","parameters":{"binary_data_size":24}}]}"#;
+        let mut body = head.to_vec();
+        body.extend([0u8; 30]);
+        assert!(decode(&body, Some(head.len()), 1000).is_err(), "6 bytes left over");
     }
 
     #[test]

@@ -200,6 +200,25 @@ impl ModelSpec {
         }
     }
 
+    /// Values the request's outputs hold (and, for BERT, the padded hidden states it always
+    /// builds): what answering it costs in host memory outside the workspace.
+    pub fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
+        let (b, s, h) = (batch.batch, batch.seq, self.config.hidden_size());
+        let hidden = match self.family {
+            Family::Bert(_) => b * s * h,
+            Family::Gpt2(_) => 0,
+        };
+        hidden
+            + outputs
+                .iter()
+                .map(|o| match o {
+                    OutputKind::SentenceEmbedding => b * self.pooling.as_ref().map_or(h, |p| p.output_dim(h)),
+                    OutputKind::LastHiddenState => b * s * h,
+                    OutputKind::Logits => b * s * self.config.vocab_size(),
+                })
+                .sum::<usize>()
+    }
+
     /// Checks a request before it is queued: the outputs exist and the batch fits the model.
     pub fn check_request(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<()> {
         let available = self.outputs();

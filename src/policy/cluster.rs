@@ -173,8 +173,14 @@ impl Cluster {
         (dropped, evicted)
     }
 
-    pub fn enqueue(&mut self, request: RequestId, function: FunctionId) {
+    /// Queues a request; false (and nothing queued) when the function is not registered, e.g.
+    /// undeployed while the request was on its way.
+    pub fn enqueue(&mut self, request: RequestId, function: FunctionId) -> bool {
+        if !self.functions.contains_key(&function) {
+            return false;
+        }
         self.queue.push_back((request, function));
+        true
     }
 
     pub fn queued(&self, function: FunctionId) -> usize {
@@ -470,6 +476,17 @@ mod tests {
         c.next_dispatch().unwrap();
         c.enqueue(3, 1);
         assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host), "the peer link is slower than the host's");
+    }
+
+    #[test]
+    fn requests_for_unknown_functions_are_not_queued() {
+        let mut c = cluster(1, 4);
+        assert!(!c.enqueue(1, 9));
+        c.add_function(9, "f", PAGE).unwrap();
+        assert!(c.enqueue(2, 9));
+        c.remove_function(9);
+        assert!(!c.enqueue(3, 9));
+        assert!(c.next_dispatch().is_none());
     }
 
     #[test]

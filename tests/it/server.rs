@@ -377,6 +377,11 @@ fn api_errors_have_stable_codes() {
     expect(code(s2.post("/v2/models/tiny_bert/infer", &bad_input)), 400, "bad_request");
     expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 600]))), 400, "invalid_input");
     expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&vec![1; 129]))), 400, "invalid_input");
+    // More sequences than the function's max_batch (8 by default).
+    let nine = json!({"inputs": [{"name": "input_ids", "shape": [9, 1], "datatype": "INT64", "data": vec![1; 9]}]});
+    let (status, body) = s2.post("/v2/models/tiny_bert/infer", &nine);
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_input")));
+    assert!(body["error"].as_str().unwrap().contains("max_batch"), "{body}");
     // 100 tokens need more activation memory than the 16 KiB workspace; 2 tokens do not.
     expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1; 100]))), 400, "exceeds_workspace");
     expect(code(s2.post("/v2/models/tiny_bert/infer", &ids_input(&[1, 2]))), 200, "");
