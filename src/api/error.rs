@@ -55,6 +55,10 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
         RuntimeError::Engine(EngineError::UnknownOutput { .. }) => (StatusCode::BAD_REQUEST, "unknown_output"),
         RuntimeError::Engine(EngineError::NoTokenizer { .. }) => (StatusCode::BAD_REQUEST, "no_tokenizer"),
         RuntimeError::Engine(EngineError::WorkspaceTooSmall { .. }) => (StatusCode::BAD_REQUEST, "exceeds_workspace"),
+        // A weights buffer of the wrong size is the runtime's fault, never the request's.
+        RuntimeError::Engine(EngineError::WeightsSizeMismatch { .. }) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
         RuntimeError::Engine(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         RuntimeError::Device { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "device_error"),
         RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),
