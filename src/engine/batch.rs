@@ -61,11 +61,6 @@ impl TokenBatch {
         Ok(Self { batch, seq, ids, mask, type_ids })
     }
 
-    /// Number of unmasked tokens in each row.
-    pub fn lengths(&self) -> Vec<usize> {
-        self.mask.chunks_exact(self.seq).map(|r| r.iter().filter(|&&m| m).count()).collect()
-    }
-
     /// Checks ids and segment ids against a model's vocabulary and position limits.
     pub fn validate(&self, vocab: usize, type_vocab: usize, max_positions: usize) -> Result<()> {
         if self.seq > max_positions {
@@ -98,7 +93,6 @@ mod tests {
         assert_eq!((b.batch, b.seq), (2, 3));
         assert_eq!(b.ids, vec![5, 6, 7, 9, 0, 0]);
         assert_eq!(b.mask, vec![true, true, true, true, false, false]);
-        assert_eq!(b.lengths(), vec![3, 1]);
     }
 
     #[test]

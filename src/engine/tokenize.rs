@@ -68,8 +68,4 @@ impl TextEncoder {
             })
             .collect()
     }
-
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| EngineError::BadInput(format!("cannot decode tokens: {e}")))
-    }
 }

@@ -19,10 +19,6 @@ impl Workspace {
         Self::new((bytes / 4) as usize)
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.buf.len() as u64 * 4
-    }
-
     pub fn arena(&mut self) -> Arena<'_> {
         let capacity = self.buf.len();
         Arena { rest: &mut self.buf, capacity, used: 0 }
@@ -51,11 +47,6 @@ impl<'a> Arena<'a> {
         self.used += n;
         head.fill(0.0);
         Ok(head)
-    }
-
-    /// Floats handed out so far.
-    pub fn used(&self) -> usize {
-        self.used
     }
 
     /// Runs `f` with an arena over what is left; what `f` takes is free again afterwards (one
