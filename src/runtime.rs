@@ -93,10 +93,14 @@ impl FunctionEntry {
         tracker.status(settings.slo_ms, settings.slo_percentile)
     }
 
+    /// Cheap on the request path: the percentile is computed only when someone asks (`slo`,
+    /// the functions API, a `/metrics` scrape).
     fn record_latency(&self, ms: f64) {
         self.slo.lock().unwrap_or_else(|e| e.into_inner()).record(ms);
-        let status = self.slo();
-        m::slo(&self.name, status.compliant, status.observed_ms);
+    }
+
+    fn max_batch(&self) -> usize {
+        self.record.read().unwrap_or_else(|e| e.into_inner()).settings.max_batch
     }
 }
 
@@ -364,7 +368,7 @@ impl Runtime {
         let received = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
         // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
-        entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.record().settings.max_batch, received, reply });
+        entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.max_batch(), received, reply });
         let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;
@@ -392,6 +396,14 @@ impl Runtime {
         }
         s.last_inference_ms.store(now_ms(), Ordering::Relaxed);
         result
+    }
+
+    /// Sets the per-function SLO gauges; called before `/metrics` renders.
+    pub fn publish_slo_metrics(&self) {
+        for f in self.functions() {
+            let s = f.slo();
+            m::slo(&f.name, s.compliant, s.observed_ms);
+        }
     }
 
     pub async fn device_snapshots(&self) -> Vec<DeviceSnapshot> {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::body;
 use super::error::ApiError;
 use super::kserve::io_metadata;
+use crate::policy::cluster::DeviceSnapshot;
 use crate::runtime::{FunctionEntry, Runtime};
 use crate::store::FunctionSettings;
 
@@ -37,11 +38,12 @@ struct UpdateRequest {
     settings: FunctionSettings,
 }
 
-async fn view(rt: &Runtime, entry: &FunctionEntry) -> Value {
+/// A function as the API shows it; `snapshots` are the devices' memory maps, fetched once per
+/// response.
+async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot]) -> Value {
     let record = entry.record();
     let summary = entry.model.spec.summary();
     let (inputs, outputs) = io_metadata(entry);
-    let snapshots = rt.device_snapshots().await;
     let resident_on: Vec<&str> = snapshots
         .iter()
         .zip(&rt.devices)
@@ -66,9 +68,10 @@ async fn view(rt: &Runtime, entry: &FunctionEntry) -> Value {
 }
 
 async fn list(rt: web::Data<Runtime>) -> HttpResponse {
+    let snapshots = rt.device_snapshots().await;
     let mut out = Vec::new();
     for entry in rt.functions() {
-        out.push(view(&rt, &entry).await);
+        out.push(view(&rt, &entry, &snapshots).await);
     }
     HttpResponse::Ok().json(out)
 }
@@ -78,12 +81,12 @@ async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpRes
     let req: CreateRequest = body::json(&body)?;
     let model = req.model.unwrap_or_else(|| req.name.clone());
     let entry = rt.clone().into_inner().deploy(&req.name, &model, req.settings).await?;
-    Ok(HttpResponse::Created().json(view(&rt, &entry).await))
+    Ok(HttpResponse::Created().json(view(&rt, &entry, &rt.device_snapshots().await).await))
 }
 
 async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let entry = rt.function(&path.0).ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
-    Ok(HttpResponse::Ok().json(view(&rt, &entry).await))
+    Ok(HttpResponse::Ok().json(view(&rt, &entry, &rt.device_snapshots().await).await))
 }
 
 async fn update(

@@ -19,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics));
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(rt: web::Data<crate::runtime::Runtime>) -> HttpResponse {
+    rt.publish_slo_metrics();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::metrics::handle().render())
 }

@@ -447,6 +447,7 @@ fn synthetic_packages_serve_exact_outputs_and_track_their_slo() {
     }
     let (_, f) = s.get("/api/v1/functions/mini");
     assert_eq!(f["slo"]["compliant"], true, "{f}");
+    assert_eq!(s.metric("faaswap_function_slo_compliant{function=\"mini\"}"), 1.0);
     assert_eq!(f["slo"]["window"], 3);
     assert_eq!(f["resident_on"], json!(["cpu:0"]));
     // A deadline no request can meet turns the function non-compliant.
@@ -454,6 +455,7 @@ fn synthetic_packages_serve_exact_outputs_and_track_their_slo() {
     let (status, f) = s.request("PATCH", "/api/v1/functions/mini", Some(&strict));
     assert_eq!(status, 200, "{f}");
     assert_eq!(f["slo"]["compliant"], false, "{f}");
+    assert_eq!(s.metric("faaswap_function_slo_compliant{function=\"mini\"}"), 0.0);
     assert!(f["slo"]["observed_ms"].as_f64().unwrap() > 0.001);
     // Undeploying drops its residency: the pool is empty again.
     assert_eq!(s.request("DELETE", "/api/v1/functions/mini", None).0, 200);
