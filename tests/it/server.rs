@@ -124,11 +124,7 @@ fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
 pub fn repository() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     for (name, src) in [("tiny_bert", tiny_bert()), ("tiny_gpt2", tiny_gpt2())] {
-        let dst = repo.path().join(name);
-        std::fs::create_dir(&dst).unwrap();
-        for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(src.join(file), dst.join(file)).unwrap();
-        }
+        copy_dir(&src, &repo.path().join(name));
     }
     repo
 }
