@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Context, Handler};
-use tokio::sync::oneshot;
 
 use super::messages::{Infer, Inputs, Submit, Work};
 use super::scheduler::SchedulerActor;
@@ -28,22 +27,22 @@ impl FunctionActor {
         Self { id, name, model, scheduler }
     }
 
-    fn prepare(&self, msg: Infer) -> Result<Work, RuntimeError> {
+    fn prepare(&self, inputs: Inputs, requested: &[String], max_batch: usize) -> Result<Work, RuntimeError> {
         let spec = &self.model.spec;
-        let outputs: Vec<OutputKind> = if msg.outputs.is_empty() {
+        let outputs: Vec<OutputKind> = if requested.is_empty() {
             vec![spec.default_output()]
         } else {
-            msg.outputs.iter().map(|n| spec.output_by_name(n)).collect::<Result<_, _>>()?
+            requested.iter().map(|n| spec.output_by_name(n)).collect::<Result<_, _>>()?
         };
-        let batch = match msg.inputs {
+        let batch = match inputs {
             Inputs::Texts(texts) => TokenBatch::from_sequences(&spec.tokenize(&texts)?)?,
             Inputs::Tokens(batch) => batch,
         };
         spec.check_request(&batch, &outputs)?;
-        if batch.batch > msg.max_batch {
+        if batch.batch > max_batch {
             return Err(EngineError::BadInput(format!(
                 "a batch of {} exceeds the function's max_batch of {}",
-                batch.batch, msg.max_batch
+                batch.batch, max_batch
             ))
             .into());
         }
@@ -65,10 +64,9 @@ impl Actor for FunctionActor {
 impl Handler<Infer> for FunctionActor {
     type Result = ();
 
-    fn handle(&mut self, mut msg: Infer, _: &mut Context<Self>) {
-        let received = msg.received;
-        let reply = std::mem::replace(&mut msg.reply, oneshot::channel().0);
-        match self.prepare(msg) {
+    fn handle(&mut self, msg: Infer, _: &mut Context<Self>) {
+        let Infer { inputs, outputs, max_batch, received, reply } = msg;
+        match self.prepare(inputs, &outputs, max_batch) {
             Ok(work) => {
                 self.scheduler.do_send(Submit { function: self.id, name: self.name.clone(), work, received, reply })
             }

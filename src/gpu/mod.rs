@@ -117,6 +117,12 @@ impl DevicePlan {
             pool_bytes: device_memory.unwrap_or(memory),
             topology,
         };
+        let cuda = |count| Self {
+            kind: DeviceKind::Cuda,
+            count,
+            pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL),
+            topology: Topology::default(),
+        };
         if spec.ends_with(".json") {
             return topology::load(Path::new(spec)).map(simulated);
         }
@@ -132,12 +138,7 @@ impl DevicePlan {
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         match kind {
             "auto" if rest.is_empty() => match cuda::probe() {
-                Ok(n) => Ok(Self {
-                    kind: DeviceKind::Cuda,
-                    count: n,
-                    pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL),
-                    topology: Topology::default(),
-                }),
+                Ok(n) => Ok(cuda(n)),
                 Err(e) => {
                     tracing::info!("devices auto: using the CPU ({e})");
                     Ok(Self {
@@ -154,7 +155,7 @@ impl DevicePlan {
                 pool_bytes: device_memory.unwrap_or(DEFAULT_CPU_POOL),
                 topology: Topology::default(),
             }),
-            "cuda" if rest.is_empty() => Err(cuda::probe().expect_err("no CUDA back end yet")),
+            "cuda" if rest.is_empty() => cuda::probe().map(cuda),
             "sim" => {
                 let (n, size) = rest.split_once('x').unwrap_or((rest, ""));
                 let pool_bytes = if size.is_empty() {
@@ -201,7 +202,7 @@ impl DevicePlan {
                         info(DeviceKind::Sim, "sim", Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)), 0),
                         opts.sim_time_scale,
                     ))),
-                    DeviceKind::Cuda => Err(cuda::probe().expect_err("no CUDA back end yet")),
+                    DeviceKind::Cuda => Err(DeviceError::Unavailable("the CUDA back end is not built yet".into())),
                 }
             })
             .collect()
