@@ -94,7 +94,10 @@ pub struct Store {
 impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir.join("packages")).map_err(io(state_dir))?;
-        let db = sled::open(state_dir.join("db"))?;
+        // Every write is flushed before it is acknowledged, so sled's background flusher is not
+        // needed; without it no thread outlives the store and keeps its file lock, and a
+        // restart in the same process (tests) or right after the old process exits opens it.
+        let db = open_db(&state_dir.join("db"))?;
         let functions = db.open_tree("functions")?;
         Ok(Self { root: state_dir.to_path_buf(), db, functions })
     }
@@ -192,6 +195,25 @@ impl Store {
     }
 }
 
+/// Opens sled, waiting up to 5 s for the file lock: a server that is restarting may still be
+/// releasing it (an old process exiting, or the previous server in this process finishing its
+/// shutdown on worker threads).
+#[allow(clippy::disallowed_methods)] // start-up, before any request is served
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!("state store locked, retrying: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, StoreError> {
     bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
 }
@@ -272,6 +294,20 @@ mod tests {
         assert_ne!(digest_a, digest_b);
         assert_eq!(store.remove_unused_packages().unwrap(), 2, "no record points at either copy");
         assert!(!state.path().join(dir_a).exists());
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // holds the lock a while from another thread
+    fn opening_waits_for_a_store_that_is_being_closed() {
+        let state = tempfile::tempdir().unwrap();
+        let first = Store::open(state.path()).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        let second = Store::open(state.path());
+        closer.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
     }
 
     #[test]
