@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::gpu::{parse_bandwidth, parse_bytes, DevicePlan};
+use crate::policy::PolicyKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +59,13 @@ pub struct ServeArgs {
     /// Largest request body [default: 64MiB].
     #[arg(long, env = "FAASWAP_MAX_BODY")]
     pub max_body: Option<String>,
+    /// Scheduling and memory policy: native, simpleswap, torpor or faaswap [default: faaswap].
+    #[arg(long, env = "FAASWAP_POLICY")]
+    pub policy: Option<String>,
+    /// faaswap policy: refuse (503 deadline_unmeetable) a request that cannot finish before its
+    /// deadline on any device, instead of running it late [default: true].
+    #[arg(long, env = "FAASWAP_SHED")]
+    pub shed: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -72,6 +80,8 @@ pub struct ServeConfig {
     pub sim_time_scale: f64,
     pub workspace_bytes: u64,
     pub max_body: usize,
+    pub policy: PolicyKind,
+    pub shed: bool,
 }
 
 impl ServeArgs {
@@ -111,6 +121,11 @@ impl ServeArgs {
             sim_time_scale,
             workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?.unwrap_or(1 << 30),
             max_body: max_body as usize,
+            policy: pick(self.policy, file.policy)
+                .map(|p| p.parse::<PolicyKind>().map_err(|e| ConfigError::Invalid(format!("--policy: {e}"))))
+                .transpose()?
+                .unwrap_or_default(),
+            shed: self.shed.or(file.shed).unwrap_or(true),
         })
     }
 
@@ -157,5 +172,6 @@ mod tests {
         bad(ServeArgs { device_memory: Some("lots".into()), ..Default::default() });
         bad(ServeArgs { host_link: Some("fast".into()), ..Default::default() });
         bad(ServeArgs { devices: Some("tpu".into()), ..Default::default() });
+        bad(ServeArgs { policy: Some("lru".into()), ..Default::default() });
     }
 }

@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod server;
+pub mod simulator;
 pub mod store;

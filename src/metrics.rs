@@ -78,6 +78,11 @@ pub fn eviction(reason: &'static str) {
     counter!("faaswap_evictions_total", "reason" => reason).increment(1);
 }
 
+/// A request the scheduler refused or shed (`reason`: `not_placed`, `deadline_unmeetable`).
+pub fn dropped(function: &str, reason: &'static str) {
+    counter!("faaswap_dropped_requests_total", "function" => function.to_string(), "reason" => reason).increment(1);
+}
+
 pub fn device_memory(device: &str, used: u64, capacity: u64) {
     gauge!("faaswap_device_resident_bytes", "device" => device.to_string()).set(used as f64);
     gauge!("faaswap_device_capacity_bytes", "device" => device.to_string()).set(capacity as f64);

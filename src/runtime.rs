@@ -10,19 +10,22 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, Addr, Arbiter};
 
-use crate::actors::function::FunctionActor;
+use crate::actors::function::{FunctionActor, Payload};
 use crate::actors::gpu::GpuActor;
 use crate::actors::messages::{
-    AttachGpus, Completed, GetDevices, GetQueued, Infer, Inputs, RegisterFunction, UnregisterFunction,
+    AttachGpus, Completed, GetDevices, GetQueued, Infer, Inputs, RegisterFunction, UnregisterFunction, UpdateSlo,
 };
 use crate::actors::scheduler::SchedulerActor;
 use crate::actors::RuntimeError;
 use crate::config::ServeConfig;
 use crate::engine::{EngineError, Model};
-use crate::gpu::{BuildOptions, DeviceError, DeviceInfo};
+use crate::gpu::{BuildOptions, DeviceError, DeviceInfo, DeviceKind};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
-use crate::policy::{Cluster, FunctionId, Links, PagePool, SloStatus, SloTracker};
+use crate::policy::{
+    estimate, Cluster, ClusterConfig, DeviceSpec, FunctionId, FunctionSpec, ModelClass, PagePool, Profile, SloStatus,
+    SloTracker,
+};
 use crate::store::{FunctionRecord, FunctionSettings, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum DeployError {
     NotDeployed(String),
     #[error("invalid settings: {0}")]
     InvalidSettings(String),
+    #[error("invalid profile: {0}")]
+    InvalidProfile(String),
+    #[error("a function deployed from a profile alone needs sim devices (it has no weights to compute with)")]
+    ProfileNeedsSim,
     #[error("bad model package: {0}")]
     BadPackage(#[source] EngineError),
     #[error("function {name:?} cannot be served: {reason}")]
@@ -76,13 +83,18 @@ pub struct FunctionEntry {
     pub id: FunctionId,
     pub name: String,
     pub record: RwLock<FunctionRecord>,
-    pub model: Arc<Model>,
+    pub payload: Payload,
     actor: Addr<FunctionActor>,
     pub stats: FunctionStats,
     slo: std::sync::Mutex<SloTracker>,
 }
 
 impl FunctionEntry {
+    /// The model package (none for a function deployed from a profile alone).
+    pub fn model(&self) -> Option<&Arc<Model>> {
+        self.payload.model()
+    }
+
     pub fn record(&self) -> FunctionRecord {
         self.record.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -140,14 +152,20 @@ impl Runtime {
             workspace_bytes: config.workspace_bytes,
         })?;
         let infos: Vec<DeviceInfo> = devices.iter().map(|d| d.info().clone()).collect();
-        let pools = infos.iter().map(|i| PagePool::new(i.pool_bytes, i.page_bytes)).collect();
+        let specs = infos
+            .iter()
+            .map(|i| DeviceSpec {
+                pool: PagePool::new(i.pool_bytes, i.page_bytes),
+                host_link: i.host_link_bytes_per_s,
+                peers: i.peer_links_bytes_per_s.clone(),
+                host_group: i.host_group,
+            })
+            .collect();
         let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();
         let sched_arbiter = Arbiter::new();
-        let links = infos
-            .iter()
-            .map(|i| Links { host: i.host_link_bytes_per_s, peers: i.peer_links_bytes_per_s.clone() })
-            .collect();
-        let scheduler_state = SchedulerActor::new(Cluster::with_links(pools, links), ids);
+        let cluster = Cluster::new(ClusterConfig { policy: config.policy, seed: 0, shed: config.shed }, specs);
+        tracing::info!("scheduling policy: {}{}", config.policy, if config.shed { " (shedding)" } else { "" });
+        let scheduler_state = SchedulerActor::new(cluster, ids);
         let scheduler = SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
         let mut arbiters = vec![sched_arbiter];
         let mut gpus = Vec::with_capacity(devices.len());
@@ -263,7 +281,45 @@ impl Runtime {
             package_dir,
             settings,
             created_unix_ms: now_ms(),
+            profile: None,
         };
+        self.finish_deploy(record).await
+    }
+
+    /// Deploys function `name` from a profile alone (weight bytes, execution time, class): no
+    /// weights in host memory, so only `sim` devices can serve it. Durable once it returns.
+    pub async fn deploy_profile(
+        self: &Arc<Self>,
+        name: &str,
+        profile: Profile,
+        settings: FunctionSettings,
+    ) -> Result<Arc<FunctionEntry>, DeployError> {
+        if !valid_name(name) {
+            return Err(DeployError::InvalidName(name.to_string()));
+        }
+        settings.validate().map_err(DeployError::InvalidSettings)?;
+        profile.validate().map_err(DeployError::InvalidProfile)?;
+        if self.devices.iter().any(|d| d.kind != DeviceKind::Sim) {
+            return Err(DeployError::ProfileNeedsSim);
+        }
+        let _guard = self.deploys.lock().await;
+        if self.function(name).is_some() {
+            return Err(DeployError::AlreadyExists(name.to_string()));
+        }
+        let record = FunctionRecord {
+            name: name.to_string(),
+            model: "profile".to_string(),
+            digest: String::new(),
+            package_dir: String::new(),
+            settings,
+            created_unix_ms: now_ms(),
+            profile: Some(profile),
+        };
+        self.finish_deploy(record).await
+    }
+
+    /// Activates a new function's record, makes it durable, then visible.
+    async fn finish_deploy(self: &Arc<Self>, record: FunctionRecord) -> Result<Arc<FunctionEntry>, DeployError> {
         let entry = match self.activate(record.clone()).await {
             Ok(entry) => entry,
             Err(e) => {
@@ -291,36 +347,63 @@ impl Runtime {
     /// Loads a recorded function's package, registers it with the scheduler and starts its
     /// actor; the caller publishes it.
     async fn activate(self: &Arc<Self>, record: FunctionRecord) -> Result<Arc<FunctionEntry>, DeployError> {
-        let dir = self.store.package_path(&record);
-        let model = actix_rt::task::spawn_blocking(move || Model::load(&dir))
-            .await
-            .map_err(|e| DeployError::Task(e.to_string()))?
-            .map_err(DeployError::BadPackage)?;
-        let model = Arc::new(model);
+        let payload = match record.profile {
+            Some(p) => Payload::Profile(p),
+            None => {
+                let dir = self.store.package_path(&record);
+                let model = actix_rt::task::spawn_blocking(move || Model::load(&dir))
+                    .await
+                    .map_err(|e| DeployError::Task(e.to_string()))?
+                    .map_err(DeployError::BadPackage)?;
+                Payload::Model(Arc::new(model))
+            }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let name = record.name.clone();
+        let spec = self.function_spec(&name, &payload, &record.settings);
         self.scheduler
-            .send(RegisterFunction { id, name: name.clone(), bytes: model.spec.layout.total_bytes() as u64 })
+            .send(RegisterFunction { id, spec })
             .await
             .map_err(|_| RuntimeError::Stopped)?
             .map_err(|reason| DeployError::DoesNotFit { name: name.clone(), reason })?;
-        let (actor_model, scheduler, actor_name) = (model.clone(), self.scheduler.clone(), name.clone());
+        let (actor_payload, scheduler, actor_name) = (payload.clone(), self.scheduler.clone(), name.clone());
         let actor = FunctionActor::start_in_arbiter(
             // On the scheduler's thread: a request then crosses threads only to its device
             // and back (each crossing is a wake-up, the largest cost of a zero-time job).
             &self.arbiters[0].handle(),
-            move |_| FunctionActor::new(id, actor_name, actor_model, scheduler),
+            move |_| FunctionActor::new(id, actor_name, actor_payload, scheduler),
         );
         let entry = Arc::new(FunctionEntry {
             id,
             name: name.clone(),
             record: RwLock::new(record),
-            model,
+            payload,
             actor,
             stats: FunctionStats::default(),
             slo: std::sync::Mutex::new(SloTracker::default()),
         });
         Ok(entry)
+    }
+
+    /// What the policies first know of a function: its bytes, its SLO, and an execution time
+    /// the scheduler refines from every measured run (memory-bound guess: weights read once at
+    /// host-memory speed).
+    fn function_spec(&self, name: &str, payload: &Payload, settings: &FunctionSettings) -> FunctionSpec {
+        let bytes = payload.bytes();
+        let host = self.devices.first().and_then(|d| d.host_link_bytes_per_s).unwrap_or(estimate::UNLIMITED_LINK);
+        let (exec_ms, class) = match payload {
+            Payload::Profile(p) => (p.exec_ms, p.class),
+            Payload::Model(_) => (estimate::transfer_ms(bytes, estimate::UNLIMITED_LINK).max(0.1), None),
+        };
+        FunctionSpec {
+            name: name.to_string(),
+            bytes,
+            exec_ms,
+            class: class.unwrap_or_else(|| ModelClass::measure(bytes, exec_ms, host)),
+            deadline_ms: settings.slo_ms,
+            percentile: settings.slo_percentile,
+            max_batch: settings.max_batch,
+        }
     }
 
     async fn deactivate(&self, name: &str) -> Option<Arc<FunctionEntry>> {
@@ -355,6 +438,13 @@ impl Runtime {
         record.settings = settings;
         self.store.put(&record)?;
         *entry.record.write().unwrap_or_else(|e| e.into_inner()) = record.clone();
+        let s = &record.settings;
+        self.scheduler.do_send(UpdateSlo {
+            id: entry.id,
+            deadline_ms: s.slo_ms,
+            percentile: s.slo_percentile,
+            max_batch: s.max_batch,
+        });
         Ok(record)
     }
 

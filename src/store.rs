@@ -83,6 +83,8 @@ pub struct FunctionRecord {
     pub package_dir: String,
     pub settings: FunctionSettings,
     pub created_unix_ms: u64,
+    /// Set for a function deployed from a profile alone (no package: `package_dir` is empty).
+    pub profile: Option<crate::policy::Profile>,
 }
 
 pub struct Store {
@@ -267,6 +269,7 @@ mod tests {
                 package_dir: dir,
                 settings: FunctionSettings::default(),
                 created_unix_ms: 1,
+                profile: None,
             };
             store.put(&record).unwrap();
             record

@@ -9,7 +9,31 @@ use super::messages::{Infer, Inputs, Submit, Work};
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
 use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
-use crate::policy::FunctionId;
+use crate::policy::{FunctionId, Profile};
+
+/// What a function runs: a model package, or (on `sim` devices) a profile alone.
+#[derive(Clone)]
+pub enum Payload {
+    Model(Arc<Model>),
+    Profile(Profile),
+}
+
+impl Payload {
+    pub fn model(&self) -> Option<&Arc<Model>> {
+        match self {
+            Self::Model(m) => Some(m),
+            Self::Profile(_) => None,
+        }
+    }
+
+    /// Weight bytes a swap moves.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Self::Model(m) => m.spec.layout.total_bytes() as u64,
+            Self::Profile(p) => p.weight_bytes,
+        }
+    }
+}
 
 /// Most output values one request may produce (256 MiB of `f32`): responses are built in host
 /// memory, outside the device's workspace.
@@ -18,17 +42,21 @@ const MAX_OUTPUT_VALUES: usize = 1 << 26;
 pub struct FunctionActor {
     id: FunctionId,
     name: String,
-    model: Arc<Model>,
+    payload: Payload,
     scheduler: Addr<SchedulerActor>,
 }
 
 impl FunctionActor {
-    pub fn new(id: FunctionId, name: String, model: Arc<Model>, scheduler: Addr<SchedulerActor>) -> Self {
-        Self { id, name, model, scheduler }
+    pub fn new(id: FunctionId, name: String, payload: Payload, scheduler: Addr<SchedulerActor>) -> Self {
+        Self { id, name, payload, scheduler }
     }
 
     fn prepare(&self, inputs: Inputs, requested: &[String], max_batch: usize) -> Result<Work, RuntimeError> {
-        let spec = &self.model.spec;
+        let model = match &self.payload {
+            Payload::Model(m) => m,
+            Payload::Profile(p) => return Self::prepare_profiled(p, inputs, requested, max_batch),
+        };
+        let spec = &model.spec;
         let outputs: Vec<OutputKind> = if requested.is_empty() {
             vec![spec.default_output()]
         } else {
@@ -53,7 +81,32 @@ impl FunctionActor {
             ))
             .into());
         }
-        Ok(Work { model: self.model.clone(), batch, outputs })
+        Ok(Work { model: Some(model.clone()), bytes: self.payload.bytes(), exec_ms: None, batch, outputs })
+    }
+
+    /// A profiled function takes token ids (or texts, one sequence each) only for their batch
+    /// size and produces no tensors.
+    fn prepare_profiled(
+        p: &Profile,
+        inputs: Inputs,
+        requested: &[String],
+        max_batch: usize,
+    ) -> Result<Work, RuntimeError> {
+        if let Some(name) = requested.first() {
+            return Err(EngineError::UnknownOutput { name: name.clone(), available: String::new() }.into());
+        }
+        let batch = match inputs {
+            Inputs::Texts(texts) => TokenBatch::from_sequences(&vec![vec![0]; texts.len()])?,
+            Inputs::Tokens(batch) => batch,
+        };
+        if batch.batch > max_batch {
+            return Err(EngineError::BadInput(format!(
+                "a batch of {} exceeds the function's max_batch of {}",
+                batch.batch, max_batch
+            ))
+            .into());
+        }
+        Ok(Work { model: None, bytes: p.weight_bytes, exec_ms: Some(p.exec_ms), batch, outputs: Vec::new() })
     }
 }
 
@@ -67,9 +120,14 @@ impl Handler<Infer> for FunctionActor {
     fn handle(&mut self, msg: Infer, _: &mut Context<Self>) {
         let Infer { inputs, outputs, max_batch, received, reply } = msg;
         match self.prepare(inputs, &outputs, max_batch) {
-            Ok(work) => {
-                self.scheduler.do_send(Submit { function: self.id, name: self.name.clone(), work, received, reply })
-            }
+            Ok(work) => self.scheduler.do_send(Submit {
+                function: self.id,
+                name: self.name.clone(),
+                work,
+                received,
+                deadline_ms: None,
+                reply,
+            }),
             Err(e) => {
                 let _ = reply.send(Err(e));
             }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::RuntimeError;
 use crate::engine::{Model, OutputKind, OutputTensor, TokenBatch};
 use crate::gpu::Job;
-use crate::policy::{DeviceId, FunctionId};
+use crate::policy::{DeviceId, FunctionId, FunctionSpec};
 
 /// Where a finished request's result goes.
 pub type Reply = oneshot::Sender<Result<Completed, RuntimeError>>;
@@ -33,7 +33,10 @@ pub struct Completed {
 
 /// A request the scheduler has accepted: what to run, once placed.
 pub struct Work {
-    pub model: Arc<Model>,
+    /// `None` for a function deployed from a profile alone.
+    pub model: Option<Arc<Model>>,
+    pub bytes: u64,
+    pub exec_ms: Option<f64>,
     pub batch: TokenBatch,
     pub outputs: Vec<OutputKind>,
 }
@@ -48,13 +51,23 @@ pub struct AttachGpus {
     pub gpus: Vec<actix::Addr<super::gpu::GpuActor>>,
 }
 
-/// A newly deployed function of `bytes` packed weights. Refused when it fits no device.
+/// A newly deployed function (its weight bytes, first execution-time estimate, SLO). Refused
+/// when it fits no device.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct RegisterFunction {
     pub id: FunctionId,
-    pub name: String,
-    pub bytes: u64,
+    pub spec: FunctionSpec,
+}
+
+/// A function's SLO or batch limit changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateSlo {
+    pub id: FunctionId,
+    pub deadline_ms: f64,
+    pub percentile: f64,
+    pub max_batch: usize,
 }
 
 /// An undeployed function: its queued requests fail, its residency is dropped.
@@ -72,6 +85,8 @@ pub struct Submit {
     pub name: String,
     pub work: Work,
     pub received: Instant,
+    /// Must finish within this many ms of `received` (the function's SLO deadline when `None`).
+    pub deadline_ms: Option<f64>,
     pub reply: Reply,
 }
 
@@ -81,6 +96,13 @@ pub struct Submit {
 pub struct JobDone {
     pub device: DeviceId,
     pub keep: bool,
+    pub function: FunctionId,
+    /// Arrival-to-completion latency of each request of the batch (infinite when the device
+    /// failed it; none for a request refused for its input).
+    pub latencies_ms: Vec<f64>,
+    /// Execution time of the whole batch, ms.
+    pub exec_ms: f64,
+    pub batch: usize,
 }
 
 /// Residency and memory map of every device.
@@ -97,14 +119,21 @@ pub struct GetQueued {
 
 // ---- GpuActor ----
 
-/// Run one job on the device (swap-in first when the job says so).
+/// Run a batch of a function's requests on the device, back to back (the first copies the
+/// model in when the order says so).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Execute {
-    pub job: Job,
-    pub function: String,
-    pub received: Instant,
+    pub function: FunctionId,
+    pub name: String,
+    pub items: Vec<ExecItem>,
     pub dispatched: Instant,
+}
+
+/// One request of an `Execute` batch.
+pub struct ExecItem {
+    pub job: Job,
+    pub received: Instant,
     pub reply: Reply,
 }
 

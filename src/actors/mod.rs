@@ -21,6 +21,10 @@ pub enum RuntimeError {
     },
     #[error("function {0:?} was undeployed before its request ran")]
     FunctionGone(String),
+    #[error("function {0:?} has no device (the native policy binds functions at deploy while memory lasts)")]
+    NotPlaced(String),
+    #[error("the request to {0:?} cannot finish before its deadline on any device")]
+    DeadlineUnmeetable(String),
     #[error("the runtime is shutting down")]
     Stopped,
 }

@@ -1,6 +1,6 @@
-//! The scheduler actor: owns the global view (a `policy::Cluster`) and the requests waiting
-//! for a device; places each request and sends the execute order to that device's GPU actor.
-//! It never blocks and never touches a device.
+//! The scheduler actor: owns the global view (a `policy::Cluster`, the same code the simulator
+//! runs) and the requests waiting for a device; applies each decision — an execute order to a
+//! GPU actor, or an error for a dropped request. It never blocks and never touches a device.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -9,13 +9,14 @@ use actix::{Actor, Addr, Context, Handler};
 
 use super::gpu::GpuActor;
 use super::messages::{
-    AttachGpus, Execute, GetDevices, GetQueued, JobDone, RegisterFunction, Reply, Submit, UnregisterFunction, Work,
+    AttachGpus, ExecItem, Execute, GetDevices, GetQueued, JobDone, RegisterFunction, Reply, Submit, UnregisterFunction,
+    UpdateSlo, Work,
 };
 use super::RuntimeError;
 use crate::gpu::Job;
 use crate::metrics as m;
-use crate::policy::cluster::DeviceSnapshot;
-use crate::policy::{Cluster, RequestId};
+use crate::policy::cluster::{Admission, DeviceSnapshot};
+use crate::policy::{Cluster, Decision, DropReason, RequestId};
 
 struct Pending {
     name: String,
@@ -30,11 +31,26 @@ pub struct SchedulerActor {
     device_ids: Vec<String>,
     pending: HashMap<RequestId, Pending>,
     next_request: RequestId,
+    /// The cluster's clock starts here.
+    epoch: Instant,
 }
 
 impl SchedulerActor {
     pub fn new(cluster: Cluster, device_ids: Vec<String>) -> Self {
-        Self { cluster, gpus: Vec::new(), device_ids, pending: HashMap::new(), next_request: 0 }
+        Self { cluster, gpus: Vec::new(), device_ids, pending: HashMap::new(), next_request: 0, epoch: Instant::now() }
+    }
+
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64() * 1e3
+    }
+
+    fn refuse(&mut self, p: Pending, reason: DropReason) {
+        m::dropped(&p.name, reason_label(reason));
+        let error = match reason {
+            DropReason::NotPlaced => RuntimeError::NotPlaced(p.name),
+            DropReason::Unmeetable => RuntimeError::DeadlineUnmeetable(p.name),
+        };
+        let _ = p.reply.send(Err(error));
     }
 
     fn dispatch(&mut self) {
@@ -42,30 +58,50 @@ impl SchedulerActor {
             return;
         }
         let mut moved = false;
-        while let Some(d) = self.cluster.next_dispatch() {
-            moved |= d.swap.is_some();
-            let Some(p) = self.pending.remove(&d.request) else {
-                // Queue and pending move together, so this does not happen; if it did, the copy
-                // was never made and must not be reused.
-                self.cluster.complete(d.device, false);
-                continue;
+        while let Some(decision) = self.cluster.next_dispatch(self.now()) {
+            let d = match decision {
+                Decision::Run(d) => d,
+                Decision::Drop { requests, function, reason } => {
+                    for r in requests {
+                        self.cluster.record(function, f64::INFINITY);
+                        if let Some(p) = self.pending.remove(&r) {
+                            self.refuse(p, reason);
+                        }
+                    }
+                    continue;
+                }
             };
-            for _ in &d.evicted {
-                m::eviction("lru");
+            moved |= d.swap.is_some();
+            for (_, reason) in &d.evicted {
+                m::eviction(reason.label());
             }
-            self.gpus[d.device].do_send(Execute {
-                job: Job {
-                    model: p.work.model,
-                    extent: d.extent,
-                    swap: d.swap,
-                    batch: p.work.batch,
-                    outputs: p.work.outputs,
-                },
-                function: p.name,
-                received: p.received,
-                dispatched: Instant::now(),
-                reply: p.reply,
-            });
+            let mut items = Vec::with_capacity(d.requests.len());
+            let mut name = String::new();
+            for (k, r) in d.requests.iter().enumerate() {
+                // Queue and pending move together, so a request is always found.
+                let Some(p) = self.pending.remove(r) else { continue };
+                name = p.name;
+                items.push(ExecItem {
+                    job: Job {
+                        model: p.work.model,
+                        bytes: p.work.bytes,
+                        exec_ms: p.work.exec_ms,
+                        extent: d.extent,
+                        // Only the first of a batch copies the model in.
+                        swap: if k == 0 { d.swap } else { None },
+                        batch: p.work.batch,
+                        outputs: p.work.outputs,
+                    },
+                    received: p.received,
+                    reply: p.reply,
+                });
+            }
+            if items.is_empty() {
+                // The copy was never made and must not be reused.
+                self.cluster.fail(d.device);
+                continue;
+            }
+            self.gpus[d.device].do_send(Execute { function: d.function, name, items, dispatched: Instant::now() });
         }
         if moved {
             self.publish_memory();
@@ -77,6 +113,13 @@ impl SchedulerActor {
             let s = self.cluster.snapshot(i);
             m::device_memory(id, s.used_bytes, s.capacity_bytes);
         }
+    }
+}
+
+fn reason_label(r: DropReason) -> &'static str {
+    match r {
+        DropReason::NotPlaced => "not_placed",
+        DropReason::Unmeetable => "deadline_unmeetable",
     }
 }
 
@@ -97,7 +140,17 @@ impl Handler<RegisterFunction> for SchedulerActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: RegisterFunction, _: &mut Context<Self>) -> Self::Result {
-        self.cluster.add_function(msg.id, &msg.name, msg.bytes)
+        self.cluster.add_function(msg.id, msg.spec)?;
+        self.publish_memory();
+        Ok(())
+    }
+}
+
+impl Handler<UpdateSlo> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateSlo, _: &mut Context<Self>) {
+        self.cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch);
     }
 }
 
@@ -124,12 +177,22 @@ impl Handler<Submit> for SchedulerActor {
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) {
         let id = self.next_request;
         self.next_request += 1;
-        if !self.cluster.enqueue(id, msg.function) {
-            let _ = msg.reply.send(Err(RuntimeError::FunctionGone(msg.name)));
-            return;
+        let waited = msg.received.elapsed().as_secs_f64() * 1e3;
+        let deadline = msg.deadline_ms.map(|d| d - waited);
+        let p = Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply };
+        match self.cluster.enqueue(id, msg.function, self.now(), deadline) {
+            Admission::Queued => {
+                self.pending.insert(id, p);
+                self.dispatch();
+            }
+            Admission::Rejected(reason) => {
+                self.cluster.record(msg.function, f64::INFINITY);
+                self.refuse(p, reason);
+            }
+            Admission::Unknown => {
+                let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
+            }
         }
-        self.pending.insert(id, Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply });
-        self.dispatch();
     }
 }
 
@@ -137,9 +200,17 @@ impl Handler<JobDone> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobDone, _: &mut Context<Self>) {
-        self.cluster.complete(msg.device, msg.keep);
-        if !msg.keep {
+        if msg.keep {
+            self.cluster.complete(msg.device);
+            if msg.exec_ms > 0.0 {
+                self.cluster.observe_exec(msg.function, msg.batch, msg.exec_ms);
+            }
+        } else {
+            self.cluster.fail(msg.device);
             self.publish_memory();
+        }
+        for l in msg.latencies_ms {
+            self.cluster.record(msg.function, l);
         }
         self.dispatch();
     }

@@ -40,6 +40,8 @@ impl ApiError {
                 D::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
                 D::NotDeployed(_) => (StatusCode::NOT_FOUND, "function_not_found"),
                 D::InvalidSettings(_) => (StatusCode::BAD_REQUEST, "invalid_settings"),
+                D::InvalidProfile(_) => (StatusCode::BAD_REQUEST, "invalid_profile"),
+                D::ProfileNeedsSim => (StatusCode::CONFLICT, "profile_needs_sim_devices"),
                 D::BadPackage(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
                 D::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "model_too_large"),
                 D::Store(_) | D::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -62,6 +64,8 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
         RuntimeError::Engine(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
         RuntimeError::Device { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "device_error"),
         RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+        RuntimeError::NotPlaced(_) => (StatusCode::SERVICE_UNAVAILABLE, "function_not_placed"),
+        RuntimeError::DeadlineUnmeetable(_) => (StatusCode::SERVICE_UNAVAILABLE, "deadline_unmeetable"),
         RuntimeError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
     }
 }

@@ -9,6 +9,7 @@ use super::body;
 use super::error::ApiError;
 use super::kserve::io_metadata;
 use crate::policy::cluster::DeviceSnapshot;
+use crate::policy::Profile;
 use crate::runtime::{FunctionEntry, Runtime};
 use crate::store::FunctionSettings;
 
@@ -28,6 +29,9 @@ struct CreateRequest {
     /// Package name in the model repository (default: the function's name).
     #[serde(default)]
     model: Option<String>,
+    /// Deploy from a profile alone (sim devices only) instead of a package.
+    #[serde(default)]
+    profile: Option<Profile>,
     #[serde(default)]
     settings: FunctionSettings,
 }
@@ -42,7 +46,13 @@ struct UpdateRequest {
 /// response.
 async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot]) -> Value {
     let record = entry.record();
-    let summary = entry.model.spec.summary();
+    let (model_type, max_input_tokens) = match entry.model() {
+        Some(m) => {
+            let s = m.spec.summary();
+            (s.model_type.to_string(), Some(s.max_input_tokens))
+        }
+        None => ("profile".to_string(), None),
+    };
     let (inputs, outputs) = io_metadata(entry);
     let resident_on: Vec<&str> = snapshots
         .iter()
@@ -56,9 +66,10 @@ async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot])
         "digest": record.digest,
         "settings": record.settings,
         "created_unix_ms": record.created_unix_ms,
-        "model_type": summary.model_type,
-        "weight_bytes": summary.weight_bytes,
-        "max_input_tokens": summary.max_input_tokens,
+        "model_type": model_type,
+        "weight_bytes": entry.payload.bytes(),
+        "max_input_tokens": max_input_tokens,
+        "profile": record.profile,
         "inputs": inputs,
         "outputs": outputs,
         "resident_on": resident_on,
@@ -79,8 +90,12 @@ async fn list(rt: web::Data<Runtime>) -> HttpResponse {
 async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let body = body::read(payload, 1 << 20).await?;
     let req: CreateRequest = body::json(&body)?;
-    let model = req.model.unwrap_or_else(|| req.name.clone());
-    let entry = rt.clone().into_inner().deploy(&req.name, &model, req.settings).await?;
+    let rt_arc = rt.clone().into_inner();
+    let entry = match (req.profile, req.model) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give a model or a profile, not both".into())),
+        (Some(profile), None) => rt_arc.deploy_profile(&req.name, profile, req.settings).await?,
+        (None, model) => rt_arc.deploy(&req.name, &model.unwrap_or_else(|| req.name.clone()), req.settings).await?,
+    };
     Ok(HttpResponse::Created().json(view(&rt, &entry, &rt.device_snapshots().await).await))
 }
 

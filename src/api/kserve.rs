@@ -62,8 +62,12 @@ fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
 
 /// The tensors a function takes and produces, as KServe metadata lists them.
 pub fn io_metadata(entry: &FunctionEntry) -> (Value, Value) {
-    let spec = &entry.model.spec;
     let ids = |name: &str| json!({"name": name, "datatype": "INT64", "shape": [-1, -1]});
+    let Some(model) = entry.model() else {
+        // Profiled: token ids count only for the batch size; nothing is computed.
+        return (json!([ids("input_ids")]), json!([]));
+    };
+    let spec = &model.spec;
     let mut inputs = vec![ids("input_ids"), ids("attention_mask")];
     if matches!(spec.config, crate::engine::ModelConfig::Bert(_)) {
         inputs.push(ids("token_type_ids"));
@@ -95,7 +99,7 @@ async fn model_metadata(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> R
     Ok(HttpResponse::Ok().json(json!({
         "name": path.0,
         "versions": ["1"],
-        "platform": format!("faaswap_{}", entry.model.spec.config.model_type()),
+        "platform": format!("faaswap_{}", entry.model().map_or("profile", |m| m.spec.config.model_type())),
         "inputs": inputs,
         "outputs": outputs,
     })))

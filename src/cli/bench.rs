@@ -1,11 +1,14 @@
 //! `faaswap bench`: a closed-loop HTTP load generator for one function's infer endpoint
-//! (KServe v2 JSON), and `faaswap bare-server`, a bare actix-web route answering the same URL
+//! (KServe v2 JSON) — or, with `--scenario`, a replay of a simulator scenario (`replay`) — and
+//! `faaswap bare-server`, a bare actix-web route answering the same URL
 //! with a fixed body — the baseline that isolates faaswap's own overhead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use std::path::PathBuf;
+
 use clap::Args;
 use serde_json::json;
 
@@ -14,17 +17,41 @@ use super::{print_json, CliError, TokenIds};
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, visible_alias = "target", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Function to invoke.
+    /// Function to invoke (closed-loop mode).
+    #[arg(long, required_unless_present = "scenario")]
+    pub function: Option<String>,
+    /// Replay this simulator scenario (`paper-node` or a TOML file) against a server running
+    /// `sim` devices, deploying its functions from their profiles.
+    #[arg(long, conflicts_with = "function")]
+    pub scenario: Option<String>,
+    /// Scenario mode: functions to deploy and replay.
+    #[arg(long, default_value_t = 40)]
+    pub functions: usize,
+    /// Scenario mode: the workload's seed (as `simulate --seed`).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Scenario mode: wall time per scenario time (0.1 replays 10× faster); start the server
+    /// with the same `--sim-time-scale`.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Scenario mode: replay only this many seconds of the workload.
     #[arg(long)]
-    pub function: String,
+    pub duration_s: Option<f64>,
+    /// Scenario mode: replay a CSV trace (`time_ms,function`) instead.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Scenario mode: write the JSON report here.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
     /// Token ids of every request.
     #[arg(long = "input-ids", value_parser = super::parse_ids, default_value = "101,7592,2088,102")]
     pub input_ids: TokenIds,
     #[arg(long, default_value_t = 2000)]
     pub requests: usize,
-    /// Clients sending at once (each waits for its answer before sending again).
+    /// Clients sending at once (closed loop: each waits for its answer before sending again;
+    /// scenario mode: the client threads that send the arrivals).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
     /// Requests sent first and not measured.
@@ -36,7 +63,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.concurrency == 0 || a.requests == 0 {
         return Err(CliError::Usage("--requests and --concurrency must be at least 1".into()));
     }
-    let url = format!("{}/v2/models/{}/infer", a.url.trim_end_matches('/'), a.function);
+    if let Some(s) = &a.scenario {
+        return super::replay::run(&a, s);
+    }
+    let function = a.function.as_deref().unwrap_or_default();
+    let url = format!("{}/v2/models/{}/infer", a.url.trim_end_matches('/'), function);
     let ids = &a.input_ids.0;
     let body = json!({"inputs": [{"name": "input_ids", "shape": [1, ids.len()], "datatype": "INT64", "data": ids}]})
         .to_string();

@@ -4,7 +4,9 @@
 mod bench;
 mod infer;
 mod profile;
+mod replay;
 mod serve;
+mod simulate;
 mod synth;
 
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ pub enum Command {
     Profile(profile::ProfileArgs),
     /// Write a synthetic model package with random weights.
     Synth(synth::SynthArgs),
+    /// Run scheduling policies over a simulated node in virtual time (deterministic, seeded)
+    /// and report SLO compliance, latency, swaps and device load.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Token inputs: texts (needs the package's tokenizer) or explicit ids, one sequence per flag.
@@ -150,6 +155,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(a) => infer::inspect(a),
         Command::Profile(a) => profile::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Simulate(a) => simulate::run(a),
     }
 }
 

@@ -35,8 +35,13 @@ impl Device for CpuDevice {
     }
 
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
-        let spec = &job.model.spec;
-        let host = job.model.weights();
+        let Some(model) = &job.model else {
+            return Err(DeviceError::BadSpec(
+                "a function deployed from a profile alone runs only on sim devices".into(),
+            ));
+        };
+        let spec = &model.spec;
+        let host = model.weights();
         let page_elems = (self.info.page_bytes / 4) as usize;
         let start = job.extent.first * page_elems;
         assert!(host.len() <= job.extent.pages * page_elems, "the scheduler gave an extent smaller than the model");
@@ -129,6 +134,7 @@ mod tests {
             page_bytes: page,
             host_link_bytes_per_s: Some(2e9),
             peer_links_bytes_per_s: vec![None],
+            host_group: 0,
             workspace_bytes: 1 << 20,
         })
         .unwrap();
@@ -136,7 +142,9 @@ mod tests {
         let batch = TokenBatch::from_sequences(&[vec![1, 2, 3], vec![4]]).unwrap();
         let want = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
         let mut job = Job {
-            model: model.clone(),
+            model: Some(model.clone()),
+            bytes: model.weights().len() as u64 * 4,
+            exec_ms: None,
             extent: Extent { first: 3, pages },
             swap: Some(SwapSource::Host),
             batch,

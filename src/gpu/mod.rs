@@ -42,6 +42,8 @@ pub struct DeviceInfo {
     pub host_link_bytes_per_s: Option<f64>,
     /// Copy rate from each other device, by device index (`None`: no peer access).
     pub peer_links_bytes_per_s: Vec<Option<f64>>,
+    /// Devices with the same group share one host link (a PCIe switch).
+    pub host_group: usize,
 }
 
 /// Errors of the device layer.
@@ -56,9 +58,14 @@ pub enum DeviceError {
 }
 
 /// One order for a device: run `batch` on `model`, whose weights sit (or are to be copied)
-/// at `extent` of the device's weight pool.
+/// at `extent` of the device's weight pool. A function deployed from a profile alone has no
+/// model (only `sim` devices run it): its `bytes` and `exec_ms` say what the job costs.
 pub struct Job {
-    pub model: Arc<Model>,
+    pub model: Option<Arc<Model>>,
+    /// Weight bytes a swap moves.
+    pub bytes: u64,
+    /// Profiled execution time of one request, ms (`None`: estimated from the model).
+    pub exec_ms: Option<f64>,
     pub extent: Extent,
     pub swap: Option<SwapSource>,
     pub batch: TokenBatch,
@@ -173,6 +180,9 @@ impl DevicePlan {
 
     /// Creates the devices, reserving each weight pool (and, for `cpu`, its workspace).
     pub fn build(&self, opts: &BuildOptions) -> Result<Vec<Box<dyn Device>>, DeviceError> {
+        let groups = (0..self.count).map(|i| self.topology.host_group(i) + 1).max().unwrap_or(0);
+        let copies: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>> =
+            std::sync::Arc::new((0..groups).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect());
         (0..self.count)
             .map(|i| -> Result<Box<dyn Device>, DeviceError> {
                 let info = |kind: DeviceKind, name: &str, link, workspace_bytes| DeviceInfo {
@@ -188,6 +198,7 @@ impl DevicePlan {
                         .get(i)
                         .cloned()
                         .unwrap_or_else(|| vec![None; self.count]),
+                    host_group: self.topology.host_group(i),
                 };
                 // A --host-link flag overrides the topology's host link.
                 let host_link = opts.host_link.or(self.topology.host_link);
@@ -201,6 +212,7 @@ impl DevicePlan {
                     DeviceKind::Sim => Ok(Box::new(sim::SimDevice::new(
                         info(DeviceKind::Sim, "sim", Some(host_link.unwrap_or(sim::DEFAULT_HOST_LINK)), 0),
                         opts.sim_time_scale,
+                        copies.clone(),
                     ))),
                     DeviceKind::Cuda => Err(DeviceError::Unavailable("the CUDA back end is not built yet".into())),
                 }

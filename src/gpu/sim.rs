@@ -1,45 +1,53 @@
 //! The `sim` device: a modelled GPU for scale experiments. It holds no weights and computes
-//! no tensors; a job takes the time the model says (swap: bytes over the link; execution: a
-//! memory-bound estimate from the model's size) and its result says `simulated`.
+//! no tensors; a job takes the time the model says and its result says `simulated`. Times
+//! follow the simulator's model (`policy::estimate`): a copy moves the weights over the host
+//! link — split evenly among the devices of its PCIe group copying when it starts — or a peer
+//! link, and a swapped job runs pipelined, ending max(transfer, execution) plus the first
+//! chunk after it starts. Execution is the function's profiled time, or for a model package a
+//! memory-bound estimate from its size.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
-use crate::policy::SwapSource;
+use crate::policy::{estimate, SwapSource};
 
 /// Host link of a simulated device when none is configured: PCIe 4.0 x16 class, pinned.
 pub const DEFAULT_HOST_LINK: f64 = 24e9;
 /// Bytes per second a simulated device streams weights at while executing (HBM class); with
-/// a fixed launch overhead this stands in for a profile until profiles are measured.
+/// a fixed launch overhead this stands in for a profile when a package has none.
 const EXEC_BYTES_PER_S: f64 = 1.5e12;
-const EXEC_OVERHEAD: Duration = Duration::from_micros(200);
+const EXEC_OVERHEAD_MS: f64 = 0.2;
 
 pub struct SimDevice {
     info: DeviceInfo,
     /// Multiplies every modelled time (0: jobs take no time).
     time_scale: f64,
+    /// Host copies in flight per PCIe group, shared by all simulated devices.
+    copies: Arc<Vec<AtomicUsize>>,
 }
 
 impl SimDevice {
-    pub fn new(info: DeviceInfo, time_scale: f64) -> Self {
-        Self { info, time_scale }
+    pub fn new(info: DeviceInfo, time_scale: f64, copies: Arc<Vec<AtomicUsize>>) -> Self {
+        Self { info, time_scale, copies }
     }
 
-    /// The modelled swap and execution times of a job.
-    pub fn times(&self, job: &Job) -> (Duration, Duration) {
-        let bytes = job.model.spec.layout.total_bytes() as f64;
+    /// The modelled copy and execution times of a job (ms, unscaled), given how many host
+    /// copies share its link.
+    pub fn times(&self, job: &Job, sharing: usize) -> (Option<f64>, f64) {
         let host = self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK);
         let swap = match job.swap {
-            None => Duration::ZERO,
-            Some(SwapSource::Host) => Duration::from_secs_f64(bytes / host),
+            None => None,
+            Some(SwapSource::Host) => Some(estimate::transfer_ms(job.bytes, host / sharing.max(1) as f64)),
             Some(SwapSource::Peer(j)) => {
                 let peer = self.info.peer_links_bytes_per_s.get(j).copied().flatten().unwrap_or(host);
-                Duration::from_secs_f64(bytes / peer)
+                Some(estimate::transfer_ms(job.bytes, peer))
             }
         };
-        let tokens = job.batch.batch as f64;
-        let exec = EXEC_OVERHEAD + Duration::from_secs_f64(bytes / EXEC_BYTES_PER_S * tokens.sqrt());
-        (swap.mul_f64(self.time_scale), exec.mul_f64(self.time_scale))
+        let single =
+            job.exec_ms.unwrap_or_else(|| EXEC_OVERHEAD_MS + estimate::transfer_ms(job.bytes, EXEC_BYTES_PER_S));
+        (swap, estimate::batched_exec_ms(single, job.batch.batch))
     }
 }
 
@@ -50,15 +58,29 @@ impl Device for SimDevice {
 
     #[allow(clippy::disallowed_methods)] // the device thread stands in for a busy GPU
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
-        let (swap, exec) = self.times(job);
-        if !(swap + exec).is_zero() {
-            std::thread::sleep(swap + exec);
+        let group = self.copies.get(self.info.host_group);
+        let host_copy = matches!(job.swap, Some(SwapSource::Host));
+        let sharing = match (host_copy, group) {
+            (true, Some(g)) => g.fetch_add(1, Ordering::AcqRel) + 1,
+            _ => 1,
+        };
+        let (swap, exec) = self.times(job, sharing);
+        let chunk = estimate::transfer_ms(
+            estimate::FIRST_CHUNK_BYTES.min(job.bytes),
+            self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK),
+        );
+        let total = estimate::job_ms(swap, chunk, exec) * self.time_scale;
+        if total > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(total / 1e3));
+        }
+        if let (true, Some(g)) = (host_copy, group) {
+            g.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(JobResult {
             outputs: Vec::new(),
-            swap_ms: swap.as_secs_f64() * 1e3,
-            exec_ms: exec.as_secs_f64() * 1e3,
-            swapped_bytes: if job.swap.is_some() { job.model.spec.layout.total_bytes() as u64 } else { 0 },
+            swap_ms: swap.unwrap_or(0.0) * self.time_scale,
+            exec_ms: exec * self.time_scale,
+            swapped_bytes: if job.swap.is_some() { job.bytes } else { 0 },
             simulated: true,
         })
     }

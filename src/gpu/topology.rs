@@ -18,6 +18,13 @@ pub struct Topology {
     pub pcie_groups: Vec<Vec<usize>>,
 }
 
+impl Topology {
+    /// The host link device `i` uses: its PCIe group's, else its own.
+    pub fn host_group(&self, i: usize) -> usize {
+        self.pcie_groups.iter().position(|g| g.contains(&i)).unwrap_or(self.pcie_groups.len() + i)
+    }
+}
+
 /// The file format: `{"devices": 4, "memory": "25GB", "host_link": "12GB/s",
 /// "pcie_groups": [[0, 1], [2, 3]], "peer_links": [[0, 3, "48GB/s"], ...]}`; peer links are
 /// symmetric.

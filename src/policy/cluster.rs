@@ -1,83 +1,676 @@
-//! The scheduler's view of every device: which models are resident where, which devices are
-//! busy, the queue of waiting requests, and the decisions over them. This first policy is the
-//! baseline the scheduling work replaces: FIFO order, a device that already holds the model
-//! first, else any idle device, making room by evicting least-recently-used models; the copy
-//! comes from another device that holds the model when its peer link beats the host link.
+//! The scheduler's view of every device — which models are resident where, which devices are
+//! running what and until when (predicted), which host links are carrying copies — and the
+//! queue of waiting requests. `next_dispatch` applies the configured policy: queue order here,
+//! device and swap source in `placement`, victims in `eviction`. Time is milliseconds on the
+//! caller's clock (wall time in the server, virtual time in the simulator).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::estimate::{self, FIRST_CHUNK_BYTES};
 use super::pages::{Extent, PagePool};
+use super::placement::{self, Choice};
+use super::stats::FunctionStats;
+use super::torpor::{self, Threshold};
+use super::{eviction, FunctionSpec, PolicyKind, SwapSource};
 
 pub type FunctionId = u64;
 pub type DeviceId = usize;
 pub type RequestId = u64;
 
-/// Where a swap-in copies from.
+/// Requests of the queue (in policy order) considered per decision: bounds a decision's cost
+/// under a long queue.
+const SCAN_LIMIT: usize = 256;
+
+/// Requests over which a function's miss budget is counted before its window is that long.
+const LOST_HORIZON: usize = 300;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub policy: PolicyKind,
+    /// Seeds the `simpleswap` policy's random device choice.
+    pub seed: u64,
+    /// `faaswap` only: drop a request that cannot meet its deadline on any device.
+    pub shed: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { policy: PolicyKind::Faaswap, seed: 0, shed: false }
+    }
+}
+
+/// One device as the policies see it.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub pool: PagePool,
+    /// Host→device bytes per second (`None`: unlimited, a host memory copy).
+    pub host_link: Option<f64>,
+    /// Copy rate from each other device, by index (`None`: no peer access).
+    pub peers: Vec<Option<f64>>,
+    /// Devices with the same group share one host link (a PCIe switch).
+    pub host_group: usize,
+}
+
+impl DeviceSpec {
+    /// A device with its own unlimited host link and no peers.
+    pub fn plain(pool: PagePool, index: usize) -> Self {
+        Self { pool, host_link: None, peers: Vec::new(), host_group: index }
+    }
+}
+
+/// Why a resident model was dropped (the `reason` label of `faaswap_evictions_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SwapSource {
-    Host,
-    Peer(DeviceId),
+pub enum EvictReason {
+    /// Least recently used.
+    Lru,
+    /// An extra replica: another device still holds the model.
+    Replica,
+    /// Torpor: a lighter class goes first.
+    Class,
+    /// Faaswap: the lowest expected reload cost per byte freed.
+    ReloadCost,
+    /// The function was undeployed.
+    Undeploy,
 }
 
-/// An order for one device: run `request` of `function` from `extent`, copying the model in
-/// first when `swap` says so. `evicted` lists what was dropped to make room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dispatch {
-    pub request: RequestId,
-    pub function: FunctionId,
-    pub device: DeviceId,
-    pub extent: Extent,
-    pub swap: Option<SwapSource>,
-    pub evicted: Vec<FunctionId>,
-}
-
-#[derive(Debug, Clone)]
-struct FunctionInfo {
-    name: String,
-    bytes: u64,
-}
-
-#[derive(Debug, Clone)]
-struct Resident {
-    extent: Extent,
-    last_used: u64,
-    /// Copies to other devices reading from this one: never evicted while non-zero.
-    pins: usize,
-    /// The copy is complete (only a complete copy can be a peer-copy source).
-    ready: bool,
-}
-
-/// A device's links, bytes per second (`None`: no limit for the host link, no peer access for
-/// a peer link).
-#[derive(Debug, Clone, Default)]
-pub struct Links {
-    pub host: Option<f64>,
-    /// Indexed by device.
-    pub peers: Vec<Option<f64>>,
-}
-
-impl Links {
-    /// Whether copying from device `from` is faster than from the host.
-    fn peer_beats_host(&self, from: DeviceId) -> bool {
-        match (self.peers.get(from).copied().flatten(), self.host) {
-            (Some(peer), Some(host)) => peer > host,
-            _ => false,
+impl EvictReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Lru => "lru",
+            Self::Replica => "replica",
+            Self::Class => "class",
+            Self::ReloadCost => "reload_cost",
+            Self::Undeploy => "undeploy",
         }
     }
 }
 
+/// An order for one device: run `requests` (one batch) of `function` from `extent`, copying the
+/// model in first when `swap` says so; `evicted` lists what was dropped to make room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatch {
+    pub requests: Vec<RequestId>,
+    pub function: FunctionId,
+    pub device: DeviceId,
+    pub extent: Extent,
+    pub swap: Option<SwapSource>,
+    pub evicted: Vec<(FunctionId, EvictReason)>,
+    /// The time model's prediction of the job's duration, ms.
+    pub predicted_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// `native`: the function got no device at deploy time.
+    NotPlaced,
+    /// Shedding: no device can finish it before its deadline.
+    Unmeetable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Run(Dispatch),
+    Drop { requests: Vec<RequestId>, function: FunctionId, reason: DropReason },
+}
+
+/// What `enqueue` did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Queued,
+    Rejected(DropReason),
+    /// Not registered (e.g. undeployed while the request was on its way).
+    Unknown,
+}
+
 #[derive(Debug, Clone)]
-struct DeviceState {
-    pool: PagePool,
-    links: Links,
-    resident: HashMap<FunctionId, Resident>,
-    /// The function executing there, if any.
-    busy: Option<FunctionId>,
-    /// The device (and function) its running job copies from, pinned until it completes.
-    copying_from: Option<(DeviceId, FunctionId)>,
+pub(super) struct Func {
+    pub spec: FunctionSpec,
+    pub stats: FunctionStats,
+    pub in_flight: usize,
+    /// `native`: the device the function was bound to at deploy.
+    pub home: Option<DeviceId>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Resident {
+    pub extent: Extent,
+    pub last_used: f64,
+    /// Copies to other devices reading from this one: never evicted while non-zero.
+    pub pins: usize,
+    /// The copy is complete (only a complete copy runs without a swap or serves as a source).
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Running {
+    pub function: FunctionId,
+    /// The device a peer copy reads from (its copy is pinned until this job ends).
+    pub source: Option<DeviceId>,
+    pub ends_at: f64,
+    /// When the job's host-link copy is predicted to end (`None`: no host copy).
+    pub host_copy_until: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Dev {
+    pub pool: PagePool,
+    pub host_bw: f64,
+    pub peers: Vec<Option<f64>>,
+    pub group: usize,
+    pub resident: BTreeMap<FunctionId, Resident>,
+    pub job: Option<Running>,
+    /// Exponentially decayed sum of the job time dispatched here, and when it was updated.
+    pub load: f64,
+    pub load_at: f64,
+}
+
+/// Time constant of a device's recent load, ms.
+const LOAD_TAU_MS: f64 = 10_000.0;
+
+impl Dev {
+    /// Fraction of recent time this device has been given work.
+    pub fn recent_load(&self, now: f64) -> f64 {
+        self.load * (-(now - self.load_at).max(0.0) / LOAD_TAU_MS).exp() / LOAD_TAU_MS
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    request: RequestId,
+    function: FunctionId,
+    deadline: f64,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub(super) cfg: ClusterConfig,
+    pub(super) devices: Vec<Dev>,
+    pub(super) functions: BTreeMap<FunctionId, Func>,
+    queue: Vec<Queued>,
+    pub(super) rng: ChaCha8Rng,
+    threshold: Threshold,
+    /// Torpor: functions in the high-priority group.
+    high: BTreeSet<FunctionId>,
+    last_update: Option<f64>,
+}
+
+impl Cluster {
+    pub fn new(cfg: ClusterConfig, devices: Vec<DeviceSpec>) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        Self {
+            cfg,
+            devices: devices
+                .into_iter()
+                .map(|d| Dev {
+                    pool: d.pool,
+                    host_bw: d.host_link.unwrap_or(estimate::UNLIMITED_LINK),
+                    peers: d.peers,
+                    group: d.host_group,
+                    resident: BTreeMap::new(),
+                    job: None,
+                    load: 0.0,
+                    load_at: 0.0,
+                })
+                .collect(),
+            functions: BTreeMap::new(),
+            queue: Vec::new(),
+            rng,
+            threshold: Threshold::default(),
+            high: BTreeSet::new(),
+            last_update: None,
+        }
+    }
+
+    pub fn policy(&self) -> PolicyKind {
+        self.cfg.policy
+    }
+
+    /// Registers a function. Refused when no device could ever hold its weights. Under `native`
+    /// it is bound to the device with the most free memory, or to none when none has room left
+    /// (its requests are then rejected).
+    pub fn add_function(&mut self, id: FunctionId, spec: FunctionSpec) -> Result<(), String> {
+        let bytes = spec.bytes;
+        if !self.devices.iter().any(|d| d.pool.can_ever_hold(bytes)) {
+            let largest = self.devices.iter().map(|d| d.pool.capacity_bytes()).max().unwrap_or(0);
+            return Err(format!(
+                "the model's weights ({bytes} bytes) do not fit the largest device weight pool ({largest} bytes)"
+            ));
+        }
+        let mut home = None;
+        if self.cfg.policy == PolicyKind::Native {
+            let mut order: Vec<DeviceId> = (0..self.devices.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(self.devices[i].pool.free_pages()));
+            for i in order {
+                let d = &mut self.devices[i];
+                if let Some(extent) = d.pool.alloc(d.pool.pages_for(bytes)) {
+                    d.resident.insert(id, Resident { extent, last_used: 0.0, pins: 0, ready: false });
+                    home = Some(i);
+                    break;
+                }
+            }
+        }
+        self.functions.insert(id, Func { spec, stats: FunctionStats::default(), in_flight: 0, home });
+        Ok(())
+    }
+
+    /// Changes a function's SLO and batch limit.
+    pub fn set_slo(&mut self, id: FunctionId, deadline_ms: f64, percentile: f64, max_batch: usize) {
+        if let Some(f) = self.functions.get_mut(&id) {
+            f.spec.deadline_ms = deadline_ms;
+            f.spec.percentile = percentile;
+            f.spec.max_batch = max_batch.max(1);
+        }
+    }
+
+    /// Forgets a function: drops its queued requests (returned, to be answered) and frees its
+    /// residency on devices not running it and not copying from it (their count is returned);
+    /// the others free it when their job completes.
+    pub fn remove_function(&mut self, id: FunctionId) -> (Vec<RequestId>, usize) {
+        self.functions.remove(&id);
+        self.high.remove(&id);
+        let mut dropped = Vec::new();
+        self.queue.retain(|q| {
+            if q.function == id {
+                dropped.push(q.request);
+            }
+            q.function != id
+        });
+        let mut evicted = 0;
+        for d in &mut self.devices {
+            let running = d.job.as_ref().is_some_and(|j| j.function == id);
+            let pinned = d.resident.get(&id).is_some_and(|r| r.pins > 0);
+            if !running && !pinned {
+                if let Some(r) = d.resident.remove(&id) {
+                    d.pool.free(r.extent);
+                    evicted += 1;
+                }
+            }
+        }
+        (dropped, evicted)
+    }
+
+    /// Queues a request arriving at `now` with `deadline_ms` to run (the function's SLO deadline
+    /// when `None`).
+    pub fn enqueue(
+        &mut self,
+        request: RequestId,
+        function: FunctionId,
+        now: f64,
+        deadline_ms: Option<f64>,
+    ) -> Admission {
+        let native = self.cfg.policy == PolicyKind::Native;
+        let Some(f) = self.functions.get_mut(&function) else {
+            return Admission::Unknown;
+        };
+        f.stats.arrived(now);
+        if native && f.home.is_none() {
+            return Admission::Rejected(DropReason::NotPlaced);
+        }
+        let deadline = now + deadline_ms.unwrap_or(f.spec.deadline_ms);
+        self.queue.push(Queued { request, function, deadline });
+        Admission::Queued
+    }
+
+    pub fn queued(&self, function: FunctionId) -> usize {
+        self.queue.iter().filter(|q| q.function == function).count()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// One finished request's latency (infinite for a request dropped on the server's side),
+    /// for compliance, RRC and the eviction values.
+    pub fn record(&mut self, function: FunctionId, latency_ms: f64) {
+        if let Some(f) = self.functions.get_mut(&function) {
+            let deadline = f.spec.deadline_ms;
+            f.stats.record(latency_ms, deadline);
+        }
+    }
+
+    /// A measured execution of a batch of `batch`: refines the function's profile (moving
+    /// average of the single-request time).
+    pub fn observe_exec(&mut self, function: FunctionId, batch: usize, exec_ms: f64) {
+        if let Some(f) = self.functions.get_mut(&function) {
+            let single = exec_ms / estimate::batched_exec_ms(1.0, batch);
+            f.spec.exec_ms = 0.8 * f.spec.exec_ms + 0.2 * single;
+        }
+    }
+
+    /// Whether the function has spent its miss budget (the faaswap policy then serves it last
+    /// and evicts it first, concentrating misses instead of spreading them).
+    pub(super) fn lost(&self, function: FunctionId) -> bool {
+        self.functions.get(&function).is_some_and(|f| f.stats.lost(f.spec.percentile, LOST_HORIZON))
+    }
+
+    /// Whether the function currently meets its SLO by the policies' own statistics.
+    pub fn compliant(&self, function: FunctionId) -> bool {
+        self.functions.get(&function).is_none_or(|f| f.stats.compliant(f.spec.percentile))
+    }
+
+    /// The next decision — a request (or batch) to run, or requests to drop — or `None` when
+    /// nothing can start now. Call until `None`.
+    pub fn next_dispatch(&mut self, now: f64) -> Option<Decision> {
+        self.update_groups(now);
+        if self.devices.iter().all(|d| d.job.is_some()) || self.queue.is_empty() {
+            return None;
+        }
+        let order: Vec<usize> = self.order().into_iter().take(SCAN_LIMIT).collect();
+        // faaswap: a request whose model is resident on an idle device goes first (it holds the
+        // device shortest and moves nothing over a link); then the rest, in order.
+        let passes: &[bool] = if self.cfg.policy == PolicyKind::Faaswap { &[true, false] } else { &[false] };
+        for &resident_only in passes {
+            if let Some(d) = self.scan(&order, now, resident_only) {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    fn scan(&mut self, order: &[usize], now: f64, resident_only: bool) -> Option<Decision> {
+        for &qi in order {
+            let (function, deadline) = (self.queue[qi].function, self.queue[qi].deadline);
+            if self.cfg.policy == PolicyKind::Torpor && self.functions[&function].in_flight > 0 {
+                continue;
+            }
+            if resident_only
+                && !(0..self.devices.len()).any(|i| self.devices[i].job.is_none() && self.ready_on(i, function))
+            {
+                continue;
+            }
+            match placement::choose(self, function, now, deadline) {
+                Choice::Run { device, swap } => {
+                    if let Some(d) = self.commit(qi, device, swap, now) {
+                        return Some(Decision::Run(d));
+                    }
+                }
+                Choice::Wait => {}
+                Choice::Shed => {
+                    let q = self.queue.remove(qi);
+                    return Some(Decision::Drop {
+                        requests: vec![q.request],
+                        function: q.function,
+                        reason: DropReason::Unmeetable,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Queue indices in the policy's order.
+    fn order(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.queue.len()).collect();
+        match self.cfg.policy {
+            // The queue is kept in arrival order.
+            PolicyKind::Native | PolicyKind::SimpleSwap => {}
+            PolicyKind::Torpor => idx.sort_by_key(|&i| !self.high.contains(&self.queue[i].function)),
+            PolicyKind::Faaswap => idx.sort_by(|&a, &b| {
+                let key = |i: usize| {
+                    let q = &self.queue[i];
+                    (self.lost(q.function), q.deadline)
+                };
+                let (ka, kb) = (key(a), key(b));
+                ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1)).then(a.cmp(&b))
+            }),
+        }
+        idx
+    }
+
+    /// Torpor: every 2 s, recompute the groups and adapt the threshold.
+    fn update_groups(&mut self, now: f64) {
+        if self.cfg.policy != PolicyKind::Torpor || self.last_update.is_some_and(|t| now - t < torpor::UPDATE_MS) {
+            return;
+        }
+        self.last_update = Some(now);
+        let seen: Vec<&Func> = self.functions.values().filter(|f| f.stats.counts().0 > 0).collect();
+        let compliance = if seen.is_empty() {
+            1.0
+        } else {
+            seen.iter().filter(|f| f.stats.compliant(f.spec.percentile)).count() as f64 / seen.len() as f64
+        };
+        self.threshold.update(compliance);
+        let scores: Vec<(FunctionId, f64)> = self
+            .functions
+            .iter()
+            .map(|(&id, f)| {
+                let (n, m) = f.stats.counts();
+                (id, torpor::rrc(f.spec.percentile, n, m) * f.stats.mean_latency_ms().unwrap_or(0.0))
+            })
+            .collect();
+        let max = scores.iter().map(|s| s.1).fold(0.0, f64::max);
+        self.high =
+            scores.into_iter().filter(|&(_, s)| s > 0.0 && s / max >= self.threshold.value).map(|(id, _)| id).collect();
+    }
+
+    /// Torpor's current threshold and high-priority group size (for tests and reports).
+    pub fn torpor_groups(&self) -> (f64, usize) {
+        (self.threshold.value, self.high.len())
+    }
+
+    /// Host-link bandwidth a copy to `device` starting at `at` gets: the group's link split
+    /// evenly with the copies then in flight on it.
+    pub(super) fn host_share(&self, device: DeviceId, at: f64) -> f64 {
+        let group = self.devices[device].group;
+        let others = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|&(i, d)| {
+                i != device
+                    && d.group == group
+                    && d.job.as_ref().and_then(|j| j.host_copy_until).is_some_and(|t| t > at)
+            })
+            .count();
+        self.devices[device].host_bw / (others + 1) as f64
+    }
+
+    pub(super) fn ready_on(&self, device: DeviceId, function: FunctionId) -> bool {
+        self.devices[device].resident.get(&function).is_some_and(|r| r.ready)
+    }
+
+    /// Whether a resident model may be evicted from `device` now.
+    pub(super) fn evictable(&self, device: DeviceId, function: FunctionId, r: &Resident) -> bool {
+        let d = &self.devices[device];
+        r.pins == 0
+            && d.job.as_ref().is_none_or(|j| j.function != function)
+            && !(self.cfg.policy == PolicyKind::Native && self.functions.contains_key(&function))
+    }
+
+    /// Whether `device` can make room for `function` by evicting what may be evicted
+    /// (contiguity aside: the eviction plan settles that).
+    pub(super) fn can_fit(&self, device: DeviceId, function: FunctionId) -> bool {
+        let d = &self.devices[device];
+        if d.resident.contains_key(&function) {
+            return true;
+        }
+        let bytes = self.functions[&function].spec.bytes;
+        if !d.pool.can_ever_hold(bytes) {
+            return false;
+        }
+        let need = d.pool.pages_for(bytes);
+        let mut have = d.pool.free_pages();
+        for (&f, r) in &d.resident {
+            if have >= need {
+                break;
+            }
+            if self.evictable(device, f, r) {
+                have += r.extent.pages;
+            }
+        }
+        have >= need
+    }
+
+    /// Starts the request at queue index `qi` (with same-function requests batched under
+    /// `faaswap`) on `device`; `None` when room cannot be made after all.
+    fn commit(&mut self, qi: usize, device: DeviceId, swap: Option<SwapSource>, now: f64) -> Option<Dispatch> {
+        let function = self.queue[qi].function;
+        let (bytes, exec1, max_batch) = {
+            let s = &self.functions[&function].spec;
+            (s.bytes, s.exec_ms, s.max_batch)
+        };
+        let mut evicted = Vec::new();
+        let extent = match (swap, self.devices[device].resident.get(&function).map(|r| r.extent)) {
+            (_, Some(extent)) => extent,
+            (None, None) => return None,
+            (Some(_), None) => {
+                let pages = self.devices[device].pool.pages_for(bytes);
+                let victims = eviction::plan(self, device, function, pages, now)?;
+                let d = &mut self.devices[device];
+                for (v, reason) in victims {
+                    let r = d.resident.remove(&v).expect("victim is resident");
+                    d.pool.free(r.extent);
+                    evicted.push((v, reason));
+                }
+                let extent = d.pool.alloc(pages).expect("the eviction plan made room");
+                d.resident.insert(function, Resident { extent, last_used: now, pins: 0, ready: false });
+                extent
+            }
+        };
+        if let Some(SwapSource::Peer(j)) = swap {
+            let r = self.devices[j].resident.get_mut(&function).expect("a peer source holds the model");
+            r.pins += 1;
+            r.last_used = now;
+        }
+        self.devices[device].resident.get_mut(&function).expect("resident now").last_used = now;
+        // The batch: this request and, under faaswap, more of the same function in queue order.
+        let mut batch = vec![qi];
+        if self.cfg.policy == PolicyKind::Faaswap && max_batch > 1 {
+            for i in self.order() {
+                if batch.len() >= max_batch {
+                    break;
+                }
+                if i != qi && self.queue[i].function == function {
+                    batch.push(i);
+                }
+            }
+        }
+        let exec = estimate::batched_exec_ms(exec1, batch.len());
+        let (swap_ms, link) = match swap {
+            None => (None, self.devices[device].host_bw),
+            Some(SwapSource::Host) => {
+                let bw = self.host_share(device, now);
+                (Some(estimate::transfer_ms(bytes, bw)), bw)
+            }
+            Some(SwapSource::Peer(j)) => {
+                let bw = self.devices[device].peers.get(j).copied().flatten().unwrap_or(self.devices[device].host_bw);
+                (Some(estimate::transfer_ms(bytes, bw)), bw)
+            }
+        };
+        let chunk = estimate::transfer_ms(FIRST_CHUNK_BYTES.min(bytes), link);
+        let predicted_ms = estimate::job_ms(swap_ms, chunk, exec);
+        self.devices[device].job = Some(Running {
+            function,
+            source: match swap {
+                Some(SwapSource::Peer(j)) => Some(j),
+                _ => None,
+            },
+            ends_at: now + predicted_ms,
+            host_copy_until: match swap {
+                Some(SwapSource::Host) => swap_ms.map(|t| now + t),
+                _ => None,
+            },
+        });
+        let dev = &mut self.devices[device];
+        dev.load = dev.recent_load(now) * LOAD_TAU_MS + predicted_ms;
+        dev.load_at = now;
+        self.functions.get_mut(&function).expect("queued functions are registered").in_flight += 1;
+        batch.sort_unstable_by(|a, b| b.cmp(a));
+        let mut requests: Vec<RequestId> = batch.into_iter().map(|i| self.queue.remove(i).request).collect();
+        requests.reverse();
+        Some(Dispatch { requests, function, device, extent, swap, evicted, predicted_ms })
+    }
+
+    /// The device finished its job (successfully or not: `keep` says whether the model's copy
+    /// there is complete and may be reused).
+    pub fn complete(&mut self, device: DeviceId) {
+        self.finish(device, true);
+    }
+
+    /// As `complete`, but the copy on the device is not to be trusted (the job failed).
+    pub fn fail(&mut self, device: DeviceId) {
+        self.finish(device, false);
+    }
+
+    fn finish(&mut self, device: DeviceId, keep: bool) {
+        let Some(job) = self.devices[device].job.take() else {
+            return;
+        };
+        let f = job.function;
+        let registered = self.functions.contains_key(&f);
+        if let Some(j) = job.source {
+            let src = &mut self.devices[j];
+            if let Some(r) = src.resident.get_mut(&f) {
+                r.pins -= 1;
+                let running = src.job.as_ref().is_some_and(|j| j.function == f);
+                // Undeployed while it was a copy source, and not running there: drop it now.
+                if r.pins == 0 && !registered && !running {
+                    let extent = r.extent;
+                    src.resident.remove(&f);
+                    src.pool.free(extent);
+                }
+            }
+        }
+        if let Some(func) = self.functions.get_mut(&f) {
+            func.in_flight = func.in_flight.saturating_sub(1);
+        }
+        let native_home = registered && self.cfg.policy == PolicyKind::Native;
+        let d = &mut self.devices[device];
+        if let Some(r) = d.resident.get_mut(&f) {
+            r.ready = keep;
+            if (!keep || !registered) && r.pins == 0 && !native_home {
+                let extent = r.extent;
+                d.resident.remove(&f);
+                d.pool.free(extent);
+            }
+        }
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Devices where the function is resident.
+    pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
+        (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
+    }
+
+    /// Whether the device is running a job.
+    pub fn busy(&self, device: DeviceId) -> bool {
+        self.devices[device].job.is_some()
+    }
+
+    pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {
+        let d = &self.devices[device];
+        let name = |f: &FunctionId| self.functions.get(f).map_or_else(|| format!("#{f}"), |i| i.spec.name.clone());
+        let mut resident: Vec<ResidentSnapshot> = d
+            .resident
+            .iter()
+            .map(|(f, r)| ResidentSnapshot {
+                function: name(f),
+                bytes: self.functions.get(f).map_or(0, |i| i.spec.bytes),
+                first_page: r.extent.first,
+                pages: r.extent.pages,
+            })
+            .collect();
+        resident.sort_by_key(|r| r.first_page);
+        let used = d.pool.used_pages() as u64 * d.pool.page_bytes();
+        DeviceSnapshot {
+            capacity_bytes: d.pool.capacity_bytes(),
+            used_bytes: used,
+            free_bytes: d.pool.capacity_bytes() - used,
+            page_bytes: d.pool.page_bytes(),
+            busy: d.job.is_some(),
+            executing: d.job.as_ref().map(|j| name(&j.function)),
+            resident,
+        }
+    }
 }
 
 /// A device's memory map, for the devices API.
@@ -100,404 +693,359 @@ pub struct ResidentSnapshot {
     pub pages: usize,
 }
 
-#[derive(Debug)]
-pub struct Cluster {
-    devices: Vec<DeviceState>,
-    functions: HashMap<FunctionId, FunctionInfo>,
-    queue: VecDeque<(RequestId, FunctionId)>,
-    clock: u64,
-}
-
-impl Cluster {
-    /// Devices without peer links (every copy comes from the host).
-    pub fn new(pools: Vec<PagePool>) -> Self {
-        let n = pools.len();
-        Self::with_links(pools, vec![Links::default(); n])
-    }
-
-    pub fn with_links(pools: Vec<PagePool>, links: Vec<Links>) -> Self {
-        assert_eq!(pools.len(), links.len(), "one link description per device");
-        Self {
-            devices: pools
-                .into_iter()
-                .zip(links)
-                .map(|(pool, links)| DeviceState {
-                    pool,
-                    links,
-                    resident: HashMap::new(),
-                    busy: None,
-                    copying_from: None,
-                })
-                .collect(),
-            functions: HashMap::new(),
-            queue: VecDeque::new(),
-            clock: 0,
-        }
-    }
-
-    /// Registers a function whose packed weights are `bytes` long. Refused when no device
-    /// could ever hold it.
-    pub fn add_function(&mut self, id: FunctionId, name: &str, bytes: u64) -> Result<(), String> {
-        if !self.devices.iter().any(|d| d.pool.can_ever_hold(bytes)) {
-            let largest = self.devices.iter().map(|d| d.pool.capacity_bytes()).max().unwrap_or(0);
-            return Err(format!(
-                "the model's weights ({bytes} bytes) do not fit the largest device weight pool ({largest} bytes)"
-            ));
-        }
-        self.functions.insert(id, FunctionInfo { name: name.to_string(), bytes });
-        Ok(())
-    }
-
-    /// Forgets a function: drops its queued requests (returned, to be answered) and frees its
-    /// residency on idle devices (their count is returned); a device still executing it frees
-    /// it on completion.
-    pub fn remove_function(&mut self, id: FunctionId) -> (Vec<RequestId>, usize) {
-        self.functions.remove(&id);
-        let mut dropped = Vec::new();
-        self.queue.retain(|&(r, f)| {
-            if f == id {
-                dropped.push(r);
-            }
-            f != id
-        });
-        let mut evicted = 0;
-        for d in &mut self.devices {
-            let pinned = d.resident.get(&id).is_some_and(|r| r.pins > 0);
-            if d.busy != Some(id) && !pinned {
-                if let Some(r) = d.resident.remove(&id) {
-                    d.pool.free(r.extent);
-                    evicted += 1;
-                }
-            }
-        }
-        (dropped, evicted)
-    }
-
-    /// Queues a request; false (and nothing queued) when the function is not registered, e.g.
-    /// undeployed while the request was on its way.
-    pub fn enqueue(&mut self, request: RequestId, function: FunctionId) -> bool {
-        if !self.functions.contains_key(&function) {
-            return false;
-        }
-        self.queue.push_back((request, function));
-        true
-    }
-
-    pub fn queued(&self, function: FunctionId) -> usize {
-        self.queue.iter().filter(|(_, f)| *f == function).count()
-    }
-
-    /// The next order to send, if any request can start now. Call until `None`.
-    pub fn next_dispatch(&mut self) -> Option<Dispatch> {
-        for qi in 0..self.queue.len() {
-            let (request, function) = self.queue[qi];
-            if let Some(d) = self.place(request, function) {
-                self.queue.remove(qi);
-                return Some(d);
-            }
-        }
-        None
-    }
-
-    fn place(&mut self, request: RequestId, function: FunctionId) -> Option<Dispatch> {
-        let bytes = self.functions.get(&function)?.bytes;
-        self.clock += 1;
-        let now = self.clock;
-        let idle: Vec<DeviceId> = (0..self.devices.len()).filter(|&i| self.devices[i].busy.is_none()).collect();
-        // A device that already holds the model.
-        if let Some(&i) = idle.iter().find(|&&i| self.devices[i].resident.contains_key(&function)) {
-            let d = &mut self.devices[i];
-            let r = d.resident.get_mut(&function).expect("checked resident");
-            r.last_used = now;
-            d.busy = Some(function);
-            return Some(Dispatch { request, function, device: i, extent: r.extent, swap: None, evicted: Vec::new() });
-        }
-        // Else the idle device needing the fewest evictions (free room first).
-        let mut best: Option<(usize, DeviceId)> = None;
-        for &i in &idle {
-            if let Some(n) = self.evictions_needed(i, bytes) {
-                if best.is_none_or(|(m, _)| n < m) {
-                    best = Some((n, i));
-                }
-            }
-        }
-        let (_, i) = best?;
-        // Copy from a device that holds the model over a faster peer link, if any.
-        let source = (0..self.devices.len())
-            .filter(|&j| j != i && self.devices[j].resident.get(&function).is_some_and(|r| r.ready))
-            .filter(|&j| self.devices[i].links.peer_beats_host(j))
-            .max_by(|&a, &b| {
-                let bw = |j: DeviceId| self.devices[i].links.peers[j].unwrap_or(0.0);
-                bw(a).total_cmp(&bw(b))
-            });
-        let d = &mut self.devices[i];
-        let pages = d.pool.pages_for(bytes);
-        let mut evicted = Vec::new();
-        let extent = loop {
-            if let Some(e) = d.pool.alloc(pages) {
-                break e;
-            }
-            let victim = d
-                .resident
-                .iter()
-                .filter(|(_, r)| r.pins == 0)
-                .min_by_key(|(_, r)| r.last_used)
-                .map(|(&f, _)| f)
-                .expect("evictions_needed promised room");
-            let r = d.resident.remove(&victim).expect("victim is resident");
-            d.pool.free(r.extent);
-            evicted.push(victim);
-        };
-        d.resident.insert(function, Resident { extent, last_used: now, pins: 0, ready: false });
-        d.busy = Some(function);
-        let swap = match source {
-            Some(j) => {
-                d.copying_from = Some((j, function));
-                let r = self.devices[j].resident.get_mut(&function).expect("source holds the model");
-                r.pins += 1;
-                r.last_used = now;
-                SwapSource::Peer(j)
-            }
-            None => SwapSource::Host,
-        };
-        Some(Dispatch { request, function, device: i, extent, swap: Some(swap), evicted })
-    }
-
-    /// How many LRU evictions device `i` needs before `bytes` fit, or `None` if they never
-    /// would (an idle device holds no pinned model, so only its size can refuse).
-    fn evictions_needed(&self, i: DeviceId, bytes: u64) -> Option<usize> {
-        let d = &self.devices[i];
-        if !d.pool.can_ever_hold(bytes) {
-            return None;
-        }
-        let mut pool = d.pool.clone();
-        let pages = pool.pages_for(bytes);
-        let mut order: Vec<_> = d.resident.values().filter(|r| r.pins == 0).collect();
-        order.sort_by_key(|r| r.last_used);
-        let mut n = 0;
-        while pool.alloc(pages).is_none() {
-            pool.free(order.get(n)?.extent);
-            n += 1;
-        }
-        Some(n)
-    }
-
-    /// The device finished its order (successfully or not: `keep` says whether the model's
-    /// copy there is complete and may be reused).
-    pub fn complete(&mut self, device: DeviceId, keep: bool) {
-        if let Some((j, f)) = self.devices[device].copying_from.take() {
-            let registered = self.functions.contains_key(&f);
-            let src = &mut self.devices[j];
-            if let Some(r) = src.resident.get_mut(&f) {
-                r.pins -= 1;
-                // Undeployed while it was a copy source, and not executing there: drop it now.
-                if r.pins == 0 && !registered && src.busy != Some(f) {
-                    let extent = r.extent;
-                    src.resident.remove(&f);
-                    src.pool.free(extent);
-                }
-            }
-        }
-        let registered = &self.functions;
-        let d = &mut self.devices[device];
-        if let Some(f) = d.busy.take() {
-            if let Some(r) = d.resident.get_mut(&f) {
-                r.ready |= keep;
-            }
-            let pinned = d.resident.get(&f).is_some_and(|r| r.pins > 0);
-            if (!keep || !registered.contains_key(&f)) && !pinned {
-                if let Some(r) = d.resident.remove(&f) {
-                    d.pool.free(r.extent);
-                }
-            }
-        }
-    }
-
-    pub fn device_count(&self) -> usize {
-        self.devices.len()
-    }
-
-    /// Devices where the function is resident.
-    pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
-        (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
-    }
-
-    pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {
-        let d = &self.devices[device];
-        let name = |f: &FunctionId| self.functions.get(f).map_or_else(|| format!("#{f}"), |i| i.name.clone());
-        let mut resident: Vec<ResidentSnapshot> = d
-            .resident
-            .iter()
-            .map(|(f, r)| ResidentSnapshot {
-                function: name(f),
-                bytes: self.functions.get(f).map_or(0, |i| i.bytes),
-                first_page: r.extent.first,
-                pages: r.extent.pages,
-            })
-            .collect();
-        resident.sort_by_key(|r| r.first_page);
-        let used = d.pool.used_pages() as u64 * d.pool.page_bytes();
-        DeviceSnapshot {
-            capacity_bytes: d.pool.capacity_bytes(),
-            used_bytes: used,
-            free_bytes: d.pool.capacity_bytes() - used,
-            page_bytes: d.pool.page_bytes(),
-            busy: d.busy.is_some(),
-            executing: d.busy.as_ref().map(name),
-            resident,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::ModelClass;
 
-    const PAGE: u64 = 1024;
+    const PAGE: u64 = 1 << 20;
 
-    fn cluster(devices: usize, pages: u64) -> Cluster {
-        Cluster::new((0..devices).map(|_| PagePool::new(pages * PAGE, PAGE)).collect())
+    fn spec(name: &str, pages: u64, exec_ms: f64, class: ModelClass) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            bytes: pages * PAGE,
+            exec_ms,
+            class,
+            deadline_ms: 100.0,
+            percentile: 0.98,
+            max_batch: 1,
+        }
+    }
+
+    /// `n` devices of `pages` pages; host links of 1 GB/s per device, pairs (0, 1), (2, 3)...
+    /// sharing one; peer links `peer(i, j)`.
+    fn cluster(policy: PolicyKind, n: usize, pages: u64, peer: impl Fn(usize, usize) -> Option<f64>) -> Cluster {
+        let devices = (0..n)
+            .map(|i| DeviceSpec {
+                pool: PagePool::new(pages * PAGE, PAGE),
+                host_link: Some(1e9),
+                peers: (0..n).map(|j| if i == j { None } else { peer(i, j) }).collect(),
+                host_group: i / 2,
+            })
+            .collect();
+        Cluster::new(ClusterConfig { policy, seed: 1, shed: false }, devices)
+    }
+
+    #[track_caller]
+    fn run(c: &mut Cluster, now: f64) -> Dispatch {
+        match c.next_dispatch(now) {
+            Some(Decision::Run(d)) => d,
+            other => panic!("expected a dispatch, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn queue(c: &mut Cluster, r: RequestId, f: FunctionId, now: f64) {
+        assert_eq!(c.enqueue(r, f, now, None), Admission::Queued);
     }
 
     #[test]
     fn refuses_functions_that_fit_no_device() {
-        let mut c = cluster(2, 4);
-        assert!(c.add_function(1, "a", 4 * PAGE).is_ok());
-        assert!(c.add_function(2, "b", 4 * PAGE + 1).is_err());
+        let mut c = cluster(PolicyKind::Faaswap, 2, 4, |_, _| None);
+        assert!(c.add_function(1, spec("a", 4, 1.0, ModelClass::Light)).is_ok());
+        assert!(c.add_function(2, spec("b", 5, 1.0, ModelClass::Light)).is_err());
+        assert_eq!(c.enqueue(1, 9, 0.0, None), Admission::Unknown);
     }
 
     #[test]
-    fn first_request_swaps_from_host_and_second_reuses() {
-        let mut c = cluster(1, 4);
-        c.add_function(1, "a", 2 * PAGE).unwrap();
-        c.enqueue(10, 1);
-        let d = c.next_dispatch().unwrap();
-        assert_eq!((d.request, d.device, d.swap), (10, 0, Some(SwapSource::Host)));
-        c.enqueue(11, 1);
-        assert!(c.next_dispatch().is_none(), "the only device is busy");
-        c.complete(0, true);
-        let d = c.next_dispatch().unwrap();
-        assert_eq!((d.request, d.swap), (11, None));
-    }
-
-    #[test]
-    fn evicts_least_recently_used_to_make_room() {
-        let mut c = cluster(1, 4);
+    fn simpleswap_is_fifo_with_lru_eviction_and_seeded_random_devices() {
+        let mut c = cluster(PolicyKind::SimpleSwap, 1, 4, |_, _| None);
         for f in 1..=3 {
-            c.add_function(f, &format!("f{f}"), 2 * PAGE).unwrap();
+            c.add_function(f, spec(&format!("f{f}"), 2, 1.0, ModelClass::Light)).unwrap();
         }
         for (r, f) in [(1, 1), (2, 2), (3, 1)] {
-            c.enqueue(r, f);
-            c.next_dispatch().unwrap();
-            c.complete(0, true);
+            queue(&mut c, r, f, r as f64);
+            let d = run(&mut c, r as f64);
+            assert_eq!(d.requests, vec![r], "FIFO");
+            c.complete(0);
         }
         // f2 was used less recently than f1: it goes.
-        c.enqueue(4, 3);
-        let d = c.next_dispatch().unwrap();
-        assert_eq!(d.evicted, vec![2]);
-        assert_eq!(c.residency(1), vec![0]);
-        assert!(c.residency(2).is_empty());
+        queue(&mut c, 4, 3, 4.0);
+        let d = run(&mut c, 4.0);
+        assert_eq!(d.evicted, vec![(2, EvictReason::Lru)]);
+        assert_eq!(d.swap, Some(SwapSource::Host));
+        // Random among idle devices, but the same for the same seed.
+        let picks = |seed: u64| {
+            let mut c = cluster(PolicyKind::SimpleSwap, 4, 8, |_, _| Some(1e12));
+            c.cfg.seed = seed;
+            c.rng = ChaCha8Rng::seed_from_u64(seed);
+            c.add_function(1, spec("a", 1, 1.0, ModelClass::Light)).unwrap();
+            (0..8)
+                .map(|r| {
+                    queue(&mut c, r, 1, 0.0);
+                    let d = run(&mut c, 0.0);
+                    assert_eq!(d.swap.is_some(), !c.ready_on(d.device, 1), "simpleswap never copies from a peer");
+                    c.complete(d.device);
+                    d.device
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(picks(5), picks(5));
+        assert!(picks(5).iter().any(|&d| d != picks(5)[0]), "not always the same device");
     }
 
     #[test]
-    fn never_evicts_the_executing_model_and_uses_idle_devices() {
-        let mut c = cluster(2, 2);
-        c.add_function(1, "a", 2 * PAGE).unwrap();
-        c.add_function(2, "b", 2 * PAGE).unwrap();
-        c.enqueue(1, 1);
-        let d1 = c.next_dispatch().unwrap();
-        c.enqueue(2, 2);
-        let d2 = c.next_dispatch().unwrap();
-        assert_ne!(d1.device, d2.device, "the second model goes to the idle device");
-        c.enqueue(3, 1);
-        assert!(c.next_dispatch().is_none(), "both devices busy: wait, evict nothing");
-        c.complete(d2.device, true);
-        let d3 = c.next_dispatch().unwrap();
-        assert_eq!(d3.device, d2.device);
-        assert_eq!(d3.evicted, vec![2]);
+    fn the_executing_model_and_copy_sources_are_never_evicted() {
+        let mut c = cluster(PolicyKind::Faaswap, 2, 4, |_, _| Some(1e12));
+        c.devices[1].group = 1; // own host links: no copy slows the other's
+        c.add_function(1, spec("a", 2, 1.0, ModelClass::Light)).unwrap();
+        c.add_function(2, spec("b", 2, 1.0, ModelClass::Light)).unwrap();
+        c.add_function(3, spec("c", 4, 1.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        let x = run(&mut c, 0.0).device;
+        queue(&mut c, 2, 2, 0.0);
+        let y = run(&mut c, 0.0).device;
+        assert_ne!(x, y, "the second model goes to the idle device");
+        queue(&mut c, 3, 3, 0.0);
+        assert_eq!(c.next_dispatch(0.0), None, "both busy: wait, evict nothing");
+        c.remove_function(3);
+        c.complete(x);
+        c.complete(y);
+        queue(&mut c, 3, 1, 1.0);
+        assert_eq!(
+            run(&mut c, 1.0),
+            Dispatch {
+                requests: vec![3],
+                function: 1,
+                device: x,
+                extent: Extent { first: 0, pages: 2 },
+                swap: None,
+                evicted: vec![],
+                predicted_ms: 1.0
+            }
+        );
+        // Device x is busy: a copy from it over the fast peer link beats waiting.
+        queue(&mut c, 4, 1, 1.0);
+        let d = run(&mut c, 1.0);
+        assert_eq!((d.device, d.swap), (y, Some(SwapSource::Peer(x))));
+        c.complete(x);
+        // While y copies from it, x's copy of `a` cannot go, so `c` fits nowhere now.
+        c.add_function(3, spec("c", 4, 1.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 5, 3, 2.0);
+        assert_eq!(c.next_dispatch(2.0), None);
+        c.complete(y);
+        let d = run(&mut c, 3.0);
+        assert!(!d.evicted.is_empty());
+        let used: u64 = (0..2).map(|i| c.snapshot(i).used_bytes).sum();
+        let resident: u64 = (1..=3).map(|f| c.residency(f).len() as u64 * c.functions[&f].spec.bytes).sum();
+        assert_eq!(used, resident, "pages accounted exactly");
+    }
+
+    #[test]
+    fn an_incomplete_or_failed_copy_is_never_reused() {
+        let mut c = cluster(PolicyKind::Torpor, 3, 2, |_, _| Some(48e9));
+        c.add_function(1, spec("a", 1, 1.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        assert_eq!(run(&mut c, 0.0).swap, Some(SwapSource::Host));
+        c.cfg.policy = PolicyKind::SimpleSwap; // torpor allows one request in flight per function
+        queue(&mut c, 2, 1, 0.0);
+        let second = run(&mut c, 0.0);
+        assert_eq!(second.swap, Some(SwapSource::Host), "device 0's copy is not complete yet");
+        c.fail(0);
+        assert_eq!(c.residency(1), vec![second.device], "a failed copy is dropped");
+    }
+
+    #[test]
+    fn torpor_placement_order() {
+        // Fast peer links 0–3 and 2–3, slow 0–1; PCIe pairs (0, 1) and (2, 3).
+        let links = |i: usize, j: usize| match (i.min(j), i.max(j)) {
+            (0, 3) | (2, 3) => Some(48e9),
+            (0, 1) => Some(24e9),
+            _ => None,
+        };
+        let mut c = cluster(PolicyKind::Torpor, 4, 8, links);
+        for f in 1..=4 {
+            c.add_function(f, spec(&format!("f{f}"), 1, 1.0, ModelClass::Heavy)).unwrap();
+        }
+        // A host copy to the first idle device whose PCIe neighbour is not copying.
+        queue(&mut c, 1, 1, 0.0);
+        assert_eq!(run(&mut c, 0.0).device, 0);
+        c.complete(0);
+        // (1) an idle device that holds the model, no copy.
+        queue(&mut c, 2, 1, 1.0);
+        assert_eq!(run(&mut c, 1.0).swap, None);
+        queue(&mut c, 3, 1, 1.0);
+        assert_eq!(c.next_dispatch(1.0), None, "one request in flight per function");
+        c.complete(0);
+        // Device 0 takes f2 (copying from the host until about 2.001) and runs it...
+        queue(&mut c, 4, 2, 2.0);
+        c.enqueue(5, 3, 2.0, None);
+        let d = run(&mut c, 2.0);
+        assert_eq!(d.requests, vec![3], "FIFO within the low group");
+        c.complete(0);
+        let d = run(&mut c, 2.0);
+        assert_eq!((d.requests[0], d.device, d.swap), (4, 0, Some(SwapSource::Host)));
+        // (2) ... so f1 is copied to the idle device with the fastest peer link from device 0.
+        queue(&mut c, 6, 1, 2.0);
+        let d = run(&mut c, 2.0);
+        assert_eq!(d.requests, vec![5], "f3 was queued first");
+        assert_eq!((d.device, d.swap), (2, Some(SwapSource::Host)), "(3) device 1's neighbour 0 is copying");
+        let d = run(&mut c, 2.0);
+        assert_eq!((d.device, d.swap), (3, Some(SwapSource::Peer(0))));
+        // (4/5) only device 1 is idle, its neighbour still copying: it loads anyway.
+        queue(&mut c, 7, 4, 2.0);
+        let d = run(&mut c, 2.0);
+        assert_eq!((d.device, d.swap), (1, Some(SwapSource::Host)));
+    }
+
+    #[test]
+    fn torpor_evicts_replicas_then_light_then_medium_then_heavy() {
+        let mut c = cluster(PolicyKind::Torpor, 1, 4, |_, _| None);
+        let classes = [ModelClass::Heavy, ModelClass::Medium, ModelClass::Light, ModelClass::Light];
+        for (k, class) in classes.into_iter().enumerate() {
+            c.add_function(k as u64 + 1, spec(&format!("f{k}"), 1, 1.0, class)).unwrap();
+            queue(&mut c, k as u64, k as u64 + 1, k as f64);
+            run(&mut c, k as f64);
+            c.complete(0);
+        }
+        let mut order = Vec::new();
+        for n in 0..3u64 {
+            c.add_function(10 + n, spec("new", 1, 1.0, ModelClass::Heavy)).unwrap();
+            queue(&mut c, 100 + n, 10 + n, 10.0 + n as f64);
+            let d = run(&mut c, 10.0 + n as f64);
+            order.extend(d.evicted.iter().map(|e| e.0));
+            c.complete(0);
+        }
+        // Light f3 (older) before light f4, then the medium f2; the heavy f1 is next.
+        assert_eq!(order, vec![3, 4, 2]);
+        assert_eq!(c.residency(1), vec![0]);
+    }
+
+    #[test]
+    fn torpor_serves_the_high_priority_group_first() {
+        let mut c = cluster(PolicyKind::Torpor, 1, 8, |_, _| None);
+        c.add_function(1, spec("ok", 1, 1.0, ModelClass::Light)).unwrap();
+        c.add_function(2, spec("late", 1, 1.0, ModelClass::Light)).unwrap();
+        for _ in 0..50 {
+            c.record(1, 10.0);
+            c.record(2, 500.0);
+        }
+        c.next_dispatch(0.0); // the first update computes the groups
+        assert_eq!(c.torpor_groups().1, 1, "only the late function needs requests: the high group");
+        queue(&mut c, 1, 1, 1.0);
+        queue(&mut c, 2, 2, 2.0);
+        assert_eq!(run(&mut c, 2.5).requests, vec![2], "the high group first, though it arrived later");
+    }
+
+    #[test]
+    fn faaswap_waits_for_the_holder_when_a_swap_would_be_slower() {
+        // Host link 1 GB/s: a 100-page model takes ~105 ms to copy; it runs 10 ms.
+        let mut c = cluster(PolicyKind::Faaswap, 2, 200, |_, _| None);
+        c.add_function(1, spec("big", 100, 10.0, ModelClass::Heavy)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        let d = run(&mut c, 0.0);
+        c.complete(d.device);
+        queue(&mut c, 2, 1, 200.0);
+        let d = run(&mut c, 200.0);
+        assert_eq!(d.swap, None);
+        queue(&mut c, 3, 1, 201.0);
+        assert_eq!(c.next_dispatch(201.0), None, "waiting 9 ms for the holder beats a 105 ms copy");
+        c.complete(d.device);
+        assert_eq!(run(&mut c, 210.0).swap, None);
+    }
+
+    #[test]
+    fn faaswap_batches_orders_by_deadline_and_sheds() {
+        let mut c = cluster(PolicyKind::Faaswap, 1, 8, |_, _| None);
+        c.add_function(1, FunctionSpec { max_batch: 3, ..spec("a", 1, 10.0, ModelClass::Light) }).unwrap();
+        c.add_function(2, FunctionSpec { deadline_ms: 20.0, ..spec("b", 1, 10.0, ModelClass::Light) }).unwrap();
+        queue(&mut c, 0, 2, 0.0);
+        run(&mut c, 0.0);
+        c.complete(0);
+        queue(&mut c, 1, 1, 0.0); // deadline 100
+        let first = run(&mut c, 0.0);
+        for r in 2..=5 {
+            queue(&mut c, r, 1, 1.0);
+        }
+        queue(&mut c, 6, 2, 2.0); // deadline 22: runs first
+        c.complete(first.device);
+        assert_eq!(run(&mut c, 3.0).requests, vec![6], "earliest deadline first");
+        c.complete(0);
+        let d = run(&mut c, 15.0);
+        assert_eq!(d.requests, vec![2, 3, 4], "a batch of up to max_batch of one function");
+        assert!((d.predicted_ms - estimate::batched_exec_ms(10.0, 3)).abs() < 1e-9);
+        c.complete(0);
+        assert_eq!(run(&mut c, 30.0).requests, vec![5]);
+        // Shedding: a request that cannot finish before its deadline anywhere is dropped.
+        c.cfg.shed = true;
+        c.complete(0);
+        assert_eq!(c.enqueue(7, 2, 40.0, Some(5.0)), Admission::Queued);
+        match c.next_dispatch(41.0) {
+            Some(Decision::Drop { requests, reason: DropReason::Unmeetable, .. }) => assert_eq!(requests, vec![7]),
+            other => panic!("expected a drop, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn faaswap_evicts_by_reload_cost_and_keeps_one_replica_when_memory_is_tight() {
+        // One 40-page device: a heavy model (copy ≫ run) and light ones (copy hides under the run).
+        let mut c = cluster(PolicyKind::Faaswap, 1, 40, |_, _| None);
+        let heavy = FunctionSpec { deadline_ms: 60.0, ..spec("heavy", 30, 5.0, ModelClass::Heavy) };
+        c.add_function(1, heavy).unwrap();
+        c.add_function(2, spec("light-a", 5, 50.0, ModelClass::Light)).unwrap();
+        c.add_function(3, spec("light-b", 5, 50.0, ModelClass::Light)).unwrap();
+        c.add_function(4, spec("light-c", 5, 50.0, ModelClass::Light)).unwrap();
+        let mut t = 0.0;
+        for (r, f) in [(1, 1), (2, 2), (3, 3), (4, 1), (5, 2), (6, 3)] {
+            queue(&mut c, r, f, t);
+            run(&mut c, t);
+            c.complete(0);
+            t += 100.0;
+        }
+        queue(&mut c, 7, 4, t);
+        let d = run(&mut c, t);
+        assert_eq!(d.evicted.len(), 1);
+        assert_ne!(d.evicted[0].0, 1, "the heavy model's reload would miss its deadline: a light one goes");
+        assert_eq!(d.evicted[0].1, EvictReason::ReloadCost);
+        // Two devices, the second full: no second copy of a model is made by evicting.
+        let mut c = cluster(PolicyKind::Faaswap, 2, 10, |_, _| Some(1e12));
+        c.add_function(1, spec("a", 10, 10.0, ModelClass::Light)).unwrap();
+        c.add_function(2, spec("b", 10, 10.0, ModelClass::Light)).unwrap();
+        for (r, f) in [(1, 1), (2, 2)] {
+            queue(&mut c, r, f, 0.0);
+            run(&mut c, 0.0);
+        }
+        c.complete(0);
+        c.complete(1);
+        let holder = c.residency(1)[0];
+        queue(&mut c, 3, 1, 1.0);
+        run(&mut c, 1.0);
+        queue(&mut c, 4, 1, 1.0);
+        assert_eq!(c.next_dispatch(1.0), None, "the other device would have to evict b for a replica of a");
+        c.complete(holder);
+    }
+
+    #[test]
+    fn native_binds_at_deploy_and_never_swaps_out() {
+        let mut c = cluster(PolicyKind::Native, 2, 4, |_, _| None);
+        for f in 1..=5 {
+            c.add_function(f, spec(&format!("f{f}"), 2, 1.0, ModelClass::Light)).unwrap();
+        }
+        // Four fit (two per device), the fifth has no home.
+        assert_eq!(c.enqueue(1, 5, 0.0, None), Admission::Rejected(DropReason::NotPlaced));
+        queue(&mut c, 2, 1, 0.0);
+        let d = run(&mut c, 0.0);
+        assert_eq!(d.swap, Some(SwapSource::Host), "the first request loads it");
+        assert!(d.evicted.is_empty());
+        c.complete(d.device);
+        queue(&mut c, 3, 1, 1.0);
+        assert_eq!(run(&mut c, 1.0).swap, None);
+        queue(&mut c, 4, 1, 1.0);
+        assert_eq!(c.next_dispatch(1.0), None, "only its own device, busy");
+        assert_eq!(c.snapshot(0).used_bytes + c.snapshot(1).used_bytes, 8 * PAGE);
     }
 
     #[test]
     fn removing_a_function_frees_its_pages_and_drops_its_queue() {
-        let mut c = cluster(1, 4);
-        c.add_function(1, "a", 3 * PAGE).unwrap();
-        c.enqueue(1, 1);
-        c.next_dispatch().unwrap();
-        c.enqueue(2, 1);
+        let mut c = cluster(PolicyKind::Faaswap, 1, 4, |_, _| None);
+        c.add_function(1, spec("a", 3, 1.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        run(&mut c, 0.0);
+        queue(&mut c, 2, 1, 0.0);
         assert_eq!(c.remove_function(1), (vec![2], 0));
         assert_eq!(c.snapshot(0).used_bytes, 3 * PAGE, "still executing: freed on completion");
-        c.complete(0, true);
+        c.complete(0);
         assert_eq!(c.snapshot(0).used_bytes, 0);
-    }
-
-    fn linked(devices: usize, pages: u64, host: f64, peer: f64) -> Cluster {
-        let pools = (0..devices).map(|_| PagePool::new(pages * PAGE, PAGE)).collect();
-        let links = (0..devices)
-            .map(|i| Links { host: Some(host), peers: (0..devices).map(|j| (i != j).then_some(peer)).collect() })
-            .collect();
-        Cluster::with_links(pools, links)
-    }
-
-    #[test]
-    fn copies_from_a_peer_when_its_link_is_faster_and_pins_the_source() {
-        let mut c = linked(2, 2, 12e9, 48e9);
-        c.add_function(1, "a", 2 * PAGE).unwrap();
-        c.enqueue(1, 1);
-        c.next_dispatch().unwrap();
-        c.complete(0, true);
-        c.enqueue(2, 1);
-        c.next_dispatch().unwrap(); // device 0 runs `a` again
-        c.enqueue(3, 1);
-        let d = c.next_dispatch().unwrap();
-        assert_eq!((d.device, d.swap), (1, Some(SwapSource::Peer(0))));
-        // While device 1 copies from it, device 0's copy of `a` cannot be evicted.
-        c.complete(0, true);
-        c.add_function(2, "b", 2 * PAGE).unwrap();
-        c.enqueue(4, 2);
-        assert!(c.next_dispatch().is_none(), "device 0's only model is pinned, device 1 is busy");
-        c.complete(1, true);
-        assert_eq!(c.next_dispatch().unwrap().evicted, vec![1]);
-    }
-
-    #[test]
-    fn an_incomplete_copy_is_never_a_source_and_slow_peers_are_skipped() {
-        let mut c = linked(3, 2, 12e9, 48e9);
-        c.add_function(1, "a", PAGE).unwrap();
-        c.enqueue(1, 1);
-        c.enqueue(2, 1);
-        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host));
-        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host), "device 0's copy is not complete yet");
-        let mut c = linked(2, 2, 12e9, 6e9);
-        c.add_function(1, "a", PAGE).unwrap();
-        c.enqueue(1, 1);
-        c.next_dispatch().unwrap();
-        c.complete(0, true);
-        c.enqueue(2, 1);
-        c.next_dispatch().unwrap();
-        c.enqueue(3, 1);
-        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host), "the peer link is slower than the host's");
-    }
-
-    #[test]
-    fn requests_for_unknown_functions_are_not_queued() {
-        let mut c = cluster(1, 4);
-        assert!(!c.enqueue(1, 9));
-        c.add_function(9, "f", PAGE).unwrap();
-        assert!(c.enqueue(2, 9));
-        c.remove_function(9);
-        assert!(!c.enqueue(3, 9));
-        assert!(c.next_dispatch().is_none());
-    }
-
-    #[test]
-    fn a_failed_copy_is_not_reused() {
-        let mut c = cluster(1, 4);
-        c.add_function(1, "a", PAGE).unwrap();
-        c.enqueue(1, 1);
-        c.next_dispatch().unwrap();
-        c.complete(0, false);
-        assert!(c.residency(1).is_empty());
-        c.enqueue(2, 1);
-        assert_eq!(c.next_dispatch().unwrap().swap, Some(SwapSource::Host));
+        assert_eq!(c.enqueue(3, 1, 1.0, None), Admission::Unknown);
     }
 }

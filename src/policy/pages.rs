@@ -19,13 +19,15 @@ pub struct PagePool {
     pages: usize,
     /// Allocated runs by first page.
     used: BTreeMap<usize, usize>,
+    /// Sum of `used`'s runs (kept, not recomputed: the scheduler asks on every decision).
+    used_pages: usize,
 }
 
 impl PagePool {
     /// A pool of `pool_bytes` rounded down to whole pages.
     pub fn new(pool_bytes: u64, page_bytes: u64) -> Self {
         assert!(page_bytes > 0, "page size must be positive");
-        Self { page_bytes, pages: (pool_bytes / page_bytes) as usize, used: BTreeMap::new() }
+        Self { page_bytes, pages: (pool_bytes / page_bytes) as usize, used: BTreeMap::new(), used_pages: 0 }
     }
 
     pub fn page_bytes(&self) -> u64 {
@@ -41,7 +43,7 @@ impl PagePool {
     }
 
     pub fn used_pages(&self) -> usize {
-        self.used.values().sum()
+        self.used_pages
     }
 
     pub fn free_pages(&self) -> usize {
@@ -79,15 +81,26 @@ impl PagePool {
         if pages == 0 {
             return None;
         }
-        let run = self.free_runs().into_iter().find(|r| r.pages >= pages)?;
-        self.used.insert(run.first, pages);
-        Some(Extent { first: run.first, pages })
+        let mut at = 0;
+        let mut found = None;
+        for (&first, &len) in &self.used {
+            if first - at >= pages {
+                found = Some(at);
+                break;
+            }
+            at = first + len;
+        }
+        let first = found.or_else(|| (self.pages - at >= pages).then_some(at))?;
+        self.used.insert(first, pages);
+        self.used_pages += pages;
+        Some(Extent { first, pages })
     }
 
     /// Returns an extent to the pool. Freeing what is not allocated is a bug in the caller.
     pub fn free(&mut self, extent: Extent) {
         let pages = self.used.remove(&extent.first);
         assert_eq!(pages, Some(extent.pages), "freeing an extent that is not allocated: {extent:?}");
+        self.used_pages -= extent.pages;
     }
 }
 

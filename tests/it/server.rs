@@ -191,7 +191,7 @@ fn swapping_under_memory_pressure_keeps_every_output_exact() {
     }
     // Metrics are process-wide (other tests' servers add to them): lower bounds only.
     assert!(s.metric("faaswap_swaps_total{source=\"host\"}") >= 24.0);
-    assert!(s.metric("faaswap_evictions_total{reason=\"lru\"}") >= 23.0);
+    assert!(s.metric("faaswap_evictions_total{reason=\"reload_cost\"}") >= 23.0);
     let (_, devices) = s.get("/api/v1/devices");
     assert_eq!(devices[0]["id"], "cpu:0");
     assert_eq!(devices[0]["kind"], "cpu");

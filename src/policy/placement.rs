@@ -1,0 +1,202 @@
+//! Which device runs a request and where its model comes from, per policy.
+
+use super::cluster::{Cluster, DeviceId, FunctionId};
+use super::{estimate, eviction, ModelClass, PolicyKind, SwapSource};
+use rand::Rng;
+
+pub(super) enum Choice {
+    /// Start now on `device` (copying first when `swap` says so).
+    Run { device: DeviceId, swap: Option<SwapSource> },
+    /// Not now: the right device is busy, or none has room.
+    Wait,
+    /// It cannot meet its deadline anywhere (faaswap with shedding on).
+    Shed,
+}
+
+/// How far ahead, in seconds, an eviction's expected reload cost is counted against a device.
+const EVICTION_HORIZON_S: f64 = 10.0;
+
+/// Milliseconds of predicted completion a device's recent load (0–1) is worth.
+const LOAD_WEIGHT_MS: f64 = 20.0;
+
+/// How far past its deadline (as a fraction of the SLO) a compliant function's request must be
+/// predicted to finish before it is shed: the prediction is an estimate.
+const SHED_MARGIN: f64 = 0.25;
+
+pub(super) fn choose(c: &mut Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
+    match c.cfg.policy {
+        PolicyKind::Native => native(c, f),
+        PolicyKind::SimpleSwap => simpleswap(c, f),
+        PolicyKind::Torpor => torpor(c, f, now),
+        PolicyKind::Faaswap => faaswap(c, f, now, deadline),
+    }
+}
+
+fn idle(c: &Cluster) -> impl Iterator<Item = DeviceId> + '_ {
+    (0..c.devices.len()).filter(|&i| c.devices[i].job.is_none())
+}
+
+fn run_on(c: &Cluster, device: DeviceId, f: FunctionId, source: SwapSource) -> Choice {
+    let swap = (!c.ready_on(device, f)).then_some(source);
+    Choice::Run { device, swap }
+}
+
+/// Early binding: the function's own device or nothing.
+fn native(c: &Cluster, f: FunctionId) -> Choice {
+    match c.functions[&f].home {
+        Some(d) if c.devices[d].job.is_none() => run_on(c, d, f, SwapSource::Host),
+        _ => Choice::Wait,
+    }
+}
+
+/// A random idle device with room; copies come from the host.
+fn simpleswap(c: &mut Cluster, f: FunctionId) -> Choice {
+    let fits: Vec<DeviceId> = idle(c).filter(|&i| c.can_fit(i, f)).collect();
+    if fits.is_empty() {
+        return Choice::Wait;
+    }
+    let device = fits[c.rng.random_range(0..fits.len())];
+    run_on(c, device, f, SwapSource::Host)
+}
+
+/// The paper's order: an idle device holding the model; else the idle device with the fastest
+/// peer link from one holding it; else a host copy to an idle device whose PCIe neighbours are
+/// not copying from the host; else (light models first, then any) any idle device with room.
+fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
+    if let Some(d) = idle(c).find(|&i| c.ready_on(i, f)) {
+        return Choice::Run { device: d, swap: None };
+    }
+    let fits: Vec<DeviceId> = idle(c).filter(|&i| c.can_fit(i, f)).collect();
+    let holders: Vec<DeviceId> = (0..c.devices.len()).filter(|&j| c.ready_on(j, f)).collect();
+    let mut best: Option<(f64, DeviceId, DeviceId)> = None;
+    for &i in &fits {
+        for &j in &holders {
+            if let Some(bw) = c.devices[i].peers.get(j).copied().flatten() {
+                if best.is_none_or(|(b, _, _)| bw > b) {
+                    best = Some((bw, i, j));
+                }
+            }
+        }
+    }
+    if let Some((_, device, source)) = best {
+        return Choice::Run { device, swap: Some(SwapSource::Peer(source)) };
+    }
+    let quiet_neighbours = |i: DeviceId| {
+        let group = c.devices[i].group;
+        c.devices.iter().enumerate().all(|(j, d)| {
+            j == i || d.group != group || d.job.as_ref().and_then(|r| r.host_copy_until).is_none_or(|t| t <= now)
+        })
+    };
+    if let Some(&device) = fits.iter().find(|&&i| quiet_neighbours(i)) {
+        return Choice::Run { device, swap: Some(SwapSource::Host) };
+    }
+    let light = c.functions[&f].spec.class == ModelClass::Light;
+    match fits.first() {
+        // A light model loads anywhere; so, failing all else, does any other.
+        Some(&device) if light => Choice::Run { device, swap: Some(SwapSource::Host) },
+        Some(&device) => Choice::Run { device, swap: Some(SwapSource::Host) },
+        None => Choice::Wait,
+    }
+}
+
+/// Ours: the device where the request is predicted to finish first — wait until the device is
+/// free, plus the copy (from the host over the link's current share, or from the fastest peer
+/// holding the model), plus execution, pipelined — with the expected reload cost of what it
+/// would evict added as a penalty. Waits when the best device is busy.
+fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
+    let spec = &c.functions[&f].spec;
+    let mut best: Option<(f64, f64, DeviceId, Option<SwapSource>)> = None;
+    for i in 0..c.devices.len() {
+        let d = &c.devices[i];
+        let start = d.job.as_ref().map_or(now, |j| j.ends_at.max(now));
+        let loading_here = d.job.as_ref().is_some_and(|j| j.function == f);
+        let (end, swap, penalty) = if c.ready_on(i, f) || (loading_here && d.resident.contains_key(&f)) {
+            (start + spec.exec_ms, None, 0.0)
+        } else {
+            if !c.can_fit(i, f) {
+                continue;
+            }
+            // At most one replica of a model when memory is tight: a second copy only into
+            // free pages.
+            let replica = (0..c.devices.len()).any(|j| j != i && c.ready_on(j, f));
+            if replica && d.pool.free_pages() < d.pool.pages_for(spec.bytes) {
+                continue;
+            }
+            let host_bw = c.host_share(i, start);
+            let mut swap = (estimate::transfer_ms(spec.bytes, host_bw), SwapSource::Host, host_bw);
+            for j in 0..c.devices.len() {
+                if j != i && c.ready_on(j, f) {
+                    if let Some(bw) = d.peers.get(j).copied().flatten() {
+                        let t = estimate::transfer_ms(spec.bytes, bw);
+                        if t < swap.0 {
+                            swap = (t, SwapSource::Peer(j), bw);
+                        }
+                    }
+                }
+            }
+            let chunk = estimate::transfer_ms(estimate::FIRST_CHUNK_BYTES.min(spec.bytes), swap.2);
+            let end = start + estimate::job_ms(Some(swap.0), chunk, spec.exec_ms);
+            let mut penalty = if d.job.is_none() { eviction_penalty(c, i, f, now) } else { 0.0 };
+            if swap.1 == SwapSource::Host {
+                penalty += link_harm(c, i, start, start + swap.0);
+            }
+            (end, Some(swap.1), penalty)
+        };
+        // Between otherwise equal devices, the less loaded one (spreads resident models).
+        let score = end + penalty + LOAD_WEIGHT_MS * d.recent_load(now);
+        if best.is_none_or(|(s, ..)| score < s) {
+            best = Some((score, end, i, swap));
+        }
+    }
+    match best {
+        None => Choice::Wait,
+        // Shed what is predicted late: any late request of a function that has spent its miss
+        // budget, and clearly late ones (by a quarter of the SLO) of the others.
+        Some((_, end, _, _))
+            if c.cfg.shed && end > deadline && (c.lost(f) || end > deadline + SHED_MARGIN * spec.deadline_ms) =>
+        {
+            Choice::Shed
+        }
+        // A function that has spent its miss budget is not copied in from the host while
+        // shedding: its misses cost nothing more, the copy would slow everyone on the link.
+        Some((_, _, _, Some(SwapSource::Host))) if c.cfg.shed && c.lost(f) => Choice::Shed,
+        Some((_, _, device, _)) if c.devices[device].job.is_some() => Choice::Wait,
+        Some((_, _, device, swap)) => Choice::Run { device, swap },
+    }
+}
+
+/// The delay a host copy to device `i` over [from, to) imposes on the copies already on its
+/// link (each shares the link with it while both run).
+fn link_harm(c: &Cluster, i: DeviceId, from: f64, to: f64) -> f64 {
+    let group = c.devices[i].group;
+    c.devices
+        .iter()
+        .enumerate()
+        .filter(|&(j, d)| j != i && d.group == group)
+        .filter_map(|(_, d)| d.job.as_ref().and_then(|r| r.host_copy_until))
+        .map(|until| (until.min(to) - from).max(0.0))
+        .sum()
+}
+
+/// Expected extra latency, over the eviction horizon, caused by what device `i` would evict to
+/// take `f`.
+fn eviction_penalty(c: &Cluster, i: DeviceId, f: FunctionId, now: f64) -> f64 {
+    let d = &c.devices[i];
+    let need = d.pool.pages_for(c.functions[&f].spec.bytes);
+    let free = d.pool.free_pages();
+    if free >= need {
+        return 0.0;
+    }
+    let mut victims = eviction::ranked(c, i, f, now);
+    victims.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (mut have, mut cost) = (free, 0.0);
+    for (v, per_page) in victims {
+        if have >= need {
+            break;
+        }
+        let pages = d.resident[&v].extent.pages;
+        have += pages;
+        cost += per_page * pages as f64;
+    }
+    cost * EVICTION_HORIZON_S
+}
