@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod fixtures;
 mod minilm;
+mod scheduling;
 mod server;
 mod synth;
 mod triton;
