@@ -128,7 +128,10 @@ pub fn run(a: &BenchArgs, scenario_spec: &str) -> Result<(), CliError> {
         runs: vec![measured, simulated],
         note: Some(note.clone()),
     };
-    print!("{}", report.table().replacen(&format!("\n{}", policy.name()), &format!("\n{} (http)", policy.name()), 1));
+    print!(
+        "{}",
+        report.table(true).replacen(&format!("\n{}", policy.name()), &format!("\n{} (http)", policy.name()), 1)
+    );
     println!("{note}");
     if let Some(path) = &a.output {
         std::fs::write(path, serde_json::to_string_pretty(&report).map_err(std::io::Error::from)? + "\n")?;

@@ -37,6 +37,9 @@ pub struct SimulateArgs {
     /// Draw compliance against function count per policy as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also print each run's compliance and p98 latency per model.
+    #[arg(long)]
+    pub by_model: bool,
 }
 
 pub fn run(a: SimulateArgs) -> Result<(), CliError> {
@@ -78,7 +81,7 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
         runs: reports,
         note: None,
     };
-    print!("{}", report.table());
+    print!("{}", report.table(a.by_model));
     std::io::Write::flush(&mut std::io::stdout())?;
     eprintln!("{} runs simulated in {:.1} s", report.runs.len(), started.elapsed().as_secs_f64());
     if let Some(path) = &a.output {

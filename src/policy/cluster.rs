@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rustc_hash::FxHashMap;
+
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -26,7 +28,7 @@ pub type RequestId = u64;
 const SCAN_LIMIT: usize = 256;
 
 /// Requests over which a function's miss budget is counted before its window is that long.
-const LOST_HORIZON: usize = 300;
+pub(super) const LOST_HORIZON: usize = 250;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
@@ -135,12 +137,17 @@ pub(super) struct Func {
     pub in_flight: usize,
     /// `native`: the device the function was bound to at deploy.
     pub home: Option<DeviceId>,
+    /// Bit `i`: device `i` holds a complete copy (kept with `Resident::ready`, so asking
+    /// "is it ready elsewhere?" costs one lookup, not one per device).
+    pub ready_mask: u64,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct Resident {
     pub extent: Extent,
     pub last_used: f64,
+    /// When the copy was made.
+    pub loaded_at: f64,
     /// Copies to other devices reading from this one: never evicted while non-zero.
     pub pins: usize,
     /// The copy is complete (only a complete copy runs without a swap or serves as a source).
@@ -191,7 +198,9 @@ struct Queued {
 pub struct Cluster {
     pub(super) cfg: ClusterConfig,
     pub(super) devices: Vec<Dev>,
-    pub(super) functions: BTreeMap<FunctionId, Func>,
+    /// Looked up for every resident model of every candidate device: a fast hash map (its
+    /// order is never relied on).
+    pub(super) functions: FxHashMap<FunctionId, Func>,
     queue: Vec<Queued>,
     pub(super) rng: ChaCha8Rng,
     threshold: Threshold,
@@ -218,7 +227,7 @@ impl Cluster {
                     load_at: 0.0,
                 })
                 .collect(),
-            functions: BTreeMap::new(),
+            functions: FxHashMap::default(),
             queue: Vec::new(),
             rng,
             threshold: Threshold::default(),
@@ -249,13 +258,13 @@ impl Cluster {
             for i in order {
                 let d = &mut self.devices[i];
                 if let Some(extent) = d.pool.alloc(d.pool.pages_for(bytes)) {
-                    d.resident.insert(id, Resident { extent, last_used: 0.0, pins: 0, ready: false });
+                    d.resident.insert(id, Resident { extent, last_used: 0.0, loaded_at: 0.0, pins: 0, ready: false });
                     home = Some(i);
                     break;
                 }
             }
         }
-        self.functions.insert(id, Func { spec, stats: FunctionStats::default(), in_flight: 0, home });
+        self.functions.insert(id, Func { spec, stats: FunctionStats::default(), in_flight: 0, home, ready_mask: 0 });
         Ok(())
     }
 
@@ -385,8 +394,8 @@ impl Cluster {
                 continue;
             }
             match placement::choose(self, function, now, deadline) {
-                Choice::Run { device, swap } => {
-                    if let Some(d) = self.commit(qi, device, swap, now) {
+                Choice::Run { device, swap, ranking } => {
+                    if let Some(d) = self.commit(qi, device, swap, ranking, now) {
                         return Some(Decision::Run(d));
                     }
                 }
@@ -475,6 +484,17 @@ impl Cluster {
         self.devices[device].resident.get(&function).is_some_and(|r| r.ready)
     }
 
+    /// Devices other than `device` holding a complete copy of `function`, as a bit mask.
+    pub(super) fn ready_elsewhere(&self, device: DeviceId, function: FunctionId) -> u64 {
+        match self.functions.get(&function) {
+            Some(f) => f.ready_mask & !(1 << device),
+            // Undeployed, still resident somewhere: ask the devices.
+            None => (0..self.devices.len())
+                .filter(|&j| j != device && self.ready_on(j, function))
+                .fold(0, |m, j| m | 1 << j),
+        }
+    }
+
     /// Whether a resident model may be evicted from `device` now.
     pub(super) fn evictable(&self, device: DeviceId, function: FunctionId, r: &Resident) -> bool {
         let d = &self.devices[device];
@@ -509,7 +529,14 @@ impl Cluster {
 
     /// Starts the request at queue index `qi` (with same-function requests batched under
     /// `faaswap`) on `device`; `None` when room cannot be made after all.
-    fn commit(&mut self, qi: usize, device: DeviceId, swap: Option<SwapSource>, now: f64) -> Option<Dispatch> {
+    fn commit(
+        &mut self,
+        qi: usize,
+        device: DeviceId,
+        swap: Option<SwapSource>,
+        ranking: Option<eviction::Ranking>,
+        now: f64,
+    ) -> Option<Dispatch> {
         let function = self.queue[qi].function;
         let (bytes, exec1, max_batch) = {
             let s = &self.functions[&function].spec;
@@ -521,15 +548,18 @@ impl Cluster {
             (None, None) => return None,
             (Some(_), None) => {
                 let pages = self.devices[device].pool.pages_for(bytes);
-                let victims = eviction::plan(self, device, function, pages, now)?;
+                let victims = eviction::plan(self, device, function, pages, now, ranking)?;
                 let d = &mut self.devices[device];
                 for (v, reason) in victims {
                     let r = d.resident.remove(&v).expect("victim is resident");
                     d.pool.free(r.extent);
+                    if let Some(func) = self.functions.get_mut(&v) {
+                        func.ready_mask &= !(1 << device);
+                    }
                     evicted.push((v, reason));
                 }
                 let extent = d.pool.alloc(pages).expect("the eviction plan made room");
-                d.resident.insert(function, Resident { extent, last_used: now, pins: 0, ready: false });
+                d.resident.insert(function, Resident { extent, last_used: now, loaded_at: now, pins: 0, ready: false });
                 extent
             }
         };
@@ -621,6 +651,14 @@ impl Cluster {
             func.in_flight = func.in_flight.saturating_sub(1);
         }
         let native_home = registered && self.cfg.policy == PolicyKind::Native;
+        if let Some(func) = self.functions.get_mut(&f) {
+            let held = self.devices[device].resident.contains_key(&f);
+            if keep && held {
+                func.ready_mask |= 1 << device;
+            } else {
+                func.ready_mask &= !(1 << device);
+            }
+        }
         let d = &mut self.devices[device];
         if let Some(r) = d.resident.get_mut(&f) {
             r.ready = keep;

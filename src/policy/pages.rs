@@ -76,6 +76,18 @@ impl PagePool {
         runs
     }
 
+    /// Whether a contiguous run of `pages` is free now.
+    pub fn can_alloc(&self, pages: usize) -> bool {
+        let mut at = 0;
+        for (&first, &len) in &self.used {
+            if first - at >= pages {
+                return true;
+            }
+            at = first + len;
+        }
+        self.pages - at >= pages
+    }
+
     /// First-fit allocation of a contiguous run of `pages`.
     pub fn alloc(&mut self, pages: usize) -> Option<Extent> {
         if pages == 0 {

@@ -1,12 +1,14 @@
 //! Which device runs a request and where its model comes from, per policy.
 
 use super::cluster::{Cluster, DeviceId, FunctionId};
-use super::{estimate, eviction, ModelClass, PolicyKind, SwapSource};
+use super::eviction::{self, Ranking};
+use super::{estimate, ModelClass, PolicyKind, SwapSource};
 use rand::Rng;
 
 pub(super) enum Choice {
-    /// Start now on `device` (copying first when `swap` says so).
-    Run { device: DeviceId, swap: Option<SwapSource> },
+    /// Start now on `device` (copying first when `swap` says so); `ranking` is the device's
+    /// eviction candidates, cheapest first, when the decision already computed them.
+    Run { device: DeviceId, swap: Option<SwapSource>, ranking: Option<Ranking> },
     /// Not now: the right device is busy, or none has room.
     Wait,
     /// It cannot meet its deadline anywhere (faaswap with shedding on).
@@ -38,7 +40,7 @@ fn idle(c: &Cluster) -> impl Iterator<Item = DeviceId> + '_ {
 
 fn run_on(c: &Cluster, device: DeviceId, f: FunctionId, source: SwapSource) -> Choice {
     let swap = (!c.ready_on(device, f)).then_some(source);
-    Choice::Run { device, swap }
+    Choice::Run { device, swap, ranking: None }
 }
 
 /// Early binding: the function's own device or nothing.
@@ -64,7 +66,7 @@ fn simpleswap(c: &mut Cluster, f: FunctionId) -> Choice {
 /// not copying from the host; else (light models first, then any) any idle device with room.
 fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
     if let Some(d) = idle(c).find(|&i| c.ready_on(i, f)) {
-        return Choice::Run { device: d, swap: None };
+        return Choice::Run { device: d, swap: None, ranking: None };
     }
     let fits: Vec<DeviceId> = idle(c).filter(|&i| c.can_fit(i, f)).collect();
     let holders: Vec<DeviceId> = (0..c.devices.len()).filter(|&j| c.ready_on(j, f)).collect();
@@ -79,7 +81,7 @@ fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
         }
     }
     if let Some((_, device, source)) = best {
-        return Choice::Run { device, swap: Some(SwapSource::Peer(source)) };
+        return Choice::Run { device, swap: Some(SwapSource::Peer(source)), ranking: None };
     }
     let quiet_neighbours = |i: DeviceId| {
         let group = c.devices[i].group;
@@ -88,13 +90,13 @@ fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
         })
     };
     if let Some(&device) = fits.iter().find(|&&i| quiet_neighbours(i)) {
-        return Choice::Run { device, swap: Some(SwapSource::Host) };
+        return Choice::Run { device, swap: Some(SwapSource::Host), ranking: None };
     }
     let light = c.functions[&f].spec.class == ModelClass::Light;
     match fits.first() {
         // A light model loads anywhere; so, failing all else, does any other.
-        Some(&device) if light => Choice::Run { device, swap: Some(SwapSource::Host) },
-        Some(&device) => Choice::Run { device, swap: Some(SwapSource::Host) },
+        Some(&device) if light => Choice::Run { device, swap: Some(SwapSource::Host), ranking: None },
+        Some(&device) => Choice::Run { device, swap: Some(SwapSource::Host), ranking: None },
         None => Choice::Wait,
     }
 }
@@ -105,47 +107,60 @@ fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
 /// would evict added as a penalty. Waits when the best device is busy.
 fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
     let spec = &c.functions[&f].spec;
-    let mut best: Option<(f64, f64, DeviceId, Option<SwapSource>)> = None;
+    // Every device's score without the eviction penalty (the costly part), then penalties only
+    // for devices that can still win, best first: penalties are never negative.
+    let mut candidates: Vec<(f64, f64, DeviceId, Option<SwapSource>, bool)> = Vec::with_capacity(c.devices.len());
     for i in 0..c.devices.len() {
         let d = &c.devices[i];
         let start = d.job.as_ref().map_or(now, |j| j.ends_at.max(now));
         let loading_here = d.job.as_ref().is_some_and(|j| j.function == f);
-        let (end, swap, penalty) = if c.ready_on(i, f) || (loading_here && d.resident.contains_key(&f)) {
-            (start + spec.exec_ms, None, 0.0)
-        } else {
-            if !c.can_fit(i, f) {
-                continue;
-            }
-            // At most one replica of a model when memory is tight: a second copy only into
-            // free pages.
-            let replica = (0..c.devices.len()).any(|j| j != i && c.ready_on(j, f));
-            if replica && d.pool.free_pages() < d.pool.pages_for(spec.bytes) {
-                continue;
-            }
-            let host_bw = c.host_share(i, start);
-            let mut swap = (estimate::transfer_ms(spec.bytes, host_bw), SwapSource::Host, host_bw);
-            for j in 0..c.devices.len() {
-                if j != i && c.ready_on(j, f) {
-                    if let Some(bw) = d.peers.get(j).copied().flatten() {
-                        let t = estimate::transfer_ms(spec.bytes, bw);
-                        if t < swap.0 {
-                            swap = (t, SwapSource::Peer(j), bw);
-                        }
+        let load = LOAD_WEIGHT_MS * d.recent_load(now);
+        if c.ready_on(i, f) || (loading_here && d.resident.contains_key(&f)) {
+            let end = start + spec.exec_ms;
+            candidates.push((end + load, end, i, None, false));
+            continue;
+        }
+        if !c.can_fit(i, f) {
+            continue;
+        }
+        // At most one replica of a model when memory is tight: a second copy only into free
+        // pages.
+        let holders = c.ready_elsewhere(i, f);
+        let free = d.pool.free_pages() >= d.pool.pages_for(spec.bytes);
+        if holders != 0 && !free {
+            continue;
+        }
+        let host_bw = c.host_share(i, start);
+        let mut swap = (estimate::transfer_ms(spec.bytes, host_bw), SwapSource::Host, host_bw);
+        for j in 0..c.devices.len() {
+            if holders & (1 << j) != 0 {
+                if let Some(bw) = d.peers.get(j).copied().flatten() {
+                    let t = estimate::transfer_ms(spec.bytes, bw);
+                    if t < swap.0 {
+                        swap = (t, SwapSource::Peer(j), bw);
                     }
                 }
             }
-            let chunk = estimate::transfer_ms(estimate::FIRST_CHUNK_BYTES.min(spec.bytes), swap.2);
-            let end = start + estimate::job_ms(Some(swap.0), chunk, spec.exec_ms);
-            let mut penalty = if d.job.is_none() { eviction_penalty(c, i, f, now) } else { 0.0 };
-            if swap.1 == SwapSource::Host {
-                penalty += link_harm(c, i, start, start + swap.0);
-            }
-            (end, Some(swap.1), penalty)
-        };
-        // Between otherwise equal devices, the less loaded one (spreads resident models).
-        let score = end + penalty + LOAD_WEIGHT_MS * d.recent_load(now);
-        if best.is_none_or(|(s, ..)| score < s) {
-            best = Some((score, end, i, swap));
+        }
+        let chunk = estimate::transfer_ms(estimate::FIRST_CHUNK_BYTES.min(spec.bytes), swap.2);
+        let end = start + estimate::job_ms(Some(swap.0), chunk, spec.exec_ms);
+        let mut penalty = load;
+        if swap.1 == SwapSource::Host {
+            penalty += link_harm(c, i, start, start + swap.0);
+        }
+        candidates.push((end + penalty, end, i, Some(swap.1), d.job.is_none() && !free));
+    }
+    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
+    let mut best: Option<(f64, f64, DeviceId, Option<SwapSource>)> = None;
+    let mut best_ranking = None;
+    for (base, end, i, swap, evicts) in candidates {
+        if best.is_some_and(|(s, ..)| base >= s) {
+            break;
+        }
+        let (penalty, ranking) = if evicts { eviction_penalty(c, i, f, now) } else { (0.0, None) };
+        if best.is_none_or(|(s, ..)| base + penalty < s) {
+            best = Some((base + penalty, end, i, swap));
+            best_ranking = ranking;
         }
     }
     match best {
@@ -161,7 +176,7 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
         // shedding: its misses cost nothing more, the copy would slow everyone on the link.
         Some((_, _, _, Some(SwapSource::Host))) if c.cfg.shed && c.lost(f) => Choice::Shed,
         Some((_, _, device, _)) if c.devices[device].job.is_some() => Choice::Wait,
-        Some((_, _, device, swap)) => Choice::Run { device, swap },
+        Some((_, _, device, swap)) => Choice::Run { device, swap, ranking: best_ranking },
     }
 }
 
@@ -179,18 +194,17 @@ fn link_harm(c: &Cluster, i: DeviceId, from: f64, to: f64) -> f64 {
 }
 
 /// Expected extra latency, over the eviction horizon, caused by what device `i` would evict to
-/// take `f`.
-fn eviction_penalty(c: &Cluster, i: DeviceId, f: FunctionId, now: f64) -> f64 {
+/// take `f`, with the device's eviction candidates cheapest first (for the eviction plan).
+fn eviction_penalty(c: &Cluster, i: DeviceId, f: FunctionId, now: f64) -> (f64, Option<Ranking>) {
     let d = &c.devices[i];
     let need = d.pool.pages_for(c.functions[&f].spec.bytes);
     let free = d.pool.free_pages();
     if free >= need {
-        return 0.0;
+        return (0.0, None);
     }
-    let mut victims = eviction::ranked(c, i, f, now);
-    victims.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let victims = eviction::ranked_sorted(c, i, f, now);
     let (mut have, mut cost) = (free, 0.0);
-    for (v, per_page) in victims {
+    for &(v, per_page) in &victims {
         if have >= need {
             break;
         }
@@ -198,5 +212,5 @@ fn eviction_penalty(c: &Cluster, i: DeviceId, f: FunctionId, now: f64) -> f64 {
         have += pages;
         cost += per_page * pages as f64;
     }
-    cost * EVICTION_HORIZON_S
+    (cost * EVICTION_HORIZON_S, Some(victims))
 }

@@ -134,7 +134,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 impl Report {
-    pub fn table(&self) -> String {
+    /// The runs as a text table; `by_model` adds each run's per-model compliance.
+    pub fn table(&self, by_model: bool) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -160,7 +161,7 @@ impl Report {
                 busy.join(" ")
             );
         }
-        if std::env::var_os("FAASWAP_SIM_DETAIL").is_some() {
+        if by_model {
             for r in &self.runs {
                 let rows: Vec<String> = r
                     .by_model
