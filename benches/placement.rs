@@ -90,7 +90,7 @@ impl Bench {
                 host_group: i / 2,
             })
             .collect();
-        let mut cluster = Cluster::new(ClusterConfig { policy, seed: 7, shed: false }, devices);
+        let mut cluster = Cluster::new(ClusterConfig { policy, seed: 7, ..ClusterConfig::default() }, devices);
         let scenario = Scenario::paper_node();
         for i in 0..functions {
             cluster.add_function(i as u64, scenario.function_spec(i)).expect("the function fits a device");

@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// Scheduling and memory policy: native, simpleswap, torpor or faaswap [default: faaswap].
     #[arg(long, env = "FAASWAP_POLICY")]
     pub policy: Option<String>,
+    /// Most requests waiting per function; beyond, 429 with Retry-After [default: 512].
+    #[arg(long, env = "FAASWAP_MAX_QUEUE_PER_FUNCTION")]
+    pub max_queue_per_function: Option<usize>,
+    /// Most requests waiting in all [default: 8192].
+    #[arg(long, env = "FAASWAP_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
     /// faaswap policy: refuse (503 deadline_unmeetable) a request that cannot finish before its
     /// deadline on any device, instead of running it late [default: true].
     #[arg(long, env = "FAASWAP_SHED")]
@@ -82,6 +88,17 @@ pub struct ServeConfig {
     pub max_body: usize,
     pub policy: PolicyKind,
     pub shed: bool,
+    pub max_queue_per_function: usize,
+    pub max_queue: usize,
+}
+
+/// A count flag that must be at least 1.
+fn positive(what: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(ConfigError::Invalid(format!("{what} must be at least 1"))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
 }
 
 impl ServeArgs {
@@ -126,6 +143,12 @@ impl ServeArgs {
                 .transpose()?
                 .unwrap_or_default(),
             shed: self.shed.or(file.shed).unwrap_or(true),
+            max_queue_per_function: positive(
+                "--max-queue-per-function",
+                self.max_queue_per_function.or(file.max_queue_per_function),
+                512,
+            )?,
+            max_queue: positive("--max-queue", self.max_queue.or(file.max_queue), 8192)?,
         })
     }
 

@@ -163,7 +163,16 @@ impl Runtime {
             .collect();
         let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();
         let sched_arbiter = Arbiter::new();
-        let cluster = Cluster::new(ClusterConfig { policy: config.policy, seed: 0, shed: config.shed }, specs);
+        let cluster = Cluster::new(
+            ClusterConfig {
+                policy: config.policy,
+                seed: 0,
+                shed: config.shed,
+                max_queue_per_function: config.max_queue_per_function,
+                max_queue: config.max_queue,
+            },
+            specs,
+        );
         tracing::info!("scheduling policy: {}{}", config.policy, if config.shed { " (shedding)" } else { "" });
         let scheduler_state = SchedulerActor::new(cluster, ids);
         let scheduler = SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
@@ -449,16 +458,18 @@ impl Runtime {
     }
 
     /// Runs one request on a deployed function.
+    /// Runs one request on a deployed function; `deadline_ms` may shorten its SLO deadline.
     pub async fn infer(
         &self,
         entry: &FunctionEntry,
         inputs: Inputs,
         outputs: Vec<String>,
+        deadline_ms: Option<f64>,
     ) -> Result<Completed, RuntimeError> {
         let received = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
         // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
-        entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.max_batch(), received, reply });
+        entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.max_batch(), deadline_ms, received, reply });
         let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;

@@ -118,14 +118,14 @@ impl Handler<Infer> for FunctionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Infer, _: &mut Context<Self>) {
-        let Infer { inputs, outputs, max_batch, received, reply } = msg;
+        let Infer { inputs, outputs, max_batch, deadline_ms, received, reply } = msg;
         match self.prepare(inputs, &outputs, max_batch) {
             Ok(work) => self.scheduler.do_send(Submit {
                 function: self.id,
                 name: self.name.clone(),
                 work,
                 received,
-                deadline_ms: None,
+                deadline_ms,
                 reply,
             }),
             Err(e) => {

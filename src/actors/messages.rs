@@ -155,6 +155,8 @@ pub struct Infer {
     pub outputs: Vec<String>,
     /// The function's `max_batch` setting.
     pub max_batch: usize,
+    /// A deadline shorter than the function's SLO, ms from `received`.
+    pub deadline_ms: Option<f64>,
     pub received: Instant,
     pub reply: Reply,
 }

@@ -25,6 +25,8 @@ pub enum RuntimeError {
     NotPlaced(String),
     #[error("the request to {0:?} cannot finish before its deadline on any device")]
     DeadlineUnmeetable(String),
+    #[error("too many requests are waiting for {function:?}; retry in about {retry_after_s} s")]
+    Overloaded { function: String, retry_after_s: u64 },
     #[error("the runtime is shutting down")]
     Stopped,
 }

@@ -16,7 +16,7 @@ use super::RuntimeError;
 use crate::gpu::Job;
 use crate::metrics as m;
 use crate::policy::cluster::{Admission, DeviceSnapshot};
-use crate::policy::{Cluster, Decision, DropReason, RequestId};
+use crate::policy::{Cluster, Decision, DropReason, FunctionId, RequestId};
 
 struct Pending {
     name: String,
@@ -44,11 +44,15 @@ impl SchedulerActor {
         self.epoch.elapsed().as_secs_f64() * 1e3
     }
 
-    fn refuse(&mut self, p: Pending, reason: DropReason) {
+    fn refuse(&mut self, p: Pending, function: FunctionId, reason: DropReason) {
         m::dropped(&p.name, reason_label(reason));
         let error = match reason {
             DropReason::NotPlaced => RuntimeError::NotPlaced(p.name),
             DropReason::Unmeetable => RuntimeError::DeadlineUnmeetable(p.name),
+            DropReason::Overloaded => RuntimeError::Overloaded {
+                function: p.name,
+                retry_after_s: (self.cluster.drain_estimate_ms(function) / 1e3).ceil().max(1.0) as u64,
+            },
         };
         let _ = p.reply.send(Err(error));
     }
@@ -65,7 +69,7 @@ impl SchedulerActor {
                     for r in requests {
                         self.cluster.record(function, f64::INFINITY);
                         if let Some(p) = self.pending.remove(&r) {
-                            self.refuse(p, reason);
+                            self.refuse(p, function, reason);
                         }
                     }
                     continue;
@@ -120,6 +124,7 @@ fn reason_label(r: DropReason) -> &'static str {
     match r {
         DropReason::NotPlaced => "not_placed",
         DropReason::Unmeetable => "deadline_unmeetable",
+        DropReason::Overloaded => "overloaded",
     }
 }
 
@@ -185,9 +190,11 @@ impl Handler<Submit> for SchedulerActor {
                 self.pending.insert(id, p);
                 self.dispatch();
             }
+            // An overloaded queue is back-pressure, not a miss of the function's SLO.
+            Admission::Rejected(DropReason::Overloaded) => self.refuse(p, msg.function, DropReason::Overloaded),
             Admission::Rejected(reason) => {
                 self.cluster.record(msg.function, f64::INFINITY);
-                self.refuse(p, reason);
+                self.refuse(p, msg.function, reason);
             }
             Admission::Unknown => {
                 let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));

@@ -66,6 +66,7 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
         RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),
         RuntimeError::NotPlaced(_) => (StatusCode::SERVICE_UNAVAILABLE, "function_not_placed"),
         RuntimeError::DeadlineUnmeetable(_) => (StatusCode::SERVICE_UNAVAILABLE, "deadline_unmeetable"),
+        RuntimeError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
         RuntimeError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
     }
 }
@@ -77,7 +78,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.status_and_code();
-        HttpResponse::build(status).json(serde_json::json!({ "error": self.to_string(), "code": code }))
+        let mut response = HttpResponse::build(status);
+        if let Self::Runtime(RuntimeError::Overloaded { retry_after_s, .. }) = self {
+            response.insert_header(("Retry-After", retry_after_s.to_string()));
+        }
+        response.json(serde_json::json!({ "error": self.to_string(), "code": code }))
     }
 }
 

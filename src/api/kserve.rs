@@ -56,6 +56,10 @@ async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiError> {
     }
 }
 
+/// Shortens a request's deadline below its function's SLO (ms from arrival); a request that
+/// cannot finish within it is refused (503 `deadline_unmeetable`) rather than run late.
+pub const DEADLINE_HEADER: &str = "Faaswap-Deadline-Ms";
+
 fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
     rt.function(name).ok_or_else(|| ApiError::FunctionNotFound(name.to_string()))
 }
@@ -128,8 +132,18 @@ async fn infer(
         ),
         None => None,
     };
+    let deadline_ms = match req.headers().get(DEADLINE_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|d| d.is_finite() && *d > 0.0)
+                .ok_or_else(|| ApiError::BadRequest(format!("{DEADLINE_HEADER} must be a positive number of ms")))?,
+        ),
+        None => None,
+    };
     let request = tensors::decode(&body, header_len, MAX_ELEMENTS)?;
-    let done = rt.infer(&entry, request.inputs, request.outputs).await?;
+    let done = rt.infer(&entry, request.inputs, request.outputs, deadline_ms).await?;
     let (body, json_len) = tensors::encode(name, request.id, done, request.binary_output);
     Ok(match json_len {
         Some(n) => HttpResponse::Ok()

@@ -37,11 +37,20 @@ pub struct ClusterConfig {
     pub seed: u64,
     /// `faaswap` only: drop a request that cannot meet its deadline on any device.
     pub shed: bool,
+    /// Most requests waiting per function, and in all; beyond, `enqueue` refuses (`Overloaded`).
+    pub max_queue_per_function: usize,
+    pub max_queue: usize,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { policy: PolicyKind::Faaswap, seed: 0, shed: false }
+        Self {
+            policy: PolicyKind::Faaswap,
+            seed: 0,
+            shed: false,
+            max_queue_per_function: usize::MAX,
+            max_queue: usize::MAX,
+        }
     }
 }
 
@@ -113,6 +122,8 @@ pub enum DropReason {
     NotPlaced,
     /// Shedding: no device can finish it before its deadline.
     Unmeetable,
+    /// The function's queue, or the whole queue, is full.
+    Overloaded,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +151,8 @@ pub(super) struct Func {
     /// Bit `i`: device `i` holds a complete copy (kept with `Resident::ready`, so asking
     /// "is it ready elsewhere?" costs one lookup, not one per device).
     pub ready_mask: u64,
+    /// Its requests in the queue.
+    pub queued: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +205,8 @@ struct Queued {
     request: RequestId,
     function: FunctionId,
     deadline: f64,
+    /// The time it was given (deadline − arrival), ms.
+    window: f64,
 }
 
 #[derive(Debug)]
@@ -264,7 +279,8 @@ impl Cluster {
                 }
             }
         }
-        self.functions.insert(id, Func { spec, stats: FunctionStats::default(), in_flight: 0, home, ready_mask: 0 });
+        self.functions
+            .insert(id, Func { spec, stats: FunctionStats::default(), in_flight: 0, home, ready_mask: 0, queued: 0 });
         Ok(())
     }
 
@@ -321,13 +337,27 @@ impl Cluster {
         if native && f.home.is_none() {
             return Admission::Rejected(DropReason::NotPlaced);
         }
-        let deadline = now + deadline_ms.unwrap_or(f.spec.deadline_ms);
-        self.queue.push(Queued { request, function, deadline });
+        if f.queued >= self.cfg.max_queue_per_function || self.queue.len() >= self.cfg.max_queue {
+            return Admission::Rejected(DropReason::Overloaded);
+        }
+        f.queued += 1;
+        // A request may ask for less time than its function's SLO, never more.
+        let window = deadline_ms.map_or(f.spec.deadline_ms, |d| d.min(f.spec.deadline_ms));
+        self.queue.push(Queued { request, function, deadline: now + window, window });
         Admission::Queued
     }
 
     pub fn queued(&self, function: FunctionId) -> usize {
-        self.queue.iter().filter(|q| q.function == function).count()
+        self.functions.get(&function).map_or(0, |f| f.queued)
+    }
+
+    /// How long until the function's queue is likely to have room again, ms: its queued
+    /// requests' execution time spread over the devices (for `Retry-After`).
+    pub fn drain_estimate_ms(&self, function: FunctionId) -> f64 {
+        let Some(f) = self.functions.get(&function) else { return 0.0 };
+        let mine = f.queued as f64 * f.spec.exec_ms;
+        let all = self.queue.len() as f64 * f.spec.exec_ms / self.devices.len().max(1) as f64;
+        mine.max(all)
     }
 
     pub fn queue_len(&self) -> usize {
@@ -384,7 +414,8 @@ impl Cluster {
 
     fn scan(&mut self, order: &[usize], now: f64, resident_only: bool) -> Option<Decision> {
         for &qi in order {
-            let (function, deadline) = (self.queue[qi].function, self.queue[qi].deadline);
+            let (function, deadline, window) =
+                (self.queue[qi].function, self.queue[qi].deadline, self.queue[qi].window);
             if self.cfg.policy == PolicyKind::Torpor && self.functions[&function].in_flight > 0 {
                 continue;
             }
@@ -393,7 +424,7 @@ impl Cluster {
             {
                 continue;
             }
-            match placement::choose(self, function, now, deadline) {
+            match placement::choose(self, function, now, deadline, window) {
                 Choice::Run { device, swap, ranking } => {
                     if let Some(d) = self.commit(qi, device, swap, ranking, now) {
                         return Some(Decision::Run(d));
@@ -402,6 +433,9 @@ impl Cluster {
                 Choice::Wait => {}
                 Choice::Shed => {
                     let q = self.queue.remove(qi);
+                    if let Some(f) = self.functions.get_mut(&q.function) {
+                        f.queued -= 1;
+                    }
                     return Some(Decision::Drop {
                         requests: vec![q.request],
                         function: q.function,
@@ -612,6 +646,7 @@ impl Cluster {
         dev.load_at = now;
         self.functions.get_mut(&function).expect("queued functions are registered").in_flight += 1;
         batch.sort_unstable_by(|a, b| b.cmp(a));
+        self.functions.get_mut(&function).expect("queued functions are registered").queued -= batch.len();
         let mut requests: Vec<RequestId> = batch.into_iter().map(|i| self.queue.remove(i).request).collect();
         requests.reverse();
         Some(Dispatch { requests, function, device, extent, swap, evicted, predicted_ms })
@@ -761,7 +796,7 @@ mod tests {
                 host_group: i / 2,
             })
             .collect();
-        Cluster::new(ClusterConfig { policy, seed: 1, shed: false }, devices)
+        Cluster::new(ClusterConfig { policy, seed: 1, ..ClusterConfig::default() }, devices)
     }
 
     #[track_caller]
@@ -1085,5 +1120,30 @@ mod tests {
         c.complete(0);
         assert_eq!(c.snapshot(0).used_bytes, 0);
         assert_eq!(c.enqueue(3, 1, 1.0, None), Admission::Unknown);
+    }
+
+    #[test]
+    fn queues_are_bounded_and_deadlines_only_shorten() {
+        let mut c = cluster(PolicyKind::Faaswap, 1, 8, |_, _| None);
+        c.cfg.max_queue_per_function = 2;
+        c.cfg.max_queue = 3;
+        c.add_function(1, spec("a", 1, 10.0, ModelClass::Light)).unwrap();
+        c.add_function(2, spec("b", 1, 10.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        queue(&mut c, 2, 1, 0.0);
+        assert_eq!(c.enqueue(3, 1, 0.0, None), Admission::Rejected(DropReason::Overloaded), "a's queue is full");
+        queue(&mut c, 4, 2, 0.0);
+        assert_eq!(c.enqueue(5, 2, 0.0, None), Admission::Rejected(DropReason::Overloaded), "the whole queue is full");
+        assert_eq!((c.queued(1), c.queued(2), c.queue_len()), (2, 1, 3));
+        assert!(c.drain_estimate_ms(1) >= 20.0);
+        run(&mut c, 0.0);
+        assert_eq!(c.queue_len(), 2, "the dispatch frees a place");
+        // A request's own deadline may be shorter than the SLO (100 ms), never longer.
+        c.complete(0);
+        (c.cfg.max_queue_per_function, c.cfg.max_queue) = (10, 10);
+        assert_eq!(c.enqueue(6, 2, 50.0, Some(1e9)), Admission::Queued);
+        assert_eq!(c.queue.last().map(|q| q.deadline), Some(150.0));
+        assert_eq!(c.enqueue(7, 2, 50.0, Some(4.0)), Admission::Queued);
+        assert_eq!(c.queue.last().map(|q| (q.deadline, q.window)), Some((54.0, 4.0)));
     }
 }

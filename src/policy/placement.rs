@@ -25,12 +25,13 @@ const LOAD_WEIGHT_MS: f64 = 20.0;
 /// predicted to finish before it is shed: the prediction is an estimate.
 const SHED_MARGIN: f64 = 0.25;
 
-pub(super) fn choose(c: &mut Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
+/// `deadline` is the request's (absolute), `window` the time it was given.
+pub(super) fn choose(c: &mut Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> Choice {
     match c.cfg.policy {
         PolicyKind::Native => native(c, f),
         PolicyKind::SimpleSwap => simpleswap(c, f),
         PolicyKind::Torpor => torpor(c, f, now),
-        PolicyKind::Faaswap => faaswap(c, f, now, deadline),
+        PolicyKind::Faaswap => faaswap(c, f, now, deadline, window),
     }
 }
 
@@ -105,7 +106,7 @@ fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
 /// free, plus the copy (from the host over the link's current share, or from the fastest peer
 /// holding the model), plus execution, pipelined — with the expected reload cost of what it
 /// would evict added as a penalty. Waits when the best device is busy.
-fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
+fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> Choice {
     let spec = &c.functions[&f].spec;
     // Every device's score without the eviction penalty (the costly part), then penalties only
     // for devices that can still win, best first: penalties are never negative.
@@ -166,9 +167,9 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64) -> Choice {
     match best {
         None => Choice::Wait,
         // Shed what is predicted late: any late request of a function that has spent its miss
-        // budget, and clearly late ones (by a quarter of the SLO) of the others.
+        // budget, and clearly late ones (by a quarter of the time they were given) of the others.
         Some((_, end, _, _))
-            if c.cfg.shed && end > deadline && (c.lost(f) || end > deadline + SHED_MARGIN * spec.deadline_ms) =>
+            if c.cfg.shed && end > deadline && (c.lost(f) || end > deadline + SHED_MARGIN * window) =>
         {
             Choice::Shed
         }

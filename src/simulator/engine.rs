@@ -95,7 +95,7 @@ fn key(ms: f64) -> u64 {
 
 /// Runs one policy over `arrivals` (of functions `0..opts.functions`).
 pub fn run(scenario: &Scenario, opts: SimOptions, arrivals: &[Arrival]) -> RunReport {
-    let cfg = ClusterConfig { policy: opts.policy, seed: opts.seed, shed: opts.shed };
+    let cfg = ClusterConfig { policy: opts.policy, seed: opts.seed, shed: opts.shed, ..ClusterConfig::default() };
     let mut cluster = Cluster::new(cfg, scenario.device_specs());
     for i in 0..opts.functions {
         cluster.add_function(i as u64, scenario.function_spec(i)).expect("scenario models fit a device");

@@ -255,3 +255,61 @@ fn bench_replays_a_scenario_over_http_and_compares_with_simulate() {
     assert_eq!(list.as_array().unwrap().len(), 16);
     assert_eq!(list[0]["profile"]["weight_bytes"], 57_000_000);
 }
+
+#[test]
+fn full_queues_answer_429_with_retry_after_and_short_deadlines_are_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let s = TestServer::start(state.path(), repo.path(), |a| {
+        a.devices = Some("sim:1x1GiB".into());
+        a.sim_time_scale = Some(1.0);
+        a.max_queue_per_function = Some(2);
+    });
+    // Each request holds the only device for 300 ms.
+    let body = json!({"name": "slow", "profile": {"weight_bytes": 1_000_000, "exec_ms": 300.0},
+                      "settings": {"slo_ms": 60000.0, "max_batch": 1}});
+    assert_eq!(s.post("/api/v1/functions", &body).0, 201);
+    let input = json!({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}]});
+    let url = format!("{}/v2/models/slow/infer", s.url);
+    let results: Vec<(u16, Option<String>, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, input) = (&url, &input);
+                scope.spawn(move || match ureq::post(url).send_string(&input.to_string()) {
+                    Ok(r) => (r.status(), None, r.into_json().unwrap()),
+                    Err(ureq::Error::Status(code, r)) => {
+                        let retry = r.header("Retry-After").map(String::from);
+                        (code, retry, r.into_json().unwrap())
+                    }
+                    Err(e) => panic!("{e}"),
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + refused.len(), 8, "{results:?}");
+    // One runs, two wait; the rest cannot all have fit (requests overlap by ~300 ms each).
+    assert!((3..8).contains(&ok) && !refused.is_empty(), "{results:?}");
+    for (_, retry, v) in refused {
+        assert_eq!(v["code"], "overloaded");
+        assert!(retry.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+    }
+    assert!(s.metric("faaswap_dropped_requests_total{function=\"slow\",reason=\"overloaded\"}") >= 1.0);
+    // A deadline shorter than the job: refused at once instead of run late.
+    let started = std::time::Instant::now();
+    let r = ureq::post(&url).set("Faaswap-Deadline-Ms", "50").send_string(&input.to_string());
+    match r {
+        Err(ureq::Error::Status(503, resp)) => {
+            assert_eq!(resp.into_json::<Value>().unwrap()["code"], "deadline_unmeetable");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_millis(250), "not run first");
+    let bad = ureq::post(&url).set("Faaswap-Deadline-Ms", "soon").send_string(&input.to_string());
+    assert!(matches!(bad, Err(ureq::Error::Status(400, _))));
+    // A generous one (capped at the SLO) runs.
+    let fine = ureq::post(&url).set("Faaswap-Deadline-Ms", "1e9").send_string(&input.to_string());
+    assert_eq!(fine.unwrap().status(), 200);
+}
