@@ -4,6 +4,7 @@
 mod bad_packages;
 mod cli;
 mod common;
+mod crash;
 mod fixtures;
 mod minilm;
 mod scheduling;
