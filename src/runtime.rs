@@ -36,6 +36,8 @@ pub enum DeployError {
     NoRepository,
     #[error("model {0:?} is not in the model repository")]
     ModelNotFound(String),
+    #[error("{0:?} leads outside the model repository (symlinks out are refused)")]
+    OutsideRepository(String),
     #[error("function {0:?} is already deployed")]
     AlreadyExists(String),
     #[error("function {0:?} is not deployed")]
@@ -258,6 +260,21 @@ impl Runtime {
         let dir = repo.join(model);
         if !dir.join("config.json").is_file() {
             return Err(DeployError::ModelNotFound(model.to_string()));
+        }
+        // A package folder that is a symlink (or holds one) leading out of the repository
+        // would let a request read any file of the host.
+        let inside = |p: &std::path::Path| match (p.canonicalize(), repo.canonicalize()) {
+            (Ok(p), Ok(r)) => p.starts_with(&r),
+            _ => false,
+        };
+        if !inside(&dir) {
+            return Err(DeployError::OutsideRepository(model.to_string()));
+        }
+        for file in crate::store::PACKAGE_FILES {
+            let f = dir.join(file);
+            if f.symlink_metadata().is_ok() && !inside(&f) {
+                return Err(DeployError::OutsideRepository(format!("{model}/{file}")));
+            }
         }
         Ok(dir)
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Files of a package that are copied (anything else in the folder is ignored).
-const PACKAGE_FILES: &[&str] = &[
+pub const PACKAGE_FILES: &[&str] = &[
     "config.json",
     "model.safetensors",
     "tokenizer.json",

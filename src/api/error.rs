@@ -37,6 +37,7 @@ impl ApiError {
                 D::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 D::NoRepository => (StatusCode::NOT_FOUND, "no_model_repository"),
                 D::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+                D::OutsideRepository(_) => (StatusCode::FORBIDDEN, "outside_repository"),
                 D::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
                 D::NotDeployed(_) => (StatusCode::NOT_FOUND, "function_not_found"),
                 D::InvalidSettings(_) => (StatusCode::BAD_REQUEST, "invalid_settings"),

@@ -502,3 +502,29 @@ fn only_version_one_exists() {
     let (status, body) = s.post("/v2/models/tiny_bert/versions/2/infer", &ids_input(&[1, 2]));
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
+
+#[test]
+fn packages_that_lead_outside_the_repository_are_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let repo = repository();
+    let outside = tempfile::tempdir().unwrap();
+    copy_dir(&tiny_bert(), &outside.path().join("pkg"));
+    // A package folder that is a symlink out, and a package whose weights are one.
+    std::os::unix::fs::symlink(outside.path().join("pkg"), repo.path().join("linked")).unwrap();
+    let half = repo.path().join("half");
+    std::fs::create_dir(&half).unwrap();
+    std::fs::copy(tiny_bert().join("config.json"), half.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("pkg/model.safetensors"), half.join("model.safetensors")).unwrap();
+    let s = TestServer::start(state.path(), repo.path(), |_| {});
+    for name in ["linked", "half"] {
+        let (status, v) = s.post(&format!("/v2/repository/models/{name}/load"), &json!({}));
+        assert_eq!((status, v["code"].as_str()), (403, Some("outside_repository")), "{name}: {v}");
+    }
+    for name in ["..", "a/b", "%2e%2e"] {
+        let (status, _) = s.post(&format!("/v2/repository/models/{name}/load"), &json!({}));
+        assert!((400..500).contains(&status), "{name}: {status}");
+    }
+    assert_eq!(s.post("/v2/repository/models/tiny_bert/load", &json!({})).0, 200);
+    let (_, list) = s.get("/api/v1/functions");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
