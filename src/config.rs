@@ -186,6 +186,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("faaswap.example.toml");
         let c = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap();
         assert_eq!((c.workspace_bytes, c.max_body), (1 << 30, 64 << 20));
+        assert_eq!((c.policy, c.shed, c.max_queue_per_function, c.max_queue), (PolicyKind::Faaswap, true, 512, 8192));
     }
 
     #[test]
@@ -196,5 +197,6 @@ mod tests {
         bad(ServeArgs { host_link: Some("fast".into()), ..Default::default() });
         bad(ServeArgs { devices: Some("tpu".into()), ..Default::default() });
         bad(ServeArgs { policy: Some("lru".into()), ..Default::default() });
+        bad(ServeArgs { max_queue: Some(0), ..Default::default() });
     }
 }
