@@ -66,13 +66,6 @@ pub struct DeviceSpec {
     pub host_group: usize,
 }
 
-impl DeviceSpec {
-    /// A device with its own unlimited host link and no peers.
-    pub fn plain(pool: PagePool, index: usize) -> Self {
-        Self { pool, host_link: None, peers: Vec::new(), host_group: index }
-    }
-}
-
 /// Why a resident model was dropped (the `reason` label of `faaswap_evictions_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -251,10 +244,6 @@ impl Cluster {
         }
     }
 
-    pub fn policy(&self) -> PolicyKind {
-        self.cfg.policy
-    }
-
     /// Registers a function. Refused when no device could ever hold its weights. Under `native`
     /// it is bound to the device with the most free memory, or to none when none has room left
     /// (its requests are then rejected).
@@ -386,11 +375,6 @@ impl Cluster {
     /// and evicts it first, concentrating misses instead of spreading them).
     pub(super) fn lost(&self, function: FunctionId) -> bool {
         self.functions.get(&function).is_some_and(|f| f.stats.lost(f.spec.percentile, LOST_HORIZON))
-    }
-
-    /// Whether the function currently meets its SLO by the policies' own statistics.
-    pub fn compliant(&self, function: FunctionId) -> bool {
-        self.functions.get(&function).is_none_or(|f| f.stats.compliant(f.spec.percentile))
     }
 
     /// The next decision — a request (or batch) to run, or requests to drop — or `None` when
@@ -712,11 +696,6 @@ impl Cluster {
     /// Devices where the function is resident.
     pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
         (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
-    }
-
-    /// Whether the device is running a job.
-    pub fn busy(&self, device: DeviceId) -> bool {
-        self.devices[device].job.is_some()
     }
 
     pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {

@@ -2,7 +2,7 @@
 
 use super::cluster::{Cluster, DeviceId, FunctionId};
 use super::eviction::{self, Ranking};
-use super::{estimate, ModelClass, PolicyKind, SwapSource};
+use super::{estimate, PolicyKind, SwapSource};
 use rand::Rng;
 
 pub(super) enum Choice {
@@ -93,10 +93,10 @@ fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
     if let Some(&device) = fits.iter().find(|&&i| quiet_neighbours(i)) {
         return Choice::Run { device, swap: Some(SwapSource::Host), ranking: None };
     }
-    let light = c.functions[&f].spec.class == ModelClass::Light;
+    // The paper's last two steps, "else load a light model, else any", pick the same device
+    // here: the first idle one with room (a light model first only matters across requests,
+    // which the queue order decides).
     match fits.first() {
-        // A light model loads anywhere; so, failing all else, does any other.
-        Some(&device) if light => Choice::Run { device, swap: Some(SwapSource::Host), ranking: None },
         Some(&device) => Choice::Run { device, swap: Some(SwapSource::Host), ranking: None },
         None => Choice::Wait,
     }
