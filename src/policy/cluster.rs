@@ -698,6 +698,32 @@ impl Cluster {
         (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
     }
 
+    /// Checks the bookkeeping: every device's used pages are exactly its resident models'
+    /// extents, each ready bit matches a complete copy, and queue counters match the queue.
+    /// `Err` names the first mismatch (tests and the simulator's end-of-run check call it).
+    pub fn check_accounting(&self) -> Result<(), String> {
+        for (i, d) in self.devices.iter().enumerate() {
+            let held: usize = d.resident.values().map(|r| r.extent.pages).sum();
+            if held != d.pool.used_pages() {
+                return Err(format!("device {i}: {held} pages resident, {} used", d.pool.used_pages()));
+            }
+            for (f, r) in &d.resident {
+                if let Some(func) = self.functions.get(f) {
+                    if r.ready != (func.ready_mask & (1 << i) != 0) {
+                        return Err(format!("device {i}: function {f}'s ready bit disagrees"));
+                    }
+                }
+            }
+        }
+        for (f, func) in &self.functions {
+            let queued = self.queue.iter().filter(|q| q.function == *f).count();
+            if queued != func.queued {
+                return Err(format!("function {f}: {queued} queued, counter says {}", func.queued));
+            }
+        }
+        Ok(())
+    }
+
     pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {
         let d = &self.devices[device];
         let name = |f: &FunctionId| self.functions.get(f).map_or_else(|| format!("#{f}"), |i| i.spec.name.clone());

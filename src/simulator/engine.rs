@@ -131,6 +131,10 @@ pub fn run(scenario: &Scenario, opts: SimOptions, arrivals: &[Arrival]) -> RunRe
             Event::JobEnd(d) => sim.job_end(d),
         }
     }
+    if let Err(e) = sim.cluster.check_accounting() {
+        // The run's figures would rest on broken bookkeeping: fail loudly.
+        panic!("{} with {} functions: {e}", opts.policy, opts.functions);
+    }
     sim.report(opts)
 }
 
@@ -265,5 +269,24 @@ impl Sim<'_> {
             },
             self.busy_ms.iter().map(|b| b / makespan).collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::workload;
+
+    #[test]
+    fn every_policy_ends_with_exact_accounting_and_every_request_answered() {
+        // A tight two-minute slice of paper-node at 640 functions: heavy swapping everywhere.
+        let mut s = Scenario::paper_node();
+        s.workload.duration_s = 120.0;
+        let trace = workload::generate(&s, 640, 11);
+        for policy in PolicyKind::ALL {
+            // `run` checks the cluster's bookkeeping at the end and panics on a mismatch.
+            let r = run(&s, SimOptions { policy, functions: 640, seed: 11, shed: true }, &trace);
+            assert_eq!(r.served + r.dropped, trace.len(), "{policy}");
+        }
     }
 }
