@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use sizes::{parse_bandwidth, parse_bytes};
-pub use topology::Topology;
+pub use topology::{Topology, TopologySpec};
 
 use crate::engine::{EngineError, Model, OutputKind, OutputTensor, TokenBatch};
 use crate::policy::{Extent, SwapSource};

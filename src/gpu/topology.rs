@@ -25,12 +25,14 @@ impl Topology {
     }
 }
 
-/// The file format: `{"devices": 4, "memory": "25GB", "host_link": "12GB/s",
-/// "pcie_groups": [[0, 1], [2, 3]], "peer_links": [[0, 3, "48GB/s"], ...]}`; peer links are
-/// symmetric.
+/// A node's devices as files describe them: `{"devices": 4, "memory": "25GB", "host_link":
+/// "12GB/s", "pcie_groups": [[0, 1], [2, 3]], "peer_links": [[0, 3, "48GB/s"], ...]}` (JSON for
+/// `--devices`, the `[devices]` table of a simulator scenario, where `count` may stand for
+/// `devices`); peer links are symmetric.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TopologyFile {
+pub struct TopologySpec {
+    #[serde(alias = "count")]
     devices: usize,
     memory: String,
     host_link: String,
@@ -64,27 +66,33 @@ pub fn load(path: &Path) -> Result<(usize, u64, Topology), DeviceError> {
 
 fn parse(text: &str, what: &str) -> Result<(usize, u64, Topology), DeviceError> {
     let bad = |why: String| DeviceError::BadSpec(format!("topology {what}: {why}"));
-    let f: TopologyFile = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-    if !(1..=64).contains(&f.devices) {
-        return Err(bad(format!("devices {} must be 1 to 64", f.devices)));
-    }
-    let memory = parse_bytes(&f.memory).map_err(bad)?;
-    let host = parse_bandwidth(&f.host_link).map_err(bad)?;
-    let mut peers = vec![vec![None; f.devices]; f.devices];
-    for (a, b, bw) in &f.peer_links {
-        if *a >= f.devices || *b >= f.devices || a == b {
-            return Err(bad(format!("peer link {a}–{b} does not join two of the {} devices", f.devices)));
+    let f: TopologySpec = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    f.build().map_err(bad)
+}
+
+impl TopologySpec {
+    /// Checks the description: (device count, pool bytes, topology).
+    pub fn build(&self) -> Result<(usize, u64, Topology), String> {
+        let n = self.devices;
+        if !(1..=64).contains(&n) {
+            return Err(format!("devices {n} must be 1 to 64"));
         }
-        let bw = parse_bandwidth(bw).map_err(bad)?;
-        peers[*a][*b] = Some(bw);
-        peers[*b][*a] = Some(bw);
-    }
-    for group in &f.pcie_groups {
-        if group.iter().any(|&d| d >= f.devices) {
-            return Err(bad(format!("PCIe group {group:?} names a device that does not exist")));
+        let memory = parse_bytes(&self.memory)?;
+        let host = parse_bandwidth(&self.host_link)?;
+        let mut peers = vec![vec![None; n]; n];
+        for (a, b, bw) in &self.peer_links {
+            if *a >= n || *b >= n || a == b {
+                return Err(format!("peer link {a}–{b} does not join two of the {n} devices"));
+            }
+            let bw = parse_bandwidth(bw)?;
+            peers[*a][*b] = Some(bw);
+            peers[*b][*a] = Some(bw);
         }
+        if let Some(group) = self.pcie_groups.iter().find(|g| g.iter().any(|&d| d >= n)) {
+            return Err(format!("PCIe group {group:?} names a device that does not exist"));
+        }
+        Ok((n, memory, Topology { host_link: Some(host), peers, pcie_groups: self.pcie_groups.clone() }))
     }
-    Ok((f.devices, memory, Topology { host_link: Some(host), peers, pcie_groups: f.pcie_groups }))
 }
 
 #[cfg(test)]

@@ -6,19 +6,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::SimError;
-use crate::gpu::{parse_bandwidth, parse_bytes, Topology};
-use crate::policy::{DeviceSpec, FunctionSpec, ModelClass, PagePool};
-
-/// One model of the scenario: what a swap moves, how long a request runs, its SLO.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelProfile {
-    pub name: String,
-    pub bytes: u64,
-    pub exec_ms: f64,
-    pub class: ModelClass,
-    pub deadline_ms: f64,
-    pub percentile: f64,
-}
+use crate::gpu::{parse_bytes, topology, Topology, TopologySpec};
+use crate::policy::{estimate, DeviceSpec, FunctionSpec, ModelClass, PagePool, Profile};
 
 /// Per-function Poisson arrivals whose rate is redrawn every period, uniformly in a range.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +25,8 @@ pub struct Scenario {
     pub pool_bytes: u64,
     pub page_bytes: u64,
     pub topology: Topology,
-    pub models: Vec<ModelProfile>,
+    /// Each model as a function of it is specified (`name` is the model's).
+    pub models: Vec<FunctionSpec>,
     pub workload: Workload,
     pub max_batch: usize,
 }
@@ -47,13 +37,9 @@ name = "paper-node"
 page = "2MiB"
 max_batch = 4
 
-[devices]
-count = 4
-memory = "25GB"
-host_link = "12GB/s"
-pcie_groups = [[0, 1], [2, 3]]
-peer_links = [[0, 3, "48GB/s"], [1, 2, "48GB/s"], [2, 3, "48GB/s"],
-              [0, 1, "24GB/s"], [0, 2, "24GB/s"], [1, 3, "24GB/s"]]
+# The devices preset of the same name (`--devices sim:paper-node`): 4 × 25 GB, 12 GB/s host
+# links shared by the pairs (0, 1) and (2, 3), peer links 48/24 GB/s.
+devices = "paper-node"
 
 [workload]
 duration_s = 1860
@@ -129,16 +115,12 @@ struct File {
     models: Vec<ModelFile>,
 }
 
+/// A devices preset by name (as `--devices sim:NAME`) or a `[devices]` table.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DevicesFile {
-    count: usize,
-    memory: String,
-    host_link: String,
-    #[serde(default)]
-    pcie_groups: Vec<Vec<usize>>,
-    #[serde(default)]
-    peer_links: Vec<(usize, usize, String)>,
+#[serde(untagged)]
+enum DevicesFile {
+    Preset(String),
+    Spec(TopologySpec),
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -191,24 +173,13 @@ impl Scenario {
     pub fn parse(text: &str, what: &str) -> Result<Self, SimError> {
         let bad = |why: String| SimError::Scenario(format!("{what}: {why}"));
         let f: File = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let d = &f.devices;
-        if !(1..=64).contains(&d.count) {
-            return Err(bad(format!("devices.count {} must be 1 to 64", d.count)));
-        }
-        let pool_bytes = parse_bytes(&d.memory).map_err(bad)?;
-        let host = parse_bandwidth(&d.host_link).map_err(bad)?;
-        let mut peers = vec![vec![None; d.count]; d.count];
-        for (a, b, bw) in &d.peer_links {
-            if *a >= d.count || *b >= d.count || a == b {
-                return Err(bad(format!("peer link {a}–{b} does not join two of the {} devices", d.count)));
-            }
-            let bw = parse_bandwidth(bw).map_err(bad)?;
-            peers[*a][*b] = Some(bw);
-            peers[*b][*a] = Some(bw);
-        }
-        if d.pcie_groups.iter().flatten().any(|&i| i >= d.count) {
-            return Err(bad("a PCIe group names a device that does not exist".into()));
-        }
+        let (devices, pool_bytes, topology) = match &f.devices {
+            DevicesFile::Preset(name) => topology::preset(name)
+                .ok_or_else(|| bad(format!("no devices preset {name:?} (expected paper-node or a [devices] table)")))?
+                .map_err(|e| bad(e.to_string()))?,
+            DevicesFile::Spec(spec) => spec.build().map_err(bad)?,
+        };
+        let host = topology.host_link.unwrap_or(estimate::UNLIMITED_LINK);
         let w = &f.workload;
         let workload_ok = w.duration_s > 0.0
             && w.duration_s <= 7.0 * 86_400.0
@@ -228,45 +199,41 @@ impl Scenario {
         if page_bytes == 0 {
             return Err(bad("page must be positive".into()));
         }
+        let max_batch = f.max_batch.unwrap_or(4).max(1);
         let mut models = Vec::new();
         for m in &f.models {
-            let bytes = parse_bytes(&m.weights).map_err(bad)?;
-            let valid = bytes > 0
-                && m.exec_ms > 0.0
-                && m.exec_ms.is_finite()
-                && m.deadline_ms > 0.0
-                && m.deadline_ms.is_finite()
-                && (0.0..=1.0).contains(&m.percentile)
-                && m.percentile > 0.0;
-            if !valid {
-                return Err(bad(format!(
-                    "model {}: weights, exec_ms and deadline_ms must be positive, percentile in (0, 1]",
-                    m.name
-                )));
+            let invalid = |why: String| bad(format!("model {}: {why}", m.name));
+            let profile =
+                Profile { weight_bytes: parse_bytes(&m.weights).map_err(bad)?, exec_ms: m.exec_ms, class: m.class };
+            profile.validate().map_err(invalid)?;
+            if !(m.deadline_ms > 0.0 && m.deadline_ms.is_finite() && m.percentile > 0.0 && m.percentile <= 1.0) {
+                return Err(invalid("deadline_ms must be positive, percentile in (0, 1]".into()));
             }
-            models.push(ModelProfile {
+            let bytes = profile.weight_bytes;
+            models.push(FunctionSpec {
                 name: m.name.clone(),
                 bytes,
                 exec_ms: m.exec_ms,
                 class: m.class.unwrap_or_else(|| ModelClass::measure(bytes, m.exec_ms, host)),
                 deadline_ms: m.deadline_ms,
                 percentile: m.percentile,
+                max_batch,
             });
         }
         Ok(Self {
             name: f.name.unwrap_or_else(|| what.to_string()),
-            devices: d.count,
+            devices,
             pool_bytes,
             page_bytes,
-            topology: Topology { host_link: Some(host), peers, pcie_groups: d.pcie_groups.clone() },
+            topology,
             models,
             workload: (*w).into(),
-            max_batch: f.max_batch.unwrap_or(4).max(1),
+            max_batch,
         })
     }
 
     /// The model of function `i` (round-robin).
-    pub fn model_of(&self, i: usize) -> &ModelProfile {
+    pub fn model_of(&self, i: usize) -> &FunctionSpec {
         &self.models[i % self.models.len()]
     }
 
@@ -276,16 +243,7 @@ impl Scenario {
     }
 
     pub fn function_spec(&self, i: usize) -> FunctionSpec {
-        let m = self.model_of(i);
-        FunctionSpec {
-            name: self.function_name(i),
-            bytes: m.bytes,
-            exec_ms: m.exec_ms,
-            class: m.class,
-            deadline_ms: m.deadline_ms,
-            percentile: m.percentile,
-            max_batch: self.max_batch,
-        }
+        FunctionSpec { name: self.function_name(i), ..self.model_of(i).clone() }
     }
 
     pub fn device_specs(&self) -> Vec<DeviceSpec> {
@@ -353,8 +311,17 @@ mod tests {
 
     #[test]
     fn bad_scenarios_are_refused() {
-        let ok = PAPER_NODE;
-        assert!(Scenario::parse(ok, "t").is_ok());
+        // The paper node with its devices written out as a table.
+        let ok = &PAPER_NODE.replace(
+            "devices = \"paper-node\"\n",
+            "[devices]\ncount = 4\nmemory = \"25GB\"\nhost_link = \"12GB/s\"\npcie_groups = [[0, 1], [2, 3]]\n\
+             peer_links = [[0, 3, \"48GB/s\"], [1, 2, \"48GB/s\"], [2, 3, \"48GB/s\"], [0, 1, \"24GB/s\"], \
+             [0, 2, \"24GB/s\"], [1, 3, \"24GB/s\"]]\n",
+        );
+        assert_eq!(Scenario::parse(ok, "t").unwrap().topology, Scenario::paper_node().topology);
+        assert!(
+            Scenario::parse(&PAPER_NODE.replace("devices = \"paper-node\"", "devices = \"moon-base\""), "t").is_err()
+        );
         for (from, to) in [
             ("count = 4", "count = 0"),
             ("memory = \"25GB\"", "memory = \"lots\""),
