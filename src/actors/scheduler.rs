@@ -114,8 +114,8 @@ impl SchedulerActor {
 
     fn publish_memory(&self) {
         for (i, id) in self.device_ids.iter().enumerate() {
-            let s = self.cluster.snapshot(i);
-            m::device_memory(id, s.used_bytes, s.capacity_bytes);
+            let (used, capacity) = self.cluster.memory(i);
+            m::device_memory(id, used, capacity);
         }
     }
 }

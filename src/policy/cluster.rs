@@ -410,7 +410,7 @@ impl Cluster {
             }
             match placement::choose(self, function, now, deadline, window) {
                 Choice::Run { device, swap, ranking } => {
-                    if let Some(d) = self.commit(qi, device, swap, ranking, now) {
+                    if let Some(d) = self.commit(qi, order, device, swap, ranking, now) {
                         return Some(Decision::Run(d));
                     }
                 }
@@ -546,10 +546,12 @@ impl Cluster {
     }
 
     /// Starts the request at queue index `qi` (with same-function requests batched under
-    /// `faaswap`) on `device`; `None` when room cannot be made after all.
+    /// `faaswap`, taken in the decision's queue `order`) on `device`; `None` when room cannot be
+    /// made after all.
     fn commit(
         &mut self,
         qi: usize,
+        order: &[usize],
         device: DeviceId,
         swap: Option<SwapSource>,
         ranking: Option<eviction::Ranking>,
@@ -590,7 +592,7 @@ impl Cluster {
         // The batch: this request and, under faaswap, more of the same function in queue order.
         let mut batch = vec![qi];
         if self.cfg.policy == PolicyKind::Faaswap && max_batch > 1 {
-            for i in self.order() {
+            for &i in order {
                 if batch.len() >= max_batch {
                     break;
                 }
@@ -722,6 +724,12 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// A device's (used, capacity) weight-pool bytes, without building its memory map.
+    pub fn memory(&self, device: DeviceId) -> (u64, u64) {
+        let pool = &self.devices[device].pool;
+        (pool.used_pages() as u64 * pool.page_bytes(), pool.capacity_bytes())
     }
 
     pub fn snapshot(&self, device: DeviceId) -> DeviceSnapshot {

@@ -60,9 +60,16 @@ mod tests {
         assert!((rrc(0.98, 100, 95) - 150.0).abs() < 1e-9);
         assert_eq!(rrc(0.98, 100, 100), 0.0, "already compliant");
         assert_eq!(rrc(0.98, 0, 0), 0.0);
-        // Check the definition: after 150 hits, (95 + 150)/(100 + 150) = 0.98.
-        assert!(((95.0 + 150.0) / 250.0 - 0.98f64).abs() < 1e-12);
+        // The definition: after those 150 hits, (95 + 150)/(100 + 150) = 0.98, nothing more needed.
+        assert!(rrc(0.98, 250, 245).abs() < 1e-9);
         assert_eq!(rrc(1.0, 3, 2), f64::INFINITY);
+    }
+
+    /// One adaptation period at `compliance`.
+    fn period(t: &mut Threshold, compliance: f64) {
+        for _ in 0..ADAPT_EVERY {
+            t.update(compliance);
+        }
     }
 
     #[test]
@@ -74,21 +81,13 @@ mod tests {
         assert_eq!(t.value, 0.5, "no adaptation before the 20th update");
         t.update(0.5);
         assert!((t.value - 0.505).abs() < 1e-12, "first adaptation has no reference: ×1.01");
-        for _ in 0..20 {
-            t.update(0.56);
-        }
+        period(&mut t, 0.56);
         assert!((t.value - 1.0).abs() < 1e-12, "rose 6 points: ×2, capped at 1");
-        for _ in 0..20 {
-            t.update(0.50);
-        }
+        period(&mut t, 0.50);
         assert!((t.value - 0.5).abs() < 1e-12, "fell 6 points: ÷2");
-        for _ in 0..20 {
-            t.update(0.47);
-        }
+        period(&mut t, 0.47);
         assert!((t.value - 0.505).abs() < 1e-12, "fell 3 points: ×1.01");
-        for _ in 0..20 {
-            t.update(0.51);
-        }
+        period(&mut t, 0.51);
         assert_eq!(t.value, 1.0, "rose 4 points: ×2, capped at 1");
     }
 }

@@ -258,21 +258,36 @@ fn bench_replays_a_scenario_over_http_and_compares_with_simulate() {
     assert_eq!(list[0]["profile"]["weight_bytes"], 57_000_000);
 }
 
+/// A server on one real-time sim device whose queue holds `max_queue` requests per function,
+/// with function `name` deployed from a profile (`exec_ms` a request, SLO `slo_ms`, no
+/// batching); returns it with the function's infer URL and a one-token input.
+fn one_device_serving(
+    state: &std::path::Path,
+    repo: &std::path::Path,
+    max_queue: usize,
+    name: &str,
+    exec_ms: f64,
+    slo_ms: f64,
+) -> (TestServer, String, Value) {
+    let s = TestServer::start(state, repo, |a| {
+        a.devices = Some("sim:1x1GiB".into());
+        a.sim_time_scale = Some(1.0);
+        a.max_queue_per_function = Some(max_queue);
+    });
+    let body = json!({"name": name, "profile": {"weight_bytes": 1_000_000, "exec_ms": exec_ms},
+                      "settings": {"slo_ms": slo_ms, "max_batch": 1}});
+    assert_eq!(s.post("/api/v1/functions", &body).0, 201);
+    let input = json!({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}]});
+    let url = format!("{}/v2/models/{name}/infer", s.url);
+    (s, url, input)
+}
+
 #[test]
 fn full_queues_answer_429_with_retry_after_and_short_deadlines_are_refused() {
     let state = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let s = TestServer::start(state.path(), repo.path(), |a| {
-        a.devices = Some("sim:1x1GiB".into());
-        a.sim_time_scale = Some(1.0);
-        a.max_queue_per_function = Some(2);
-    });
-    // Each request holds the only device for 300 ms.
-    let body = json!({"name": "slow", "profile": {"weight_bytes": 1_000_000, "exec_ms": 300.0},
-                      "settings": {"slo_ms": 60000.0, "max_batch": 1}});
-    assert_eq!(s.post("/api/v1/functions", &body).0, 201);
-    let input = json!({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}]});
-    let url = format!("{}/v2/models/slow/infer", s.url);
+    // Each request holds the only device for 300 ms; two may wait.
+    let (s, url, input) = one_device_serving(state.path(), repo.path(), 2, "slow", 300.0, 60000.0);
     let results: Vec<(u16, Option<String>, Value)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -320,17 +335,8 @@ fn full_queues_answer_429_with_retry_after_and_short_deadlines_are_refused() {
 fn a_sustained_threefold_overload_stays_bounded_and_served_requests_stay_near_their_slo() {
     let state = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let s = TestServer::start(state.path(), repo.path(), |a| {
-        a.devices = Some("sim:1x1GiB".into());
-        a.sim_time_scale = Some(1.0);
-        a.max_queue_per_function = Some(64);
-    });
     // 10 ms a request on one device: 100 requests/s at most. SLO 100 ms.
-    let body = json!({"name": "busy", "profile": {"weight_bytes": 1_000_000, "exec_ms": 10.0},
-                      "settings": {"slo_ms": 100.0, "max_batch": 1}});
-    assert_eq!(s.post("/api/v1/functions", &body).0, 201);
-    let input = json!({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}]});
-    let url = format!("{}/v2/models/busy/infer", s.url);
+    let (s, url, input) = one_device_serving(state.path(), repo.path(), 64, "busy", 10.0, 100.0);
     // 300 requests/s for 3 s: 48 open-loop senders, one request each per 160 ms.
     let (senders, period, duration) = (48, Duration::from_millis(160), Duration::from_secs(3));
     let start = std::time::Instant::now();
