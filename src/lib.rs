@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod gpu;
 pub mod metrics;
 pub mod policy;

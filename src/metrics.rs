@@ -30,6 +30,7 @@ fn describe() {
     metrics::describe_counter!("faaswap_swaps_total", "Model swap-ins by source (host, peer)");
     metrics::describe_counter!("faaswap_swap_bytes_total", "Bytes copied by swap-ins, by source");
     metrics::describe_counter!("faaswap_evictions_total", "Resident models dropped, by reason");
+    metrics::describe_counter!("faaswap_generated_tokens_total", "New tokens generated, by function");
     metrics::describe_gauge!("faaswap_device_resident_bytes", "Weight-pool bytes in use, by device");
     metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
@@ -62,6 +63,11 @@ pub fn swap(function: &str, source: &'static str, bytes: u64, ms: f64) {
     counter!("faaswap_swaps_total", "source" => source).increment(1);
     counter!("faaswap_swap_bytes_total", "source" => source).increment(bytes);
     device_seconds(function, "swap", ms);
+}
+
+/// New tokens a generation produced.
+pub fn generated(function: &str, tokens: usize) {
+    counter!("faaswap_generated_tokens_total", "function" => function.to_string()).increment(tokens as u64);
 }
 
 pub fn executed(function: &str, ms: f64) {

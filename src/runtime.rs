@@ -13,13 +13,15 @@ use actix::{Actor, Addr, Arbiter};
 use crate::actors::function::{FunctionActor, Payload};
 use crate::actors::gpu::GpuActor;
 use crate::actors::messages::{
-    AttachGpus, Completed, GetDevices, GetQueued, Infer, Inputs, RegisterFunction, UnregisterFunction, UpdateSlo,
+    AttachGpus, Completed, Generate, GetDevices, GetQueued, Infer, Inputs, RegisterFunction, UnregisterFunction,
+    UpdateSlo,
 };
 use crate::actors::scheduler::SchedulerActor;
 use crate::actors::RuntimeError;
 use crate::config::ServeConfig;
 use crate::engine::{EngineError, Model};
-use crate::gpu::{BuildOptions, DeviceError, DeviceInfo, DeviceKind};
+use crate::events::{Event, EventBus};
+use crate::gpu::{BuildOptions, DeviceError, DeviceInfo, DeviceKind, Generation};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
 use crate::policy::{
@@ -89,6 +91,8 @@ pub struct FunctionEntry {
     actor: Addr<FunctionActor>,
     pub stats: FunctionStats,
     slo: std::sync::Mutex<SloTracker>,
+    /// Requests counted when the last `slo` event went out.
+    slo_published: AtomicU64,
 }
 
 impl FunctionEntry {
@@ -128,6 +132,7 @@ pub struct Runtime {
     ready: AtomicBool,
     deploys: tokio::sync::Mutex<()>,
     arbiters: Vec<Arbiter>,
+    pub events: EventBus,
 }
 
 impl Drop for Runtime {
@@ -176,15 +181,18 @@ impl Runtime {
             specs,
         );
         tracing::info!("scheduling policy: {}{}", config.policy, if config.shed { " (shedding)" } else { "" });
-        let scheduler_state = SchedulerActor::new(cluster, ids);
+        let events = EventBus::default();
+        let scheduler_state = SchedulerActor::new(cluster, ids.clone(), events.clone());
         let scheduler = SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
         let mut arbiters = vec![sched_arbiter];
         let mut gpus = Vec::with_capacity(devices.len());
         for (i, device) in devices.into_iter().enumerate() {
             // Each device on its own thread: its calls block.
             let arbiter = Arbiter::new();
-            let sched = scheduler.clone();
-            gpus.push(GpuActor::start_in_arbiter(&arbiter.handle(), move |_| GpuActor::new(i, device, sched)));
+            let (sched, bus, ids) = (scheduler.clone(), events.clone(), ids.clone());
+            gpus.push(GpuActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                GpuActor::new(i, device, sched, bus, ids)
+            }));
             arbiters.push(arbiter);
         }
         scheduler.do_send(AttachGpus { gpus });
@@ -198,6 +206,7 @@ impl Runtime {
             ready: AtomicBool::new(false),
             deploys: tokio::sync::Mutex::new(()),
             arbiters,
+            events,
         }))
     }
 
@@ -361,6 +370,11 @@ impl Runtime {
             return Err(e.into());
         }
         self.publish(entry.clone());
+        self.events.emit(|| Event::Deploy {
+            function: entry.name.clone(),
+            model: record.model.clone(),
+            weight_bytes: entry.payload.bytes(),
+        });
         Ok(entry)
     }
 
@@ -407,6 +421,7 @@ impl Runtime {
             actor,
             stats: FunctionStats::default(),
             slo: std::sync::Mutex::new(SloTracker::default()),
+            slo_published: AtomicU64::new(0),
         });
         Ok(entry)
     }
@@ -450,6 +465,7 @@ impl Runtime {
         let entry = self.function(name).ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
         self.store.delete_record(name)?;
         self.deactivate(name).await;
+        self.events.emit(|| Event::Undeploy { function: name.to_string() });
         if let Err(e) = self.store.remove_unused_packages() {
             tracing::warn!("removing the package copy of {name:?}: {e}");
         }
@@ -488,10 +504,39 @@ impl Runtime {
         // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
         entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.max_batch(), deadline_ms, received, reply });
         let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
+        self.account(entry, received, &result);
+        result
+    }
+
+    /// Starts a generation on a deployed function: tokens stream into `generation.tokens`
+    /// as they exist; the returned result is the summary once it ends.
+    pub async fn generate(
+        &self,
+        entry: &FunctionEntry,
+        generation: Generation,
+        deadline_ms: Option<f64>,
+    ) -> Result<Completed, RuntimeError> {
+        if self.devices.iter().all(|d| d.kind == DeviceKind::Sim) {
+            return Err(EngineError::BadInput(
+                "simulated devices compute no tokens: generation needs cpu or cuda devices".into(),
+            )
+            .into());
+        }
+        let received = generation.received;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        entry.actor.do_send(Generate { generation, deadline_ms, reply });
+        let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
+        self.account(entry, received, &result);
+        result
+    }
+
+    /// Counts a finished request in the function's statistics, metrics and SLO window (a
+    /// generation by its first token).
+    fn account(&self, entry: &FunctionEntry, received: Instant, result: &Result<Completed, RuntimeError>) {
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;
         let name = &entry.name;
-        match &result {
+        match result {
             Ok(c) => {
                 s.success.fetch_add(1, Ordering::Relaxed);
                 s.success_ns.fetch_add(ns(c.total_ms), Ordering::Relaxed);
@@ -500,8 +545,13 @@ impl Runtime {
                 s.exec_ns.fetch_add(ns(c.exec_ms), Ordering::Relaxed);
                 m::request(name, "success");
                 m::phases(c.queue_ms, c.swap_ms, c.exec_ms, c.total_ms);
-                entry.record_latency(received.elapsed().as_secs_f64() * 1e3);
+                let latency = match &c.generated {
+                    Some(g) => g.first_token_ms,
+                    None => received.elapsed().as_secs_f64() * 1e3,
+                };
+                entry.record_latency(latency);
             }
+            Err(RuntimeError::Cancelled) => m::request(name, "cancelled"),
             Err(e) => {
                 s.fail.fetch_add(1, Ordering::Relaxed);
                 s.fail_ns.fetch_add(received.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -513,7 +563,29 @@ impl Runtime {
             }
         }
         s.last_inference_ms.store(now_ms(), Ordering::Relaxed);
-        result
+    }
+
+    /// Publishes an `slo` event for every function with requests since its last one (when
+    /// anyone listens); the server calls it every second.
+    pub fn publish_slo_events(&self) {
+        if !self.events.active() {
+            return;
+        }
+        for f in self.functions() {
+            let requests = f.stats.success.load(Ordering::Relaxed) + f.stats.fail.load(Ordering::Relaxed);
+            if f.slo_published.swap(requests, Ordering::Relaxed) == requests {
+                continue;
+            }
+            let status = f.slo();
+            self.events.emit(|| Event::Slo {
+                function: f.name.clone(),
+                compliant: status.compliant,
+                observed_ms: status.observed_ms,
+                percentile: status.percentile,
+                deadline_ms: status.deadline_ms,
+                requests,
+            });
+        }
     }
 
     /// Sets the per-function SLO gauges; called before `/metrics` renders.

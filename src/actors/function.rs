@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Context, Handler};
 
-use super::messages::{Infer, Inputs, Submit, Work};
+use super::messages::{Generate, Infer, Inputs, Submit, Work};
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
 use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
+use crate::gpu::Generation;
 use crate::policy::{FunctionId, Profile};
 
 /// What a function runs: a model package, or (on `sim` devices) a profile alone.
@@ -81,7 +82,14 @@ impl FunctionActor {
             ))
             .into());
         }
-        Ok(Work { model: Some(model.clone()), bytes: self.payload.bytes(), exec_ms: None, batch, outputs })
+        Ok(Work {
+            model: Some(model.clone()),
+            bytes: self.payload.bytes(),
+            exec_ms: None,
+            batch,
+            outputs,
+            generation: None,
+        })
     }
 
     /// A profiled function takes token ids (or texts, one sequence each) only for their batch
@@ -106,7 +114,14 @@ impl FunctionActor {
             ))
             .into());
         }
-        Ok(Work { model: None, bytes: p.weight_bytes, exec_ms: Some(p.exec_ms), batch, outputs: Vec::new() })
+        Ok(Work {
+            model: None,
+            bytes: p.weight_bytes,
+            exec_ms: Some(p.exec_ms),
+            batch,
+            outputs: Vec::new(),
+            generation: None,
+        })
     }
 }
 
@@ -130,6 +145,47 @@ impl Handler<Infer> for FunctionActor {
             }),
             Err(e) => {
                 let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+impl FunctionActor {
+    fn prepare_generation(&self, generation: Generation) -> Result<Work, RuntimeError> {
+        let Payload::Model(model) = &self.payload else {
+            return Err(EngineError::BadInput("a function deployed from a profile alone cannot generate".into()).into());
+        };
+        let batch = model.spec.check_generation(&generation.prompt, &generation.options)?;
+        if !generation.stop.is_empty() && model.spec.tokenizer.is_none() {
+            return Err(EngineError::BadInput("stop strings need a package with a tokenizer".into()).into());
+        }
+        Ok(Work {
+            model: Some(model.clone()),
+            bytes: self.payload.bytes(),
+            exec_ms: None,
+            batch,
+            outputs: Vec::new(),
+            generation: Some(generation),
+        })
+    }
+}
+
+impl Handler<Generate> for FunctionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Generate, _: &mut Context<Self>) {
+        let received = msg.generation.received;
+        match self.prepare_generation(msg.generation) {
+            Ok(work) => self.scheduler.do_send(Submit {
+                function: self.id,
+                name: self.name.clone(),
+                work,
+                received,
+                deadline_ms: msg.deadline_ms,
+                reply: msg.reply,
+            }),
+            Err(e) => {
+                let _ = msg.reply.send(Err(e));
             }
         }
     }

@@ -8,6 +8,7 @@ use actix::{Actor, Addr, Context, Handler};
 use super::messages::{Completed, ExecItem, Execute, JobDone};
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
+use crate::events::{Event, EventBus};
 use crate::gpu::{Device, DeviceError, JobResult};
 use crate::metrics as m;
 use crate::policy::{DeviceId, SwapSource};
@@ -16,11 +17,20 @@ pub struct GpuActor {
     index: DeviceId,
     device: Box<dyn Device>,
     scheduler: Addr<SchedulerActor>,
+    events: EventBus,
+    /// Every device's id, by index (to name a peer a copy came from).
+    device_ids: Vec<String>,
 }
 
 impl GpuActor {
-    pub fn new(index: DeviceId, device: Box<dyn Device>, scheduler: Addr<SchedulerActor>) -> Self {
-        Self { index, device, scheduler }
+    pub fn new(
+        index: DeviceId,
+        device: Box<dyn Device>,
+        scheduler: Addr<SchedulerActor>,
+        events: EventBus,
+        device_ids: Vec<String>,
+    ) -> Self {
+        Self { index, device, scheduler, events, device_ids }
     }
 
     /// Runs one request; a panic inside the device becomes a device error for it.
@@ -40,10 +50,15 @@ impl Handler<Execute> for GpuActor {
 
     fn handle(&mut self, msg: Execute, _: &mut Context<Self>) {
         let id = self.device.info().id.clone();
-        let (mut keep, mut exec_ms) = (true, 0.0);
+        let (mut keep, mut exec_ms, mut forwards) = (true, 0.0, 0);
         let mut latencies_ms = Vec::with_capacity(msg.items.len());
-        let batch = msg.items.len();
         for item in msg.items {
+            let cancelled = item.job.generation.as_ref().is_some_and(|g| g.cancelled());
+            if cancelled && item.job.swap.is_none() {
+                // The client left while its generation waited: nothing to run, nothing to copy.
+                let _ = item.reply.send(Err(RuntimeError::Cancelled));
+                continue;
+            }
             let result = self.run(&item);
             // An input error leaves the copy complete; a device error does not.
             let device_failed = matches!(result, Err(DeviceError::Unavailable(_)));
@@ -56,15 +71,42 @@ impl Handler<Execute> for GpuActor {
             let reply = result
                 .map(|r| {
                     if r.swapped_bytes > 0 {
-                        let source = match item.job.swap {
-                            Some(SwapSource::Peer(_)) => "peer",
-                            _ => "host",
+                        let (source, from) = match item.job.swap {
+                            Some(SwapSource::Peer(j)) => ("peer", self.device_ids.get(j).cloned()),
+                            _ => ("host", None),
                         };
                         m::swap(&msg.name, source, r.swapped_bytes, r.swap_ms);
+                        self.events.emit(|| Event::SwapIn {
+                            device: id.clone(),
+                            function: msg.name.clone(),
+                            bytes: r.swapped_bytes,
+                            source,
+                            from,
+                            ms: r.swap_ms,
+                        });
                     }
                     m::executed(&msg.name, r.exec_ms);
-                    exec_ms += r.exec_ms;
-                    latencies_ms.push(total_ms);
+                    match &r.generated {
+                        // A generation is judged by its first token; its length says nothing
+                        // about the function's forward-pass time.
+                        Some(g) => {
+                            latencies_ms.push(g.first_token_ms);
+                            m::generated(&msg.name, g.token_ids.len());
+                            self.events.emit(|| Event::Execute {
+                                device: id.clone(),
+                                function: msg.name.clone(),
+                                batch: 1,
+                                ms: r.exec_ms,
+                                tokens: Some(g.token_ids.len()),
+                                cancelled: g.finish_reason == crate::gpu::FinishReason::Cancelled,
+                            });
+                        }
+                        None => {
+                            exec_ms += r.exec_ms;
+                            forwards += 1;
+                            latencies_ms.push(total_ms);
+                        }
+                    }
                     Completed {
                         outputs: r.outputs,
                         device: id.clone(),
@@ -78,6 +120,7 @@ impl Handler<Execute> for GpuActor {
                         swap_ms: r.swap_ms,
                         exec_ms: r.exec_ms,
                         total_ms,
+                        generated: r.generated,
                     }
                 })
                 .map_err(|e| match e {
@@ -87,13 +130,23 @@ impl Handler<Execute> for GpuActor {
             // The client may have gone away; its result is then dropped.
             let _ = item.reply.send(reply);
         }
+        if forwards > 0 {
+            self.events.emit(|| Event::Execute {
+                device: id.clone(),
+                function: msg.name.clone(),
+                batch: forwards,
+                ms: exec_ms,
+                tokens: None,
+                cancelled: false,
+            });
+        }
         self.scheduler.do_send(JobDone {
             device: self.index,
             keep,
             function: msg.function,
             latencies_ms,
             exec_ms,
-            batch,
+            batch: forwards,
         });
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::RuntimeError;
 use crate::engine::{Model, OutputKind, OutputTensor, TokenBatch};
-use crate::gpu::Job;
+use crate::gpu::{Generated, Generation, Job};
 use crate::policy::{DeviceId, FunctionId, FunctionSpec};
 
 /// Where a finished request's result goes.
@@ -29,6 +29,9 @@ pub struct Completed {
     pub swap_ms: f64,
     pub exec_ms: f64,
     pub total_ms: f64,
+    /// What a generation produced (token ids, time to first token, why it ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated: Option<Generated>,
 }
 
 /// A request the scheduler has accepted: what to run, once placed.
@@ -39,6 +42,7 @@ pub struct Work {
     pub exec_ms: Option<f64>,
     pub batch: TokenBatch,
     pub outputs: Vec<OutputKind>,
+    pub generation: Option<Generation>,
 }
 
 // ---- SchedulerActor ----
@@ -97,11 +101,13 @@ pub struct JobDone {
     pub device: DeviceId,
     pub keep: bool,
     pub function: FunctionId,
-    /// Arrival-to-completion latency of each request of the batch (infinite when the device
-    /// failed it; none for a request refused for its input).
+    /// Arrival-to-completion latency of each request of the batch — to the first token for a
+    /// generation — (infinite when the device failed it; none for a request refused for its
+    /// input).
     pub latencies_ms: Vec<f64>,
-    /// Execution time of the whole batch, ms.
+    /// Execution time of the batch's forward passes (generations excluded), ms.
     pub exec_ms: f64,
+    /// Forward passes in `exec_ms`.
     pub batch: usize,
 }
 
@@ -158,5 +164,16 @@ pub struct Infer {
     /// A deadline shorter than the function's SLO, ms from `received`.
     pub deadline_ms: Option<f64>,
     pub received: Instant,
+    pub reply: Reply,
+}
+
+/// One generation request for this function; tokens stream through `generation.tokens`, the
+/// summary arrives on `reply`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Generate {
+    pub generation: Generation,
+    /// A deadline for the first token shorter than the function's SLO, ms from `received`.
+    pub deadline_ms: Option<f64>,
     pub reply: Reply,
 }

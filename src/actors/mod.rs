@@ -29,4 +29,6 @@ pub enum RuntimeError {
     Overloaded { function: String, retry_after_s: u64 },
     #[error("the runtime is shutting down")]
     Stopped,
+    #[error("the client went away before its request ran")]
+    Cancelled,
 }

@@ -13,6 +13,7 @@ use super::messages::{
     UpdateSlo, Work,
 };
 use super::RuntimeError;
+use crate::events::{Event, EventBus};
 use crate::gpu::Job;
 use crate::metrics as m;
 use crate::policy::cluster::{Admission, DeviceSnapshot};
@@ -33,11 +34,20 @@ pub struct SchedulerActor {
     next_request: RequestId,
     /// The cluster's clock starts here.
     epoch: Instant,
+    events: EventBus,
 }
 
 impl SchedulerActor {
-    pub fn new(cluster: Cluster, device_ids: Vec<String>) -> Self {
-        Self { cluster, gpus: Vec::new(), device_ids, pending: HashMap::new(), next_request: 0, epoch: Instant::now() }
+    pub fn new(cluster: Cluster, device_ids: Vec<String>, events: EventBus) -> Self {
+        Self {
+            cluster,
+            gpus: Vec::new(),
+            device_ids,
+            pending: HashMap::new(),
+            next_request: 0,
+            epoch: Instant::now(),
+            events,
+        }
     }
 
     fn now(&self) -> f64 {
@@ -46,6 +56,7 @@ impl SchedulerActor {
 
     fn refuse(&mut self, p: Pending, function: FunctionId, reason: DropReason) {
         m::dropped(&p.name, reason_label(reason));
+        self.events.emit(|| Event::Dropped { function: p.name.clone(), reason: reason_label(reason), count: 1 });
         let error = match reason {
             DropReason::NotPlaced => RuntimeError::NotPlaced(p.name),
             DropReason::Unmeetable => RuntimeError::DeadlineUnmeetable(p.name),
@@ -76,8 +87,13 @@ impl SchedulerActor {
                 }
             };
             moved |= d.swap.is_some();
-            for (_, reason) in &d.evicted {
+            for (f, reason) in &d.evicted {
                 m::eviction(reason.label());
+                self.events.emit(|| Event::Evict {
+                    device: self.device_ids[d.device].clone(),
+                    function: self.cluster.function_name(*f).unwrap_or_default().to_string(),
+                    reason: reason.label(),
+                });
             }
             let mut items = Vec::with_capacity(d.requests.len());
             let mut name = String::new();
@@ -95,6 +111,7 @@ impl SchedulerActor {
                         swap: if k == 0 { d.swap } else { None },
                         batch: p.work.batch,
                         outputs: p.work.outputs,
+                        generation: p.work.generation,
                     },
                     received: p.received,
                     reply: p.reply,
@@ -163,9 +180,15 @@ impl Handler<UnregisterFunction> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: UnregisterFunction, _: &mut Context<Self>) {
+        let name = self.cluster.function_name(msg.id).unwrap_or_default().to_string();
         let (dropped, evicted) = self.cluster.remove_function(msg.id);
-        for _ in 0..evicted {
+        for device in evicted {
             m::eviction("undeploy");
+            self.events.emit(|| Event::Evict {
+                device: self.device_ids[device].clone(),
+                function: name.clone(),
+                reason: "undeploy",
+            });
         }
         for r in dropped {
             if let Some(p) = self.pending.remove(&r) {

@@ -2,7 +2,7 @@
 //! `/api/v1/scheduler`: the scheduling policy the server runs.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::runtime::Runtime;
 
@@ -20,9 +20,13 @@ async fn scheduler(rt: web::Data<Runtime>) -> HttpResponse {
 }
 
 async fn list(rt: web::Data<Runtime>) -> HttpResponse {
+    HttpResponse::Ok().json(devices_json(&rt).await)
+}
+
+/// Every device with its residency and memory map (also the event feed's snapshot).
+pub async fn devices_json(rt: &Runtime) -> Vec<Value> {
     let snapshots = rt.device_snapshots().await;
-    let devices: Vec<_> = rt
-        .devices
+    rt.devices
         .iter()
         .zip(snapshots)
         .map(|(info, s)| {
@@ -42,6 +46,5 @@ async fn list(rt: web::Data<Runtime>) -> HttpResponse {
                 "resident": s.resident,
             })
         })
-        .collect();
-    HttpResponse::Ok().json(devices)
+        .collect()
 }

@@ -1,11 +1,15 @@
 //! The HTTP surface: KServe v2 (`kserve`), the management API (`functions`, `devices`),
-//! `/metrics`. `configure` registers every route; `error` maps every error to a status and a
+//! generation and the event feed over WebSockets (`generate_ws`, `events_ws`), the admin UI
+//! (`admin`), `/metrics`. `configure` registers every route; `error` maps every error to a status and a
 //! stable code.
 
+mod admin;
 mod body;
 mod devices;
 pub mod error;
+mod events_ws;
 mod functions;
+pub mod generate_ws;
 mod kserve;
 mod tensors;
 
@@ -16,6 +20,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     kserve::configure(cfg);
     functions::configure(cfg);
     devices::configure(cfg);
+    generate_ws::configure(cfg);
+    events_ws::configure(cfg);
+    admin::configure(cfg);
     cfg.route("/metrics", web::get().to(metrics));
 }
 

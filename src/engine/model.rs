@@ -228,6 +228,30 @@ impl ModelSpec {
         self.validate_batch(batch)
     }
 
+    /// Checks a generation request before it is queued: a decoder, valid prompt ids, room for
+    /// the new tokens, valid sampling settings. Returns the prompt as a batch of one.
+    pub fn check_generation(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<TokenBatch> {
+        let ModelConfig::Gpt2(c) = &self.config else {
+            return Err(EngineError::BadInput(format!(
+                "generation needs a decoder model; this package is {}",
+                self.config.model_type()
+            )));
+        };
+        let batch = TokenBatch::from_sequences(&[prompt.to_vec()])?;
+        self.validate_batch(&batch)?;
+        let total = prompt.len() + opts.max_new_tokens;
+        if total > c.n_positions {
+            return Err(EngineError::BadInput(format!(
+                "prompt of {} tokens plus {} new tokens exceeds the model's {} positions",
+                prompt.len(),
+                opts.max_new_tokens,
+                c.n_positions
+            )));
+        }
+        opts.sampling.validate()?;
+        Ok(batch)
+    }
+
     /// Runs one batch against `weights` (any copy of the packed buffer) and returns the asked
     /// outputs in order.
     pub fn infer<W: Weights + ?Sized>(
@@ -279,23 +303,11 @@ impl ModelSpec {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         self.check_weights(weights)?;
+        let batch = self.check_generation(prompt, opts)?;
         let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
-            return Err(EngineError::BadInput(format!(
-                "generation needs a decoder model; this package is {}",
-                self.config.model_type()
-            )));
+            unreachable!("check_generation accepts decoders only")
         };
-        let batch = TokenBatch::from_sequences(&[prompt.to_vec()])?;
-        self.validate_batch(&batch)?;
         let total = prompt.len() + opts.max_new_tokens;
-        if total > c.n_positions {
-            return Err(EngineError::BadInput(format!(
-                "prompt of {} tokens plus {} new tokens exceeds the model's {} positions",
-                prompt.len(),
-                opts.max_new_tokens,
-                c.n_positions
-            )));
-        }
         let mut sampler = Sampler::new(opts.sampling.clone())?;
         let mut out = Vec::with_capacity(opts.max_new_tokens);
         if opts.max_new_tokens == 0 {

@@ -68,4 +68,9 @@ impl TextEncoder {
             })
             .collect()
     }
+
+    /// Text of `ids`, special tokens skipped (for streaming generated tokens).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| EngineError::BadInput(format!("cannot decode tokens: {e}")))
+    }
 }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
-use crate::engine::{StreamedWeights, Workspace};
+use super::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
+use crate::engine::{EngineError, ModelSpec, OutputTensor, StreamedWeights, Weights, Workspace};
 
 /// Copy granularity: progress is published per layer, throttling is applied per chunk.
 const CHUNK_ELEMS: usize = (4 << 20) / 4;
@@ -49,8 +49,8 @@ impl Device for CpuDevice {
         let dst = &mut self.pool[start..start + host.len()];
         let t0 = Instant::now();
         if job.swap.is_none() {
-            let outputs = spec.infer(&dst[..], &job.batch, &job.outputs, &mut self.workspace)?;
-            return Ok(JobResult { outputs, exec_ms: ms(t0.elapsed()), ..JobResult::default() });
+            let (outputs, generated) = run_task(spec, &dst[..], job, &mut self.workspace)?;
+            return Ok(JobResult { outputs, generated, exec_ms: ms(t0.elapsed()), ..JobResult::default() });
         }
         // Split the destination into one slice per layer (layers tile the buffer), hand them
         // to the copier, and run the model on whatever has arrived.
@@ -78,16 +78,34 @@ impl Device for CpuDevice {
                 }
                 ms(t0.elapsed())
             });
-            let outputs = spec.infer(&streamed, &job.batch, &job.outputs, workspace);
-            (outputs, copier.join().expect("the copier does not panic"))
+            let result = run_task(spec, &streamed, job, workspace);
+            (result, copier.join().expect("the copier does not panic"))
         });
+        let (outputs, generated) = outputs?;
         Ok(JobResult {
-            outputs: outputs?,
+            outputs,
+            generated,
             swap_ms,
             exec_ms: ms(t0.elapsed()),
             swapped_bytes: host.len() as u64 * 4,
             simulated: false,
         })
+    }
+}
+
+/// A forward pass, or a generation, against `weights`.
+fn run_task<W: Weights + ?Sized>(
+    spec: &ModelSpec,
+    weights: &W,
+    job: &Job,
+    ws: &mut Workspace,
+) -> Result<(Vec<OutputTensor>, Option<Generated>), EngineError> {
+    match &job.generation {
+        None => Ok((spec.infer(weights, &job.batch, &job.outputs, ws)?, None)),
+        Some(g) => {
+            let generated = g.run(spec, |on_token| spec.generate(weights, &g.prompt, &g.options, ws, on_token))?;
+            Ok((Vec::new(), Some(generated)))
+        }
     }
 }
 
@@ -149,6 +167,7 @@ mod tests {
             swap: Some(SwapSource::Host),
             batch,
             outputs: vec![OutputKind::LastHiddenState],
+            generation: None,
         };
         let swapped = dev.run(&job).unwrap();
         assert_eq!(swapped.outputs, want);

@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod generation;
 pub mod sim;
 mod sizes;
 pub mod topology;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use generation::{FinishReason, Generated, Generation, TokenEvent};
 pub use sizes::{parse_bandwidth, parse_bytes};
 pub use topology::{Topology, TopologySpec};
 
@@ -70,6 +72,8 @@ pub struct Job {
     pub swap: Option<SwapSource>,
     pub batch: TokenBatch,
     pub outputs: Vec<OutputKind>,
+    /// A generation instead of a forward pass (`batch` then holds its prompt).
+    pub generation: Option<Generation>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,6 +83,8 @@ pub struct JobResult {
     pub exec_ms: f64,
     pub swapped_bytes: u64,
     pub simulated: bool,
+    /// What a generation produced.
+    pub generated: Option<Generated>,
 }
 
 pub trait Device: Send {

@@ -58,6 +58,11 @@ impl Device for SimDevice {
 
     #[allow(clippy::disallowed_methods)] // the device thread stands in for a busy GPU
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
+        if job.generation.is_some() {
+            return Err(DeviceError::Engine(crate::engine::EngineError::BadInput(
+                "simulated devices compute no tokens: generation needs cpu or cuda devices".into(),
+            )));
+        }
         let group = self.copies.get(self.info.host_group);
         let host_copy = matches!(job.swap, Some(SwapSource::Host));
         let sharing = match (host_copy, group) {
@@ -82,6 +87,7 @@ impl Device for SimDevice {
             exec_ms: exec * self.time_scale,
             swapped_bytes: if job.swap.is_some() { job.bytes } else { 0 },
             simulated: true,
+            generated: None,
         })
     }
 }

@@ -285,7 +285,7 @@ impl Cluster {
     /// Forgets a function: drops its queued requests (returned, to be answered) and frees its
     /// residency on devices not running it and not copying from it (their count is returned);
     /// the others free it when their job completes.
-    pub fn remove_function(&mut self, id: FunctionId) -> (Vec<RequestId>, usize) {
+    pub fn remove_function(&mut self, id: FunctionId) -> (Vec<RequestId>, Vec<DeviceId>) {
         self.functions.remove(&id);
         self.high.remove(&id);
         let mut dropped = Vec::new();
@@ -295,14 +295,14 @@ impl Cluster {
             }
             q.function != id
         });
-        let mut evicted = 0;
-        for d in &mut self.devices {
+        let mut evicted = Vec::new();
+        for (i, d) in self.devices.iter_mut().enumerate() {
             let running = d.job.as_ref().is_some_and(|j| j.function == id);
             let pinned = d.resident.get(&id).is_some_and(|r| r.pins > 0);
             if !running && !pinned {
                 if let Some(r) = d.resident.remove(&id) {
                     d.pool.free(r.extent);
-                    evicted += 1;
+                    evicted.push(i);
                 }
             }
         }
@@ -689,6 +689,11 @@ impl Cluster {
                 d.pool.free(extent);
             }
         }
+    }
+
+    /// A deployed function's name.
+    pub fn function_name(&self, function: FunctionId) -> Option<&str> {
+        self.functions.get(&function).map(|f| f.spec.name.as_str())
     }
 
     pub fn device_count(&self) -> usize {
@@ -1128,7 +1133,7 @@ mod tests {
         queue(&mut c, 1, 1, 0.0);
         run(&mut c, 0.0);
         queue(&mut c, 2, 1, 0.0);
-        assert_eq!(c.remove_function(1), (vec![2], 0));
+        assert_eq!(c.remove_function(1), (vec![2], vec![]));
         assert_eq!(c.snapshot(0).used_bytes, 3 * PAGE, "still executing: freed on completion");
         c.complete(0);
         assert_eq!(c.snapshot(0).used_bytes, 0);

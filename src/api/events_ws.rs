@@ -1,0 +1,89 @@
+//! `/api/v1/events`: the live event feed over a WebSocket. A subscriber first gets a
+//! `snapshot` (every device's residency and memory map, the deployed functions), then every
+//! event as it happens. One that cannot keep up — a whole channel behind, or a send that
+//! waits too long — is dropped with close code 1008, never allowed to slow the runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::devices::devices_json;
+use crate::events::now_ms;
+use crate::runtime::Runtime;
+
+/// A send that waits this long means the subscriber stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/events", web::get().to(connect));
+}
+
+async fn connect(
+    rt: web::Data<Runtime>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.aggregate_continuations();
+    actix_rt::spawn(serve(rt.into_inner(), session, stream));
+    Ok(response)
+}
+
+async fn send(session: &mut Session, text: &str) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, session.text(text.to_string())).await, Ok(Ok(())))
+}
+
+async fn serve(rt: Arc<Runtime>, mut session: Session, mut stream: AggregatedMessageStream) {
+    // Subscribe before taking the snapshot: an event in between is seen twice, never lost.
+    let mut events = rt.events.subscribe();
+    let functions: Vec<_> = rt
+        .functions()
+        .iter()
+        .map(|f| json!({"name": f.name, "model": f.record().model, "weight_bytes": f.payload.bytes()}))
+        .collect();
+    let snapshot = json!({
+        "type": "snapshot",
+        "ts_ms": now_ms(),
+        "devices": devices_json(&rt).await,
+        "functions": functions,
+    });
+    if !send(&mut session, &snapshot.to_string()).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(text) => {
+                    if !send(&mut session, &text).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    let reason = CloseReason {
+                        code: CloseCode::Policy,
+                        description: Some(format!("subscriber too slow: {missed} events missed")),
+                    };
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, session.close(Some(reason))).await;
+                    return;
+                }
+                Err(RecvError::Closed) => {
+                    let _ = session.close(None).await;
+                    return;
+                }
+            },
+            msg = stream.recv() => match msg {
+                Some(Ok(AggregatedMessage::Ping(p))) => {
+                    if session.pong(&p).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

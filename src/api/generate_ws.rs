@@ -1,0 +1,303 @@
+//! `/api/v1/functions/{name}/ws`: generation over a WebSocket. Each JSON request is answered
+//! with one `token` message per new token as soon as it exists, then `done`; requests on one
+//! socket run in turn. An error is sent as `{"type":"error","code","error"}` and closes the
+//! socket. When the client leaves, its generation stops within one token.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use crate::engine::{GenerateOptions, SamplingParams};
+use crate::gpu::Generation;
+use crate::runtime::Runtime;
+
+/// Largest request message, bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Most new tokens one request may ask for (the model's positions bound it further).
+pub const MAX_NEW_TOKENS: usize = 4096;
+const DEFAULT_NEW_TOKENS: usize = 16;
+const MAX_STOP_STRINGS: usize = 16;
+const MAX_STOP_BYTES: usize = 256;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/functions/{name}/ws", web::get().to(connect));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One generation request, as the client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    input_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    /// Go on past the model's end-of-sequence token.
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+/// A request checked for everything that does not need the model.
+pub struct Checked {
+    text: Option<String>,
+    input_ids: Option<Vec<u32>>,
+    options: GenerateOptions,
+    stop: Vec<String>,
+}
+
+impl GenerateRequest {
+    pub fn parse(text: &str) -> Result<Checked, ApiError> {
+        let r: Self = serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("bad request: {e}")))?;
+        r.check()
+    }
+
+    fn check(self) -> Result<Checked, ApiError> {
+        let bad = |m: String| Err(ApiError::BadRequest(m));
+        if self.text.is_some() == self.input_ids.is_some() {
+            return bad("give exactly one of text and input_ids".into());
+        }
+        let max_new_tokens = self.max_new_tokens.unwrap_or(DEFAULT_NEW_TOKENS);
+        if max_new_tokens > MAX_NEW_TOKENS {
+            return bad(format!("max_new_tokens {max_new_tokens} exceeds the limit of {MAX_NEW_TOKENS}"));
+        }
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return bad(format!(
+                "stop takes up to {MAX_STOP_STRINGS} non-empty strings of up to {MAX_STOP_BYTES} bytes"
+            ));
+        }
+        let sampling =
+            SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        sampling.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(Checked {
+            text: self.text,
+            input_ids: self.input_ids,
+            options: GenerateOptions { max_new_tokens, sampling, stop_at_eos: !self.ignore_eos },
+            stop,
+        })
+    }
+}
+
+async fn connect(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let name = path.into_inner().0;
+    if rt.function(&name).is_none() {
+        return Err(ApiError::FunctionNotFound(name).into());
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream =
+        stream.max_frame_size(MAX_MESSAGE_BYTES).aggregate_continuations().max_continuation_size(MAX_MESSAGE_BYTES);
+    actix_rt::spawn(serve(rt.into_inner(), name, session, stream));
+    Ok(response)
+}
+
+/// How one request ended for the socket.
+enum Outcome {
+    /// Answered with `done`: take the next request.
+    Done,
+    /// The client left.
+    Gone,
+    /// Answer with an error and close.
+    Failed(ApiError),
+}
+
+async fn serve(rt: Arc<Runtime>, name: String, mut session: Session, mut stream: AggregatedMessageStream) {
+    let mut backlog = VecDeque::new();
+    loop {
+        let text = match backlog.pop_front() {
+            Some(t) => t,
+            None => match next_text(&mut session, &mut stream).await {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        match run_one(&rt, &name, &text, &mut session, &mut stream, &mut backlog).await {
+            Outcome::Done => {}
+            Outcome::Gone => return,
+            Outcome::Failed(e) => {
+                let (_, code) = e.status_and_code();
+                let msg = json!({"type": "error", "code": code, "error": e.to_string()});
+                if session.text(msg.to_string()).await.is_ok() {
+                    let _ = session.close(Some(CloseReason { code: CloseCode::Normal, description: None })).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The next text message; `None` when the client closes or breaks the protocol.
+async fn next_text(session: &mut Session, stream: &mut AggregatedMessageStream) -> Option<String> {
+    loop {
+        match stream.recv().await? {
+            Ok(AggregatedMessage::Text(t)) => return Some(t.to_string()),
+            Ok(AggregatedMessage::Binary(b)) => return Some(String::from_utf8_lossy(&b).into_owned()),
+            Ok(AggregatedMessage::Ping(p)) => session.pong(&p).await.ok()?,
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) | Err(_) => return None,
+        }
+    }
+}
+
+async fn run_one(
+    rt: &Runtime,
+    name: &str,
+    text: &str,
+    session: &mut Session,
+    stream: &mut AggregatedMessageStream,
+    backlog: &mut VecDeque<String>,
+) -> Outcome {
+    let received = Instant::now();
+    let checked = match GenerateRequest::parse(text) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let Some(entry) = rt.function(name) else {
+        return Outcome::Failed(ApiError::FunctionNotFound(name.to_string()));
+    };
+    let prompt = match (checked.input_ids, checked.text, entry.model()) {
+        (Some(ids), _, _) => ids,
+        (None, Some(text), Some(model)) => match model.spec.tokenize(&[text]) {
+            Ok(mut ids) => ids.remove(0),
+            Err(e) => return Outcome::Failed(crate::actors::RuntimeError::Engine(e).into()),
+        },
+        (None, _, _) => {
+            return Outcome::Failed(ApiError::BadRequest("this function has no tokenizer: send input_ids".into()))
+        }
+    };
+    let (tx, mut tokens) = mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let generation = Generation {
+        prompt,
+        options: checked.options,
+        stop: checked.stop,
+        received,
+        tokens: tx,
+        cancel: cancel.clone(),
+    };
+    let result = rt.generate(&entry, generation, None);
+    tokio::pin!(result);
+    let gone = || {
+        cancel.store(true, Ordering::Release);
+        Outcome::Gone
+    };
+    let result = loop {
+        tokio::select! {
+            biased;
+            Some(t) = tokens.recv() => {
+                let msg = json!({"type": "token", "index": t.index, "id": t.id, "text": t.text});
+                if session.text(msg.to_string()).await.is_err() {
+                    return gone();
+                }
+            }
+            msg = stream.recv() => match msg {
+                Some(Ok(AggregatedMessage::Text(t))) => backlog.push_back(t.to_string()),
+                Some(Ok(AggregatedMessage::Binary(b))) => backlog.push_back(String::from_utf8_lossy(&b).into_owned()),
+                Some(Ok(AggregatedMessage::Ping(p))) => {
+                    if session.pong(&p).await.is_err() {
+                        return gone();
+                    }
+                }
+                Some(Ok(AggregatedMessage::Pong(_))) => {}
+                Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => return gone(),
+            },
+            r = &mut result => break r,
+        }
+    };
+    // Every token was sent before the summary: flush what is still buffered.
+    while let Ok(t) = tokens.try_recv() {
+        let msg = json!({"type": "token", "index": t.index, "id": t.id, "text": t.text});
+        if session.text(msg.to_string()).await.is_err() {
+            return Outcome::Gone;
+        }
+    }
+    let done = match result {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e.into()),
+    };
+    let generated = done.generated.unwrap_or_else(|| crate::gpu::Generated {
+        token_ids: Vec::new(),
+        first_token_ms: 0.0,
+        finish_reason: crate::gpu::FinishReason::Length,
+    });
+    let msg = json!({
+        "type": "done",
+        "token_ids": generated.token_ids,
+        "finish_reason": generated.finish_reason,
+        "timings": {
+            "queue_ms": done.queue_ms,
+            "swap_ms": done.swap_ms,
+            "first_token_ms": generated.first_token_ms,
+            "total_ms": done.total_ms,
+        },
+        "device": done.device,
+        "swap_source": done.swap_source,
+    });
+    if session.text(msg.to_string()).await.is_err() {
+        return Outcome::Gone;
+    }
+    Outcome::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked_before_they_reach_a_model() {
+        let ok = GenerateRequest::parse(r#"{"input_ids":[1,2],"max_new_tokens":4,"stop":"x"}"#).unwrap();
+        assert_eq!(ok.options.max_new_tokens, 4);
+        assert_eq!(ok.stop, vec!["x".to_string()]);
+        assert!(ok.options.stop_at_eos);
+        let defaults = GenerateRequest::parse(r#"{"text":"hi"}"#).unwrap();
+        assert_eq!(defaults.options.max_new_tokens, DEFAULT_NEW_TOKENS);
+        assert!(defaults.options.sampling.is_greedy());
+        for bad in [
+            r#"{}"#,
+            r#"{"text":"a","input_ids":[1]}"#,
+            r#"{"text":"a","max_new_tokens":100000}"#,
+            r#"{"text":"a","temperature":-1}"#,
+            r#"{"text":"a","top_p":0}"#,
+            r#"{"text":"a","stop":[""]}"#,
+            r#"{"text":"a","unknown":1}"#,
+            r#"{"text":"a","input_ids":"x"}"#,
+            "not json",
+        ] {
+            assert!(GenerateRequest::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
