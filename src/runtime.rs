@@ -21,7 +21,7 @@ use crate::actors::RuntimeError;
 use crate::config::ServeConfig;
 use crate::engine::{EngineError, Model};
 use crate::events::{Event, EventBus};
-use crate::gpu::{BuildOptions, DeviceError, DeviceInfo, DeviceKind, Generation};
+use crate::gpu::{BuildOptions, DeviceError, DeviceInfo, DeviceKind, FinishReason, Generation};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
 use crate::policy::{
@@ -543,7 +543,8 @@ impl Runtime {
                 s.queue_ns.fetch_add(ns(c.queue_ms), Ordering::Relaxed);
                 s.swap_ns.fetch_add(ns(c.swap_ms), Ordering::Relaxed);
                 s.exec_ns.fetch_add(ns(c.exec_ms), Ordering::Relaxed);
-                m::request(name, "success");
+                let cancelled = c.generated.as_ref().is_some_and(|g| g.finish_reason == FinishReason::Cancelled);
+                m::request(name, if cancelled { "cancelled" } else { "success" });
                 m::phases(c.queue_ms, c.swap_ms, c.exec_ms, c.total_ms);
                 let latency = match &c.generated {
                     Some(g) => g.first_token_ms,

@@ -13,6 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::devices::devices_json;
 use crate::events::now_ms;
+use crate::metrics as m;
 use crate::runtime::Runtime;
 
 /// A send that waits this long means the subscriber stopped reading.
@@ -37,7 +38,17 @@ async fn send(session: &mut Session, text: &str) -> bool {
     matches!(tokio::time::timeout(SEND_TIMEOUT, session.text(text.to_string())).await, Ok(Ok(())))
 }
 
-async fn serve(rt: Arc<Runtime>, mut session: Session, mut stream: AggregatedMessageStream) {
+async fn serve(rt: Arc<Runtime>, session: Session, stream: AggregatedMessageStream) {
+    m::event_subscribers(1.0);
+    let dropped = feed(&rt, session, stream).await;
+    m::event_subscribers(-1.0);
+    if dropped {
+        m::event_subscriber_dropped();
+    }
+}
+
+/// Serves one subscriber until it leaves (`false`) or is dropped for being slow (`true`).
+async fn feed(rt: &Runtime, mut session: Session, mut stream: AggregatedMessageStream) -> bool {
     // Subscribe before taking the snapshot: an event in between is seen twice, never lost.
     let mut events = rt.events.subscribe();
     let functions: Vec<_> = rt
@@ -48,18 +59,18 @@ async fn serve(rt: Arc<Runtime>, mut session: Session, mut stream: AggregatedMes
     let snapshot = json!({
         "type": "snapshot",
         "ts_ms": now_ms(),
-        "devices": devices_json(&rt).await,
+        "devices": devices_json(rt).await,
         "functions": functions,
     });
     if !send(&mut session, &snapshot.to_string()).await {
-        return;
+        return true;
     }
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(text) => {
                     if !send(&mut session, &text).await {
-                        return;
+                        return true;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -68,20 +79,24 @@ async fn serve(rt: Arc<Runtime>, mut session: Session, mut stream: AggregatedMes
                         description: Some(format!("subscriber too slow: {missed} events missed")),
                     };
                     let _ = tokio::time::timeout(SEND_TIMEOUT, session.close(Some(reason))).await;
-                    return;
+                    return true;
                 }
                 Err(RecvError::Closed) => {
                     let _ = session.close(None).await;
-                    return;
+                    return false;
                 }
             },
             msg = stream.recv() => match msg {
                 Some(Ok(AggregatedMessage::Ping(p))) => {
                     if session.pong(&p).await.is_err() {
-                        return;
+                        return false;
                     }
                 }
-                Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(AggregatedMessage::Close(reason))) => {
+                    let _ = session.close(reason).await;
+                    return false;
+                }
+                Some(Err(_)) | None => return false,
                 Some(Ok(_)) => {}
             },
         }

@@ -168,7 +168,11 @@ async fn next_text(session: &mut Session, stream: &mut AggregatedMessageStream) 
             Ok(AggregatedMessage::Binary(b)) => return Some(String::from_utf8_lossy(&b).into_owned()),
             Ok(AggregatedMessage::Ping(p)) => session.pong(&p).await.ok()?,
             Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) | Err(_) => return None,
+            Ok(AggregatedMessage::Close(reason)) => {
+                let _ = session.clone().close(reason).await;
+                return None;
+            }
+            Err(_) => return None,
         }
     }
 }
@@ -211,29 +215,33 @@ async fn run_one(
     };
     let result = rt.generate(&entry, generation, None);
     tokio::pin!(result);
-    let gone = || {
-        cancel.store(true, Ordering::Release);
-        Outcome::Gone
-    };
+    let mut gone = false;
     let result = loop {
+        if gone {
+            // Stop the generation (within one token) and wait for the device to let it go,
+            // so that the request is accounted for as cancelled.
+            cancel.store(true, Ordering::Release);
+            tokens.close();
+            let _ = result.await;
+            return Outcome::Gone;
+        }
         tokio::select! {
             biased;
             Some(t) = tokens.recv() => {
                 let msg = json!({"type": "token", "index": t.index, "id": t.id, "text": t.text});
-                if session.text(msg.to_string()).await.is_err() {
-                    return gone();
-                }
+                gone = session.text(msg.to_string()).await.is_err();
             }
             msg = stream.recv() => match msg {
                 Some(Ok(AggregatedMessage::Text(t))) => backlog.push_back(t.to_string()),
                 Some(Ok(AggregatedMessage::Binary(b))) => backlog.push_back(String::from_utf8_lossy(&b).into_owned()),
-                Some(Ok(AggregatedMessage::Ping(p))) => {
-                    if session.pong(&p).await.is_err() {
-                        return gone();
-                    }
-                }
+                Some(Ok(AggregatedMessage::Ping(p))) => gone = session.pong(&p).await.is_err(),
                 Some(Ok(AggregatedMessage::Pong(_))) => {}
-                Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => return gone(),
+                Some(Ok(AggregatedMessage::Close(reason))) => {
+                    // Answer the close handshake, then stop.
+                    let _ = session.clone().close(reason).await;
+                    gone = true;
+                }
+                Some(Err(_)) | None => gone = true,
             },
             r = &mut result => break r,
         }

@@ -2,6 +2,7 @@
 //! real all-MiniLM-L6-v2 model, and synthetic packages. One binary, so it links once.
 
 mod bad_packages;
+mod browser;
 mod cli;
 mod common;
 mod crash;
@@ -11,3 +12,4 @@ mod scheduling;
 mod server;
 mod synth;
 mod triton;
+mod ws;
