@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::auth::{Scope, TokenSet, TokenSpec};
 use crate::gpu::{parse_bandwidth, parse_bytes, DevicePlan};
 use crate::policy::PolicyKind;
 
@@ -72,6 +73,23 @@ pub struct ServeArgs {
     /// deadline on any device, instead of running it late [default: true].
     #[arg(long, env = "FAASWAP_SHED")]
     pub shed: Option<bool>,
+    /// Require an admin token for `/metrics` [default: false].
+    #[arg(long, env = "FAASWAP_PROTECT_METRICS")]
+    pub protect_metrics: Option<bool>,
+    /// API tokens, file only: `[[tokens]]` tables (`name`, `scope` admin|invoke, `sha256`,
+    /// optional `functions`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub tokens: Vec<TokenSpec>,
+    /// An admin token in plain text: from `FAASWAP_ADMIN_TOKEN` only (never a flag, which
+    /// other users could read from the process list).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+    /// An invoke token (all functions) in plain text: from `FAASWAP_INVOKE_TOKEN` only.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub invoke_token: Option<String>,
 }
 
 /// The resolved configuration.
@@ -90,6 +108,36 @@ pub struct ServeConfig {
     pub shed: bool,
     pub max_queue_per_function: usize,
     pub max_queue: usize,
+    pub auth: TokenSet,
+}
+
+impl ServeConfig {
+    /// Where to listen: the configured address, except that without API tokens the server
+    /// stays on loopback (the same port on 127.0.0.1), with a line saying so.
+    pub fn listen_addr(&self) -> Result<(String, Option<String>), ConfigError> {
+        use std::net::ToSocketAddrs;
+        let resolved: Vec<std::net::SocketAddr> = self
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| ConfigError::Invalid(format!("--addr {}: {e}", self.addr)))?
+            .collect();
+        let port = resolved.first().map_or(0, |a| a.port());
+        if !self.auth.is_empty() {
+            return Ok((self.addr.clone(), None));
+        }
+        if !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()) {
+            return Ok((
+                self.addr.clone(),
+                Some("no API tokens are configured: the API is open to local users only".into()),
+            ));
+        }
+        let addr = format!("127.0.0.1:{port}");
+        let note = format!(
+            "no API tokens are configured: listening on loopback only ({addr}, not {}); set FAASWAP_ADMIN_TOKEN or [[tokens]] to serve other hosts",
+            self.addr
+        );
+        Ok((addr, Some(note)))
+    }
 }
 
 /// A count flag that must be at least 1.
@@ -128,7 +176,18 @@ impl ServeArgs {
         if !(sim_time_scale.is_finite() && sim_time_scale >= 0.0) {
             return Err(ConfigError::Invalid(format!("--sim-time-scale {sim_time_scale} must be ≥ 0")));
         }
+        let admin = self.admin_token.or_else(|| std::env::var("FAASWAP_ADMIN_TOKEN").ok());
+        let invoke = self.invoke_token.or_else(|| std::env::var("FAASWAP_INVOKE_TOKEN").ok());
+        let plain: Vec<_> =
+            [("FAASWAP_ADMIN_TOKEN", Scope::Admin, admin), ("FAASWAP_INVOKE_TOKEN", Scope::Invoke(None), invoke)]
+                .into_iter()
+                .filter_map(|(name, scope, token)| Some((name, scope, token?)))
+                .collect();
+        let specs = if self.tokens.is_empty() { &file.tokens } else { &self.tokens };
+        let mut auth = TokenSet::new(specs, &plain).map_err(ConfigError::Invalid)?;
+        auth.protect_metrics = self.protect_metrics.or(file.protect_metrics).unwrap_or(false);
         Ok(ServeConfig {
+            auth,
             addr,
             state_dir: self.state_dir.or(file.state_dir).unwrap_or_else(|| PathBuf::from("state")),
             model_repository: self.model_repository.or(file.model_repository),
@@ -187,6 +246,40 @@ mod tests {
         let c = ServeArgs { config: Some(path), ..ServeArgs::default() }.resolve().unwrap();
         assert_eq!((c.workspace_bytes, c.max_body), (1 << 30, 64 << 20));
         assert_eq!((c.policy, c.shed, c.max_queue_per_function, c.max_queue), (PolicyKind::Faaswap, true, 512, 8192));
+    }
+
+    #[test]
+    fn without_tokens_the_server_stays_on_loopback() {
+        let open = ServeArgs { addr: Some("0.0.0.0:9001".into()), ..ServeArgs::default() }.resolve().unwrap();
+        let (addr, note) = open.listen_addr().unwrap();
+        assert_eq!(addr, "127.0.0.1:9001");
+        assert!(note.unwrap().contains("loopback"));
+        let local = ServeArgs { addr: Some("127.0.0.1:9002".into()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(local.listen_addr().unwrap().0, "127.0.0.1:9002");
+        let guarded = ServeArgs {
+            addr: Some("0.0.0.0:9003".into()),
+            admin_token: Some("a-long-enough-admin-token".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(guarded.listen_addr().unwrap(), ("0.0.0.0:9003".to_string(), None));
+    }
+
+    #[test]
+    fn tokens_come_from_the_file_as_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("faaswap.toml");
+        let digest = hex::encode(crate::auth::digest("file-token-0123456789"));
+        let text = format!(
+            "protect-metrics = true\n[[tokens]]\nname = \"app\"\nscope = \"invoke\"\nfunctions = [\"bert\"]\nsha256 = \"{digest}\"\n"
+        );
+        std::fs::write(&file, text).unwrap();
+        let c = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve().unwrap();
+        assert!(c.auth.protect_metrics);
+        let bert = crate::auth::Access::Invoke(Some("bert".into()));
+        assert_eq!(c.auth.check(Some("file-token-0123456789"), &bert), Ok(()));
+        assert!(c.auth.check(Some("file-token-0123456789"), &crate::auth::Access::Admin).is_err());
     }
 
     #[test]

@@ -13,6 +13,11 @@ use crate::runtime::{Runtime, StartError};
 /// Starts everything; the returned server runs until stopped through its handle.
 pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::dev::Server, StartError> {
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
+    if config.auth.is_empty() {
+        tracing::warn!("no API tokens configured: every endpoint is open to whoever reaches {addr}");
+    } else {
+        tracing::info!("API tokens: {:?}", config.auth);
+    }
     let runtime = Runtime::start(config)?;
     let data = web::Data::from(runtime.clone());
     let server = HttpServer::new(move || {
@@ -22,12 +27,16 @@ pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::de
                 let resp = api::error::json_error(actix_web::http::StatusCode::BAD_REQUEST, "bad_request", &e);
                 InternalError::from_response(e, resp).into()
             }))
+            .wrap(actix_web::middleware::from_fn(api::auth::check))
             .configure(api::configure)
             .default_service(web::to(|| async {
                 api::error::json_error(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
             }))
     })
     .workers(2)
+    // Long-lived WebSockets (the event feed, generations) would otherwise hold a shutdown for
+    // the default 30 s.
+    .shutdown_timeout(5)
     .listen(listener)
     .map_err(|source| StartError::Listen { addr: addr.clone(), source })?
     .run();

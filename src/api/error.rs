@@ -19,6 +19,8 @@ pub enum ApiError {
     #[error("not ready: functions are still being restored")]
     NotReady,
     #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
     Deploy(#[from] DeployError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -33,6 +35,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::FunctionNotFound(_) => (StatusCode::NOT_FOUND, "function_not_found"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Auth(crate::auth::AuthError::Forbidden { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Deploy(d) => match d {
                 D::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 D::NoRepository => (StatusCode::NOT_FOUND, "no_model_repository"),
@@ -84,6 +88,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if let Self::Runtime(RuntimeError::Overloaded { retry_after_s, .. }) = self {
             response.insert_header(("Retry-After", retry_after_s.to_string()));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
         }
         response.json(serde_json::json!({ "error": self.to_string(), "code": code }))
     }

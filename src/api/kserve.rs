@@ -24,13 +24,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2", web::get().to(server_metadata))
         .route("/v2/health/live", web::get().to(live))
         .route("/v2/health/ready", web::get().to(ready))
+        // Before `/v2/models/{name}`, which would take "stats" for a function's name.
+        .route("/v2/models/stats", web::get().to(all_stats))
         .route("/v2/models/{name}", web::get().to(model_metadata))
         .route("/v2/models/{name}/versions/1", web::get().to(model_metadata))
         .route("/v2/models/{name}/ready", web::get().to(model_ready))
         .route("/v2/models/{name}/versions/1/ready", web::get().to(model_ready))
         .route("/v2/models/{name}/stats", web::get().to(stats))
         .route("/v2/models/{name}/versions/1/stats", web::get().to(stats))
-        .route("/v2/models/stats", web::get().to(all_stats))
         .route("/v2/repository/index", web::post().to(repository_index))
         .route("/v2/repository/models/{name}/load", web::post().to(load))
         .route("/v2/repository/models/{name}/unload", web::post().to(unload));

@@ -4,6 +4,7 @@
 //! stable code.
 
 mod admin;
+pub mod auth;
 mod body;
 mod devices;
 pub mod error;

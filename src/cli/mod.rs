@@ -48,6 +48,22 @@ pub enum Command {
     /// Run scheduling policies over a simulated node in virtual time (deterministic, seeded)
     /// and report SLO compliance, latency, swaps and device load.
     Simulate(simulate::SimulateArgs),
+    /// Make a new random API token: prints it once with the `[[tokens]]` entry (its SHA-256)
+    /// for the config file.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// A name for logs.
+    #[arg(long, default_value = "token")]
+    pub name: String,
+    /// admin or invoke.
+    #[arg(long, default_value = "invoke")]
+    pub scope: String,
+    /// invoke: the functions it may call (all when absent), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub functions: Vec<String>,
 }
 
 /// Token inputs: texts (needs the package's tokenizer) or explicit ids, one sequence per flag.
@@ -156,6 +172,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Profile(a) => profile::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Simulate(a) => simulate::run(a),
+        Command::Token(a) => token(a),
     }
 }
 
@@ -166,4 +183,17 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     serde_json::to_writer(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())
+}
+
+fn token(a: TokenArgs) -> Result<(), CliError> {
+    let functions = (!a.functions.is_empty()).then_some(a.functions);
+    let (token, sha256) = crate::auth::new_token();
+    let spec = crate::auth::TokenSpec { name: a.name, scope: a.scope, sha256, functions };
+    crate::auth::TokenSet::new(std::slice::from_ref(&spec), &[]).map_err(CliError::Usage)?;
+    let mut toml = format!("[[tokens]]\nname = {:?}\nscope = {:?}\n", spec.name, spec.scope);
+    if let Some(f) = &spec.functions {
+        toml += &format!("functions = {f:?}\n");
+    }
+    toml += &format!("sha256 = {:?}\n", spec.sha256);
+    print_json(&serde_json::json!({ "token": token, "sha256": spec.sha256, "config": toml }))
 }

@@ -6,8 +6,12 @@ use crate::runtime::StartError;
 
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = args.resolve()?;
-    let listener = std::net::TcpListener::bind(&config.addr)
-        .map_err(|source| StartError::Listen { addr: config.addr.clone(), source })?;
+    let (addr, note) = config.listen_addr()?;
+    if let Some(note) = note {
+        eprintln!("faaswap: {note}");
+    }
+    let listener =
+        std::net::TcpListener::bind(&addr).map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
     eprintln!(
         "faaswap serving on http://{} ({} × {:?}, {} MiB weight pool each, state in {})",
         listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string()),

@@ -2,7 +2,7 @@
 //! playwright-core against the real server (devices shown, deploys through the form, invoke,
 //! the swap-in in the event feed and the memory map, an SLO edit, a streamed generation with
 //! the reference tokens) and saves a screenshot to `target/browser-artifacts/admin.png`.
-//! `scripts/test.sh` installs chromium and `tests/browser/node_modules`; `CHROMIUM` may point
+//! The server has an admin token, which the page asks for. `scripts/test.sh` installs chromium and `tests/browser/node_modules`; `CHROMIUM` may point
 //! at another chromium binary.
 
 use std::fs::File;
@@ -14,6 +14,7 @@ use crate::server::{repository, TestServer};
 
 /// The script waits at most 15 s per step; this bounds a browser that hangs altogether.
 const LIMIT: Duration = Duration::from_secs(180);
+const TOKEN: &str = "browser-test-admin-token-01";
 
 #[test]
 fn admin_ui_in_chromium() {
@@ -30,7 +31,8 @@ fn admin_ui_in_chromium() {
 
     let state = tempfile::tempdir().unwrap();
     let repo = repository(); // tiny_bert and tiny_gpt2
-    let server = TestServer::start(state.path(), repo.path(), |_| {});
+                             // With an admin token configured: the page must ask for it and send it on every call.
+    let server = TestServer::start(state.path(), repo.path(), |a| a.admin_token = Some(TOKEN.into()));
 
     // Output goes to files rather than pipes: nothing to drain while waiting with a limit.
     let mut child = Command::new("node")
@@ -38,6 +40,7 @@ fn admin_ui_in_chromium() {
         .arg("tests/browser/admin.mjs")
         .arg(&server.url)
         .arg(&screenshot)
+        .env("FAASWAP_TOKEN", TOKEN)
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).unwrap())
         .stderr(File::create(&err_path).unwrap())

@@ -1,6 +1,7 @@
 //! Integration tests: the engine against the reference fixtures, bad packages, the CLI, the
 //! real all-MiniLM-L6-v2 model, and synthetic packages. One binary, so it links once.
 
+mod auth;
 mod bad_packages;
 mod browser;
 mod cli;

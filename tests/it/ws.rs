@@ -123,6 +123,7 @@ fn socket_output_equals_faaswap_generate_greedy_and_seeded() {
     assert_eq!(first["token_ids"], second["token_ids"], "a seed reproduces a sampled generation");
     assert_eq!(ids(&first["token_ids"]), cli(&["--temperature", "0.9", "--top-k", "40", "--seed", "7"]));
     assert_ne!(first["token_ids"], greedy["token_ids"], "temperature 0.9 samples");
+    drop(socket);
     server.stop();
 }
 
@@ -159,6 +160,7 @@ fn bad_requests_get_an_error_message_and_a_clean_close() {
     let mut socket = connect(&server, "/api/v1/functions/gpt2/ws");
     let (tokens, done) = generate(&mut socket, &json!({"input_ids": [1, 2], "max_new_tokens": 3}));
     assert_eq!((tokens.len(), done["type"].as_str()), (3, Some("done")));
+    drop(socket);
     server.stop();
 }
 
@@ -211,6 +213,7 @@ fn a_client_that_leaves_stops_its_generation_and_frees_the_device() {
     let (tokens, done) = generate(&mut again, &json!({"input_ids": [5, 6], "max_new_tokens": 2}));
     assert_eq!((tokens.len(), done["swap_source"].clone()), (2, Value::Null), "{done}");
     assert_eq!(server.metric("faaswap_requests_total{function=\"g\",outcome=\"cancelled\"}"), 1.0);
+    drop((events, again));
     server.stop();
 }
 
@@ -269,6 +272,7 @@ fn the_event_feed_starts_with_a_snapshot_and_reports_swaps_evictions_and_slo() {
     assert_eq!(find("undeploy")["function"], "bert2");
     let slo = find("slo");
     assert!(slo["compliant"].is_boolean() && slo["deadline_ms"].as_f64().is_some(), "{slo}");
+    drop(feed);
     server.stop();
 }
 

@@ -1,0 +1,284 @@
+//! API tokens and what each route needs. Tokens have a scope — `admin` (everything) or
+//! `invoke` (inference on all functions or a named list) — and are kept only as SHA-256
+//! digests: the config file holds digests, and tokens from the environment are hashed at
+//! start-up. A presented token is hashed and compared with every digest in constant time.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    /// `None`: every function.
+    Invoke(Option<Vec<String>>),
+}
+
+/// A `[[tokens]]` table of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// For logs only.
+    pub name: String,
+    /// `admin` or `invoke`.
+    pub scope: String,
+    /// Hex SHA-256 of the token (`faaswap token` prints one).
+    pub sha256: String,
+    /// `invoke` only: the functions it may call (all when absent).
+    #[serde(default)]
+    pub functions: Option<Vec<String>>,
+}
+
+#[derive(Clone)]
+struct Token {
+    name: String,
+    digest: [u8; 32],
+    scope: Scope,
+}
+
+/// The configured tokens (empty: the API is open and the server listens on loopback only).
+#[derive(Clone, Default)]
+pub struct TokenSet {
+    tokens: Vec<Token>,
+    /// `/metrics` needs an admin token too.
+    pub protect_metrics: bool,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.tokens.iter().map(|t| t.name.as_str()).collect();
+        f.debug_struct("TokenSet").field("tokens", &names).field("protect_metrics", &self.protect_metrics).finish()
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Open,
+    /// Inference on one function (`None`: on all of them, e.g. every function's statistics).
+    Invoke(Option<String>),
+    Admin,
+}
+
+/// Why a request was refused: 401 (no or unknown token) or 403 (a token without the scope).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("this endpoint needs an API token: send Authorization: Bearer <token>")]
+    Missing,
+    #[error("unknown API token")]
+    Unknown,
+    #[error("token {token:?} may not {what}")]
+    Forbidden { token: String, what: String },
+}
+
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl TokenSet {
+    /// Builds the set from the file's specs and plain tokens (from the environment), which are
+    /// hashed here and not kept.
+    pub fn new(specs: &[TokenSpec], plain: &[(&str, Scope, String)]) -> Result<Self, String> {
+        let mut tokens = Vec::new();
+        for s in specs {
+            let digest: [u8; 32] = hex::decode(s.sha256.trim())
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", s.name))?;
+            let scope = match (s.scope.as_str(), &s.functions) {
+                ("admin", None) => Scope::Admin,
+                ("admin", Some(_)) => return Err(format!("token {:?}: functions apply to invoke tokens only", s.name)),
+                ("invoke", f) => {
+                    if let Some(bad) = f.iter().flatten().find(|n| !crate::runtime::valid_name(n)) {
+                        return Err(format!("token {:?}: invalid function name {bad:?}", s.name));
+                    }
+                    Scope::Invoke(f.clone())
+                }
+                (other, _) => return Err(format!("token {:?}: scope {other:?} must be admin or invoke", s.name)),
+            };
+            tokens.push(Token { name: s.name.clone(), digest, scope });
+        }
+        for (name, scope, token) in plain {
+            if token.len() < 16 {
+                return Err(format!("{name}: a token must have at least 16 characters"));
+            }
+            tokens.push(Token { name: name.to_string(), digest: digest(token), scope: scope.clone() });
+        }
+        Ok(Self { tokens, protect_metrics: false })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The token presented, checked against the access a route needs.
+    pub fn check(&self, presented: Option<&str>, access: &Access) -> Result<(), AuthError> {
+        if *access == Access::Open || self.is_empty() {
+            return Ok(());
+        }
+        let presented = presented.ok_or(AuthError::Missing)?;
+        let d = digest(presented);
+        // Every digest is compared, so the time does not tell which one matched.
+        let mut found = None;
+        for t in &self.tokens {
+            if bool::from(t.digest.ct_eq(&d)) {
+                found = Some(t);
+            }
+        }
+        let token = found.ok_or(AuthError::Unknown)?;
+        let allowed = match (&token.scope, access) {
+            (Scope::Admin, _) => true,
+            (Scope::Invoke(_), Access::Admin) => false,
+            (Scope::Invoke(None), Access::Invoke(_)) => true,
+            (Scope::Invoke(Some(list)), Access::Invoke(Some(f))) => list.iter().any(|n| n == f),
+            (Scope::Invoke(Some(_)), Access::Invoke(None)) => false,
+            (_, Access::Open) => true,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let what = match access {
+            Access::Admin => "use the admin API".to_string(),
+            Access::Invoke(Some(f)) => format!("invoke function {f:?}"),
+            _ => "read every function's statistics".to_string(),
+        };
+        Err(AuthError::Forbidden { token: token.name.clone(), what })
+    }
+}
+
+/// What a request to `path` needs. Static admin UI files are open (they hold no data; the API
+/// they call needs `admin`); health checks and `GET /v2` are open; `/metrics` is open unless
+/// `protect_metrics`.
+pub fn required(path: &str, protect_metrics: bool) -> Access {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match parts.as_slice() {
+        [] | ["v2"] | ["v2", "health", ..] => Access::Open,
+        ["admin", ..] => Access::Open,
+        ["metrics"] if protect_metrics => Access::Admin,
+        ["metrics"] => Access::Open,
+        ["v2", "models", "stats"] => Access::Invoke(None),
+        ["v2", "models", name, ..] => Access::Invoke(Some(name.to_string())),
+        ["v2", "repository", ..] => Access::Admin,
+        ["api", "v1", "functions", name, "ws"] => Access::Invoke(Some(name.to_string())),
+        ["api", ..] => Access::Admin,
+        // Anything else is a 404; refusing it too would say nothing more.
+        _ => Access::Open,
+    }
+}
+
+/// WebSocket endpoints, which also take the token as a `token` query parameter (browsers
+/// cannot set headers on a WebSocket).
+pub fn accepts_query_token(path: &str) -> bool {
+    path == "/api/v1/events" || (path.starts_with("/api/v1/functions/") && path.ends_with("/ws"))
+}
+
+/// A new random token and its digest, for `faaswap token`.
+pub fn new_token() -> (String, String) {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let token = format!("fsw_{}", hex::encode(bytes));
+    let d = hex::encode(digest(&token));
+    (token, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, scope: &str, token: &str, functions: Option<&[&str]>) -> TokenSpec {
+        TokenSpec {
+            name: name.into(),
+            scope: scope.into(),
+            sha256: hex::encode(digest(token)),
+            functions: functions.map(|f| f.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn set() -> TokenSet {
+        TokenSet::new(
+            &[
+                spec("ops", "admin", "admin-token-0123456789", None),
+                spec("shop", "invoke", "shop-token-0123456789", Some(&["bert"])),
+            ],
+            &[("FAASWAP_INVOKE_TOKEN", Scope::Invoke(None), "invoke-token-0123456789".into())],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn routes_need_the_documented_access() {
+        let invoke = |f: &str| Access::Invoke(Some(f.into()));
+        for (path, want) in [
+            ("/v2", Access::Open),
+            ("/v2/", Access::Open),
+            ("/v2/health/live", Access::Open),
+            ("/v2/health/ready", Access::Open),
+            ("/admin/", Access::Open),
+            ("/admin/app.js", Access::Open),
+            ("/metrics", Access::Open),
+            ("/v2/models/bert", invoke("bert")),
+            ("/v2/models/bert/ready", invoke("bert")),
+            ("/v2/models/bert/versions/1/infer", invoke("bert")),
+            ("/v2/models/bert/stats", invoke("bert")),
+            ("/v2/models/stats", Access::Invoke(None)),
+            ("/api/v1/functions/bert/ws", invoke("bert")),
+            ("/v2/repository/index", Access::Admin),
+            ("/v2/repository/models/bert/load", Access::Admin),
+            ("/api/v1/functions", Access::Admin),
+            ("/api/v1/functions/bert", Access::Admin),
+            ("/api/v1/devices", Access::Admin),
+            ("/api/v1/events", Access::Admin),
+            ("/api/v1/scheduler", Access::Admin),
+            ("/nothing", Access::Open),
+        ] {
+            assert_eq!(required(path, false), want, "{path}");
+        }
+        assert_eq!(required("/metrics", true), Access::Admin);
+        assert!(accepts_query_token("/api/v1/events") && accepts_query_token("/api/v1/functions/x/ws"));
+        assert!(!accepts_query_token("/api/v1/functions/x") && !accepts_query_token("/v2/models/x/infer"));
+    }
+
+    #[test]
+    fn scopes_allow_what_they_name_and_nothing_else() {
+        let s = set();
+        let bert = Access::Invoke(Some("bert".into()));
+        let gpt2 = Access::Invoke(Some("gpt2".into()));
+        assert_eq!(s.check(None, &Access::Open), Ok(()));
+        assert_eq!(s.check(None, &bert), Err(AuthError::Missing));
+        assert_eq!(s.check(Some("wrong-token-0123456789"), &bert), Err(AuthError::Unknown));
+        for access in [&bert, &gpt2, &Access::Invoke(None), &Access::Admin] {
+            assert_eq!(s.check(Some("admin-token-0123456789"), access), Ok(()), "an admin token may also invoke");
+        }
+        assert_eq!(s.check(Some("invoke-token-0123456789"), &gpt2), Ok(()));
+        assert_eq!(s.check(Some("invoke-token-0123456789"), &Access::Invoke(None)), Ok(()));
+        assert!(matches!(s.check(Some("invoke-token-0123456789"), &Access::Admin), Err(AuthError::Forbidden { .. })));
+        assert_eq!(s.check(Some("shop-token-0123456789"), &bert), Ok(()));
+        assert!(matches!(s.check(Some("shop-token-0123456789"), &gpt2), Err(AuthError::Forbidden { .. })));
+        assert!(matches!(
+            s.check(Some("shop-token-0123456789"), &Access::Invoke(None)),
+            Err(AuthError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn no_tokens_means_an_open_api_and_bad_specs_are_refused() {
+        assert_eq!(TokenSet::default().check(None, &Access::Admin), Ok(()));
+        let mut bad = spec("x", "admin", "t", None);
+        bad.sha256 = "abc".into();
+        assert!(TokenSet::new(&[bad], &[]).is_err());
+        assert!(TokenSet::new(&[spec("x", "root", "t", None)], &[]).is_err());
+        assert!(TokenSet::new(&[spec("x", "admin", "t", Some(&["f"]))], &[]).is_err());
+        assert!(TokenSet::new(&[spec("x", "invoke", "t", Some(&["../f"]))], &[]).is_err());
+        assert!(TokenSet::new(&[], &[("FAASWAP_ADMIN_TOKEN", Scope::Admin, "short".into())]).is_err());
+    }
+
+    #[test]
+    fn only_digests_are_kept() {
+        let s = set();
+        assert!(!format!("{s:?}").contains("token-0123456789"));
+        let (token, d) = new_token();
+        assert!(token.starts_with("fsw_") && token.len() == 68);
+        assert_eq!(d, hex::encode(digest(&token)));
+    }
+}
