@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// deadline on any device, instead of running it late [default: true].
     #[arg(long, env = "FAASWAP_SHED")]
     pub shed: Option<bool>,
+    /// Largest model package a deploy accepts (its files together) [default: 64GiB].
+    #[arg(long, env = "FAASWAP_MAX_PACKAGE")]
+    pub max_package: Option<String>,
     /// Require an admin token for `/metrics` [default: false].
     #[arg(long, env = "FAASWAP_PROTECT_METRICS")]
     pub protect_metrics: Option<bool>,
@@ -104,6 +107,7 @@ pub struct ServeConfig {
     pub sim_time_scale: f64,
     pub workspace_bytes: u64,
     pub max_body: usize,
+    pub max_package: u64,
     pub policy: PolicyKind,
     pub shed: bool,
     pub max_queue_per_function: usize,
@@ -197,6 +201,7 @@ impl ServeArgs {
             sim_time_scale,
             workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?.unwrap_or(1 << 30),
             max_body: max_body as usize,
+            max_package: size("--max-package", pick(self.max_package, file.max_package))?.unwrap_or(64 << 30),
             policy: pick(self.policy, file.policy)
                 .map(|p| p.parse::<PolicyKind>().map_err(|e| ConfigError::Invalid(format!("--policy: {e}"))))
                 .transpose()?

@@ -40,6 +40,8 @@ pub enum DeployError {
     ModelNotFound(String),
     #[error("{0:?} leads outside the model repository (symlinks out are refused)")]
     OutsideRepository(String),
+    #[error("package {model:?} holds {bytes} bytes, more than the limit of {limit} (--max-package)")]
+    PackageTooLarge { model: String, bytes: u64, limit: u64 },
     #[error("function {0:?} is already deployed")]
     AlreadyExists(String),
     #[error("function {0:?} is not deployed")]
@@ -300,6 +302,18 @@ impl Runtime {
         }
         settings.validate().map_err(DeployError::InvalidSettings)?;
         let src = self.repository_path(model)?;
+        let bytes: u64 = crate::store::PACKAGE_FILES
+            .iter()
+            .filter_map(|f| std::fs::metadata(src.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        if bytes > self.config.max_package {
+            return Err(DeployError::PackageTooLarge {
+                model: model.to_string(),
+                bytes,
+                limit: self.config.max_package,
+            });
+        }
         let _guard = self.deploys.lock().await;
         if self.function(name).is_some() {
             return Err(DeployError::AlreadyExists(name.to_string()));

@@ -43,6 +43,7 @@ impl ApiError {
                 D::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
                 D::OutsideRepository(_) => (StatusCode::FORBIDDEN, "outside_repository"),
                 D::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+                D::PackageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "package_too_large"),
                 D::NotDeployed(_) => (StatusCode::NOT_FOUND, "function_not_found"),
                 D::InvalidSettings(_) => (StatusCode::BAD_REQUEST, "invalid_settings"),
                 D::InvalidProfile(_) => (StatusCode::BAD_REQUEST, "invalid_profile"),

@@ -11,6 +11,9 @@ use super::error::{EngineError, Result};
 use super::layout::{PlannedTensor, Source, WeightLayout};
 
 /// The file's tensors, looked up under one of the name prefixes a family allows.
+/// Most tensors a weights file may hold.
+pub const MAX_TENSORS: usize = 1 << 16;
+
 pub struct WeightsFile {
     path: std::path::PathBuf,
     map: memmap2::Mmap,
@@ -28,8 +31,17 @@ impl WeightsFile {
     }
 
     fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.map)
-            .map_err(|e| EngineError::CorruptWeights { path: self.path.clone(), reason: e.to_string() })
+        let st = SafeTensors::deserialize(&self.map)
+            .map_err(|e| EngineError::CorruptWeights { path: self.path.clone(), reason: e.to_string() })?;
+        // The crate bounds the header at 100 MB; a model of the supported families has a few
+        // thousand tensors at most, so millions of tiny entries are refused here.
+        if st.len() > MAX_TENSORS {
+            return Err(EngineError::CorruptWeights {
+                path: self.path.clone(),
+                reason: format!("{} tensors, more than the limit of {MAX_TENSORS}", st.len()),
+            });
+        }
+        Ok(st)
     }
 
     /// Which of `prefixes` the file's names use, judged by the plan's first tensor.

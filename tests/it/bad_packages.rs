@@ -237,3 +237,15 @@ fn bert_prefix_and_extra_tensors_are_accepted() {
     let plain = Model::load(&tiny_bert()).unwrap();
     assert_eq!(prefixed.weights(), plain.weights());
 }
+
+#[test]
+fn too_many_tensors() {
+    // Every real tensor plus 70,000 one-float extras: over the limit of 65,536 tensors.
+    let dir = bert_with(|t| {
+        for i in 0..70_000 {
+            t.push((format!("extra.{i}"), Dtype::F32, vec![1], vec![0; 4]));
+        }
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(&err, EngineError::CorruptWeights { reason, .. } if reason.contains("limit")), "{err}");
+}

@@ -363,6 +363,11 @@ fn api_errors_have_stable_codes() {
     );
     // 512 KiB of pool cannot hold a 580 KB model.
     expect(code(s.post("/v2/repository/models/tiny_bert/load", &json!({}))), 422, "model_too_large");
+    let small = TestServer::start(tempfile::tempdir().unwrap().path(), repo.path(), |a| {
+        a.max_package = Some("256KiB".into());
+    });
+    expect(code(small.post("/v2/repository/models/tiny_bert/load", &json!({}))), 413, "package_too_large");
+    small.stop();
     let s2 = TestServer::start(tempfile::tempdir().unwrap().path(), repo.path(), |a| {
         a.max_body = Some("64KiB".into());
         a.workspace = Some("16KiB".into());
