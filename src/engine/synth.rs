@@ -67,7 +67,31 @@ fn gpt2_config(layers: usize, hidden: usize, heads: usize) -> Value {
     })
 }
 
+/// Models small enough that hundreds fit a test: a 1,024-token vocabulary, 64 positions.
+fn nano(mut config: Value) -> Value {
+    config["vocab_size"] = json!(1024);
+    match config["model_type"].as_str() {
+        Some("bert") => config["max_position_embeddings"] = json!(64),
+        _ => {
+            config["n_positions"] = json!(64);
+            config["bos_token_id"] = json!(1023);
+            config["eos_token_id"] = json!(1023);
+        }
+    }
+    config
+}
+
 pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "bert-nano",
+        description: "BERT 2 layers, hidden 32, vocabulary 1024 (0.06M; for tests)",
+        config: || nano(bert_config(2, 32, 2, 64)),
+    },
+    Preset {
+        name: "gpt2-nano",
+        description: "GPT-2 2 layers, hidden 32, vocabulary 1024 (0.06M; for tests)",
+        config: || nano(gpt2_config(2, 32, 2)),
+    },
     Preset {
         name: "bert-tiny",
         description: "BERT 2 layers, hidden 128 (4.4M parameters)",

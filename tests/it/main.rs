@@ -11,6 +11,7 @@ mod fixtures;
 mod minilm;
 mod scheduling;
 mod server;
+mod soak;
 mod synth;
 mod triton;
 mod ws;

@@ -6,7 +6,12 @@ use crate::cli::faaswap_json;
 
 #[test]
 fn synth_presets_load_and_run() {
-    for (preset, output) in [("bert-tiny", "last_hidden_state"), ("gpt2-tiny", "logits")] {
+    for (preset, output) in [
+        ("bert-tiny", "last_hidden_state"),
+        ("gpt2-tiny", "logits"),
+        ("bert-nano", "last_hidden_state"),
+        ("gpt2-nano", "logits"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join(preset);
         let report = faaswap_json(&["synth", "--preset", preset, "--seed", "3", "--out", out.to_str().unwrap()]);
