@@ -309,3 +309,61 @@ mod tests {
         }
     }
 }
+
+/// Hostile WebSocket messages: any text, and JSON objects with any mix of the known keys and
+/// wild values, are parsed without a panic; what is accepted respects the limits.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("JSON has no NaN", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 5, |inner| prop::collection::vec(inner, 0..5).prop_map(Value::Array))
+    }
+
+    fn message() -> impl Strategy<Value = Value> {
+        let keys = prop_oneof![
+            Just("text"),
+            Just("input_ids"),
+            Just("max_new_tokens"),
+            Just("temperature"),
+            Just("top_k"),
+            Just("top_p"),
+            Just("seed"),
+            Just("stop"),
+            Just("ignore_eos"),
+            Just("other"),
+        ];
+        prop::collection::vec((keys, value()), 0..8)
+            .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn any_text_parses_or_errs(text in ".{0,200}") {
+            let _ = GenerateRequest::parse(&text);
+        }
+
+        #[test]
+        fn accepted_messages_respect_the_limits(msg in message()) {
+            if let Ok(c) = GenerateRequest::parse(&msg.to_string()) {
+                prop_assert!(c.options.max_new_tokens <= MAX_NEW_TOKENS);
+                prop_assert!(c.stop.len() <= MAX_STOP_STRINGS);
+                prop_assert!(c.text.is_some() != c.input_ids.is_some());
+                prop_assert!(c.options.sampling.validate().is_ok());
+            }
+        }
+    }
+}

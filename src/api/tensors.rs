@@ -358,3 +358,82 @@ mod tests {
         }
     }
 }
+
+/// Hostile bodies: arbitrary bytes, and structurally plausible requests with wild shapes,
+/// datatypes and data. Decoding never panics, and what it accepts stays within the element
+/// limit whatever the shapes claim.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    const MAX: usize = 4096;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e3f64..1e3).prop_map(Value::from),
+            "[a-z ]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| prop::collection::vec(inner, 0..6).prop_map(Value::Array))
+    }
+
+    fn request() -> impl Strategy<Value = Value> {
+        let input = (
+            prop_oneof![Just("input_ids"), Just("attention_mask"), Just("token_type_ids"), Just("text"), Just("x")],
+            prop::collection::vec(prop_oneof![-2i64..6, Just(i64::MAX), Just(1 << 40)], 0..4),
+            prop_oneof![Just("INT64"), Just("INT32"), Just("BYTES"), Just("FP32"), Just("BOOL")],
+            value(),
+            any::<bool>(),
+        )
+            .prop_map(|(name, shape, datatype, data, binary)| {
+                let mut v = json!({"name": name, "shape": shape, "datatype": datatype, "data": data});
+                if binary {
+                    v["parameters"] = json!({"binary_data_size": 8});
+                }
+                v
+            });
+        (prop::collection::vec(input, 0..4), any::<bool>()).prop_map(|(inputs, outputs)| {
+            let mut v = json!({"inputs": inputs});
+            if outputs {
+                v["outputs"] = json!([{"name": "logits", "parameters": {"binary_data": true}}]);
+            }
+            v
+        })
+    }
+
+    fn check_bounded(r: &InferRequest) {
+        match &r.inputs {
+            Inputs::Tokens(b) => assert!(b.ids.len() <= MAX),
+            Inputs::Texts(t) => assert!(t.len() <= MAX),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), header in prop::option::of(0usize..300)) {
+            if let Ok(r) = decode(&body, header, MAX) {
+                check_bounded(&r);
+            }
+        }
+
+        #[test]
+        fn plausible_requests_never_panic(req in request(), tail in prop::collection::vec(any::<u8>(), 0..32)) {
+            let head = req.to_string().into_bytes();
+            let mut body = head.clone();
+            body.extend_from_slice(&tail);
+            for header in [None, Some(head.len())] {
+                let body = if header.is_some() { &body[..] } else { &head[..] };
+                if let Ok(r) = decode(body, header, MAX) {
+                    check_bounded(&r);
+                }
+            }
+        }
+    }
+}

@@ -307,3 +307,71 @@ mod tests {
         assert_eq!(c.activation_function, Activation::GeluTanh);
     }
 }
+
+/// Hostile `config.json` files: any value for any key the loader reads. Loading never panics,
+/// and an accepted config keeps every size within its limit (nothing downstream is sized from
+/// an unchecked value).
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    const KEYS: &[&str] = &[
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "hidden_act",
+        "n_embd",
+        "n_layer",
+        "n_head",
+        "n_inner",
+        "n_positions",
+        "layer_norm_epsilon",
+        "activation_function",
+        "eos_token_id",
+        "bos_token_id",
+        "tie_word_embeddings",
+    ];
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (0u64..300).prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1.0f64..1.0).prop_map(Value::from),
+            prop_oneof![Just("bert"), Just("gpt2"), Just("gelu"), Just("gelu_new"), Just("relu"), Just("")]
+                .prop_map(Value::from),
+            Just(Value::Array(vec![])),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn configs_load_or_err_without_panicking(
+            model_type in prop_oneof![Just("bert"), Just("gpt2"), Just("llama")],
+            kv in prop::collection::vec((0..KEYS.len(), value()), 0..24),
+        ) {
+            let mut obj = Map::new();
+            obj.insert("model_type".into(), Value::from(model_type));
+            for (k, v) in kv {
+                obj.insert(KEYS[k].to_string(), v);
+            }
+            if let Ok(c) = ModelConfig::from_json(Path::new("config.json"), &Value::Object(obj)) {
+                prop_assert!(c.hidden_size() <= MAX_HIDDEN && c.vocab_size() <= MAX_VOCAB);
+                prop_assert!(c.num_layers() <= MAX_LAYERS && c.max_positions() <= MAX_POSITIONS);
+            }
+        }
+    }
+}

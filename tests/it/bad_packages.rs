@@ -249,3 +249,35 @@ fn too_many_tensors() {
     let err = load_err(dir.path());
     assert!(matches!(&err, EngineError::CorruptWeights { reason, .. } if reason.contains("limit")), "{err}");
 }
+
+// Hostile weights files: tiny_bert's `model.safetensors` with random bytes overwritten, cut
+// short, or its header length rewritten. Loading never panics; it either fails with a typed
+// error or loads a buffer of exactly the planned size.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn mangled_weights_files_never_panic(
+        edits in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..16),
+        cut in proptest::option::of(0usize..700_000),
+        header_len in proptest::option::of(proptest::prelude::any::<u64>()),
+    ) {
+        let dir = copy_package(&tiny_bert());
+        let path = dir.path().join("model.safetensors");
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, b) in edits {
+            let i = at % bytes.len();
+            bytes[i] = b;
+        }
+        if let Some(n) = header_len {
+            bytes[..8].copy_from_slice(&n.to_le_bytes());
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.min(bytes.len()));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(model) = Model::load(dir.path()) {
+            proptest::prop_assert_eq!(model.weights().len(), model.spec.layout.total_elems);
+        }
+    }
+}
