@@ -50,6 +50,16 @@ pub enum Event {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         cancelled: bool,
     },
+    /// A device failed (its unfinished requests are retried elsewhere, once).
+    DeviceFault {
+        device: String,
+        fault: &'static str,
+        error: String,
+    },
+    /// A failed device passed its health check and takes work again.
+    DeviceHealthy {
+        device: String,
+    },
     /// Requests refused before running (overload, unmeetable deadline, no device).
     Dropped {
         function: String,

@@ -31,6 +31,7 @@ fn describe() {
     metrics::describe_counter!("faaswap_swap_bytes_total", "Bytes copied by swap-ins, by source");
     metrics::describe_counter!("faaswap_evictions_total", "Resident models dropped, by reason");
     metrics::describe_counter!("faaswap_generated_tokens_total", "New tokens generated, by function");
+    metrics::describe_counter!("faaswap_device_faults_total", "Device failures, by device and kind");
     metrics::describe_counter!(
         "faaswap_event_subscribers_dropped_total",
         "Event-feed subscribers dropped for falling behind"
@@ -67,6 +68,11 @@ pub fn swap(function: &str, source: &'static str, bytes: u64, ms: f64) {
     counter!("faaswap_swaps_total", "source" => source).increment(1);
     counter!("faaswap_swap_bytes_total", "source" => source).increment(bytes);
     device_seconds(function, "swap", ms);
+}
+
+/// A device failure, by kind (`device_lost`, `copy_fail`, ...).
+pub fn device_fault(device: &str, kind: &'static str) {
+    counter!("faaswap_device_faults_total", "device" => device.to_string(), "kind" => kind).increment(1);
 }
 
 /// Event-feed subscribers connected (`delta` +1 on connect, -1 on leave).

@@ -13,14 +13,15 @@ use actix::{Actor, Addr, Arbiter};
 use crate::actors::function::{FunctionActor, Payload};
 use crate::actors::gpu::GpuActor;
 use crate::actors::messages::{
-    AttachGpus, Completed, Generate, GetDevices, GetQueued, Infer, Inputs, RegisterFunction, UnregisterFunction,
-    UpdateSlo,
+    AttachGpus, Completed, Generate, GetDevices, GetQueued, Infer, InjectFault, Inputs, RegisterFunction,
+    UnregisterFunction, UpdateSlo,
 };
 use crate::actors::scheduler::SchedulerActor;
 use crate::actors::RuntimeError;
 use crate::config::ServeConfig;
 use crate::engine::{EngineError, Model};
 use crate::events::{Event, EventBus};
+use crate::gpu::faults::FaultSpec;
 use crate::gpu::{BuildOptions, DeviceError, DeviceInfo, DeviceKind, FinishReason, Generation};
 use crate::metrics as m;
 use crate::policy::cluster::DeviceSnapshot;
@@ -135,6 +136,7 @@ pub struct Runtime {
     deploys: tokio::sync::Mutex<()>,
     arbiters: Vec<Arbiter>,
     pub events: EventBus,
+    gpus: Vec<Addr<GpuActor>>,
 }
 
 impl Drop for Runtime {
@@ -197,7 +199,7 @@ impl Runtime {
             }));
             arbiters.push(arbiter);
         }
-        scheduler.do_send(AttachGpus { gpus });
+        scheduler.do_send(AttachGpus { gpus: gpus.clone() });
         Ok(Arc::new(Self {
             config,
             devices: infos,
@@ -209,6 +211,7 @@ impl Runtime {
             deploys: tokio::sync::Mutex::new(()),
             arbiters,
             events,
+            gpus,
         }))
     }
 
@@ -611,6 +614,20 @@ impl Runtime {
         }
     }
 
+    /// Arms a fault on a `sim` device (for testing how the runtime copes).
+    pub async fn inject_fault(&self, device: &str, fault: FaultSpec) -> Result<(), FaultError> {
+        let i = self.devices.iter().position(|d| d.id == device).ok_or_else(|| FaultError::NoDevice(device.into()))?;
+        if self.devices[i].kind != DeviceKind::Sim {
+            return Err(FaultError::NotSim(device.into()));
+        }
+        fault.validate().map_err(FaultError::Invalid)?;
+        self.gpus[i]
+            .send(InjectFault { fault })
+            .await
+            .map_err(|_| FaultError::Invalid("device stopped".into()))?
+            .map_err(FaultError::Invalid)
+    }
+
     pub async fn device_snapshots(&self) -> Vec<DeviceSnapshot> {
         self.scheduler.send(GetDevices).await.unwrap_or_default()
     }
@@ -618,6 +635,16 @@ impl Runtime {
     pub async fn queued(&self, entry: &FunctionEntry) -> usize {
         self.scheduler.send(GetQueued { function: entry.id }).await.unwrap_or(0)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("no device {0:?}")]
+    NoDevice(String),
+    #[error("{0}: faults can be injected into sim devices only")]
+    NotSim(String),
+    #[error("invalid fault: {0}")]
+    Invalid(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use actix::{Actor, Addr, Context, Handler};
 
-use super::messages::{Completed, ExecItem, Execute, JobDone};
+use super::messages::{Completed, DeviceFault, ExecItem, Execute, HealthCheck, HealthResult, InjectFault, JobDone};
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
 use crate::events::{Event, EventBus};
@@ -52,7 +52,9 @@ impl Handler<Execute> for GpuActor {
         let id = self.device.info().id.clone();
         let (mut keep, mut exec_ms, mut forwards) = (true, 0.0, 0);
         let mut latencies_ms = Vec::with_capacity(msg.items.len());
-        for item in msg.items {
+        let mut fault = None;
+        let mut items = msg.items.into_iter();
+        while let Some(item) = items.next() {
             let cancelled = item.job.generation.as_ref().is_some_and(|g| g.cancelled());
             if cancelled && item.job.swap.is_none() {
                 // The client left while its generation waited: nothing to run, nothing to copy.
@@ -60,14 +62,22 @@ impl Handler<Execute> for GpuActor {
                 continue;
             }
             let result = self.run(&item);
-            // An input error leaves the copy complete; a device error does not.
-            let device_failed = matches!(result, Err(DeviceError::Unavailable(_)));
-            keep &= !device_failed;
+            // An input error leaves the copy complete; a device failure does not, and ends the
+            // batch: this request and the ones not yet run go back to be retried elsewhere.
+            if let Err(e @ (DeviceError::Unavailable(_) | DeviceError::Fault { .. })) = &result {
+                let kind = match e {
+                    DeviceError::Fault { kind, .. } => kind.label(),
+                    _ => "device_error",
+                };
+                let error = e.to_string();
+                let mut retry = vec![item];
+                retry.extend(items.by_ref());
+                fault = Some(DeviceFault { kind, error, retry });
+                keep = false;
+                break;
+            }
             let done = Instant::now();
             let total_ms = (done - item.received).as_secs_f64() * 1e3;
-            if device_failed {
-                latencies_ms.push(f64::INFINITY);
-            }
             let reply = result
                 .map(|r| {
                     if r.swapped_bytes > 0 {
@@ -147,6 +157,26 @@ impl Handler<Execute> for GpuActor {
             latencies_ms,
             exec_ms,
             batch: forwards,
+            fault,
         });
+    }
+}
+
+impl Handler<HealthCheck> for GpuActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HealthCheck, _: &mut Context<Self>) {
+        let device = &mut self.device;
+        let ok =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.health_check())).is_ok_and(|r| r.is_ok());
+        self.scheduler.do_send(HealthResult { device: self.index, ok, attempt: msg.attempt });
+    }
+}
+
+impl Handler<InjectFault> for GpuActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
+        self.device.inject(&msg.fault).map_err(|e| e.to_string())
     }
 }

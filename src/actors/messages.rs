@@ -109,6 +109,25 @@ pub struct JobDone {
     pub exec_ms: f64,
     /// Forward passes in `exec_ms`.
     pub batch: usize,
+    /// The device failed during the batch.
+    pub fault: Option<DeviceFault>,
+}
+
+/// A device failure: what happened, and the requests of the batch that did not complete (the
+/// failed one and those not yet run), to be retried once on another device.
+pub struct DeviceFault {
+    pub kind: &'static str,
+    pub error: String,
+    pub retry: Vec<ExecItem>,
+}
+
+/// The outcome of a device's health check (`attempt` counts the checks since the failure).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HealthResult {
+    pub device: DeviceId,
+    pub ok: bool,
+    pub attempt: u32,
 }
 
 /// Residency and memory map of every device.
@@ -141,6 +160,22 @@ pub struct ExecItem {
     pub job: Job,
     pub received: Instant,
     pub reply: Reply,
+    /// Already retried once after a device failure.
+    pub retried: bool,
+}
+
+/// Check whether the device works again after a failure.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HealthCheck {
+    pub attempt: u32,
+}
+
+/// Arm a fault on the device (sim devices only).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct InjectFault {
+    pub fault: crate::gpu::faults::FaultSpec,
 }
 
 // ---- FunctionActor ----

@@ -3,28 +3,33 @@
 //! GPU actor, or an error for a dropped request. It never blocks and never touches a device.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Context, Handler};
+use actix::{Actor, Addr, AsyncContext, Context, Handler};
 
 use super::gpu::GpuActor;
 use super::messages::{
-    AttachGpus, ExecItem, Execute, GetDevices, GetQueued, JobDone, RegisterFunction, Reply, Submit, UnregisterFunction,
-    UpdateSlo, Work,
+    AttachGpus, DeviceFault, ExecItem, Execute, GetDevices, GetQueued, HealthCheck, HealthResult, JobDone,
+    RegisterFunction, Reply, Submit, UnregisterFunction, UpdateSlo, Work,
 };
 use super::RuntimeError;
 use crate::events::{Event, EventBus};
 use crate::gpu::Job;
 use crate::metrics as m;
-use crate::policy::cluster::{Admission, DeviceSnapshot};
-use crate::policy::{Cluster, Decision, DropReason, FunctionId, RequestId};
+use crate::policy::cluster::{Admission, DeviceSnapshot, EvictReason};
+use crate::policy::{Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId};
 
 struct Pending {
     name: String,
     work: Work,
     received: Instant,
     reply: Reply,
+    retried: bool,
 }
+
+/// Health checks of a failed device: the first after this long, then doubling up to the cap.
+const HEALTH_CHECK_FIRST: Duration = Duration::from_millis(100);
+const HEALTH_CHECK_MAX: Duration = Duration::from_secs(5);
 
 pub struct SchedulerActor {
     cluster: Cluster,
@@ -115,6 +120,7 @@ impl SchedulerActor {
                     },
                     received: p.received,
                     reply: p.reply,
+                    retried: p.retried,
                 });
             }
             if items.is_empty() {
@@ -203,21 +209,28 @@ impl Handler<Submit> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) {
-        let id = self.next_request;
-        self.next_request += 1;
         let waited = msg.received.elapsed().as_secs_f64() * 1e3;
         let deadline = msg.deadline_ms.map(|d| d - waited);
-        let p = Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply };
-        match self.cluster.enqueue(id, msg.function, self.now(), deadline) {
+        let p = Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply, retried: false };
+        self.admit(p, msg.function, deadline);
+    }
+}
+
+impl SchedulerActor {
+    /// Queues a request (new, or retried after a device failure) and dispatches.
+    fn admit(&mut self, p: Pending, function: FunctionId, deadline: Option<f64>) {
+        let id = self.next_request;
+        self.next_request += 1;
+        match self.cluster.enqueue(id, function, self.now(), deadline) {
             Admission::Queued => {
                 self.pending.insert(id, p);
                 self.dispatch();
             }
             // An overloaded queue is back-pressure, not a miss of the function's SLO.
-            Admission::Rejected(DropReason::Overloaded) => self.refuse(p, msg.function, DropReason::Overloaded),
+            Admission::Rejected(DropReason::Overloaded) => self.refuse(p, function, DropReason::Overloaded),
             Admission::Rejected(reason) => {
-                self.cluster.record(msg.function, f64::INFINITY);
-                self.refuse(p, msg.function, reason);
+                self.cluster.record(function, f64::INFINITY);
+                self.refuse(p, function, reason);
             }
             Admission::Unknown => {
                 let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
@@ -229,7 +242,9 @@ impl Handler<Submit> for SchedulerActor {
 impl Handler<JobDone> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: JobDone, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
+        // A failed job's copy is dropped with the job; the feed is told of it as an eviction.
+        let lost_copy = msg.fault.is_some() && self.cluster.residency(msg.function).contains(&msg.device);
         if msg.keep {
             self.cluster.complete(msg.device);
             if msg.exec_ms > 0.0 {
@@ -242,6 +257,83 @@ impl Handler<JobDone> for SchedulerActor {
         for l in msg.latencies_ms {
             self.cluster.record(msg.function, l);
         }
+        if let Some(fault) = msg.fault {
+            if lost_copy && !self.cluster.residency(msg.function).contains(&msg.device) {
+                self.evicted_by_fault(msg.device, msg.function);
+            }
+            self.device_failed(msg.device, msg.function, fault, ctx);
+        }
+        self.dispatch();
+    }
+}
+
+impl SchedulerActor {
+    /// A device failed: it gets no work (and its copies are dropped) until a health check
+    /// passes; the batch's unfinished requests are retried once elsewhere.
+    fn device_failed(&mut self, device: DeviceId, function: FunctionId, fault: DeviceFault, ctx: &mut Context<Self>) {
+        let id = self.device_ids[device].clone();
+        tracing::warn!("{}; retrying {} request(s) on other devices", fault.error, fault.retry.len());
+        m::device_fault(&id, fault.kind);
+        self.events.emit(|| Event::DeviceFault { device: id.clone(), fault: fault.kind, error: fault.error.clone() });
+        if self.cluster.healthy(device) {
+            for f in self.cluster.set_health(device, false) {
+                self.evicted_by_fault(device, f);
+            }
+            self.publish_memory();
+            self.check_health_later(device, 0, ctx);
+        }
+        let name = self.cluster.function_name(function).unwrap_or_default().to_string();
+        for item in fault.retry {
+            if item.retried {
+                self.cluster.record(function, f64::INFINITY);
+                let _ = item.reply.send(Err(RuntimeError::Device {
+                    device: id.clone(),
+                    source: crate::gpu::DeviceError::Unavailable(fault.error.clone()),
+                }));
+                continue;
+            }
+            let job = item.job;
+            let work = Work {
+                model: job.model,
+                bytes: job.bytes,
+                exec_ms: job.exec_ms,
+                batch: job.batch,
+                outputs: job.outputs,
+                generation: job.generation,
+            };
+            let p = Pending { name: name.clone(), work, received: item.received, reply: item.reply, retried: true };
+            self.admit(p, function, None);
+        }
+    }
+
+    fn evicted_by_fault(&self, device: DeviceId, function: FunctionId) {
+        m::eviction(EvictReason::DeviceFault.label());
+        self.events.emit(|| Event::Evict {
+            device: self.device_ids[device].clone(),
+            function: self.cluster.function_name(function).unwrap_or_default().to_string(),
+            reason: EvictReason::DeviceFault.label(),
+        });
+    }
+
+    fn check_health_later(&self, device: DeviceId, attempt: u32, ctx: &mut Context<Self>) {
+        let wait = HEALTH_CHECK_FIRST.saturating_mul(1 << attempt.min(16)).min(HEALTH_CHECK_MAX);
+        let gpu = self.gpus[device].clone();
+        ctx.run_later(wait, move |_, _| gpu.do_send(HealthCheck { attempt }));
+    }
+}
+
+impl Handler<HealthResult> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HealthResult, ctx: &mut Context<Self>) {
+        if !msg.ok {
+            self.check_health_later(msg.device, msg.attempt + 1, ctx);
+            return;
+        }
+        self.cluster.set_health(msg.device, true);
+        let id = self.device_ids[msg.device].clone();
+        tracing::info!("{id} passed its health check: back in service");
+        self.events.emit(|| Event::DeviceHealthy { device: id });
         self.dispatch();
     }
 }

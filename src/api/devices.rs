@@ -1,13 +1,19 @@
-//! `/api/v1/devices`: every device with its kind, residency and memory map; and
+//! `/api/v1/devices`: every device with its kind, health, residency and memory map, and fault
+//! injection into `sim` devices; and
 //! `/api/v1/scheduler`: the scheduling policy the server runs.
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
+use super::body;
+use super::error::ApiError;
+use crate::gpu::faults::FaultSpec;
 use crate::runtime::Runtime;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/devices", web::get().to(list)).route("/api/v1/scheduler", web::get().to(scheduler));
+    cfg.route("/api/v1/devices", web::get().to(list))
+        .route("/api/v1/devices/{id}/faults", web::post().to(inject))
+        .route("/api/v1/scheduler", web::get().to(scheduler));
 }
 
 async fn scheduler(rt: web::Data<Runtime>) -> HttpResponse {
@@ -17,6 +23,19 @@ async fn scheduler(rt: web::Data<Runtime>) -> HttpResponse {
         "sim_time_scale": rt.config.sim_time_scale,
         "devices": rt.devices.len(),
     }))
+}
+
+/// Arms a fault on a `sim` device: `{"fault": "device_lost" | "out_of_memory" | "copy_fail" |
+/// "slow_copy" | "kernel_fail", "count"?, "duration_ms"?, "factor"?}`.
+async fn inject(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::read(payload, 64 << 10).await?;
+    let fault: FaultSpec = body::json(&body)?;
+    rt.inject_fault(&path.0, fault).await?;
+    Ok(HttpResponse::Accepted().json(json!({"device": path.0, "armed": true})))
 }
 
 async fn list(rt: web::Data<Runtime>) -> HttpResponse {
@@ -42,6 +61,7 @@ pub async fn devices_json(rt: &Runtime) -> Vec<Value> {
                 "used_bytes": s.used_bytes,
                 "free_bytes": s.free_bytes,
                 "busy": s.busy,
+                "healthy": s.healthy,
                 "executing": s.executing,
                 "resident": s.resident,
             })

@@ -21,6 +21,8 @@ pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
+    Fault(#[from] crate::runtime::FaultError),
+    #[error(transparent)]
     Deploy(#[from] DeployError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -37,6 +39,9 @@ impl ApiError {
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Auth(crate::auth::AuthError::Forbidden { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Fault(crate::runtime::FaultError::NoDevice(_)) => (StatusCode::NOT_FOUND, "device_not_found"),
+            Self::Fault(crate::runtime::FaultError::NotSim(_)) => (StatusCode::CONFLICT, "faults_need_sim_devices"),
+            Self::Fault(crate::runtime::FaultError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_fault"),
             Self::Deploy(d) => match d {
                 D::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 D::NoRepository => (StatusCode::NOT_FOUND, "no_model_repository"),

@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod faults;
 pub mod generation;
 pub mod sim;
 mod sizes;
@@ -57,6 +58,9 @@ pub enum DeviceError {
     BadSpec(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// An injected fault (sim devices) or a failure of the device itself.
+    #[error("{device}: {} fault", kind.label())]
+    Fault { device: String, kind: faults::FaultKind },
 }
 
 /// One order for a device: run `batch` on `model`, whose weights sit (or are to be copied)
@@ -91,6 +95,15 @@ pub trait Device: Send {
     fn info(&self) -> &DeviceInfo;
     /// Copies the model in when the job says so (pipelined with execution), then runs it.
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError>;
+    /// Whether the device works (after a failure, before it gets work again).
+    fn health_check(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Arms a fault for testing (only `sim` devices take them).
+    fn inject(&mut self, fault: &faults::FaultSpec) -> Result<(), DeviceError> {
+        let _ = fault;
+        Err(DeviceError::BadSpec(format!("{}: faults can be injected into sim devices only", self.info().id)))
+    }
 }
 
 /// How to create devices (from the serve configuration).

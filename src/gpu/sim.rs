@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::faults::{FaultPlan, FaultSpec, Hit, Point};
 use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
 use crate::policy::{estimate, SwapSource};
 
@@ -26,11 +27,12 @@ pub struct SimDevice {
     time_scale: f64,
     /// Host copies in flight per PCIe group, shared by all simulated devices.
     copies: Arc<Vec<AtomicUsize>>,
+    faults: FaultPlan,
 }
 
 impl SimDevice {
     pub fn new(info: DeviceInfo, time_scale: f64, copies: Arc<Vec<AtomicUsize>>) -> Self {
-        Self { info, time_scale, copies }
+        Self { info, time_scale, copies, faults: FaultPlan::default() }
     }
 
     /// The modelled copy and execution times of a job (ms, unscaled), given how many host
@@ -56,6 +58,22 @@ impl Device for SimDevice {
         &self.info
     }
 
+    fn health_check(&mut self) -> Result<(), DeviceError> {
+        if self.faults.lost(std::time::Instant::now()) {
+            return Err(DeviceError::Fault {
+                device: self.info.id.clone(),
+                kind: super::faults::FaultKind::DeviceLost,
+            });
+        }
+        Ok(())
+    }
+
+    fn inject(&mut self, fault: &FaultSpec) -> Result<(), DeviceError> {
+        fault.validate().map_err(DeviceError::BadSpec)?;
+        self.faults.inject(fault, std::time::Instant::now());
+        Ok(())
+    }
+
     #[allow(clippy::disallowed_methods)] // the device thread stands in for a busy GPU
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
         if job.generation.is_some() {
@@ -69,7 +87,22 @@ impl Device for SimDevice {
             (true, Some(g)) => g.fetch_add(1, Ordering::AcqRel) + 1,
             _ => 1,
         };
-        let (swap, exec) = self.times(job, sharing);
+        let (mut swap, exec) = self.times(job, sharing);
+        let now = std::time::Instant::now();
+        let copy_hit = self.faults.hit(Point::Copy, job.swap.is_some(), now);
+        let kernel_hit = match copy_hit {
+            Hit::Fail(_) => Hit::None,
+            _ => self.faults.hit(Point::Kernel, job.swap.is_some(), now),
+        };
+        if let Hit::Slow(factor) = copy_hit {
+            swap = swap.map(|s| s * factor);
+        }
+        if let (Hit::Fail(kind), _) | (_, Hit::Fail(kind)) = (copy_hit, kernel_hit) {
+            if let (true, Some(g)) = (host_copy, group) {
+                g.fetch_sub(1, Ordering::AcqRel);
+            }
+            return Err(DeviceError::Fault { device: self.info.id.clone(), kind });
+        }
         let chunk = estimate::transfer_ms(
             estimate::FIRST_CHUNK_BYTES.min(job.bytes),
             self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK),

@@ -80,6 +80,8 @@ pub enum EvictReason {
     ReloadCost,
     /// The function was undeployed.
     Undeploy,
+    /// The device failed: its copies are not to be trusted.
+    DeviceFault,
 }
 
 impl EvictReason {
@@ -90,6 +92,7 @@ impl EvictReason {
             Self::Class => "class",
             Self::ReloadCost => "reload_cost",
             Self::Undeploy => "undeploy",
+            Self::DeviceFault => "device_fault",
         }
     }
 }
@@ -181,12 +184,19 @@ pub(super) struct Dev {
     /// Exponentially decayed sum of the job time dispatched here, and when it was updated.
     pub load: f64,
     pub load_at: f64,
+    /// An unhealthy device gets no work until a health check passes.
+    pub healthy: bool,
 }
 
 /// Time constant of a device's recent load, ms.
 const LOAD_TAU_MS: f64 = 10_000.0;
 
 impl Dev {
+    /// Can take a job now.
+    pub fn idle(&self) -> bool {
+        self.job.is_none() && self.healthy
+    }
+
     /// Fraction of recent time this device has been given work.
     pub fn recent_load(&self, now: f64) -> f64 {
         self.load * (-(now - self.load_at).max(0.0) / LOAD_TAU_MS).exp() / LOAD_TAU_MS
@@ -233,6 +243,7 @@ impl Cluster {
                     job: None,
                     load: 0.0,
                     load_at: 0.0,
+                    healthy: true,
                 })
                 .collect(),
             functions: FxHashMap::default(),
@@ -381,7 +392,7 @@ impl Cluster {
     /// nothing can start now. Call until `None`.
     pub fn next_dispatch(&mut self, now: f64) -> Option<Decision> {
         self.update_groups(now);
-        if self.devices.iter().all(|d| d.job.is_some()) || self.queue.is_empty() {
+        if !self.devices.iter().any(Dev::idle) || self.queue.is_empty() {
             return None;
         }
         let order: Vec<usize> = self.order().into_iter().take(SCAN_LIMIT).collect();
@@ -403,9 +414,7 @@ impl Cluster {
             if self.cfg.policy == PolicyKind::Torpor && self.functions[&function].in_flight > 0 {
                 continue;
             }
-            if resident_only
-                && !(0..self.devices.len()).any(|i| self.devices[i].job.is_none() && self.ready_on(i, function))
-            {
+            if resident_only && !(0..self.devices.len()).any(|i| self.devices[i].idle() && self.ready_on(i, function)) {
                 continue;
             }
             match placement::choose(self, function, now, deadline, window) {
@@ -691,6 +700,33 @@ impl Cluster {
         }
     }
 
+    /// Marks a device unhealthy (it gets no work, and every copy on it that nothing is reading
+    /// is dropped: a failed device's memory is not to be trusted) or healthy again. Returns the
+    /// functions whose copies were dropped.
+    pub fn set_health(&mut self, device: DeviceId, healthy: bool) -> Vec<FunctionId> {
+        let d = &mut self.devices[device];
+        d.healthy = healthy;
+        if healthy {
+            return Vec::new();
+        }
+        let running = d.job.as_ref().map(|j| j.function);
+        let dropped: Vec<FunctionId> =
+            d.resident.iter().filter(|(f, r)| r.pins == 0 && Some(**f) != running).map(|(f, _)| *f).collect();
+        for f in &dropped {
+            if let Some(r) = d.resident.remove(f) {
+                d.pool.free(r.extent);
+            }
+            if let Some(func) = self.functions.get_mut(f) {
+                func.ready_mask &= !(1 << device);
+            }
+        }
+        dropped
+    }
+
+    pub fn healthy(&self, device: DeviceId) -> bool {
+        self.devices[device].healthy
+    }
+
     /// A deployed function's name.
     pub fn function_name(&self, function: FunctionId) -> Option<&str> {
         self.functions.get(&function).map(|f| f.spec.name.as_str())
@@ -758,6 +794,7 @@ impl Cluster {
             free_bytes: d.pool.capacity_bytes() - used,
             page_bytes: d.pool.page_bytes(),
             busy: d.job.is_some(),
+            healthy: d.healthy,
             executing: d.job.as_ref().map(|j| name(&j.function)),
             resident,
         }
@@ -772,6 +809,7 @@ pub struct DeviceSnapshot {
     pub free_bytes: u64,
     pub page_bytes: u64,
     pub busy: bool,
+    pub healthy: bool,
     pub executing: Option<String>,
     pub resident: Vec<ResidentSnapshot>,
 }
@@ -828,6 +866,41 @@ mod tests {
     #[track_caller]
     fn queue(c: &mut Cluster, r: RequestId, f: FunctionId, now: f64) {
         assert_eq!(c.enqueue(r, f, now, None), Admission::Queued);
+    }
+
+    #[test]
+    fn an_unhealthy_device_gets_no_work_and_loses_its_copies_until_it_is_healthy() {
+        for policy in [PolicyKind::SimpleSwap, PolicyKind::Torpor, PolicyKind::Faaswap] {
+            let mut c = cluster(policy, 2, 4, |_, _| Some(1e12));
+            c.add_function(1, spec("a", 2, 1.0, ModelClass::Light)).unwrap();
+            c.add_function(2, spec("b", 2, 1.0, ModelClass::Light)).unwrap();
+            queue(&mut c, 1, 1, 0.0);
+            let d = run(&mut c, 0.0);
+            c.complete(d.device);
+            let (sick, well) = (d.device, 1 - d.device);
+            assert_eq!(c.set_health(sick, false), vec![1], "{policy}: its copy is dropped");
+            assert!(c.residency(1).is_empty() && c.memory(sick).0 == 0, "{policy}");
+            c.check_accounting().unwrap();
+            for r in 2..6 {
+                queue(&mut c, r, 1 + r % 2, r as f64);
+                let d = run(&mut c, r as f64);
+                assert_eq!(d.device, well, "{policy}: request {r} avoids the unhealthy device");
+                assert_ne!(d.swap, Some(SwapSource::Peer(sick)), "{policy}: never a copy source");
+                c.complete(d.device);
+            }
+            // Only the unhealthy device would be idle: nothing starts.
+            queue(&mut c, 9, 1, 10.0);
+            let d = run(&mut c, 10.0);
+            queue(&mut c, 10, 2, 10.0);
+            assert_eq!(c.next_dispatch(10.0), None, "{policy}");
+            c.complete(d.device);
+            assert!(c.set_health(sick, true).is_empty());
+            assert!(c.healthy(sick));
+            let d = run(&mut c, 11.0);
+            assert_eq!(d.requests, vec![10], "{policy}");
+            c.complete(d.device);
+            c.check_accounting().unwrap();
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(super) fn choose(c: &mut Cluster, f: FunctionId, now: f64, deadline: f64, wi
 }
 
 fn idle(c: &Cluster) -> impl Iterator<Item = DeviceId> + '_ {
-    (0..c.devices.len()).filter(|&i| c.devices[i].job.is_none())
+    (0..c.devices.len()).filter(|&i| c.devices[i].idle())
 }
 
 fn run_on(c: &Cluster, device: DeviceId, f: FunctionId, source: SwapSource) -> Choice {
@@ -47,7 +47,7 @@ fn run_on(c: &Cluster, device: DeviceId, f: FunctionId, source: SwapSource) -> C
 /// Early binding: the function's own device or nothing.
 fn native(c: &Cluster, f: FunctionId) -> Choice {
     match c.functions[&f].home {
-        Some(d) if c.devices[d].job.is_none() => run_on(c, d, f, SwapSource::Host),
+        Some(d) if c.devices[d].idle() => run_on(c, d, f, SwapSource::Host),
         _ => Choice::Wait,
     }
 }
@@ -113,6 +113,9 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> 
     let mut candidates: Vec<(f64, f64, DeviceId, Option<SwapSource>, bool)> = Vec::with_capacity(c.devices.len());
     for i in 0..c.devices.len() {
         let d = &c.devices[i];
+        if !d.healthy {
+            continue;
+        }
         let start = d.job.as_ref().map_or(now, |j| j.ends_at.max(now));
         let loading_here = d.job.as_ref().is_some_and(|j| j.function == f);
         let load = LOAD_WEIGHT_MS * d.recent_load(now);

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod common;
 mod crash;
+mod faults;
 mod fixtures;
 mod minilm;
 mod scheduling;

@@ -13,7 +13,7 @@ use crate::cli::faaswap_json;
 use crate::common::*;
 use crate::server::TestServer;
 
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+pub type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
 pub fn connect(server: &TestServer, path: &str) -> Socket {
     let url = format!("{}{path}", server.url.replacen("http://", "ws://", 1));
