@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 echo "== fetching test models"
 scripts/fetch-minilm.sh
 
-echo "== Python test client (tritonclient[http]) in .cache/test-venv"
-if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy" 2>/dev/null; then
-  python3 -m venv .cache/test-venv
-  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy
+echo "== Python test tools (tritonclient[http], schemathesis) in .cache/test-venv"
+if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy, schemathesis" 2>/dev/null; then
+  [ -x .cache/test-venv/bin/python ] || python3 -m venv .cache/test-venv
+  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy "schemathesis>=4,<5"
 fi
 
 echo "== browser test: Debian chromium and playwright-core in tests/browser/node_modules"

@@ -157,6 +157,7 @@ pub fn required(path: &str, protect_metrics: bool) -> Access {
         ["admin", ..] => Access::Open,
         ["metrics"] if protect_metrics => Access::Admin,
         ["metrics"] => Access::Open,
+        ["api", "openapi.json"] => Access::Open,
         ["v2", "models", "stats"] => Access::Invoke(None),
         ["v2", "models", name, ..] => Access::Invoke(Some(name.to_string())),
         ["v2", "repository", ..] => Access::Admin,
@@ -231,6 +232,7 @@ mod tests {
             ("/api/v1/events", Access::Admin),
             ("/api/v1/scheduler", Access::Admin),
             ("/nothing", Access::Open),
+            ("/api/openapi.json", Access::Open),
         ] {
             assert_eq!(required(path, false), want, "{path}");
         }

@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use super::body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::gpu::faults::FaultSpec;
 use crate::runtime::Runtime;
 
@@ -16,7 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/scheduler", web::get().to(scheduler));
 }
 
-async fn scheduler(rt: web::Data<Runtime>) -> HttpResponse {
+#[utoipa::path(get, path = "/api/v1/scheduler", tag = "devices", responses((status = 200, description = "policy, shedding, sim time scale", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn scheduler(rt: web::Data<Runtime>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "policy": rt.config.policy,
         "shed": rt.config.shed,
@@ -27,7 +28,8 @@ async fn scheduler(rt: web::Data<Runtime>) -> HttpResponse {
 
 /// Arms a fault on a `sim` device: `{"fault": "device_lost" | "out_of_memory" | "copy_fail" |
 /// "slow_copy" | "kernel_fail", "count"?, "duration_ms"?, "factor"?}`.
-async fn inject(
+#[utoipa::path(post, path = "/api/v1/devices/{id}/faults", tag = "devices", params(("id" = String, Path, description = "device id", example = "sim:0")), request_body = FaultSpec, responses((status = 202, description = "armed", body = Object), (status = 404, description = "no such device", body = ErrorBody), (status = 409, description = "not a sim device", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn inject(
     rt: web::Data<Runtime>,
     path: web::Path<(String,)>,
     payload: web::Payload,
@@ -38,7 +40,8 @@ async fn inject(
     Ok(HttpResponse::Accepted().json(json!({"device": path.0, "armed": true})))
 }
 
-async fn list(rt: web::Data<Runtime>) -> HttpResponse {
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", responses((status = 200, description = "devices with memory maps", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn list(rt: web::Data<Runtime>) -> HttpResponse {
     HttpResponse::Ok().json(devices_json(&rt).await)
 }
 

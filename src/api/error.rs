@@ -102,6 +102,15 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Every error body (for the API description).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// A stable snake_case code, for programs.
+    pub code: String,
+}
+
 /// JSON errors for requests actix-web itself rejects (bad paths, bad JSON bodies).
 pub fn json_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message.to_string(), "code": code }))

@@ -23,7 +23,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/events", web::get().to(connect));
 }
 
-async fn connect(
+#[utoipa::path(get, path = "/api/v1/events", tag = "streaming", params(("token" = Option<String>, Query, description = "API token")), responses((status = 101, description = "WebSocket: a snapshot, then events"), (status = 400, description = "not a WebSocket upgrade")))]
+pub(crate) async fn connect(
     rt: web::Data<Runtime>,
     req: HttpRequest,
     body: web::Payload,

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::kserve::io_metadata;
 use crate::policy::cluster::DeviceSnapshot;
 use crate::policy::Profile;
@@ -22,9 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/functions/{name}", web::delete().to(delete));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRequest {
+pub(crate) struct CreateRequest {
     name: String,
     /// Package name in the model repository (default: the function's name).
     #[serde(default)]
@@ -36,9 +36,9 @@ struct CreateRequest {
     settings: FunctionSettings,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateRequest {
+pub(crate) struct UpdateRequest {
     settings: FunctionSettings,
 }
 
@@ -78,7 +78,8 @@ async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot])
     })
 }
 
-async fn list(rt: web::Data<Runtime>) -> HttpResponse {
+#[utoipa::path(get, path = "/api/v1/functions", tag = "functions", responses((status = 200, description = "every function with settings, residency, queue and SLO", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn list(rt: web::Data<Runtime>) -> HttpResponse {
     let snapshots = rt.device_snapshots().await;
     let mut out = Vec::new();
     for entry in rt.functions() {
@@ -87,7 +88,8 @@ async fn list(rt: web::Data<Runtime>) -> HttpResponse {
     HttpResponse::Ok().json(out)
 }
 
-async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/api/v1/functions", tag = "functions", request_body = CreateRequest, responses((status = 201, description = "deployed", body = Object), (status = 404, description = "no such package", body = ErrorBody), (status = 409, description = "already deployed", body = ErrorBody), (status = 422, description = "bad package or too large", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let body = body::read(payload, 1 << 20).await?;
     let req: CreateRequest = body::json(&body)?;
     let rt_arc = rt.clone().into_inner();
@@ -99,12 +101,14 @@ async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpRes
     Ok(HttpResponse::Created().json(view(&rt, &entry, &rt.device_snapshots().await).await))
 }
 
-async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "the function", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let entry = rt.function(&path.0).ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
     Ok(HttpResponse::Ok().json(view(&rt, &entry, &rt.device_snapshots().await).await))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), request_body = UpdateRequest, responses((status = 200, description = "updated", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn update(
     rt: web::Data<Runtime>,
     path: web::Path<(String,)>,
     payload: web::Payload,
@@ -115,7 +119,8 @@ async fn update(
     get(rt, path).await
 }
 
-async fn delete(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(delete, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "undeployed", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn delete(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let record = rt.undeploy(&path.0).await?;
     Ok(HttpResponse::Ok().json(json!({"name": record.name, "deleted": true})))
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::engine::{GenerateOptions, SamplingParams};
 use crate::gpu::Generation;
 use crate::runtime::Runtime;
@@ -108,7 +108,8 @@ impl GenerateRequest {
     }
 }
 
-async fn connect(
+#[utoipa::path(get, path = "/api/v1/functions/{name}/ws", tag = "streaming", params(("name" = String, Path, description = "function name", example = "bert"), ("token" = Option<String>, Query, description = "API token (browsers cannot set headers on WebSockets)")), responses((status = 101, description = "WebSocket: JSON generation requests in, token/done/error messages out"), (status = 400, description = "not a WebSocket upgrade"), (status = 404, description = "not deployed", body = ErrorBody)))]
+pub(crate) async fn connect(
     rt: web::Data<Runtime>,
     path: web::Path<(String,)>,
     req: HttpRequest,

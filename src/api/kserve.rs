@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::tensors;
+use super::tensors::InferRequestBody;
 use crate::runtime::{FunctionEntry, Runtime};
 use crate::store::FunctionSettings;
 
@@ -37,7 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/repository/models/{name}/unload", web::post().to(unload));
 }
 
-async fn server_metadata() -> HttpResponse {
+#[utoipa::path(get, path = "/v2", tag = "kserve", responses((status = 200, description = "server metadata", body = Object)))]
+pub(crate) async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "name": "faaswap",
         "version": env!("CARGO_PKG_VERSION"),
@@ -45,11 +47,13 @@ async fn server_metadata() -> HttpResponse {
     }))
 }
 
-async fn live() -> HttpResponse {
+#[utoipa::path(get, path = "/v2/health/live", tag = "kserve", responses((status = 200, description = "the process is up")))]
+pub(crate) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"live": true}))
 }
 
-async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v2/health/ready", tag = "kserve", responses((status = 200, description = "every persisted function restored"), (status = 503, description = "still restoring", body = ErrorBody)))]
+pub(crate) async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiError> {
     if rt.is_ready() {
         Ok(HttpResponse::Ok().json(json!({"ready": true})))
     } else {
@@ -98,7 +102,11 @@ pub fn io_metadata(entry: &FunctionEntry) -> (Value, Value) {
     (Value::Array(inputs), Value::Array(outputs))
 }
 
-async fn model_metadata(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "kserve", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "inputs and outputs", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn model_metadata(
+    rt: web::Data<Runtime>,
+    path: web::Path<(String,)>,
+) -> Result<HttpResponse, ApiError> {
     let entry = function(&rt, &path.0)?;
     let (inputs, outputs) = io_metadata(&entry);
     Ok(HttpResponse::Ok().json(json!({
@@ -110,12 +118,14 @@ async fn model_metadata(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> R
     })))
 }
 
-async fn model_ready(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "kserve", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "deployed"), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn model_ready(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     function(&rt, &path.0)?;
     Ok(HttpResponse::Ok().json(json!({"name": path.0, "ready": true})))
 }
 
-async fn infer(
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "kserve", params(("name" = String, Path, description = "function name", example = "bert")), request_body(content = InferRequestBody, description = "KServe v2 JSON tensors (or JSON header + binary tensors with Inference-Header-Content-Length)"), responses((status = 200, description = "outputs and timings", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 429, description = "queue full (Retry-After)", body = ErrorBody), (status = 503, description = "deadline unmeetable or not placed", body = ErrorBody)))]
+pub(crate) async fn infer(
     rt: web::Data<Runtime>,
     path: web::Path<(String,)>,
     req: HttpRequest,
@@ -176,12 +186,14 @@ fn stats_json(entry: &FunctionEntry) -> Value {
     })
 }
 
-async fn stats(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v2/models/{name}/stats", tag = "kserve", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "KServe statistics", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn stats(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
     let entry = function(&rt, &path.0)?;
     Ok(HttpResponse::Ok().json(json!({"model_stats": [stats_json(&entry)]})))
 }
 
-async fn all_stats(rt: web::Data<Runtime>) -> HttpResponse {
+#[utoipa::path(get, path = "/v2/models/stats", tag = "kserve", responses((status = 200, description = "statistics of every function", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn all_stats(rt: web::Data<Runtime>) -> HttpResponse {
     let stats: Vec<Value> = rt.functions().iter().map(|e| stats_json(e)).collect();
     HttpResponse::Ok().json(json!({"model_stats": stats}))
 }
@@ -192,7 +204,8 @@ struct IndexRequest {
     ready: bool,
 }
 
-async fn repository_index(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/v2/repository/index", tag = "repository", request_body(content = Object, description = "optional filter {\"ready\": bool}"), responses((status = 200, description = "packages and their state", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn repository_index(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let body = body::read(payload, 1 << 20).await?;
     let req: IndexRequest = body::json(&body)?;
     let mut names = rt.repository_models();
@@ -217,15 +230,17 @@ async fn repository_index(rt: web::Data<Runtime>, payload: web::Payload) -> Resu
     Ok(HttpResponse::Ok().json(index))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct LoadRequest {
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub(crate) struct LoadRequest {
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: serde_json::Map<String, Value>,
 }
 
 /// Deploys the repository package `name` as the function `name`; `parameters.config` may carry
 /// the function's settings as a JSON string. Loading what is already deployed succeeds.
-async fn load(
+#[utoipa::path(post, path = "/v2/repository/models/{name}/load", tag = "repository", params(("name" = String, Path, description = "package (and function) name", example = "bert")), request_body(content = LoadRequest, description = "optional: parameters.config holds the settings as a JSON string"), responses((status = 200, description = "deployed"), (status = 404, description = "no such package", body = ErrorBody), (status = 413, description = "package too large", body = ErrorBody), (status = 422, description = "bad package or too large for any device", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn load(
     rt: web::Data<Runtime>,
     path: web::Path<(String,)>,
     payload: web::Payload,
@@ -250,7 +265,8 @@ async fn load(
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
-async fn unload(
+#[utoipa::path(post, path = "/v2/repository/models/{name}/unload", tag = "repository", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "undeployed"), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
+pub(crate) async fn unload(
     rt: web::Data<Runtime>,
     path: web::Path<(String,)>,
     payload: web::Payload,

@@ -12,6 +12,7 @@ mod events_ws;
 mod functions;
 pub mod generate_ws;
 mod kserve;
+pub mod openapi;
 mod tensors;
 
 use actix_web::{web, HttpResponse};
@@ -24,10 +25,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     generate_ws::configure(cfg);
     events_ws::configure(cfg);
     admin::configure(cfg);
-    cfg.route("/metrics", web::get().to(metrics));
+    cfg.route("/metrics", web::get().to(metrics)).route("/api/openapi.json", web::get().to(openapi::document));
 }
 
-async fn metrics(rt: web::Data<crate::runtime::Runtime>) -> HttpResponse {
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub(crate) async fn metrics(rt: web::Data<crate::runtime::Runtime>) -> HttpResponse {
     rt.publish_slo_metrics();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::metrics::handle().render())
 }

@@ -8,33 +8,38 @@ use super::error::ApiError;
 use crate::actors::messages::{Completed, Inputs};
 use crate::engine::{OutputTensor, TokenBatch};
 
-#[derive(Debug, Deserialize)]
-struct RequestJson {
+/// A KServe v2 inference request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct InferRequestBody {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    inputs: Vec<InputJson>,
+    inputs: Vec<InferInput>,
     #[serde(default)]
-    outputs: Vec<OutputJson>,
+    outputs: Vec<InferOutput>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-struct InputJson {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct InferInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-struct OutputJson {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct InferOutput {
     name: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
 
@@ -59,7 +64,7 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
         return Err(bad(format!("Inference-Header-Content-Length {json_len} exceeds the body's {} bytes", body.len())));
     }
     let (head, mut binary) = body.split_at(json_len);
-    let req: RequestJson =
+    let req: InferRequestBody =
         serde_json::from_slice(head).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
     let mut texts = None;
     let mut ids = None;
@@ -154,7 +159,7 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
     Ok(InferRequest { id: req.id, inputs, outputs: req.outputs.into_iter().map(|o| o.name).collect(), binary_output })
 }
 
-fn expect_type(input: &InputJson, allowed: &[&str]) -> Result<(), ApiError> {
+fn expect_type(input: &InferInput, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&input.datatype.as_str()) {
         Ok(())
     } else {

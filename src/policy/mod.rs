@@ -80,7 +80,7 @@ impl FromStr for PolicyKind {
 
 /// How costly a model is to swap relative to running it — measured, not labelled: the ratio
 /// of its host-link transfer time to its execution time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelClass {
     /// The transfer hides under execution (ratio below 0.8).
@@ -107,7 +107,7 @@ impl ModelClass {
 }
 
 /// A function described by its profile alone (on `sim` devices: no weights in host memory).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// Bytes a swap moves (its resident footprint).

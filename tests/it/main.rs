@@ -10,6 +10,7 @@ mod crash;
 mod faults;
 mod fixtures;
 mod minilm;
+mod openapi;
 mod scheduling;
 mod server;
 mod soak;
