@@ -401,3 +401,101 @@ fn a_sustained_threefold_overload_stays_bounded_and_served_requests_stay_near_th
     );
     assert!(p98 <= 200.0, "served p98 {p98:.1} ms");
 }
+
+/// Resident memory of a process, bytes (Linux `/proc`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib << 10
+}
+
+#[test]
+fn the_real_binary_keeps_its_memory_bounded_under_a_sustained_threefold_overload() {
+    let state = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_faaswap"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--devices", "sim:1x1GiB"])
+        .args(["--max-queue-per-function", "64", "--state-dir", state.path().to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while agent.get(&format!("{url}/v2/health/ready")).call().is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    let body = json!({"name": "busy", "profile": {"weight_bytes": 1_000_000, "exec_ms": 10.0},
+                      "settings": {"slo_ms": 100.0, "max_batch": 1}});
+    assert_eq!(agent.post(&format!("{url}/api/v1/functions")).send_string(&body.to_string()).unwrap().status(), 201);
+    let infer = format!("{url}/v2/models/busy/infer");
+    let input =
+        json!({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}]}).to_string();
+    let send = |agent: &ureq::Agent| match agent.post(&infer).send_string(&input) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    // Warm up (threads, connections, allocator pools), then take the baseline.
+    for _ in 0..100 {
+        assert_eq!(send(&agent), 200);
+    }
+    let baseline = rss_bytes(child.id());
+    // 300 requests/s against 100/s of capacity, for 6 s.
+    let (senders, period, duration) = (48, Duration::from_millis(160), Duration::from_secs(6));
+    let start = std::time::Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let pid = child.id();
+    let (codes, peak) = std::thread::scope(|scope| {
+        let done = &done;
+        let monitor = scope.spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes(pid));
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            peak
+        });
+        let handles: Vec<_> = (0..senders)
+            .map(|k| {
+                let send = &send;
+                scope.spawn(move || {
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+                    let mut codes = Vec::new();
+                    let mut next = start + period.mul_f64(k as f64 / senders as f64);
+                    while next < start + duration {
+                        let now = std::time::Instant::now();
+                        if next > now {
+                            std::thread::park_timeout(next - now);
+                            continue;
+                        }
+                        codes.push(send(&agent));
+                        next += period;
+                    }
+                    codes
+                })
+            })
+            .collect();
+        let codes: Vec<u16> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (codes, monitor.join().unwrap())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let served = codes.iter().filter(|&&c| c == 200).count();
+    let refused = codes.iter().filter(|&&c| c == 429 || c == 503).count();
+    eprintln!(
+        "3x overload (real binary): {} requests, {served} served, {refused} refused; RSS {} MiB before, peak {} MiB",
+        codes.len(),
+        baseline >> 20,
+        peak >> 20
+    );
+    assert_eq!(served + refused, codes.len(), "only served, overloaded or shed");
+    assert!(refused > codes.len() / 3, "most of the excess is refused: {refused} of {}", codes.len());
+    assert!(peak < baseline + (32 << 20), "memory stays bounded: {} MiB → peak {} MiB", baseline >> 20, peak >> 20);
+}
