@@ -53,6 +53,8 @@ fn the_description_matches_the_routes_and_generated_requests_get_no_5xx() {
         .args(["--checks", "not_a_server_error", "--max-examples", "30", "--phases", "coverage,fuzzing"])
         .args(["--workers", "2", "--seed", "7", "--suppress-health-check", "all"])
         .env("NO_COLOR", "1")
+        // It keeps a cache of findings in its working directory: not in the repository.
+        .current_dir(state.path())
         .output()
         .expect("schemathesis runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
