@@ -148,12 +148,13 @@ function deviceCard(d) {
       el('span', { class: 'muted' }, ` (${r.pages} × ${fmtBytes(d.page_bytes)})`)));
   }
   legend.append(el('li', { class: 'free' }, el('i', { class: 'swatch free' }), `free ${fmtBytes(d.free_bytes)}`));
-  const status = d.executing ? `executing ${d.executing}` : d.busy ? 'busy' : 'idle';
+  // An unhealthy device gets no work until a health check passes.
+  const status = d.healthy === false ? 'unhealthy' : d.executing ? `executing ${d.executing}` : d.busy ? 'busy' : 'idle';
   return el('div', { class: 'device', 'data-testid': `device-${d.id}`, 'data-device': d.id },
     el('div', { class: 'device-head' },
       el('strong', { class: 'device-id' }, d.id),
       el('span', { class: `kind kind-${d.kind}` }, d.kind),
-      el('span', { class: `pill ${d.busy ? 'busy' : ''}` }, status)),
+      el('span', { class: `pill ${d.healthy === false ? 'unhealthy' : d.busy ? 'busy' : ''}` }, status)),
     bar, legend,
     el('div', { class: 'muted small' }, `${fmtBytes(d.used_bytes)} used of ${fmtBytes(d.capacity_bytes)}, pages of ${fmtBytes(d.page_bytes)}`));
 }
@@ -399,6 +400,8 @@ function describe(ev) {
     case 'execute': return `${ev.function} on ${ev.device}: batch ${ev.batch}, ${fmtMs(ev.ms)}`
       + `${ev.tokens != null ? `, ${ev.tokens} tokens` : ''}${ev.cancelled ? ', cancelled' : ''}`;
     case 'dropped': return `${ev.count} × ${ev.function} refused (${ev.reason})`;
+    case 'device_fault': return `${ev.device} failed (${ev.fault}): ${ev.error}`;
+    case 'device_healthy': return `${ev.device} passed its health check`;
     case 'slo': return `${ev.function} ${ev.compliant ? 'meets' : 'misses'} its SLO: ${fmtMs(ev.observed_ms)} `
       + `@p${Math.round(ev.percentile * 1000) / 10} / ${fmtMs(ev.deadline_ms)} over ${ev.requests} requests`;
     default: return JSON.stringify(ev);
