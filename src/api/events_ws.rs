@@ -1,7 +1,8 @@
 //! `/api/v1/events`: the live event feed over a WebSocket. A subscriber first gets a
 //! `snapshot` (every device's residency and memory map, the deployed functions), then every
-//! event as it happens. One that cannot keep up — a whole channel behind, or a send that
-//! waits too long — is dropped with close code 1008, never allowed to slow the runtime.
+//! event as it happens. One that cannot keep up is dropped, never allowed to slow the runtime:
+//! a whole channel behind, it is closed with code 1008; a send that waits too long ends its
+//! connection.
 
 use std::sync::Arc;
 use std::time::Duration;
