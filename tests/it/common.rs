@@ -88,3 +88,10 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// Writes the synthetic package `preset` (float32 weights from `seed`) into `dir`.
+pub fn synth_package(preset: &str, seed: u64, dir: &Path) {
+    let preset = faaswap::engine::synth::preset(preset).expect("a known preset");
+    faaswap::engine::synth::write_package(preset, seed, faaswap::engine::synth::SynthDtype::F32, dir, &mut |_, _| {})
+        .unwrap();
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::server::TestServer;
-use crate::ws::{connect, next};
+use crate::ws::{connect, events_until, next};
 
 fn start() -> (TestServer, tempfile::TempDir, tempfile::TempDir) {
     let repo = tempfile::tempdir().unwrap();
@@ -34,17 +34,6 @@ fn arm(server: &TestServer, device: &str, fault: Value) {
     assert_eq!(status, 202, "{v}");
 }
 
-/// Events of the feed until `done` says enough, within 20 s.
-fn events_until(feed: &mut crate::ws::Socket, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while !done(&seen) {
-        assert!(Instant::now() < deadline, "events so far: {seen:#?}");
-        seen.push(next(feed).expect("the feed stays open"));
-    }
-    seen
-}
-
 #[test]
 fn each_fault_is_retried_elsewhere_and_the_device_comes_back() {
     for (fault, needs_copy) in
@@ -62,7 +51,6 @@ fn each_fault_is_retried_elsewhere_and_the_device_comes_back() {
         let other = if target == "sim:0" { "sim:1" } else { "sim:0" };
         arm(&server, &target, json!({"fault": fault, "count": 1, "duration_ms": 300}));
         let mut answered_by = Vec::new();
-        let started = Instant::now();
         for k in 1..6 {
             let function = if needs_copy { format!("p{k}") } else { "p0".to_string() };
             let (status, v) = infer(&server, &function);
@@ -93,15 +81,13 @@ fn each_fault_is_retried_elsewhere_and_the_device_comes_back() {
         // Back in service: the device takes work again.
         let (_, devices) = server.get("/api/v1/devices");
         assert!(devices.as_array().unwrap().iter().all(|d| d["healthy"] == true), "{devices}");
-        let deadline = Instant::now() + Duration::from_secs(10);
         let mut used = std::collections::HashSet::new();
         for k in 0..6 {
             let (status, v) = infer(&server, &format!("p{k}"));
             assert_eq!(status, 200);
             used.insert(v["parameters"]["device"].as_str().unwrap().to_string());
         }
-        assert!(used.contains(&target) || Instant::now() > deadline, "{fault}: {target} serves again: {used:?}");
-        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(used.contains(&target), "{fault}: {target} serves again: {used:?}");
         drop(feed);
         server.stop();
     }

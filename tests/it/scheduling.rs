@@ -261,6 +261,56 @@ fn bench_replays_a_scenario_over_http_and_compares_with_simulate() {
 /// A server on one real-time sim device whose queue holds `max_queue` requests per function,
 /// with function `name` deployed from a profile (`exec_ms` a request, SLO `slo_ms`, no
 /// batching); returns it with the function's infer URL and a one-token input.
+/// An open-loop load: `senders` threads, staggered, each sending one request (`send` returns
+/// its status) every `period` until `duration` is over, whatever the answers take. Meanwhile
+/// `sample` updates a reading every 20 ms. Returns each request's status and latency, and the
+/// reading.
+fn open_loop<R: Send>(
+    senders: usize,
+    period: Duration,
+    duration: Duration,
+    send: impl Fn(&ureq::Agent) -> u16 + Sync,
+    reading: R,
+    mut sample: impl FnMut(&mut R) + Send,
+) -> (Vec<(u16, Duration)>, R) {
+    let start = std::time::Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let monitor = scope.spawn(|| {
+            let mut reading = reading;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                sample(&mut reading);
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            reading
+        });
+        let handles: Vec<_> = (0..senders)
+            .map(|k| {
+                let send = &send;
+                scope.spawn(move || {
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+                    let mut out = Vec::new();
+                    let mut next = start + period.mul_f64(k as f64 / senders as f64);
+                    while next < start + duration {
+                        let now = std::time::Instant::now();
+                        if next > now {
+                            std::thread::park_timeout(next - now);
+                            continue;
+                        }
+                        let sent = std::time::Instant::now();
+                        out.push((send(&agent), sent.elapsed()));
+                        next += period;
+                    }
+                    out
+                })
+            })
+            .collect();
+        let results = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (results, monitor.join().unwrap())
+    })
+}
+
 fn one_device_serving(
     state: &std::path::Path,
     repo: &std::path::Path,
@@ -338,48 +388,14 @@ fn a_sustained_threefold_overload_stays_bounded_and_served_requests_stay_near_th
     // 10 ms a request on one device: 100 requests/s at most. SLO 100 ms.
     let (s, url, input) = one_device_serving(state.path(), repo.path(), 64, "busy", 10.0, 100.0);
     // 300 requests/s for 3 s: 48 open-loop senders, one request each per 160 ms.
-    let (senders, period, duration) = (48, Duration::from_millis(160), Duration::from_secs(3));
-    let start = std::time::Instant::now();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (results, max_queued) = std::thread::scope(|scope| {
-        let monitor = scope.spawn(|| {
-            let mut max = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let (_, v) = s.get("/api/v1/functions/busy");
-                max = max.max(v["queued"].as_u64().unwrap());
-                std::thread::park_timeout(Duration::from_millis(50));
-            }
-            max
-        });
-        let handles: Vec<_> = (0..senders)
-            .map(|k| {
-                let (url, input) = (&url, &input);
-                scope.spawn(move || {
-                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-                    let mut out = Vec::new();
-                    let mut next = start + period.mul_f64(k as f64 / senders as f64);
-                    while next < start + duration {
-                        let now = std::time::Instant::now();
-                        if next > now {
-                            std::thread::park_timeout(next - now);
-                            continue;
-                        }
-                        let sent = std::time::Instant::now();
-                        let status = match agent.post(url).send_string(&input.to_string()) {
-                            Ok(r) => r.status(),
-                            Err(ureq::Error::Status(code, _)) => code,
-                            Err(e) => panic!("{e}"),
-                        };
-                        out.push((status, sent.elapsed()));
-                        next += period;
-                    }
-                    out
-                })
-            })
-            .collect();
-        let results: Vec<(u16, Duration)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (results, monitor.join().unwrap())
+    let post = |agent: &ureq::Agent| match agent.post(&url).send_string(&input.to_string()) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    let (results, max_queued) = open_loop(48, Duration::from_millis(160), Duration::from_secs(3), post, 0, |max| {
+        let (_, v) = s.get("/api/v1/functions/busy");
+        *max = (*max).max(v["queued"].as_u64().unwrap());
     });
     let served: Vec<Duration> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
     let refused = results.iter().filter(|r| r.0 == 429 || r.0 == 503).count();
@@ -447,44 +463,11 @@ fn the_real_binary_keeps_its_memory_bounded_under_a_sustained_threefold_overload
     }
     let baseline = rss_bytes(child.id());
     // 300 requests/s against 100/s of capacity, for 6 s.
-    let (senders, period, duration) = (48, Duration::from_millis(160), Duration::from_secs(6));
-    let start = std::time::Instant::now();
-    let done = std::sync::atomic::AtomicBool::new(false);
     let pid = child.id();
-    let (codes, peak) = std::thread::scope(|scope| {
-        let done = &done;
-        let monitor = scope.spawn(move || {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_bytes(pid));
-                std::thread::park_timeout(Duration::from_millis(20));
-            }
-            peak
-        });
-        let handles: Vec<_> = (0..senders)
-            .map(|k| {
-                let send = &send;
-                scope.spawn(move || {
-                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-                    let mut codes = Vec::new();
-                    let mut next = start + period.mul_f64(k as f64 / senders as f64);
-                    while next < start + duration {
-                        let now = std::time::Instant::now();
-                        if next > now {
-                            std::thread::park_timeout(next - now);
-                            continue;
-                        }
-                        codes.push(send(&agent));
-                        next += period;
-                    }
-                    codes
-                })
-            })
-            .collect();
-        let codes: Vec<u16> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (codes, monitor.join().unwrap())
+    let (results, peak) = open_loop(48, Duration::from_millis(160), Duration::from_secs(6), send, 0, |peak| {
+        *peak = (*peak).max(rss_bytes(pid));
     });
+    let codes: Vec<u16> = results.iter().map(|r| r.0).collect();
     let _ = child.kill();
     let _ = child.wait();
     let served = codes.iter().filter(|&&c| c == 200).count();

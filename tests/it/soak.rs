@@ -14,7 +14,7 @@ use faaswap::engine::{Model, OutputKind, TokenBatch};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::common::floats;
+use crate::common::{floats, synth_package};
 use crate::server::TestServer;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -48,15 +48,7 @@ fn every_output_is_exact_under_swap_pressure() {
             if i % 2 == 0 { ("bert-nano", OutputKind::LastHiddenState) } else { ("gpt2-nano", OutputKind::Logits) };
         let name = format!("f{i:03}");
         let dir = repo.path().join(&name);
-        let synth = faaswap::engine::synth::preset(preset).unwrap();
-        faaswap::engine::synth::write_package(
-            synth,
-            1000 + i as u64,
-            faaswap::engine::synth::SynthDtype::F32,
-            &dir,
-            &mut |_, _| {},
-        )
-        .unwrap();
+        synth_package(preset, 1000 + i as u64, &dir);
         let model = Model::load(&dir).unwrap();
         let cases = (0..3)
             .map(|k| {

@@ -37,6 +37,17 @@ pub fn next(socket: &mut Socket) -> Option<Value> {
     }
 }
 
+/// Events of the feed until `done` says enough, within 20 s.
+pub fn events_until(feed: &mut Socket, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        assert!(Instant::now() < deadline, "events so far: {seen:#?}");
+        seen.push(next(feed).expect("the feed stays open"));
+    }
+    seen
+}
+
 /// Sends one request and collects its streamed tokens and the final message.
 fn generate(socket: &mut Socket, request: &Value) -> (Vec<Value>, Value) {
     socket.send(Message::text(request.to_string())).unwrap();
@@ -95,14 +106,7 @@ fn streamed_greedy_tokens_match_the_tiny_gpt2_reference() {
 fn socket_output_equals_faaswap_generate_greedy_and_seeded() {
     let repo = tempfile::tempdir().unwrap();
     let package = repo.path().join("gpt2-tiny");
-    faaswap::engine::synth::write_package(
-        faaswap::engine::synth::preset("gpt2-tiny").unwrap(),
-        5,
-        faaswap::engine::synth::SynthDtype::F32,
-        &package,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    synth_package("gpt2-tiny", 5, &package);
     let state = tempfile::tempdir().unwrap();
     let server = TestServer::start(state.path(), repo.path(), |a| a.device_memory = Some("256MiB".into()));
     deploy(&server, "g", "gpt2-tiny");
@@ -167,14 +171,7 @@ fn bad_requests_get_an_error_message_and_a_clean_close() {
 #[test]
 fn a_client_that_leaves_stops_its_generation_and_frees_the_device() {
     let repo = tempfile::tempdir().unwrap();
-    faaswap::engine::synth::write_package(
-        faaswap::engine::synth::preset("gpt2-tiny").unwrap(),
-        1,
-        faaswap::engine::synth::SynthDtype::F32,
-        &repo.path().join("gpt2-tiny"),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    synth_package("gpt2-tiny", 1, &repo.path().join("gpt2-tiny"));
     let state = tempfile::tempdir().unwrap();
     let server = TestServer::start(state.path(), repo.path(), |a| a.device_memory = Some("256MiB".into()));
     deploy(&server, "g", "gpt2-tiny");
@@ -191,14 +188,9 @@ fn a_client_that_leaves_stops_its_generation_and_frees_the_device() {
     }
     // Leave without a close handshake: drop the connection.
     drop(socket);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stopped = loop {
-        assert!(Instant::now() < deadline, "no execute event for the generation");
-        let e = next(&mut events).expect("the feed stays open");
-        if e["type"] == "execute" && e["function"] == "g" {
-            break e;
-        }
-    };
+    let is_stop = |e: &Value| e["type"] == "execute" && e["function"] == "g";
+    let seen = events_until(&mut events, |seen| seen.iter().any(is_stop));
+    let stopped = seen.into_iter().find(is_stop).unwrap();
     assert_eq!(stopped["cancelled"], true, "{stopped}");
     let generated = stopped["tokens"].as_u64().unwrap();
     assert!((3..max / 2).contains(&generated), "stopped early: {generated} of {max} tokens");
@@ -249,17 +241,12 @@ fn the_event_feed_starts_with_a_snapshot_and_reports_swaps_evictions_and_slo() {
     deploy(&server, "bert2", "tiny_bert");
     let (status, _) = server.request("DELETE", "/api/v1/functions/bert2", None);
     assert_eq!(status, 200);
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !["evict", "swap_in", "execute", "deploy", "undeploy", "slo"]
-        .iter()
-        .all(|t| seen.iter().any(|e: &Value| e["type"] == *t))
-    {
-        assert!(Instant::now() < deadline, "missing events; saw {seen:?}");
-        let e = next(&mut feed).unwrap();
-        assert!(e["ts_ms"].as_u64().is_some(), "{e}");
-        seen.push(e);
-    }
+    let seen = events_until(&mut feed, |seen| {
+        ["evict", "swap_in", "execute", "deploy", "undeploy", "slo"]
+            .iter()
+            .all(|t| seen.iter().any(|e| e["type"] == *t))
+    });
+    assert!(seen.iter().all(|e| e["ts_ms"].as_u64().is_some()), "{seen:?}");
     let find = |t: &str| seen.iter().find(|e| e["type"] == t).unwrap().clone();
     let evict = find("evict");
     assert_eq!((evict["device"].as_str(), evict["function"].as_str()), (Some("cpu:0"), Some("bert")), "{evict}");
