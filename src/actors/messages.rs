@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::RuntimeError;
 use crate::engine::{Model, OutputKind, OutputTensor, TokenBatch};
 use crate::gpu::{Generated, Generation, Job};
-use crate::policy::{DeviceId, FunctionId, FunctionSpec};
+use crate::policy::{DeviceId, Extent, FunctionId, FunctionSpec, SwapSource};
 
 /// Where a finished request's result goes.
 pub type Reply = oneshot::Sender<Result<Completed, RuntimeError>>;
@@ -43,6 +43,22 @@ pub struct Work {
     pub batch: TokenBatch,
     pub outputs: Vec<OutputKind>,
     pub generation: Option<Generation>,
+}
+
+impl Work {
+    /// The device's order for this work, placed at `extent` (copied in first when `swap`).
+    pub fn into_job(self, extent: Extent, swap: Option<SwapSource>) -> Job {
+        let Self { model, bytes, exec_ms, batch, outputs, generation } = self;
+        Job { model, bytes, exec_ms, extent, swap, batch, outputs, generation }
+    }
+}
+
+impl From<Job> for Work {
+    /// The work of an order that did not complete (to be placed again).
+    fn from(job: Job) -> Self {
+        let Job { model, bytes, exec_ms, batch, outputs, generation, .. } = job;
+        Self { model, bytes, exec_ms, batch, outputs, generation }
+    }
 }
 
 // ---- SchedulerActor ----

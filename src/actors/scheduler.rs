@@ -14,10 +14,10 @@ use super::messages::{
 };
 use super::RuntimeError;
 use crate::events::{Event, EventBus};
-use crate::gpu::Job;
+
 use crate::metrics as m;
 use crate::policy::cluster::{Admission, DeviceSnapshot, EvictReason};
-use crate::policy::{Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId};
+use crate::policy::{health, Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId};
 
 struct Pending {
     name: String,
@@ -26,10 +26,6 @@ struct Pending {
     reply: Reply,
     retried: bool,
 }
-
-/// Health checks of a failed device: the first after this long, then doubling up to the cap.
-const HEALTH_CHECK_FIRST: Duration = Duration::from_millis(100);
-const HEALTH_CHECK_MAX: Duration = Duration::from_secs(5);
 
 pub struct SchedulerActor {
     cluster: Cluster,
@@ -107,17 +103,8 @@ impl SchedulerActor {
                 let Some(p) = self.pending.remove(r) else { continue };
                 name = p.name;
                 items.push(ExecItem {
-                    job: Job {
-                        model: p.work.model,
-                        bytes: p.work.bytes,
-                        exec_ms: p.work.exec_ms,
-                        extent: d.extent,
-                        // Only the first of a batch copies the model in.
-                        swap: if k == 0 { d.swap } else { None },
-                        batch: p.work.batch,
-                        outputs: p.work.outputs,
-                        generation: p.work.generation,
-                    },
+                    // Only the first of a batch copies the model in.
+                    job: p.work.into_job(d.extent, if k == 0 { d.swap } else { None }),
                     received: p.received,
                     reply: p.reply,
                     retried: p.retried,
@@ -292,16 +279,13 @@ impl SchedulerActor {
                 }));
                 continue;
             }
-            let job = item.job;
-            let work = Work {
-                model: job.model,
-                bytes: job.bytes,
-                exec_ms: job.exec_ms,
-                batch: job.batch,
-                outputs: job.outputs,
-                generation: job.generation,
+            let p = Pending {
+                name: name.clone(),
+                work: item.job.into(),
+                received: item.received,
+                reply: item.reply,
+                retried: true,
             };
-            let p = Pending { name: name.clone(), work, received: item.received, reply: item.reply, retried: true };
             self.admit(p, function, None);
         }
     }
@@ -316,7 +300,7 @@ impl SchedulerActor {
     }
 
     fn check_health_later(&self, device: DeviceId, attempt: u32, ctx: &mut Context<Self>) {
-        let wait = HEALTH_CHECK_FIRST.saturating_mul(1 << attempt.min(16)).min(HEALTH_CHECK_MAX);
+        let wait = Duration::from_millis(health::check_delay_ms(attempt));
         let gpu = self.gpus[device].clone();
         ctx.run_later(wait, move |_, _| gpu.do_send(HealthCheck { attempt }));
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ApiError, ErrorBody};
 use crate::engine::{GenerateOptions, SamplingParams};
-use crate::gpu::Generation;
+use crate::gpu::{Generation, TokenEvent};
 use crate::runtime::Runtime;
 
 /// Largest request message, bytes.
@@ -178,6 +178,10 @@ async fn next_text(session: &mut Session, stream: &mut AggregatedMessageStream) 
     }
 }
 
+fn token_message(t: &TokenEvent) -> String {
+    json!({"type": "token", "index": t.index, "id": t.id, "text": t.text}).to_string()
+}
+
 async fn run_one(
     rt: &Runtime,
     name: &str,
@@ -229,8 +233,7 @@ async fn run_one(
         tokio::select! {
             biased;
             Some(t) = tokens.recv() => {
-                let msg = json!({"type": "token", "index": t.index, "id": t.id, "text": t.text});
-                gone = session.text(msg.to_string()).await.is_err();
+                gone = session.text(token_message(&t)).await.is_err();
             }
             msg = stream.recv() => match msg {
                 Some(Ok(AggregatedMessage::Text(t))) => backlog.push_back(t.to_string()),
@@ -249,8 +252,7 @@ async fn run_one(
     };
     // Every token was sent before the summary: flush what is still buffered.
     while let Ok(t) = tokens.try_recv() {
-        let msg = json!({"type": "token", "index": t.index, "id": t.id, "text": t.text});
-        if session.text(msg.to_string()).await.is_err() {
+        if session.text(token_message(&t)).await.is_err() {
             return Outcome::Gone;
         }
     }

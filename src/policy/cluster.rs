@@ -307,14 +307,12 @@ impl Cluster {
             q.function != id
         });
         let mut evicted = Vec::new();
-        for (i, d) in self.devices.iter_mut().enumerate() {
+        for i in 0..self.devices.len() {
+            let d = &self.devices[i];
             let running = d.job.as_ref().is_some_and(|j| j.function == id);
             let pinned = d.resident.get(&id).is_some_and(|r| r.pins > 0);
-            if !running && !pinned {
-                if let Some(r) = d.resident.remove(&id) {
-                    d.pool.free(r.extent);
-                    evicted.push(i);
-                }
+            if !running && !pinned && self.drop_copy(i, id) {
+                evicted.push(i);
             }
         }
         (dropped, evicted)
@@ -578,15 +576,11 @@ impl Cluster {
             (Some(_), None) => {
                 let pages = self.devices[device].pool.pages_for(bytes);
                 let victims = eviction::plan(self, device, function, pages, now, ranking)?;
-                let d = &mut self.devices[device];
                 for (v, reason) in victims {
-                    let r = d.resident.remove(&v).expect("victim is resident");
-                    d.pool.free(r.extent);
-                    if let Some(func) = self.functions.get_mut(&v) {
-                        func.ready_mask &= !(1 << device);
-                    }
+                    assert!(self.drop_copy(device, v), "a victim is resident");
                     evicted.push((v, reason));
                 }
+                let d = &mut self.devices[device];
                 let extent = d.pool.alloc(pages).expect("the eviction plan made room");
                 d.resident.insert(function, Resident { extent, last_used: now, loaded_at: now, pins: 0, ready: false });
                 extent
@@ -671,9 +665,7 @@ impl Cluster {
                 let running = src.job.as_ref().is_some_and(|j| j.function == f);
                 // Undeployed while it was a copy source, and not running there: drop it now.
                 if r.pins == 0 && !registered && !running {
-                    let extent = r.extent;
-                    src.resident.remove(&f);
-                    src.pool.free(extent);
+                    self.drop_copy(j, f);
                 }
             }
         }
@@ -689,15 +681,26 @@ impl Cluster {
                 func.ready_mask &= !(1 << device);
             }
         }
-        let d = &mut self.devices[device];
-        if let Some(r) = d.resident.get_mut(&f) {
+        if let Some(r) = self.devices[device].resident.get_mut(&f) {
             r.ready = keep;
             if (!keep || !registered) && r.pins == 0 && !native_home {
-                let extent = r.extent;
-                d.resident.remove(&f);
-                d.pool.free(extent);
+                self.drop_copy(device, f);
             }
         }
+    }
+
+    /// Drops `function`'s copy on `device`, if there is one: its pages return to the pool and
+    /// it is no longer a ready copy. Returns whether there was one.
+    fn drop_copy(&mut self, device: DeviceId, function: FunctionId) -> bool {
+        let d = &mut self.devices[device];
+        let Some(r) = d.resident.remove(&function) else {
+            return false;
+        };
+        d.pool.free(r.extent);
+        if let Some(func) = self.functions.get_mut(&function) {
+            func.ready_mask &= !(1 << device);
+        }
+        true
     }
 
     /// Marks a device unhealthy (it gets no work, and every copy on it that nothing is reading
@@ -712,13 +715,8 @@ impl Cluster {
         let running = d.job.as_ref().map(|j| j.function);
         let dropped: Vec<FunctionId> =
             d.resident.iter().filter(|(f, r)| r.pins == 0 && Some(**f) != running).map(|(f, _)| *f).collect();
-        for f in &dropped {
-            if let Some(r) = d.resident.remove(f) {
-                d.pool.free(r.extent);
-            }
-            if let Some(func) = self.functions.get_mut(f) {
-                func.ready_mask &= !(1 << device);
-            }
+        for &f in &dropped {
+            self.drop_copy(device, f);
         }
         dropped
     }

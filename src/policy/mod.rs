@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod estimate;
 mod eviction;
+pub mod health;
 pub mod pages;
 mod placement;
 pub mod slo;
