@@ -112,7 +112,7 @@ impl SchedulerActor {
             }
             if items.is_empty() {
                 // The copy was never made and must not be reused.
-                self.cluster.fail(d.device);
+                let _ = self.cluster.fail(d.device);
                 continue;
             }
             self.gpus[d.device].do_send(Execute { function: d.function, name, items, dispatched: Instant::now() });
@@ -230,22 +230,23 @@ impl Handler<JobDone> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
-        // A failed job's copy is dropped with the job; the feed is told of it as an eviction.
-        let lost_copy = msg.fault.is_some() && self.cluster.residency(msg.function).contains(&msg.device);
-        if msg.keep {
+        let dropped_copy = if msg.keep {
             self.cluster.complete(msg.device);
             if msg.exec_ms > 0.0 {
                 self.cluster.observe_exec(msg.function, msg.batch, msg.exec_ms);
             }
+            false
         } else {
-            self.cluster.fail(msg.device);
+            let dropped = self.cluster.fail(msg.device);
             self.publish_memory();
-        }
+            dropped
+        };
         for l in msg.latencies_ms {
             self.cluster.record(msg.function, l);
         }
         if let Some(fault) = msg.fault {
-            if lost_copy && !self.cluster.residency(msg.function).contains(&msg.device) {
+            // The failed job's copy went with it: the feed hears of it as an eviction.
+            if dropped_copy {
                 self.evicted_by_fault(msg.device, msg.function);
             }
             self.device_failed(msg.device, msg.function, fault, ctx);

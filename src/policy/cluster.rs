@@ -644,17 +644,19 @@ impl Cluster {
     /// The device finished its job (successfully or not: `keep` says whether the model's copy
     /// there is complete and may be reused).
     pub fn complete(&mut self, device: DeviceId) {
-        self.finish(device, true);
+        let _ = self.finish(device, true);
     }
 
     /// As `complete`, but the copy on the device is not to be trusted (the job failed).
-    pub fn fail(&mut self, device: DeviceId) {
-        self.finish(device, false);
+    /// Returns whether that copy was dropped (it stays while another device reads from it).
+    pub fn fail(&mut self, device: DeviceId) -> bool {
+        self.finish(device, false)
     }
 
-    fn finish(&mut self, device: DeviceId, keep: bool) {
+    /// Ends the device's job; returns whether its function's copy there was dropped.
+    fn finish(&mut self, device: DeviceId, keep: bool) -> bool {
         let Some(job) = self.devices[device].job.take() else {
-            return;
+            return false;
         };
         let f = job.function;
         let registered = self.functions.contains_key(&f);
@@ -684,9 +686,10 @@ impl Cluster {
         if let Some(r) = self.devices[device].resident.get_mut(&f) {
             r.ready = keep;
             if (!keep || !registered) && r.pins == 0 && !native_home {
-                self.drop_copy(device, f);
+                return self.drop_copy(device, f);
             }
         }
+        false
     }
 
     /// Drops `function`'s copy on `device`, if there is one: its pages return to the pool and
@@ -1003,7 +1006,7 @@ mod tests {
         queue(&mut c, 2, 1, 0.0);
         let second = run(&mut c, 0.0);
         assert_eq!(second.swap, Some(SwapSource::Host), "device 0's copy is not complete yet");
-        c.fail(0);
+        assert!(c.fail(0), "the failed job's copy is dropped");
         assert_eq!(c.residency(1), vec![second.device], "a failed copy is dropped");
     }
 
