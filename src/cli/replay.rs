@@ -98,7 +98,8 @@ pub fn run(a: &BenchArgs, scenario_spec: &str) -> Result<(), CliError> {
     }
     busy.sort_by(|x, y| x.0.cmp(&y.0));
     let gpu_busy = busy.iter().map(|(_, ms)| ms / wall_ms).collect();
-    let measured = RunReport::from_latencies(&scenario, policy.name(), &latencies, counts, gpu_busy);
+    let mut measured = RunReport::from_latencies(&scenario, policy.name(), &latencies, counts, gpu_busy);
+    measured.source = Some("http".into());
     let simulated = simulator::run(&scenario, SimOptions { policy, functions: n, seed: a.seed, shed }, &trace);
     let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
     let note = format!(
@@ -128,10 +129,7 @@ pub fn run(a: &BenchArgs, scenario_spec: &str) -> Result<(), CliError> {
         runs: vec![measured, simulated],
         note: Some(note.clone()),
     };
-    print!(
-        "{}",
-        report.table(true).replacen(&format!("\n{}", policy.name()), &format!("\n{} (http)", policy.name()), 1)
-    );
+    print!("{}", report.table(true));
     println!("{note}");
     if let Some(path) = &a.output {
         std::fs::write(path, serde_json::to_string_pretty(&report).map_err(std::io::Error::from)? + "\n")?;

@@ -32,6 +32,9 @@ pub struct RunReport {
     pub capacity_bound_functions: usize,
     /// Per model: functions, compliant functions, and the model's p98 latency (ms, served).
     pub by_model: Vec<ModelRow>,
+    /// Where the figures were measured when not in the simulator (`http` for `bench --scenario`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +98,7 @@ impl RunReport {
             swaps_peer: counts.swaps_peer,
             gpu_busy: gpu_busy.iter().map(|b| (b * 1e4).round() / 1e4).collect(),
             capacity_bound_functions: scenario.capacity_bound_functions(),
+            source: None,
             by_model: by_model
                 .into_iter()
                 .enumerate()
@@ -148,7 +152,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "{:<11} {:>9} {:>10.4} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
-                r.policy,
+                r.source.as_ref().map_or_else(|| r.policy.clone(), |s| format!("{} ({s})", r.policy)),
                 r.functions,
                 r.compliant_fraction,
                 r.served,
