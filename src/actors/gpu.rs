@@ -9,7 +9,7 @@ use super::messages::{Completed, DeviceFault, ExecItem, Execute, HealthCheck, He
 use super::scheduler::SchedulerActor;
 use super::RuntimeError;
 use crate::events::{Event, EventBus};
-use crate::gpu::{Device, DeviceError, JobResult};
+use crate::gpu::{Device, DeviceError, FinishReason, JobResult};
 use crate::metrics as m;
 use crate::policy::{DeviceId, SwapSource};
 
@@ -49,116 +49,123 @@ impl Handler<Execute> for GpuActor {
     type Result = ();
 
     fn handle(&mut self, msg: Execute, _: &mut Context<Self>) {
-        let id = self.device.info().id.clone();
-        let (mut keep, mut exec_ms, mut forwards) = (true, 0.0, 0);
-        let mut latencies_ms = Vec::with_capacity(msg.items.len());
-        let mut fault = None;
-        let mut items = msg.items.into_iter();
+        let Execute { function, name, items, dispatched } = msg;
+        let mut done = JobDone {
+            device: self.index,
+            keep: true,
+            function,
+            latencies_ms: Vec::with_capacity(items.len()),
+            exec_ms: 0.0,
+            batch: 0,
+            fault: None,
+        };
+        let mut items = items.into_iter();
         while let Some(item) = items.next() {
-            let cancelled = item.job.generation.as_ref().is_some_and(|g| g.cancelled());
-            if cancelled && item.job.swap.is_none() {
+            if item.job.swap.is_none() && item.job.generation.as_ref().is_some_and(|g| g.cancelled()) {
                 // The client left while its generation waited: nothing to run, nothing to copy.
                 let _ = item.reply.send(Err(RuntimeError::Cancelled));
                 continue;
             }
-            let result = self.run(&item);
-            // An input error leaves the copy complete; a device failure does not, and ends the
-            // batch: this request and the ones not yet run go back to be retried elsewhere.
-            if let Err(e @ (DeviceError::Unavailable(_) | DeviceError::Fault { .. })) = &result {
-                let kind = match e {
-                    DeviceError::Fault { kind, .. } => kind.label(),
-                    _ => "device_error",
-                };
-                let error = e.to_string();
-                let mut retry = vec![item];
-                retry.extend(items.by_ref());
-                fault = Some(DeviceFault { kind, error, retry });
-                keep = false;
-                break;
-            }
-            let done = Instant::now();
-            let total_ms = (done - item.received).as_secs_f64() * 1e3;
-            let reply = result
-                .map(|r| {
-                    if r.swapped_bytes > 0 {
-                        let (source, from) = match item.job.swap {
-                            Some(SwapSource::Peer(j)) => ("peer", self.device_ids.get(j).cloned()),
-                            _ => ("host", None),
-                        };
-                        m::swap(&msg.name, source, r.swapped_bytes, r.swap_ms);
-                        self.events.emit(|| Event::SwapIn {
-                            device: id.clone(),
-                            function: msg.name.clone(),
-                            bytes: r.swapped_bytes,
-                            source,
-                            from,
-                            ms: r.swap_ms,
-                        });
-                    }
-                    m::executed(&msg.name, r.exec_ms);
-                    match &r.generated {
-                        // A generation is judged by its first token; its length says nothing
-                        // about the function's forward-pass time.
-                        Some(g) => {
-                            latencies_ms.push(g.first_token_ms);
-                            m::generated(&msg.name, g.token_ids.len());
-                            self.events.emit(|| Event::Execute {
-                                device: id.clone(),
-                                function: msg.name.clone(),
-                                batch: 1,
-                                ms: r.exec_ms,
-                                tokens: Some(g.token_ids.len()),
-                                cancelled: g.finish_reason == crate::gpu::FinishReason::Cancelled,
-                            });
-                        }
-                        None => {
-                            exec_ms += r.exec_ms;
-                            forwards += 1;
-                            latencies_ms.push(total_ms);
-                        }
-                    }
-                    Completed {
-                        outputs: r.outputs,
-                        device: id.clone(),
-                        simulated: r.simulated,
-                        swap_source: item.job.swap.map(|s| match s {
-                            SwapSource::Host => "host".to_string(),
-                            SwapSource::Peer(j) => format!("peer:{j}"),
-                        }),
-                        swapped_bytes: r.swapped_bytes,
-                        queue_ms: (msg.dispatched - item.received).as_secs_f64() * 1e3,
-                        swap_ms: r.swap_ms,
-                        exec_ms: r.exec_ms,
-                        total_ms,
-                        generated: r.generated,
-                    }
-                })
-                .map_err(|e| match e {
-                    DeviceError::Engine(e) => RuntimeError::Engine(e),
-                    other => RuntimeError::Device { device: id.clone(), source: other },
-                });
+            let reply = match self.run(&item) {
+                Ok(r) => Ok(self.finished(&name, &item, r, dispatched, &mut done)),
+                // An input error leaves the copy complete; a device failure does not, and ends
+                // the batch: this request and the ones not yet run go back to be retried.
+                Err(e @ (DeviceError::Unavailable(_) | DeviceError::Fault { .. })) => {
+                    let kind = match &e {
+                        DeviceError::Fault { kind, .. } => kind.label(),
+                        _ => "device_error",
+                    };
+                    let mut retry = vec![item];
+                    retry.extend(items.by_ref());
+                    done.fault = Some(DeviceFault { kind, error: e.to_string(), retry });
+                    done.keep = false;
+                    break;
+                }
+                Err(DeviceError::Engine(e)) => Err(RuntimeError::Engine(e)),
+                Err(other) => Err(RuntimeError::Device { device: self.device.info().id.clone(), source: other }),
+            };
             // The client may have gone away; its result is then dropped.
             let _ = item.reply.send(reply);
         }
-        if forwards > 0 {
+        if done.batch > 0 {
             self.events.emit(|| Event::Execute {
-                device: id.clone(),
-                function: msg.name.clone(),
-                batch: forwards,
-                ms: exec_ms,
+                device: self.device.info().id.clone(),
+                function: name.clone(),
+                batch: done.batch,
+                ms: done.exec_ms,
                 tokens: None,
                 cancelled: false,
             });
         }
-        self.scheduler.do_send(JobDone {
-            device: self.index,
-            keep,
-            function: msg.function,
-            latencies_ms,
-            exec_ms,
-            batch: forwards,
-            fault,
-        });
+        self.scheduler.do_send(done);
+    }
+}
+
+impl GpuActor {
+    /// A request that ran: its metrics and events, its share of the batch's accounting in
+    /// `done`, and its answer.
+    fn finished(
+        &self,
+        name: &str,
+        item: &ExecItem,
+        r: JobResult,
+        dispatched: Instant,
+        done: &mut JobDone,
+    ) -> Completed {
+        let id = &self.device.info().id;
+        let total_ms = item.received.elapsed().as_secs_f64() * 1e3;
+        if r.swapped_bytes > 0 {
+            let (source, from) = match item.job.swap {
+                Some(SwapSource::Peer(j)) => ("peer", self.device_ids.get(j).cloned()),
+                _ => ("host", None),
+            };
+            m::swap(name, source, r.swapped_bytes, r.swap_ms);
+            self.events.emit(|| Event::SwapIn {
+                device: id.clone(),
+                function: name.to_string(),
+                bytes: r.swapped_bytes,
+                source,
+                from,
+                ms: r.swap_ms,
+            });
+        }
+        m::executed(name, r.exec_ms);
+        match &r.generated {
+            // A generation is judged by its first token; its length says nothing about the
+            // function's forward-pass time.
+            Some(g) => {
+                done.latencies_ms.push(g.first_token_ms);
+                m::generated(name, g.token_ids.len());
+                self.events.emit(|| Event::Execute {
+                    device: id.clone(),
+                    function: name.to_string(),
+                    batch: 1,
+                    ms: r.exec_ms,
+                    tokens: Some(g.token_ids.len()),
+                    cancelled: g.finish_reason == FinishReason::Cancelled,
+                });
+            }
+            None => {
+                done.exec_ms += r.exec_ms;
+                done.batch += 1;
+                done.latencies_ms.push(total_ms);
+            }
+        }
+        Completed {
+            outputs: r.outputs,
+            device: id.clone(),
+            simulated: r.simulated,
+            swap_source: item.job.swap.map(|s| match s {
+                SwapSource::Host => "host".to_string(),
+                SwapSource::Peer(j) => format!("peer:{j}"),
+            }),
+            swapped_bytes: r.swapped_bytes,
+            queue_ms: (dispatched - item.received).as_secs_f64() * 1e3,
+            swap_ms: r.swap_ms,
+            exec_ms: r.exec_ms,
+            total_ms,
+            generated: r.generated,
+        }
     }
 }
 
