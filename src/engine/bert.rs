@@ -51,31 +51,31 @@ pub fn plan(c: &BertConfig) -> (Vec<PlannedTensor>, Vec<String>) {
 }
 
 #[derive(Debug, Clone)]
-struct LayerSpans {
+pub(crate) struct LayerSpans {
     /// Query, key and value projections as one `[H, 3H]` weight and `[3H]` bias.
-    qkv_w: Span,
-    qkv_b: Span,
-    attn_out_w: Span,
-    attn_out_b: Span,
-    attn_ln_w: Span,
-    attn_ln_b: Span,
-    inter_w: Span,
-    inter_b: Span,
-    out_w: Span,
-    out_b: Span,
-    out_ln_w: Span,
-    out_ln_b: Span,
+    pub(crate) qkv_w: Span,
+    pub(crate) qkv_b: Span,
+    pub(crate) attn_out_w: Span,
+    pub(crate) attn_out_b: Span,
+    pub(crate) attn_ln_w: Span,
+    pub(crate) attn_ln_b: Span,
+    pub(crate) inter_w: Span,
+    pub(crate) inter_b: Span,
+    pub(crate) out_w: Span,
+    pub(crate) out_b: Span,
+    pub(crate) out_ln_w: Span,
+    pub(crate) out_ln_b: Span,
 }
 
 /// Where each weight sits in the packed buffer, resolved once from the layout.
 #[derive(Debug, Clone)]
 pub struct BertWeights {
-    word: Span,
-    position: Span,
-    token_type: Span,
-    emb_ln_w: Span,
-    emb_ln_b: Span,
-    layers: Vec<LayerSpans>,
+    pub(crate) word: Span,
+    pub(crate) position: Span,
+    pub(crate) token_type: Span,
+    pub(crate) emb_ln_w: Span,
+    pub(crate) emb_ln_b: Span,
+    pub(crate) layers: Vec<LayerSpans>,
 }
 
 impl BertWeights {

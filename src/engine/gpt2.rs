@@ -48,28 +48,28 @@ pub fn plan(c: &Gpt2Config) -> (Vec<PlannedTensor>, Vec<String>) {
 }
 
 #[derive(Debug, Clone)]
-struct BlockSpans {
-    ln1_w: Span,
-    ln1_b: Span,
-    attn_w: Span,
-    attn_b: Span,
-    proj_w: Span,
-    proj_b: Span,
-    ln2_w: Span,
-    ln2_b: Span,
-    fc_w: Span,
-    fc_b: Span,
-    fc_proj_w: Span,
-    fc_proj_b: Span,
+pub(crate) struct BlockSpans {
+    pub(crate) ln1_w: Span,
+    pub(crate) ln1_b: Span,
+    pub(crate) attn_w: Span,
+    pub(crate) attn_b: Span,
+    pub(crate) proj_w: Span,
+    pub(crate) proj_b: Span,
+    pub(crate) ln2_w: Span,
+    pub(crate) ln2_b: Span,
+    pub(crate) fc_w: Span,
+    pub(crate) fc_b: Span,
+    pub(crate) fc_proj_w: Span,
+    pub(crate) fc_proj_b: Span,
 }
 
 #[derive(Debug, Clone)]
 pub struct Gpt2Weights {
-    wte: Span,
-    wpe: Span,
-    blocks: Vec<BlockSpans>,
-    lnf_w: Span,
-    lnf_b: Span,
+    pub(crate) wte: Span,
+    pub(crate) wpe: Span,
+    pub(crate) blocks: Vec<BlockSpans>,
+    pub(crate) lnf_w: Span,
+    pub(crate) lnf_b: Span,
 }
 
 impl Gpt2Weights {

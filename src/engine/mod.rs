@@ -14,6 +14,7 @@ mod model;
 mod ops;
 mod output;
 mod pooling;
+pub mod program;
 mod sampling;
 mod streamed;
 pub mod synth;

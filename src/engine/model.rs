@@ -13,6 +13,7 @@ use super::gpt2::{self, Gpt2Weights, KvCache};
 use super::layout::WeightLayout;
 use super::output::{OutputKind, OutputTensor};
 use super::pooling::Pooling;
+use super::program::{self, Gpt2Pass, LogitRows, Program};
 use super::sampling::{Sampler, SamplingParams};
 use super::streamed::Weights;
 use super::tokenize::TextEncoder;
@@ -264,30 +265,110 @@ impl ModelSpec {
         self.check_weights(weights)?;
         self.check_request(batch, outputs)?;
         let (b, s) = (batch.batch, batch.seq);
-        let h = self.config.hidden_size();
         match (&self.config, &self.family) {
             (ModelConfig::Bert(c), Family::Bert(wt)) => {
                 let hidden = bert::forward(c, wt, weights, batch, &mut ws.arena())?;
-                Ok(outputs
-                    .iter()
-                    .map(|&kind| match kind {
-                        OutputKind::SentenceEmbedding => {
-                            let pooling = self.pooling.as_ref().expect("listed only with pooling");
-                            let data = pooling.apply(&hidden, &batch.mask, b, s, h);
-                            OutputTensor::fp32(kind, vec![b, pooling.output_dim(h)], data)
-                        }
-                        _ => OutputTensor::fp32(kind, vec![b, s, h], hidden.clone()),
-                    })
-                    .collect())
+                Ok(self.outputs_of(batch, outputs, hidden))
             }
             (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => {
                 let mut arena = ws.arena();
                 let mut cache = KvCache::new(c, b, s, &mut arena)?;
                 let hidden = gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, &mut arena)?;
-                let logits = gpt2::logits(c, wt, weights, &hidden, b * s);
-                Ok(vec![OutputTensor::fp32(OutputKind::Logits, vec![b, s, c.vocab_size], logits)])
+                Ok(self.outputs_of(batch, outputs, gpt2::logits(c, wt, weights, &hidden, b * s)))
             }
             _ => unreachable!("family is derived from the config"),
+        }
+    }
+
+    /// The asked outputs from what a forward pass produced: BERT's padded hidden states
+    /// `[batch·seq, hidden]` (pooled here when asked) or GPT-2's logits `[batch·seq, vocab]`.
+    pub fn outputs_of(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<OutputTensor> {
+        let (b, s) = (batch.batch, batch.seq);
+        let h = self.config.hidden_size();
+        match &self.family {
+            Family::Bert(_) => outputs
+                .iter()
+                .map(|&kind| match kind {
+                    OutputKind::SentenceEmbedding => {
+                        let pooling = self.pooling.as_ref().expect("listed only with pooling");
+                        let pooled = pooling.apply(&data, &batch.mask, b, s, h);
+                        OutputTensor::fp32(kind, vec![b, pooling.output_dim(h)], pooled)
+                    }
+                    _ => OutputTensor::fp32(kind, vec![b, s, h], data.clone()),
+                })
+                .collect(),
+            Family::Gpt2(_) => {
+                vec![OutputTensor::fp32(OutputKind::Logits, vec![b, s, self.config.vocab_size()], data)]
+            }
+        }
+    }
+
+    /// The forward pass of a checked batch as a device program whose output feeds
+    /// [`Self::outputs_of`].
+    pub fn forward_program(&self, batch: &TokenBatch) -> Program {
+        match (&self.config, &self.family) {
+            (ModelConfig::Bert(c), Family::Bert(wt)) => program::bert_forward(c, wt, batch),
+            (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => program::gpt2_forward(
+                c,
+                wt,
+                &Gpt2Pass {
+                    batch: batch.batch,
+                    ids: &batch.ids,
+                    start: 0,
+                    capacity: batch.seq,
+                    key_mask: &batch.mask,
+                    logits: LogitRows::All,
+                },
+            ),
+            _ => unreachable!("family is derived from the config"),
+        }
+    }
+
+    /// Workspace elements the largest program of a generation needs (the prefill).
+    pub fn generation_work_elems(&self, prompt: &[u32], opts: &GenerateOptions) -> usize {
+        let ModelConfig::Gpt2(c) = &self.config else { return 0 };
+        let Family::Gpt2(wt) = &self.family else { return 0 };
+        let cap = prompt.len() + opts.max_new_tokens;
+        let mask = vec![true; cap];
+        let pass = Gpt2Pass { batch: 1, ids: prompt, start: 0, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
+        program::gpt2_forward(c, wt, &pass).work_elems
+    }
+
+    /// [`Self::generate`] on a device that runs programs: `run` executes one program and
+    /// returns its output (the last position's logits). The KV cache stays in the device's
+    /// workspace between calls, where every program of this generation places it.
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+        run: &mut dyn FnMut(&Program) -> Result<Vec<f32>>,
+    ) -> Result<Vec<u32>> {
+        self.check_generation(prompt, opts)?;
+        let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
+            unreachable!("check_generation accepts decoders only")
+        };
+        let cap = prompt.len() + opts.max_new_tokens;
+        let mut out = Vec::with_capacity(opts.max_new_tokens);
+        if opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let mut sampler = Sampler::new(opts.sampling.clone())?;
+        let mask = vec![true; cap];
+        let (mut start, mut step) = (0, [0u32]);
+        loop {
+            let ids: &[u32] = if start == 0 { prompt } else { &step };
+            let pass = Gpt2Pass { batch: 1, ids, start, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
+            let logits = run(&program::gpt2_forward(c, wt, &pass))?;
+            let token = sampler.next(&logits);
+            out.push(token);
+            let keep_going = on_token(token);
+            let eos = opts.stop_at_eos && Some(token) == c.eos_token_id;
+            if !keep_going || eos || out.len() == opts.max_new_tokens {
+                return Ok(out);
+            }
+            start += ids.len();
+            step[0] = token;
         }
     }
 
