@@ -408,7 +408,11 @@ impl Runtime {
             Some(p) => Payload::Profile(p),
             None => {
                 let dir = self.store.package_path(&record);
-                let model = actix_rt::task::spawn_blocking(move || Model::load(&dir))
+                let model = actix_rt::task::spawn_blocking(move || {
+                    let model = Model::load(&dir)?;
+                    crate::gpu::prepare_host(&model);
+                    Ok(model)
+                })
                     .await
                     .map_err(|e| DeployError::Task(e.to_string()))?
                     .map_err(DeployError::BadPackage)?;

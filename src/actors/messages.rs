@@ -46,10 +46,11 @@ pub struct Work {
 }
 
 impl Work {
-    /// The device's order for this work, placed at `extent` (copied in first when `swap`).
-    pub fn into_job(self, extent: Extent, swap: Option<SwapSource>) -> Job {
+    /// The device's order for this work, placed at `extent` (copied in first when `swap`, from
+    /// `source_extent` of the source device for a peer copy).
+    pub fn into_job(self, extent: Extent, swap: Option<SwapSource>, source_extent: Option<Extent>) -> Job {
         let Self { model, bytes, exec_ms, batch, outputs, generation } = self;
-        Job { model, bytes, exec_ms, extent, swap, batch, outputs, generation }
+        Job { model, bytes, exec_ms, extent, swap, source_extent, batch, outputs, generation }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::events::{Event, EventBus};
 
 use crate::metrics as m;
 use crate::policy::cluster::{Admission, DeviceSnapshot, EvictReason};
-use crate::policy::{health, Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId};
+use crate::policy::{health, Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId, SwapSource};
 
 struct Pending {
     name: String,
@@ -96,6 +96,10 @@ impl SchedulerActor {
                     reason: reason.label(),
                 });
             }
+            let source_extent = match d.swap {
+                Some(SwapSource::Peer(j)) => self.cluster.extent_of(j, d.function),
+                _ => None,
+            };
             let mut items = Vec::with_capacity(d.requests.len());
             let mut name = String::new();
             for (k, r) in d.requests.iter().enumerate() {
@@ -104,7 +108,7 @@ impl SchedulerActor {
                 name = p.name;
                 items.push(ExecItem {
                     // Only the first of a batch copies the model in.
-                    job: p.work.into_job(d.extent, if k == 0 { d.swap } else { None }),
+                    job: p.work.into_job(d.extent, if k == 0 { d.swap } else { None }, source_extent),
                     received: p.received,
                     reply: p.reply,
                     retried: p.retried,

@@ -1,7 +1,9 @@
 //! A loaded model package: its spec (config, layout, tokenizer, pooling) and its packed host
 //! weights, with the entry points that run it.
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
@@ -42,6 +44,9 @@ pub struct ModelSpec {
 #[derive(Debug)]
 pub struct Model {
     pub spec: ModelSpec,
+    /// State a device back end ties to the host weights (the CUDA back end's page-locked
+    /// registration). Declared before `weights` so that it is dropped first.
+    host_pin: OnceLock<Box<dyn Any + Send + Sync>>,
     weights: Vec<f32>,
 }
 
@@ -97,12 +102,22 @@ impl Model {
             ModelConfig::Gpt2(_) => None,
         };
         let tokenizer = TextEncoder::load(dir, config.max_positions())?;
-        Ok(Self { spec: ModelSpec { dir: dir.to_path_buf(), config, layout, pooling, tokenizer, family }, weights })
+        Ok(Self {
+            spec: ModelSpec { dir: dir.to_path_buf(), config, layout, pooling, tokenizer, family },
+            host_pin: OnceLock::new(),
+            weights,
+        })
     }
 
     /// The packed buffer: the unit the runtime copies to devices.
     pub fn weights(&self) -> &[f32] {
         &self.weights
+    }
+
+    /// The device back end's state for these weights, created by `init` on first use (once,
+    /// even when several threads ask at the same time).
+    pub fn host_pin(&self, init: impl FnOnce(&[f32]) -> Box<dyn Any + Send + Sync>) -> &(dyn Any + Send + Sync) {
+        self.host_pin.get_or_init(|| init(&self.weights)).as_ref()
     }
 
     /// One batch with a workspace sized for it (for one-off use; servers reuse a workspace).

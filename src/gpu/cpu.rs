@@ -165,6 +165,7 @@ mod tests {
             exec_ms: None,
             extent: Extent { first: 3, pages },
             swap: Some(SwapSource::Host),
+            source_extent: None,
             batch,
             outputs: vec![OutputKind::LastHiddenState],
             generation: None,

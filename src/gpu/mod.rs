@@ -1,8 +1,10 @@
 //! The device abstraction: one `Device` trait with three back ends, all compiled in every
 //! build — `cpu` (real computation on the host, weight pool in host memory), `sim` (a
-//! modelled GPU that computes no tensors) and `cuda` (not built yet: it reports so). A device
+//! modelled GPU that computes no tensors) and `cuda` (NVIDIA GPUs through cudarc, libraries
+//! loaded at run time; `auto` falls back to `cpu` where they or a GPU are missing). A device
 //! runs one job at a time on its GPU actor's own thread; its calls block.
 
+pub mod chunks;
 pub mod cpu;
 pub mod cuda;
 pub mod faults;
@@ -74,6 +76,8 @@ pub struct Job {
     pub exec_ms: Option<f64>,
     pub extent: Extent,
     pub swap: Option<SwapSource>,
+    /// Where the model sits on the source device of a peer copy.
+    pub source_extent: Option<Extent>,
     pub batch: TokenBatch,
     pub outputs: Vec<OutputKind>,
     /// A generation instead of a forward pass (`batch` then holds its prompt).
@@ -104,6 +108,12 @@ pub trait Device: Send {
         let _ = fault;
         Err(DeviceError::BadSpec(format!("{}: faults can be injected into sim devices only", self.info().id)))
     }
+}
+
+/// Makes a deployed model's host weights ready for fast swaps on this process's devices
+/// (page-locks them when CUDA devices exist). Called at deploy time, off the request path.
+pub fn prepare_host(model: &crate::engine::Model) {
+    let _ = cuda::prepare_host(model);
 }
 
 /// How to create devices (from the serve configuration).
@@ -146,7 +156,8 @@ impl DevicePlan {
         let cuda = |count| Self {
             kind: DeviceKind::Cuda,
             count,
-            pool_bytes: device_memory.unwrap_or(DEFAULT_SIM_POOL),
+            // 0: most of each GPU's free memory, decided when the device is created.
+            pool_bytes: device_memory.unwrap_or(0),
             topology: Topology::default(),
         };
         if spec.ends_with(".json") {
@@ -199,6 +210,9 @@ impl DevicePlan {
 
     /// Creates the devices, reserving each weight pool (and, for `cpu`, its workspace).
     pub fn build(&self, opts: &BuildOptions) -> Result<Vec<Box<dyn Device>>, DeviceError> {
+        if self.kind == DeviceKind::Cuda {
+            return cuda::build(self.count, self.pool_bytes, opts.page_bytes, opts.workspace_bytes);
+        }
         let groups = (0..self.count).map(|i| self.topology.host_group(i) + 1).max().unwrap_or(0);
         let copies: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>> =
             std::sync::Arc::new((0..groups).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect());
@@ -233,7 +247,7 @@ impl DevicePlan {
                         opts.sim_time_scale,
                         copies.clone(),
                     ))),
-                    DeviceKind::Cuda => Err(DeviceError::Unavailable("the CUDA back end is not built yet".into())),
+                    DeviceKind::Cuda => unreachable!("CUDA devices are built together, above"),
                 }
             })
             .collect()

@@ -738,6 +738,11 @@ impl Cluster {
     }
 
     /// Devices where the function is resident.
+    /// Where `function`'s copy sits in `device`'s pool, if it is resident there.
+    pub fn extent_of(&self, device: DeviceId, function: FunctionId) -> Option<Extent> {
+        self.devices.get(device)?.resident.get(&function).map(|r| r.extent)
+    }
+
     pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
         (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
     }

@@ -1,0 +1,158 @@
+// faaswap's CUDA kernels, compiled once per GPU at start-up by NVRTC. Each kernel implements
+// one order of a device program (src/engine/program) with exactly the semantics of the CPU
+// twin (src/engine/program/twin.rs), which CI checks against the CPU engine. All math FP32.
+
+#define FULL_MASK 0xffffffffu
+// NVRTC has no math.h: -inf by its bits.
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the block; every thread gets the result. `shared` holds 32 floats.
+__device__ float block_sum(float v, float* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < warps) ? shared[threadIdx.x] : 0.0f;
+    if (warp == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+
+__device__ float block_max(float v, float* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < warps) ? shared[threadIdx.x] : NEG_INF;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    return shared[0];
+}
+
+// One block per row.
+extern "C" __global__ void embed(const unsigned int* ids, const unsigned int* types, const float* word,
+                                 const float* pos, const float* token_type, int t, int start, int width,
+                                 float* out) {
+    int r = blockIdx.x;
+    size_t id = ids[r];
+    size_t p = (size_t)(start + r % t);
+    size_t ty = types ? types[r] : 0;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        float v = word[id * width + j] + pos[p * width + j];
+        if (types && token_type) v += token_type[ty * width + j];
+        out[(size_t)r * width + j] = v;
+    }
+}
+
+// One block per row. Each thread only reads and writes its own columns, so `out` may be `x`
+// or `residual`.
+extern "C" __global__ void layer_norm(const float* x, const float* bias, const float* residual,
+                                      const float* gamma, const float* beta, int width, float eps,
+                                      float* out) {
+    __shared__ float shared[32];
+    size_t row = (size_t)blockIdx.x * width;
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        float v = x[row + j];
+        if (bias) v += bias[j];
+        if (residual) v += residual[row + j];
+        out[row + j] = v;
+        sum += v;
+    }
+    float mean = block_sum(sum, shared) / width;
+    float sq = 0.0f;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        float d = out[row + j] - mean;
+        sq += d * d;
+    }
+    float inv = 1.0f / sqrtf(block_sum(sq, shared) / width + eps);
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        out[row + j] = (out[row + j] - mean) * inv * gamma[j] + beta[j];
+    }
+}
+
+// act: 0 none, 1 GELU (erf), 2 GELU (tanh), 3 ReLU.
+extern "C" __global__ void bias_act(const float* x, const float* bias, const float* residual, long long total,
+                                    int width, int act, float* out) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        float v = x[i] + bias[i % width];
+        if (act == 1) {
+            v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        } else if (act == 2) {
+            v = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        } else if (act == 3) {
+            v = fmaxf(v, 0.0f);
+        }
+        if (residual) v += residual[i];
+        out[i] = v;
+    }
+}
+
+// Grid (q_len, heads), one block per score row, in place.
+extern "C" __global__ void softmax(float* scores, int q_len, int kv_len, const unsigned int* mask, int causal) {
+    __shared__ float shared[32];
+    int i = blockIdx.x, h = blockIdx.y;
+    float* row = scores + ((size_t)h * q_len + i) * kv_len;
+    int visible = causal ? kv_len - q_len + i + 1 : kv_len;
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < kv_len; j += blockDim.x) {
+        bool counts = j < visible && (!mask || mask[j] != 0);
+        if (counts) m = fmaxf(m, row[j]);
+    }
+    m = block_max(m, shared);
+    if (m == NEG_INF) {
+        float w = 1.0f / (float)max(visible, 1);
+        for (int j = threadIdx.x; j < kv_len; j += blockDim.x) row[j] = j < visible ? w : 0.0f;
+        return;
+    }
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < kv_len; j += blockDim.x) {
+        bool counts = j < visible && (!mask || mask[j] != 0);
+        float e = counts ? expf(row[j] - m) : 0.0f;
+        row[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / block_sum(sum, shared);
+    for (int j = threadIdx.x; j < kv_len; j += blockDim.x) row[j] *= inv;
+}
+
+extern "C" __global__ void kv_append(const float* qkv, float* k, float* v, int batch, int t, int heads, int d,
+                                     int capacity, int start) {
+    long long total = (long long)batch * t * heads * d;
+    int e = heads * d;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        int dd = idx % d;
+        int h = (idx / d) % heads;
+        int i = (idx / ((long long)d * heads)) % t;
+        int b = idx / ((long long)d * heads * t);
+        const float* row = qkv + ((size_t)b * t + i) * 3 * e;
+        size_t at = (((size_t)b * heads + h) * capacity + start + i) * d + dd;
+        k[at] = row[e + h * d + dd];
+        v[at] = row[2 * e + h * d + dd];
+    }
+}
+
+extern "C" __global__ void zero_rows(float* x, const unsigned int* mask, long long total, int width) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        if (mask[i / width] == 0) x[i] = 0.0f;
+    }
+}

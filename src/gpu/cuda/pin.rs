@@ -1,0 +1,83 @@
+//! The host store in page-locked memory: each function's packed weight buffer is registered
+//! with the driver (`cuMemHostRegister`, portable to every context) when it is deployed, so a
+//! swap-in copies straight from it at full link speed. Registering costs about 56 ms per GiB,
+//! which is why it happens at deploy time and never on the request path. When registration
+//! fails (a locked-memory limit), the buffer stays pageable and swaps go through the device's
+//! pinned staging ring instead; `faaswap_host_pinned_bytes` and the log say which is in use.
+
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use cudarc::driver::{result as cu, sys};
+
+use crate::engine::Model;
+
+/// A registration, undone when the model is dropped (before its buffer is freed).
+pub struct HostPin {
+    ptr: usize,
+    ctx: usize,
+    bytes: usize,
+    pub pinned: bool,
+}
+
+impl Drop for HostPin {
+    fn drop(&mut self) {
+        if self.pinned {
+            // SAFETY: `ptr` was registered in `pin` and is still allocated: the model drops this
+            // guard before its weights; `ctx` is a primary context retained for the process.
+            unsafe {
+                let _ = cu::ctx::set_current(self.ctx as sys::CUcontext);
+                let _ = sys::cuMemHostUnregister(self.ptr as *mut c_void);
+            }
+            metrics::gauge!("faaswap_host_pinned_bytes").decrement(self.bytes as f64);
+        }
+    }
+}
+
+// SAFETY: the guard holds plain addresses; registration and unregistration are thread-safe
+// driver calls.
+unsafe impl Send for HostPin {}
+// SAFETY: as above; the guard has no interior mutability.
+unsafe impl Sync for HostPin {}
+
+static CONTEXT: OnceLock<usize> = OnceLock::new();
+
+/// Makes `ctx` the context registrations are made in (the first GPU's primary context; the
+/// registration is portable, so every GPU can copy from it).
+pub fn set_context(ctx: sys::CUcontext) {
+    let _ = CONTEXT.set(ctx as usize);
+}
+
+/// Page-locks `model`'s weights once; `None` when no CUDA device exists in this process.
+/// Returns whether the buffer is pinned.
+pub fn pin(model: &Model) -> Option<bool> {
+    let ctx = *CONTEXT.get()?;
+    let state = model.host_pin(|weights| {
+        let bytes = std::mem::size_of_val(weights);
+        let t0 = std::time::Instant::now();
+        // SAFETY: the buffer lives as long as the model, which unregisters it (through this
+        // guard) before freeing it; the driver only reads it.
+        let result = unsafe {
+            cu::ctx::set_current(ctx as sys::CUcontext).and_then(|_| {
+                sys::cuMemHostRegister_v2(weights.as_ptr() as *mut c_void, bytes, sys::CU_MEMHOSTREGISTER_PORTABLE)
+                    .result()
+            })
+        };
+        let pinned = match result {
+            Ok(()) => {
+                tracing::debug!("pinned {bytes} bytes of host weights in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+                metrics::gauge!("faaswap_host_pinned_bytes").increment(bytes as f64);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not page-lock {bytes} bytes of host weights ({e}); this function swaps in from \
+                     pageable memory through the pinned staging ring (raise `ulimit -l` to avoid this)"
+                );
+                false
+            }
+        };
+        Box::new(HostPin { ptr: weights.as_ptr() as usize, ctx, bytes, pinned })
+    });
+    Some(state.downcast_ref::<HostPin>().is_some_and(|p| p.pinned))
+}
