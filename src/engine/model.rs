@@ -345,7 +345,8 @@ impl ModelSpec {
         let Family::Gpt2(wt) = &self.family else { return 0 };
         let cap = prompt.len() + opts.max_new_tokens;
         let mask = vec![true; cap];
-        let pass = Gpt2Pass { batch: 1, ids: prompt, start: 0, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
+        let pass =
+            Gpt2Pass { batch: 1, ids: prompt, start: 0, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
         program::gpt2_forward(c, wt, &pass).work_elems
     }
 

@@ -91,6 +91,25 @@ impl Device for CpuDevice {
             simulated: false,
         })
     }
+
+    fn raw_copy_ms(
+        &mut self,
+        model: &crate::engine::Model,
+        extent: crate::policy::Extent,
+    ) -> Result<Option<f64>, DeviceError> {
+        let host = model.weights();
+        let t0 = Instant::now();
+        self.slot(extent, host.len()).copy_from_slice(host);
+        Ok(Some(ms(t0.elapsed())))
+    }
+}
+
+impl CpuDevice {
+    fn slot(&mut self, extent: crate::policy::Extent, elems: usize) -> &mut [f32] {
+        let page_elems = (self.info.page_bytes / 4) as usize;
+        assert!(elems <= extent.pages * page_elems, "the extent holds the model");
+        &mut self.pool[extent.first * page_elems..extent.first * page_elems + elems]
+    }
 }
 
 /// A forward pass, or a generation, against `weights`.

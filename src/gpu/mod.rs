@@ -103,6 +103,14 @@ pub trait Device: Send {
     fn health_check(&mut self) -> Result<(), DeviceError> {
         Ok(())
     }
+    /// Times one plain copy of `model`'s host weights into `extent` of the pool, from the same
+    /// host memory a swap-in reads: the baseline swap-in is measured against. `None` where the
+    /// device moves no bytes.
+    fn raw_copy_ms(&mut self, model: &crate::engine::Model, extent: Extent) -> Result<Option<f64>, DeviceError> {
+        let _ = (model, extent);
+        Ok(None)
+    }
+
     /// Arms a fault for testing (only `sim` devices take them).
     fn inject(&mut self, fault: &faults::FaultSpec) -> Result<(), DeviceError> {
         let _ = fault;

@@ -119,3 +119,57 @@ fn errors_are_one_line_with_non_zero_exit() {
     let out = faaswap(&["run", "--model", bert]);
     assert!(!out.status.success() && out.stdout.is_empty());
 }
+
+#[test]
+fn device_check_on_the_cpu_meets_the_fixtures_and_reports_timings() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("bert-nano");
+    faaswap_json(&["synth", "--preset", "bert-nano", "--out", pkg.to_str().unwrap()]);
+    let fixtures = fixtures();
+    let report = faaswap_json(&[
+        "device-check",
+        "--devices",
+        "cpu",
+        "--fixtures",
+        fixtures.to_str().unwrap(),
+        "--model",
+        pkg.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--iters",
+        "2",
+        "--cold-iters",
+        "1",
+    ]);
+    assert_eq!(report["device"], "cpu:0");
+    let checks = report["fixtures"].as_array().unwrap();
+    assert_eq!(checks.len(), 10, "4 BERT cases, 4 GPT-2 cases, 2 greedy generations");
+    for c in checks {
+        assert_eq!(c["ok"], true, "{c}");
+        assert!(c["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{c}");
+    }
+    let m = &report["models"][0];
+    assert_eq!(m["model"], "bert-nano");
+    assert_eq!(m["max_abs_diff_vs_cpu"], 0.0, "the cpu device is the CPU engine");
+    assert!(m["max_abs_output"].as_f64().unwrap() > 0.0);
+    for key in ["raw_copy_ms", "swap_ms", "cold_ms", "warm_ms"] {
+        assert!(m[key].as_f64().unwrap() > 0.0, "{key}: {m}");
+    }
+    assert_eq!(m["pinned"], serde_json::Value::Null, "no CUDA device: nothing is page-locked");
+}
+
+#[test]
+fn cuda_without_the_driver_fails_naming_the_library_and_the_fix() {
+    let dirs = faaswap::gpu::cuda::libs::search_dirs(&|k| std::env::var(k).ok());
+    if let Some(found) = faaswap::gpu::cuda::libs::find(&faaswap::gpu::cuda::libs::LIBS[0], &dirs) {
+        eprintln!("skipped: this machine has a CUDA driver ({})", found.display());
+        return;
+    }
+    let err = faaswap_error(&["device-check", "--devices", "cuda"]);
+    assert!(err.contains("libcuda.so.1") && err.contains("FAASWAP_CUDA_LIB_DIR"), "{err}");
+    let state = tempfile::tempdir().unwrap();
+    let out = faaswap(&["serve", "--devices", "cuda", "--state-dir", state.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("libcuda.so.1") && stderr.contains("--devices cpu"), "{stderr}");
+}

@@ -127,12 +127,27 @@ pub enum Op {
     },
     Gemm(Gemm),
     /// `out = act(x + bias) (+ residual)` elementwise over `[rows, width]`; `out` may alias.
-    BiasAct { x: usize, bias: usize, rows: usize, width: usize, act: Act, residual: Option<usize>, out: usize },
+    BiasAct {
+        x: usize,
+        bias: usize,
+        rows: usize,
+        width: usize,
+        act: Act,
+        residual: Option<usize>,
+        out: usize,
+    },
     /// Softmax of each score row `[heads][q_len][kv_len]` in place. Key `j` counts when
     /// `mask[j] != 0` (no mask: all) and, when causal, `j < kv_len - q_len + i + 1` for query `i`;
     /// keys that do not count get 0. A row with no key that counts becomes uniform over the
     /// visible keys (what the CPU engine does).
-    Softmax { scores: usize, heads: usize, q_len: usize, kv_len: usize, mask: Option<usize>, causal: bool },
+    Softmax {
+        scores: usize,
+        heads: usize,
+        q_len: usize,
+        kv_len: usize,
+        mask: Option<usize>,
+        causal: bool,
+    },
     /// Appends the keys and values of `t` new rows per batch item of `qkv[batch·t, 3·heads·d]`
     /// to caches laid out `[batch, heads, capacity, d]`, at positions `start..start + t`.
     KvAppend {
@@ -147,7 +162,12 @@ pub enum Op {
         start: usize,
     },
     /// Zeroes the rows of `x[rows, width]` whose `mask` is 0 (padding in BERT's output).
-    ZeroRows { x: usize, mask: usize, rows: usize, width: usize },
+    ZeroRows {
+        x: usize,
+        mask: usize,
+        rows: usize,
+        width: usize,
+    },
 }
 
 /// A forward pass ready to run: upload `inputs`, run `ops`, read `output` back.
@@ -319,7 +339,9 @@ mod tests {
     fn generation_through_programs_matches_the_cpu_engine() {
         let model = Model::load(&fixture("tiny_gpt2")).unwrap();
         let prompt = [5, 9, 2];
-        for sampling in [SamplingParams::default(), SamplingParams { temperature: Some(0.8), seed: Some(3), ..Default::default() }] {
+        for sampling in
+            [SamplingParams::default(), SamplingParams { temperature: Some(0.8), seed: Some(3), ..Default::default() }]
+        {
             let opts = GenerateOptions { max_new_tokens: 12, sampling, stop_at_eos: false };
             let want = model.generate(&prompt, &opts, &mut |_| true).unwrap();
             let mut programs = 0;

@@ -228,8 +228,13 @@ impl CudaDevice {
                 let mut at = 0;
                 while at < bytes {
                     let len = chunk.min(bytes - at);
-                    sys::cuMemcpyHtoDAsync_v2(self.pool + at as u64, (host as *const u8).add(at) as *const c_void, len, self.copy)
-                        .result()?;
+                    sys::cuMemcpyHtoDAsync_v2(
+                        self.pool + at as u64,
+                        (host as *const u8).add(at) as *const c_void,
+                        len,
+                        self.copy,
+                    )
+                    .result()?;
                     at += len;
                 }
                 cu::event::record(self.copied, self.copy)?;
@@ -287,6 +292,8 @@ impl CudaDevice {
             // their previous copy completed.
             unsafe {
                 match &copy.source {
+                    // An empty layer: nothing to copy; its event follows the chunks before it.
+                    _ if c.len == 0 => {}
                     Source::Pinned(host) => {
                         let src = host[c.offset..c.offset + c.len].as_ptr() as *const c_void;
                         sys::cuMemcpyHtoDAsync_v2(dst, src, c.len, self.copy).result()?;
@@ -299,7 +306,14 @@ impl CudaDevice {
                         cu::event::record(ev, self.copy)?;
                     }
                     Source::Peer { ctx, ptr } => {
-                        cu::memcpy_peer_async(self.ctx, dst, *ctx as sys::CUcontext, ptr + c.offset as u64, c.len, self.copy)?;
+                        cu::memcpy_peer_async(
+                            self.ctx,
+                            dst,
+                            *ctx as sys::CUcontext,
+                            ptr + c.offset as u64,
+                            c.len,
+                            self.copy,
+                        )?;
                     }
                 }
             }
@@ -336,7 +350,12 @@ impl CudaDevice {
 
     /// Runs `program` against the weights at `weights`, copying them in underneath when `copy`
     /// is given. Returns the output and the copy's duration in ms.
-    fn exec(&mut self, program: &Program, weights: u64, mut copy: Option<Copy<'_>>) -> Result<(Vec<f32>, f64), Failure> {
+    fn exec(
+        &mut self,
+        program: &Program,
+        weights: u64,
+        mut copy: Option<Copy<'_>>,
+    ) -> Result<(Vec<f32>, f64), Failure> {
         if program.work_bytes() > self.work_bytes {
             return Err(Failure::Engine(EngineError::WorkspaceTooSmall {
                 needed: program.work_bytes(),
@@ -494,7 +513,13 @@ impl CudaDevice {
                 )
                 .map_err(kernel_fault),
             Op::Gemm(g) => {
-                let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+                let op = |t: bool| {
+                    if t {
+                        blas_sys::cublasOperation_t::CUBLAS_OP_T
+                    } else {
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N
+                    }
+                };
                 let (alpha, beta) = (g.alpha, g.beta);
                 // SAFETY: every operand lies in the weights or the workspace (the programs are
                 // checked against the CPU twin, which bounds-checks each access); α and β are
@@ -530,7 +555,8 @@ impl CudaDevice {
         match failure {
             Failure::Engine(e) => DeviceError::Engine(e),
             Failure::Driver(kind, e) => {
-                let kind = if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY { FaultKind::OutOfMemory } else { kind };
+                let kind =
+                    if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY { FaultKind::OutOfMemory } else { kind };
                 tracing::error!("{}: CUDA error: {e}", self.info.id);
                 DeviceError::Fault { device: self.info.id.clone(), kind }
             }
@@ -547,9 +573,9 @@ impl CudaDevice {
         let bytes = unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, std::mem::size_of_val(host)) };
         match job.swap {
             Some(SwapSource::Peer(j)) => {
-                let extent = job.source_extent.ok_or_else(|| {
-                    DeviceError::BadSpec("a peer copy needs the source's extent".into())
-                })?;
+                let extent = job
+                    .source_extent
+                    .ok_or_else(|| DeviceError::BadSpec("a peer copy needs the source's extent".into()))?;
                 let peer = self.peers.get(j).ok_or_else(|| DeviceError::BadSpec(format!("no CUDA device {j}")))?;
                 Ok(Source::Peer { ctx: peer.ctx, ptr: peer.pool + extent.first as u64 * self.info.page_bytes })
             }
@@ -569,11 +595,16 @@ impl Device for CudaDevice {
 
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
         let Some(model) = &job.model else {
-            return Err(DeviceError::BadSpec("a function deployed from a profile alone runs only on sim devices".into()));
+            return Err(DeviceError::BadSpec(
+                "a function deployed from a profile alone runs only on sim devices".into(),
+            ));
         };
         let spec = &model.spec;
         let bytes = model.weights().len() as u64 * 4;
-        assert!(bytes <= job.extent.pages as u64 * self.info.page_bytes, "the scheduler gave an extent smaller than the model");
+        assert!(
+            bytes <= job.extent.pages as u64 * self.info.page_bytes,
+            "the scheduler gave an extent smaller than the model"
+        );
         let t0 = std::time::Instant::now();
         // SAFETY: the context was retained at creation.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| self.fault(kernel_fault(e)))?;
@@ -600,17 +631,19 @@ impl Device for CudaDevice {
             Some(g) => {
                 let mut failure = None;
                 let generated = g.run(spec, |on_token| {
-                    spec.generate_with(&g.prompt, &g.options, on_token, &mut |program| {
-                        match self.exec(program, weights, copy.take()) {
-                            Ok((data, ms)) => {
-                                swap_ms += ms;
-                                Ok(data)
-                            }
-                            Err(Failure::Engine(e)) => Err(e),
-                            Err(f) => {
-                                failure = Some(f);
-                                Err(EngineError::BadInput("the device failed".into()))
-                            }
+                    spec.generate_with(&g.prompt, &g.options, on_token, &mut |program| match self.exec(
+                        program,
+                        weights,
+                        copy.take(),
+                    ) {
+                        Ok((data, ms)) => {
+                            swap_ms += ms;
+                            Ok(data)
+                        }
+                        Err(Failure::Engine(e)) => Err(e),
+                        Err(f) => {
+                            failure = Some(f);
+                            Err(EngineError::BadInput("the device failed".into()))
                         }
                     })
                 });
@@ -628,6 +661,28 @@ impl Device for CudaDevice {
             swapped_bytes,
             simulated: false,
         })
+    }
+
+    fn raw_copy_ms(&mut self, model: &Model, extent: Extent) -> Result<Option<f64>, DeviceError> {
+        let host = model.weights();
+        let bytes = std::mem::size_of_val(host);
+        assert!(bytes as u64 <= extent.pages as u64 * self.info.page_bytes, "the extent holds the model");
+        let _ = pin::pin(model);
+        // SAFETY: the destination lies in the pool (checked above); the source lives while
+        // `model` does and the copy completes before this returns.
+        let ms = unsafe {
+            cu::ctx::set_current(self.ctx)
+                .and_then(|_| cu::event::record(self.start, self.copy))
+                .and_then(|_| {
+                    sys::cuMemcpyHtoDAsync_v2(self.base(extent), host.as_ptr() as *const c_void, bytes, self.copy)
+                        .result()
+                })
+                .and_then(|_| cu::event::record(self.copied, self.copy))
+                .and_then(|_| cu::event::synchronize(self.copied))
+                .and_then(|_| cu::event::elapsed(self.start, self.copied))
+        }
+        .map_err(|e| self.fault(copy_fault(e)))?;
+        Ok(Some(f64::from(ms)))
     }
 
     fn health_check(&mut self) -> Result<(), DeviceError> {

@@ -36,7 +36,12 @@ pub fn probe() -> Result<usize, DeviceError> {
 }
 
 /// Creates `count` GPUs with `pool_bytes` of weight pool each (0: most of the free memory).
-pub fn build(count: usize, pool_bytes: u64, page_bytes: u64, work_bytes: u64) -> Result<Vec<Box<dyn Device>>, DeviceError> {
+pub fn build(
+    count: usize,
+    pool_bytes: u64,
+    page_bytes: u64,
+    work_bytes: u64,
+) -> Result<Vec<Box<dyn Device>>, DeviceError> {
     probe()?;
     let ptx = kernels::ptx().map_err(DeviceError::Unavailable)?;
     // Every device learns the others' contexts and pools once all exist.

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU check (issue 4): run from the repository root on the GPU machine, with the release
+# binary built elsewhere and carried there. In one run it
+#   (a) checks the CUDA engine against the reference fixtures and against the CPU engine on
+#       synthetic packages (faaswap device-check),
+#   (b) measures, per model (batch 1, 128 tokens): the raw pinned copy of the weights,
+#       faaswap's swap-in, and cold (swap-in + first forward) and warm latency; then the same
+#       models in PyTorch on the same GPU (.to("cuda") + forward, warm eager, CUDA-graphed),
+#   (c) prints one table (and leaves the JSON beside it).
+#
+#   scripts/gpu-check.sh [OUT_DIR]
+#
+# Environment: FAASWAP_BIN (default target/release/faaswap), FIXTURES (default
+# ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
+# gpt2-large"), FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${FAASWAP_BIN:-target/release/faaswap}
+OUT=${1:-${OUT:-/tmp/faaswap-gpu-check}}
+MODELS=${MODELS:-"bert-base bert-large gpt2 gpt2-large"}
+FIXTURES=${FIXTURES:-}
+if [ -z "$FIXTURES" ]; then
+  for f in ../shared/fixtures shared/fixtures; do [ -d "$f/tiny_bert" ] && FIXTURES=$f && break; done
+fi
+mkdir -p "$OUT/models"
+t0=$(date +%s)
+
+echo "== GPU"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+echo "== synthetic packages ($MODELS)"
+args=()
+for m in $MODELS; do
+  [ -f "$OUT/models/$m/model.safetensors" ] || "$BIN" synth --preset "$m" --seed 1 --out "$OUT/models/$m" >/dev/null
+  args+=(--model "$OUT/models/$m")
+done
+echo "   ready after $(( $(date +%s) - t0 )) s"
+
+echo "== faaswap device-check on cuda"
+fixture_args=()
+if [ -n "$FIXTURES" ]; then fixture_args=(--fixtures "$FIXTURES"); else echo "   (no fixtures found: only the CPU comparison runs)"; fi
+RUST_LOG=${RUST_LOG:-info} "$BIN" device-check --devices cuda "${fixture_args[@]}" "${args[@]}" \
+  --seq-len 128 --batch 1 --iters 20 --cold-iters 5 > "$OUT/faaswap.json"
+echo "   done after $(( $(date +%s) - t0 )) s"
+
+echo "== PyTorch on the same GPU"
+python3 scripts/gpu_baseline.py --json "$OUT/torch.json" "${args[@]}"
+echo "   done after $(( $(date +%s) - t0 )) s"
+
+echo "== table"
+python3 scripts/gpu_baseline.py --table "$OUT/faaswap.json" "$OUT/torch.json" | tee "$OUT/table.md"
+echo "total $(( $(date +%s) - t0 )) s; results in $OUT"

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""PyTorch baselines for scripts/gpu-check.sh, and the merged table.
+
+  gpu_baseline.py --json OUT.json --model DIR [--model DIR ...]   measure PyTorch
+  gpu_baseline.py --table FAASWAP.json TORCH.json                 print the comparison
+
+Per model (batch 1, 128 tokens, FP32, TF32 off): the raw pinned copy of all weights, the
+usual cold start (`model.to("cuda")` from pageable memory + first forward), the warm eager
+forward, and the warm forward captured in a CUDA graph. GPT-2 runs GPT2LMHeadModel (logits for
+every position, as faaswap computes them); BERT runs BertModel.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def measure(dirs, seq_len=128, iters=20):
+    import torch
+    from transformers import AutoConfig, BertModel, GPT2LMHeadModel
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device("cuda")
+    out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "models": []}
+
+    def timed(fn):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+
+    for d in dirs:
+        cfg = AutoConfig.from_pretrained(d)
+        cls = GPT2LMHeadModel if cfg.model_type == "gpt2" else BertModel
+        model = cls.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        vocab = cfg.vocab_size
+        ids = torch.tensor([[(t * 31 + 1) % vocab for t in range(seq_len)]])
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # Raw pinned copy of the same bytes.
+        flat = torch.empty(nbytes // 4, dtype=torch.float32).pin_memory()
+        gpu_flat = torch.empty_like(flat, device=dev)
+        raw = statistics.median(timed(lambda: gpu_flat.copy_(flat, non_blocking=True)) for _ in range(5))
+        del gpu_flat, flat
+        colds = []
+        with torch.inference_mode():
+            for _ in range(3):
+                model.to("cpu")
+                torch.cuda.empty_cache()
+
+                def cold():
+                    model.to(dev)
+                    model(ids.to(dev))
+
+                colds.append(timed(cold))
+            x = ids.to(dev)
+            for _ in range(3):
+                model(x)
+            warm = statistics.median(timed(lambda: model(x)) for _ in range(iters))
+            # CUDA graph of the forward with a static input.
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    model(x)
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                model(x)
+            for _ in range(3):
+                g.replay()
+            graphed = statistics.median(timed(g.replay) for _ in range(iters))
+        out["models"].append({
+            "model": d.rstrip("/").split("/")[-1],
+            "weight_bytes": nbytes,
+            "raw_pinned_copy_ms": raw,
+            "cold_to_cuda_forward_ms": statistics.median(colds),
+            "warm_eager_ms": warm,
+            "warm_graph_ms": graphed,
+        })
+        print(f"   {out['models'][-1]}", file=sys.stderr)
+        del model, g
+        torch.cuda.empty_cache()
+    return out
+
+
+def table(faaswap_path, torch_path):
+    f = json.load(open(faaswap_path))
+    t = {m["model"]: m for m in json.load(open(torch_path))["models"]}
+    tdev = json.load(open(torch_path)).get("device", "?")
+    print(f"GPU: {tdev}; {f['device']}; batch {f['batch']}, {f['seq_len']} tokens, FP32 (TF32 off)")
+    bad = [c for c in f.get("fixtures", []) if not c["ok"]]
+    print(f"fixture checks: {len(f.get('fixtures', [])) - len(bad)}/{len(f.get('fixtures', []))} within tolerance")
+    print()
+    print("| model | MB | raw pinned copy ms (faaswap / torch) | faaswap swap ms | swap rate / raw | "
+          "faaswap warm ms | torch eager ms | torch graph ms | faaswap cold ms | cold / max(raw, warm) | "
+          "torch .to+fwd ms | max abs diff vs CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for m in f["models"]:
+        p = t.get(m["model"], {})
+        raw = m.get("raw_copy_ms") or float("nan")
+        bound = max(raw, m["warm_ms"])
+        print(f"| {m['model']} | {m['weight_bytes'] / 1e6:.0f} | {raw:.2f} / {p.get('raw_pinned_copy_ms', float('nan')):.2f} "
+              f"| {m['swap_ms']:.2f} | {raw / m['swap_ms']:.3f} | {m['warm_ms']:.2f} | {p.get('warm_eager_ms', float('nan')):.2f} "
+              f"| {p.get('warm_graph_ms', float('nan')):.2f} | {m['cold_ms']:.2f} | {m['cold_ms'] / bound:.3f} "
+              f"| {p.get('cold_to_cuda_forward_ms', float('nan')):.1f} | {m['max_abs_diff_vs_cpu']:.2e} |")
+    print()
+    print("targets: swap rate / raw >= 0.95; cold / max(raw, warm) <= 1.05; faaswap warm <= torch eager "
+          "(stretch: torch graph); max abs diff within 1e-4 of the CPU engine (relative to output scale).")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", default=[])
+    ap.add_argument("--json")
+    ap.add_argument("--table", nargs=2, metavar=("FAASWAP_JSON", "TORCH_JSON"))
+    a = ap.parse_args()
+    if a.table:
+        table(*a.table)
+        return
+    result = measure(a.model)
+    with open(a.json, "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+//! `faaswap device-check`: runs the engine on one device (a GPU with `--devices cuda`) and
+//! checks it against the reference fixtures and against the CPU engine, then measures, per
+//! model package, the raw copy of its weights, faaswap's swap-in, and cold and warm latency.
+//! `scripts/gpu-check.sh` runs it on the GPU machine beside PyTorch; CI runs it on `cpu`.
+//! The report goes to stdout as JSON, the human-readable table to stderr.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::CliError;
+use crate::engine::{GenerateOptions, Model, OutputKind, SamplingParams, TokenBatch};
+use crate::gpu::{BuildOptions, Device, DevicePlan, Generation, Job};
+use crate::policy::{Extent, SwapSource};
+
+#[derive(Debug, Args)]
+pub struct DeviceCheckArgs {
+    /// The device to check (`cuda`, `cpu`, ...); the first one of the plan is used.
+    #[arg(long, default_value = "cuda")]
+    pub devices: String,
+    /// Weight pool (default: what `serve` would reserve).
+    #[arg(long, value_parser = crate::gpu::parse_bytes)]
+    pub device_memory: Option<u64>,
+    #[arg(long, value_parser = crate::gpu::parse_bytes, default_value = "4GiB")]
+    pub workspace: u64,
+    /// A folder holding `tiny_bert/` and `tiny_gpt2/` with their `reference.json`.
+    #[arg(long)]
+    pub fixtures: Option<PathBuf>,
+    /// Model packages to compare with the CPU engine and to time (repeatable).
+    #[arg(long = "model")]
+    pub models: Vec<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Warm runs per model (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Cold runs (swap-in + forward) per model.
+    #[arg(long, default_value_t = 5)]
+    pub cold_iters: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct FixtureCheck {
+    case: String,
+    max_abs_diff: f64,
+    tolerance: f64,
+    ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelReport {
+    model: String,
+    weight_bytes: u64,
+    /// Host weights page-locked (`None`: not a CUDA device).
+    pinned: Option<bool>,
+    pin_ms: f64,
+    /// One plain copy of the same bytes from the same host memory.
+    raw_copy_ms: Option<f64>,
+    swap_ms: f64,
+    swap_gb_per_s: f64,
+    cold_ms: f64,
+    warm_ms: f64,
+    /// Against the CPU engine on the same input.
+    max_abs_diff_vs_cpu: f64,
+    max_abs_output: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    device: String,
+    seq_len: usize,
+    batch: usize,
+    fixtures: Vec<FixtureCheck>,
+    models: Vec<ModelReport>,
+}
+
+pub fn run(a: DeviceCheckArgs) -> Result<(), CliError> {
+    let plan = DevicePlan::parse(&a.devices, a.device_memory).map_err(|e| CliError::Usage(e.to_string()))?;
+    let opts = BuildOptions { page_bytes: 2 << 20, host_link: None, sim_time_scale: 0.0, workspace_bytes: a.workspace };
+    let mut devices = plan.build(&opts).map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = devices.first_mut().ok_or_else(|| CliError::Usage("no device".into()))?;
+    let device_id = device.info().id.clone();
+    eprintln!("device-check on {device_id}");
+
+    let mut fixtures = Vec::new();
+    if let Some(dir) = &a.fixtures {
+        fixtures.extend(check_bert_fixture(device.as_mut(), &dir.join("tiny_bert"))?);
+        fixtures.extend(check_gpt2_fixture(device.as_mut(), &dir.join("tiny_gpt2"))?);
+    }
+    let mut models = Vec::new();
+    for dir in &a.models {
+        models.push(measure(device.as_mut(), dir, &a)?);
+    }
+    print_table(&device_id, &fixtures, &models);
+    let report = Report { device: device_id, seq_len: a.seq_len, batch: a.batch, fixtures, models };
+    super::print_json(&report)?;
+    let failed: Vec<&str> = report.fixtures.iter().filter(|f| !f.ok).map(|f| f.case.as_str()).collect();
+    if !failed.is_empty() {
+        return Err(CliError::Usage(format!("fixture checks failed: {}", failed.join(", "))));
+    }
+    Ok(())
+}
+
+fn load(dir: &Path) -> Result<(Arc<Model>, Option<bool>, f64), CliError> {
+    let model = Arc::new(Model::load(dir)?);
+    let t0 = Instant::now();
+    let pinned = crate::gpu::cuda::prepare_host(&model);
+    Ok((model, pinned, t0.elapsed().as_secs_f64() * 1e3))
+}
+
+fn job(model: &Arc<Model>, batch: TokenBatch, outputs: Vec<OutputKind>, swap: bool, device: &dyn Device) -> Job {
+    let bytes = model.weights().len() as u64 * 4;
+    Job {
+        model: Some(model.clone()),
+        bytes,
+        exec_ms: None,
+        extent: Extent { first: 0, pages: bytes.div_ceil(device.info().page_bytes) as usize },
+        swap: swap.then_some(SwapSource::Host),
+        source_extent: None,
+        batch,
+        outputs,
+        generation: None,
+    }
+}
+
+fn device_err(e: crate::gpu::DeviceError) -> CliError {
+    CliError::Usage(format!("device error: {e}"))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max)
+}
+
+fn reference(dir: &Path) -> Result<Value, CliError> {
+    let path = dir.join("reference.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap_or(f64::NAN) as f32],
+        _ => Vec::new(),
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect()).unwrap_or_default()
+}
+
+fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
+    let r = reference(dir)?;
+    let (model, _, _) = load(dir)?;
+    let tol = r["tolerance"]["last_hidden_state_max_abs"].as_f64().unwrap_or(1e-4);
+    let mut checks = Vec::new();
+    for (i, case) in r["cases"].as_array().into_iter().flatten().enumerate() {
+        let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"])])?;
+        let out =
+            device.run(&job(&model, batch, vec![OutputKind::LastHiddenState], i == 0, device)).map_err(device_err)?;
+        let d = max_diff(&out.outputs[0].data, &floats(&case["last_hidden_state"]));
+        checks.push(FixtureCheck {
+            case: format!("tiny_bert case {i}"),
+            max_abs_diff: d,
+            tolerance: tol,
+            ok: d <= tol,
+        });
+    }
+    Ok(checks)
+}
+
+fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
+    let r = reference(dir)?;
+    let (model, _, _) = load(dir)?;
+    let tol = r["tolerance"]["last_position_logits_max_abs"].as_f64().unwrap_or(1e-4);
+    let vocab = model.spec.config.vocab_size();
+    let mut checks = Vec::new();
+    for (i, case) in r["cases"].as_array().into_iter().flatten().enumerate() {
+        let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"])])?;
+        let out = device.run(&job(&model, batch, vec![OutputKind::Logits], i == 0, device)).map_err(device_err)?;
+        let logits = &out.outputs[0].data;
+        let d = max_diff(&logits[logits.len() - vocab..], &floats(&case["last_position_logits"]));
+        checks.push(FixtureCheck {
+            case: format!("tiny_gpt2 case {i}"),
+            max_abs_diff: d,
+            tolerance: tol,
+            ok: d <= tol,
+        });
+    }
+    for (i, g) in r["generation"].as_array().into_iter().flatten().enumerate() {
+        let prompt = ids(&g["prompt_ids"]);
+        let want = ids(&g["new_token_ids"]);
+        let options = GenerateOptions {
+            max_new_tokens: g["max_new_tokens"].as_u64().unwrap_or(16) as usize,
+            sampling: SamplingParams::default(),
+            stop_at_eos: false,
+        };
+        let (tokens, _keep) = tokio::sync::mpsc::unbounded_channel();
+        let mut j = job(&model, TokenBatch::from_sequences(std::slice::from_ref(&prompt))?, Vec::new(), false, device);
+        j.generation = Some(Generation {
+            prompt,
+            options,
+            stop: Vec::new(),
+            received: Instant::now(),
+            tokens,
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        let out = device.run(&j).map_err(device_err)?;
+        let got = out.generated.map(|g| g.token_ids).unwrap_or_default();
+        let same = got == want;
+        checks.push(FixtureCheck {
+            case: format!("tiny_gpt2 greedy generation {i}"),
+            max_abs_diff: if same { 0.0 } else { 1.0 },
+            tolerance: 0.0,
+            ok: same,
+        });
+    }
+    Ok(checks)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn measure(device: &mut dyn Device, dir: &Path, a: &DeviceCheckArgs) -> Result<ModelReport, CliError> {
+    let (model, pinned, pin_ms) = load(dir)?;
+    let vocab = model.spec.config.vocab_size() as u32;
+    let seq_len = a.seq_len.min(model.spec.config.max_positions());
+    let seqs: Vec<Vec<u32>> =
+        (0..a.batch).map(|b| (0..seq_len).map(|t| ((t * 31 + b * 7 + 1) as u32) % vocab).collect()).collect();
+    let batch = TokenBatch::from_sequences(&seqs)?;
+    let outputs = vec![model.spec.default_output()];
+    let bytes = model.weights().len() as u64 * 4;
+    let extent = Extent { first: 0, pages: bytes.div_ceil(device.info().page_bytes) as usize };
+    let raw = (0..3).map(|_| device.raw_copy_ms(&model, extent)).collect::<Result<Vec<_>, _>>().map_err(device_err)?;
+    let raw_copy_ms = raw.iter().copied().collect::<Option<Vec<f64>>>().map(median);
+    let mut cold = Vec::new();
+    let mut swaps = Vec::new();
+    let mut result = None;
+    for _ in 0..a.cold_iters.max(1) {
+        let t0 = Instant::now();
+        let r = device.run(&job(&model, batch.clone(), outputs.clone(), true, device)).map_err(device_err)?;
+        cold.push(t0.elapsed().as_secs_f64() * 1e3);
+        swaps.push(r.swap_ms);
+        result = Some(r);
+    }
+    let mut warm = Vec::new();
+    for _ in 0..a.iters.max(1) {
+        let t0 = Instant::now();
+        device.run(&job(&model, batch.clone(), outputs.clone(), false, device)).map_err(device_err)?;
+        warm.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let got = result.expect("at least one cold run").outputs;
+    let want = model.infer(&batch, &outputs)?;
+    let swap_ms = median(swaps);
+    Ok(ModelReport {
+        model: dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        weight_bytes: bytes,
+        pinned,
+        pin_ms,
+        raw_copy_ms,
+        swap_ms,
+        swap_gb_per_s: bytes as f64 / swap_ms / 1e6,
+        cold_ms: median(cold),
+        warm_ms: median(warm),
+        max_abs_diff_vs_cpu: max_diff(&got[0].data, &want[0].data),
+        max_abs_output: want[0].data.iter().map(|v| f64::from(v.abs())).fold(0.0, f64::max),
+    })
+}
+
+fn print_table(device: &str, fixtures: &[FixtureCheck], models: &[ModelReport]) {
+    for f in fixtures {
+        eprintln!(
+            "{:<34} max |diff| {:>10.3e} (tolerance {:.0e}) {}",
+            f.case,
+            f.max_abs_diff,
+            f.tolerance,
+            if f.ok { "ok" } else { "FAILED" }
+        );
+    }
+    if models.is_empty() {
+        return;
+    }
+    eprintln!(
+        "| model ({device}) | weights MB | raw copy ms | swap ms | swap rate / raw rate | swap GB/s | warm ms | cold ms | cold / max(raw, warm) | max |diff| vs CPU |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|");
+    for m in models {
+        let raw = m.raw_copy_ms.map_or("-".into(), |r| format!("{r:.2}"));
+        let ratio = m.raw_copy_ms.map_or("-".into(), |r| format!("{:.3}", r / m.swap_ms));
+        let bound = m.raw_copy_ms.unwrap_or(0.0).max(m.warm_ms);
+        eprintln!(
+            "| {} | {:.1} | {raw} | {:.2} | {ratio} | {:.1} | {:.2} | {:.2} | {:.3} | {:.2e} |",
+            m.model,
+            m.weight_bytes as f64 / 1e6,
+            m.swap_ms,
+            m.swap_gb_per_s,
+            m.warm_ms,
+            m.cold_ms,
+            m.cold_ms / bound,
+            m.max_abs_diff_vs_cpu
+        );
+    }
+}
