@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod faults;
 pub mod generation;
+pub mod graph_cache;
 pub mod sim;
 mod sizes;
 pub mod topology;

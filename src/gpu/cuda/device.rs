@@ -16,6 +16,7 @@ use crate::engine::program::{Act, Op, Program, Ptr};
 use crate::engine::{EngineError, Model, OutputTensor};
 use crate::gpu::chunks::{self, Chunk};
 use crate::gpu::faults::FaultKind;
+use crate::gpu::graph_cache::{GraphCache, GraphKey};
 use crate::gpu::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
 use crate::policy::{Extent, SwapSource};
 
@@ -23,6 +24,11 @@ use crate::policy::{Extent, SwapSource};
 const STAGING_SLOTS: usize = 4;
 /// Bytes copied per chunk size in the start-up measurement.
 const PROBE_BYTES: usize = 128 << 20;
+/// cuBLAS's own workspace, given to it once so that it never allocates (and can be captured
+/// in a graph); 32 MiB is what NVIDIA recommends for Hopper.
+const BLAS_WORKSPACE: usize = 32 << 20;
+/// Captured forward passes kept per GPU.
+const GRAPHS: usize = 64;
 
 /// What other GPUs need to copy from this one.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +56,10 @@ pub struct CudaDevice {
     chunk_bytes: usize,
     staging: Vec<(*mut c_void, sys::CUevent)>,
     peers: Arc<Vec<PeerHandle>>,
+    /// Warm forward passes replayed as CUDA graphs (off after a capture fails, or with
+    /// `FAASWAP_CUDA_GRAPHS=0`).
+    graphs: GraphCache<sys::CUgraphExec>,
+    use_graphs: bool,
 }
 
 // SAFETY: the raw handles are only used from the thread that owns the device at the time (the
@@ -122,10 +132,12 @@ impl CudaDevice {
         }
         // SAFETY: a context is current; the two regions are freed only with the context (they
         // live as long as the process's devices).
-        let (pool, work) = unsafe {
+        let (pool, work, blas_work) = unsafe {
             let pool = cu::malloc_sync(pool_bytes as usize).map_err(|e| fail("cannot reserve the weight pool", &e))?;
             let work = cu::malloc_sync(work_bytes as usize).map_err(|e| fail("cannot reserve the workspace", &e))?;
-            (pool, work)
+            let blas_work =
+                cu::malloc_sync(BLAS_WORKSPACE).map_err(|e| fail("cannot reserve cuBLAS's workspace", &e))?;
+            (pool, work, blas_work)
         };
         let (_, greatest) = cu::stream::get_priority_range().unwrap_or((0, 0));
         let copy = cu::stream::create_with_priority(cu::stream::StreamKind::NonBlocking, greatest)
@@ -143,6 +155,9 @@ impl CudaDevice {
                 blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
             };
             blas_sys::cublasSetMathMode(blas, mode).result().map_err(|e| fail("cuBLAS math mode", &e))?;
+            blas_sys::cublasSetWorkspace_v2(blas, blas_work as *mut c_void, BLAS_WORKSPACE)
+                .result()
+                .map_err(|e| fail("cuBLAS workspace", &e))?;
         }
         let kernels = Kernels::load(ptx).map_err(|e| fail("cannot load the kernels", &e))?;
         let timing = |f| cu::event::create(f).map_err(|e| fail("cannot create an event", &e));
@@ -174,6 +189,8 @@ impl CudaDevice {
             chunk_bytes: 4 << 20,
             staging: Vec::new(),
             peers,
+            graphs: GraphCache::new(GRAPHS),
+            use_graphs: std::env::var("FAASWAP_CUDA_GRAPHS").map_or(true, |v| v != "0"),
         };
         let (chunk, link) = device.measure_chunk().map_err(|e| fail("copy measurement failed", &e))?;
         device.chunk_bytes = chunk;
@@ -349,12 +366,14 @@ impl CudaDevice {
     }
 
     /// Runs `program` against the weights at `weights`, copying them in underneath when `copy`
-    /// is given. Returns the output and the copy's duration in ms.
+    /// is given; a warm run may replay a CUDA graph when `graph`. Returns the output and the
+    /// copy's duration in ms.
     fn exec(
         &mut self,
         program: &Program,
         weights: u64,
         mut copy: Option<Copy<'_>>,
+        graph: bool,
     ) -> Result<(Vec<f32>, f64), Failure> {
         if program.work_bytes() > self.work_bytes {
             return Err(Failure::Engine(EngineError::WorkspaceTooSmall {
@@ -378,6 +397,9 @@ impl CudaDevice {
                 self.enqueue_copies(c, usize::MAX).map_err(copy_fault)?;
             }
         }
+        if copy.is_none() && graph && self.use_graphs && self.replay(program, weights)? {
+            return self.finish(program, None);
+        }
         for op in &program.ops {
             if let Op::WaitLayer(l) = op {
                 if let Some(c) = copy.as_mut() {
@@ -395,6 +417,64 @@ impl CudaDevice {
             // The whole model must be resident afterwards, read or not.
             self.enqueue_copies(c, usize::MAX).map_err(copy_fault)?;
         }
+        self.finish(program, copy)
+    }
+
+    /// Runs `program`'s launches as a CUDA graph: replays a captured one, or captures and keeps
+    /// a new one. Returns false (and turns graphs off for this GPU) when capture fails, in which
+    /// case nothing was launched and the caller runs the program eagerly.
+    fn replay(&mut self, program: &Program, weights: u64) -> Result<bool, Failure> {
+        if let Some(&exec) = self.graphs.get(weights, &program.ops) {
+            // SAFETY: `exec` was instantiated in this context and is destroyed only on eviction.
+            unsafe { cu::graph::launch(exec, self.compute) }.map_err(kernel_fault)?;
+            return Ok(true);
+        }
+        let captured = self.capture(program, weights);
+        match captured {
+            Ok(exec) => {
+                if let Some(old) = self.graphs.insert(GraphKey { weights, ops: program.ops.clone() }, exec) {
+                    // SAFETY: no launch of `old` is pending: each job synchronises its stream.
+                    let _ = unsafe { cu::graph::exec_destroy(old) };
+                }
+                // SAFETY: as above.
+                unsafe { cu::graph::launch(exec, self.compute) }.map_err(kernel_fault)?;
+                Ok(true)
+            }
+            Err(why) => {
+                tracing::warn!("{}: CUDA graph capture failed ({why}); running programs eagerly", self.info.id);
+                self.use_graphs = false;
+                Ok(false)
+            }
+        }
+    }
+
+    fn capture(&mut self, program: &Program, weights: u64) -> Result<sys::CUgraphExec, String> {
+        // SAFETY: the compute stream belongs to this context and nothing else uses it meanwhile;
+        // a capture that fails part-way is ended, which returns the stream to normal.
+        unsafe {
+            cu::stream::begin_capture(self.compute, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(|e| e.to_string())?;
+            let launched = program.ops.iter().try_for_each(|op| self.launch(op, weights));
+            let graph = cu::stream::end_capture(self.compute);
+            if let Err(f) = launched {
+                if let Ok(g) = graph {
+                    let _ = cu::graph::destroy(g);
+                }
+                return Err(match f {
+                    Failure::Driver(_, e) => e.to_string(),
+                    Failure::Blas(e) => e.to_string(),
+                    Failure::Engine(e) => e.to_string(),
+                });
+            }
+            let graph = graph.map_err(|e| e.to_string())?;
+            let exec = cu::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = cu::graph::destroy(graph);
+            exec.map_err(|e| e.to_string())
+        }
+    }
+
+    /// Reads the output back once the program (and any copy) is complete.
+    fn finish(&mut self, program: &Program, copy: Option<Copy<'_>>) -> Result<(Vec<f32>, f64), Failure> {
         let (at, len) = program.output;
         let mut out = vec![0f32; len];
         // SAFETY: the output region lies in the workspace; the copy is ordered after the
@@ -624,7 +704,7 @@ impl Device for CudaDevice {
             None => {
                 spec.check_request(&job.batch, &job.outputs)?;
                 let program = spec.forward_program(&job.batch);
-                let (data, ms) = self.exec(&program, weights, copy.take()).map_err(|f| self.fault(f))?;
+                let (data, ms) = self.exec(&program, weights, copy.take(), true).map_err(|f| self.fault(f))?;
                 swap_ms = ms;
                 (spec.outputs_of(&job.batch, &job.outputs, data), None)
             }
@@ -635,6 +715,7 @@ impl Device for CudaDevice {
                         program,
                         weights,
                         copy.take(),
+                        false,
                     ) {
                         Ok((data, ms)) => {
                             swap_ms += ms;
