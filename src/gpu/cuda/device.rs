@@ -104,7 +104,6 @@ impl CudaDevice {
         pool_bytes: u64,
         page_bytes: u64,
         work_bytes: u64,
-        ptx: &str,
         peers: Arc<Vec<PeerHandle>>,
     ) -> Result<(Self, PeerHandle), DeviceError> {
         let id = format!("cuda:{ordinal}");
@@ -159,7 +158,17 @@ impl CudaDevice {
                 .result()
                 .map_err(|e| fail("cuBLAS workspace", &e))?;
         }
-        let kernels = Kernels::load(ptx).map_err(|e| fail("cannot load the kernels", &e))?;
+        let attr = |a| {
+            let mut v = 0;
+            // SAFETY: `dev` is a valid device and `v` a valid out pointer.
+            unsafe { sys::cuDeviceGetAttribute(&mut v, a, dev) }.result().map(|_| v)
+        };
+        let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .map_err(|e| fail("cannot read its compute capability", &e))?;
+        let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+            .map_err(|e| fail("cannot read its compute capability", &e))?;
+        let image = super::kernels::image(&format!("sm_{major}{minor}")).map_err(DeviceError::Unavailable)?;
+        let kernels = Kernels::load(&image).map_err(|e| fail("cannot load the kernels", &e))?;
         let timing = |f| cu::event::create(f).map_err(|e| fail("cannot create an event", &e));
         let start = timing(sys::CUevent_flags::CU_EVENT_DEFAULT)?;
         let copied = timing(sys::CUevent_flags::CU_EVENT_DEFAULT)?;
@@ -367,8 +376,28 @@ impl CudaDevice {
 
     /// Runs `program` against the weights at `weights`, copying them in underneath when `copy`
     /// is given; a warm run may replay a CUDA graph when `graph`. Returns the output and the
-    /// copy's duration in ms.
+    /// copy's duration in ms. On failure both streams are drained first, so no copy still reads
+    /// a host buffer the caller may free.
     fn exec(
+        &mut self,
+        program: &Program,
+        weights: u64,
+        copy: Option<Copy<'_>>,
+        graph: bool,
+    ) -> Result<(Vec<f32>, f64), Failure> {
+        let result = self.exec_inner(program, weights, copy, graph);
+        if result.is_err() {
+            // SAFETY: the streams belong to this context; errors here add nothing to the one
+            // being returned.
+            unsafe {
+                let _ = cu::stream::synchronize(self.copy);
+                let _ = cu::stream::synchronize(self.compute);
+            }
+        }
+        result
+    }
+
+    fn exec_inner(
         &mut self,
         program: &Program,
         weights: u64,
@@ -686,13 +715,17 @@ impl Device for CudaDevice {
             "the scheduler gave an extent smaller than the model"
         );
         let t0 = std::time::Instant::now();
+        let source = match job.swap {
+            None => None,
+            Some(_) => Some(self.source(model, job)?),
+        };
         // SAFETY: the context was retained at creation.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| self.fault(kernel_fault(e)))?;
         let weights = self.base(job.extent);
-        let mut copy = match job.swap {
+        let mut copy = match source {
             None => None,
-            Some(_) => Some(Copy {
-                source: self.source(model, job)?,
+            Some(source) => Some(Copy {
+                source,
                 chunks: chunks::plan(&spec.layout.layers, self.chunk_bytes),
                 next: 0,
                 dst: weights,

@@ -1,48 +1,91 @@
 //! The NVRTC-compiled kernels: compiled once per process, loaded once per GPU, launched by
 //! name with arguments marshalled as 8-byte slots.
 
-use std::ffi::{c_void, CString};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CString};
+use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::{result as cu, sys, DriverError};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Kernels, in the order `Kernels::f` indexes them.
 pub const NAMES: [&str; 6] = ["embed", "layer_norm", "bias_act", "softmax", "kv_append", "zero_rows"];
 
-/// PTX for a virtual architecture every GPU CUDA 13 supports (Turing and later); the driver
-/// compiles it for the card at module load.
-pub const ARCH: &str = "compute_75";
-
-/// Compiles the kernels with NVRTC (no GPU needed). Returns the PTX and the compile time.
-pub fn compile() -> Result<(String, std::time::Duration), String> {
+/// Compiles the kernels with NVRTC (no GPU needed) into a CUBIN for `arch` (`sm_90`). A CUBIN,
+/// unlike PTX, loads on any driver of the same major CUDA version, even when this NVRTC is a
+/// newer minor release than the driver (PTX would need the driver to JIT a newer ISA).
+/// Returns the image and the compile time.
+pub fn compile(arch: &str) -> Result<(Vec<u8>, std::time::Duration), String> {
     let t0 = std::time::Instant::now();
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        // Precise division and square roots: the CPU twin's semantics.
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        ftz: Some(false),
-        name: Some("faaswap_kernels.cu".into()),
-        ..Default::default()
+    let source = CString::new(SOURCE).expect("the kernel source has no NUL bytes");
+    let name = CString::new("faaswap_kernels.cu").expect("no NUL bytes");
+    let prog = rtc::create_program(&source, Some(&name)).map_err(|e| format!("NVRTC: {e:?}"))?;
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        // The CPU twin's semantics: IEEE division and square roots, denormals kept.
+        "--prec-div=true".into(),
+        "--prec-sqrt=true".into(),
+        "--ftz=false".into(),
+    ];
+    // SAFETY: `prog` was just created from `source` and `name`, which outlive it; it is
+    // destroyed once, below, whatever happened.
+    let result = unsafe {
+        match rtc::compile_program(prog, &options) {
+            Ok(()) => cubin(prog).map_err(|e| format!("NVRTC produced no CUBIN for {arch}: {e:?}")),
+            Err(e) => {
+                let log = rtc::get_program_log(prog).map(|l| text(&l)).unwrap_or_default();
+                Err(format!("NVRTC failed to compile the kernels for {arch} ({e:?}): {log}"))
+            }
+        }
     };
-    let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC failed to compile the kernels: {e:?}"))?;
-    Ok((ptx.to_src(), t0.elapsed()))
+    // SAFETY: as above.
+    let _ = unsafe { rtc::destroy_program(prog) };
+    Ok((result?, t0.elapsed()))
 }
 
-/// The PTX, compiled on first use and shared by every GPU.
-pub fn ptx() -> Result<&'static str, String> {
-    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        let (ptx, took) = compile()?;
-        tracing::info!("compiled {} CUDA kernels with NVRTC in {:.1} ms", NAMES.len(), took.as_secs_f64() * 1e3);
-        Ok(ptx)
-    })
-    .as_ref()
-    .map(String::as_str)
-    .map_err(Clone::clone)
+/// The compiled image of a program.
+///
+/// # Safety
+/// `prog` is a live, successfully compiled NVRTC program.
+unsafe fn cubin(prog: rtc_sys::nvrtcProgram) -> Result<Vec<u8>, rtc::NvrtcError> {
+    let mut size = 0usize;
+    rtc_sys::nvrtcGetCUBINSize(prog, &mut size).result()?;
+    let mut image = vec![0u8; size];
+    rtc_sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut c_char).result()?;
+    Ok(image)
+}
+
+fn text(chars: &[c_char]) -> String {
+    let bytes: Vec<u8> = chars.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// NVRTC's version, `(major, minor)`.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two valid out pointers.
+    unsafe { rtc_sys::nvrtcVersion(&mut major, &mut minor) }.result().ok().map(|_| (major, minor))
+}
+
+/// The image for `arch`, compiled on first use and shared by every GPU of that architecture.
+pub fn image(arch: &str) -> Result<Vec<u8>, String> {
+    static IMAGES: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
+    let images = IMAGES.get_or_init(Default::default);
+    let mut images = images.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(image) = images.get(arch) {
+        return Ok(image.clone());
+    }
+    let (image, took) = compile(arch)?;
+    tracing::info!(
+        "compiled {} CUDA kernels for {arch} with NVRTC {:?} in {:.1} ms",
+        NAMES.len(),
+        nvrtc_version().unwrap_or_default(),
+        took.as_secs_f64() * 1e3
+    );
+    images.insert(arch.to_string(), image.clone());
+    Ok(image)
 }
 
 /// The kernels loaded into one context.
@@ -62,10 +105,9 @@ pub enum Arg {
 }
 
 impl Kernels {
-    /// Loads the module into the current context.
-    pub fn load(ptx: &str) -> Result<Self, DriverError> {
-        let image = CString::new(ptx).expect("PTX has no NUL bytes");
-        // SAFETY: `image` is a NUL-terminated PTX string that outlives the call; a context is
+    /// Loads the module (a CUBIN) into the current context.
+    pub fn load(image: &[u8]) -> Result<Self, DriverError> {
+        // SAFETY: `image` is a complete CUBIN from NVRTC that outlives the call; a context is
         // current (the caller made it so).
         let module = unsafe { cu::module::load_data(image.as_ptr() as *const c_void)? };
         let functions = NAMES
@@ -129,9 +171,16 @@ mod tests {
             eprintln!("skipped: {e}");
             return;
         }
-        let (ptx, _) = compile().unwrap();
-        for name in NAMES {
-            assert!(ptx.contains(&format!(".entry {name}(")), "{name} is in the PTX");
+        for arch in ["sm_80", "sm_90"] {
+            let (image, _) = compile(arch).unwrap();
+            assert_eq!(&image[..4], b"\x7fELF", "{arch}: a CUBIN is an ELF image");
+            for name in NAMES {
+                let found =
+                    image.windows(name.len() + 1).any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
+                assert!(found, "{arch}: kernel {name} is in the image");
+            }
         }
+        let err = compile("sm_1").unwrap_err();
+        assert!(err.contains("sm_1"), "a bad architecture is named: {err}");
     }
 }

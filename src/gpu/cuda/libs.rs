@@ -114,28 +114,45 @@ pub fn missing_message(lib: &Lib, dirs: &[PathBuf]) -> String {
     )
 }
 
-/// Loads every library, by soname from the loader path when it is there, else by absolute
-/// path from the search folders. Loaded libraries stay loaded for the life of the process.
+/// Where each library will be loaded from (`None`: by soname from the loader path). NVRTC
+/// loads its builtins by exact version, so they are taken from NVRTC's own folder first.
+pub fn plan(libs: &[Lib], dirs: &[PathBuf]) -> Vec<(Lib, Option<PathBuf>)> {
+    let nvrtc_dir = find(&LIBS[2], dirs).and_then(|p| p.parent().map(Path::to_path_buf));
+    libs.iter()
+        .map(|lib| {
+            let found = match (&nvrtc_dir, lib.file.starts_with("libnvrtc-builtins")) {
+                (Some(d), true) => find(lib, std::slice::from_ref(d)).or_else(|| find(lib, dirs)),
+                _ => find(lib, dirs),
+            };
+            (*lib, found)
+        })
+        .collect()
+}
+
+/// Loads every library: by absolute path when the search folders have it, else by soname
+/// from the loader path. Loaded libraries stay loaded for the life of the process.
 pub fn load_all() -> Result<Vec<String>, String> {
-    let dirs = search_dirs(&|k| std::env::var(k).ok());
-    LIBS.iter().map(|lib| load(lib, &dirs)).collect()
+    load_libs(&LIBS)
 }
 
 /// Only the compiler (CI compiles the kernels with NVRTC on machines without a GPU).
 pub fn load_nvrtc() -> Result<Vec<String>, String> {
-    let dirs = search_dirs(&|k| std::env::var(k).ok());
-    LIBS[1..3].iter().map(|lib| load(lib, &dirs)).collect()
+    load_libs(&LIBS[1..3])
 }
 
-fn load(lib: &Lib, dirs: &[PathBuf]) -> Result<String, String> {
+fn load_libs(libs: &[Lib]) -> Result<Vec<String>, String> {
+    let dirs = search_dirs(&|k| std::env::var(k).ok());
+    plan(libs, &dirs).iter().map(|(lib, path)| load(lib, path.as_deref(), &dirs)).collect()
+}
+
+fn load(lib: &Lib, path: Option<&Path>, dirs: &[PathBuf]) -> Result<String, String> {
     use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
     let open = |name: &std::ffi::OsStr| {
         // SAFETY: these are the CUDA libraries, whose initialisers have no preconditions; the
         // handle is leaked so the library stays loaded while cudarc uses its symbols.
         unsafe { Library::open(Some(name), RTLD_NOW | RTLD_GLOBAL) }.map(std::mem::forget)
     };
-    let found = find(lib, dirs);
-    if let Some(path) = &found {
+    if let Some(path) = path {
         if open(path.as_os_str()).is_ok() {
             return Ok(path.display().to_string());
         }
@@ -165,6 +182,25 @@ mod tests {
         let msg = missing_message(&LIBS[4], &dirs);
         assert!(msg.contains("libcublas.so.13") && msg.contains(DIR_VAR), "{msg}");
         assert!(msg.contains(&lib.display().to_string()), "names the folders searched: {msg}");
+    }
+
+    #[test]
+    fn nvrtc_builtins_come_from_nvrtcs_own_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let (old, new) = (root.path().join("old"), root.path().join("new"));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        // An earlier folder holds only older builtins; NVRTC and its own builtins sit later.
+        std::fs::write(old.join("libnvrtc-builtins.so.13.0"), b"").unwrap();
+        std::fs::write(new.join("libnvrtc-builtins.so.13.2"), b"").unwrap();
+        std::fs::write(new.join("libnvrtc.so.13"), b"").unwrap();
+        let dirs = vec![old.clone(), new.clone()];
+        let planned = plan(&LIBS[1..3], &dirs);
+        assert_eq!(planned[0].1, Some(new.join("libnvrtc-builtins.so.13.2")));
+        assert_eq!(planned[1].1, Some(new.join("libnvrtc.so.13")));
+        // Without NVRTC anywhere, builtins are found by the plain search.
+        std::fs::remove_file(new.join("libnvrtc.so.13")).unwrap();
+        assert_eq!(plan(&LIBS[1..2], &dirs)[0].1, Some(old.join("libnvrtc-builtins.so.13.0")));
     }
 
     #[test]

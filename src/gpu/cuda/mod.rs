@@ -15,7 +15,7 @@ use cudarc::driver::{result as cu, sys};
 
 use super::{Device, DeviceError};
 pub use device::CudaDevice;
-pub use kernels::{compile as compile_kernels, ARCH as KERNEL_ARCH, NAMES as KERNEL_NAMES};
+pub use kernels::{compile as compile_kernels, NAMES as KERNEL_NAMES};
 
 /// The number of usable CUDA GPUs, or why there are none (naming the missing library and how
 /// to point faaswap at it).
@@ -43,13 +43,12 @@ pub fn build(
     work_bytes: u64,
 ) -> Result<Vec<Box<dyn Device>>, DeviceError> {
     probe()?;
-    let ptx = kernels::ptx().map_err(DeviceError::Unavailable)?;
     // Every device learns the others' contexts and pools once all exist.
     let mut handles = Vec::with_capacity(count);
     let mut made = Vec::with_capacity(count);
     let placeholder = Arc::new(Vec::new());
     for i in 0..count {
-        let (d, h) = CudaDevice::new(i, pool_bytes, page_bytes, work_bytes, ptx, placeholder.clone())?;
+        let (d, h) = CudaDevice::new(i, pool_bytes, page_bytes, work_bytes, placeholder.clone())?;
         if i == 0 {
             pin::set_context(d.context());
         }

@@ -8,7 +8,7 @@
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
-use cudarc::driver::{result as cu, sys};
+use cudarc::driver::{sys, DriverError};
 
 use crate::engine::Model;
 
@@ -26,8 +26,7 @@ impl Drop for HostPin {
             // SAFETY: `ptr` was registered in `pin` and is still allocated: the model drops this
             // guard before its weights; `ctx` is a primary context retained for the process.
             unsafe {
-                let _ = cu::ctx::set_current(self.ctx as sys::CUcontext);
-                let _ = sys::cuMemHostUnregister(self.ptr as *mut c_void);
+                let _ = with_context(self.ctx, || sys::cuMemHostUnregister(self.ptr as *mut c_void).result());
             }
             metrics::gauge!("faaswap_host_pinned_bytes").decrement(self.bytes as f64);
         }
@@ -48,6 +47,19 @@ pub fn set_context(ctx: sys::CUcontext) {
     let _ = CONTEXT.set(ctx as usize);
 }
 
+/// Runs `f` with `ctx` current on this thread, then restores what was current before (the
+/// caller may be a GPU actor's thread, whose own context must stay current).
+///
+/// # Safety
+/// `ctx` is a live context.
+unsafe fn with_context<T>(ctx: usize, f: impl FnOnce() -> Result<T, DriverError>) -> Result<T, DriverError> {
+    sys::cuCtxPushCurrent_v2(ctx as sys::CUcontext).result()?;
+    let result = f();
+    let mut popped = std::ptr::null_mut();
+    let _ = sys::cuCtxPopCurrent_v2(&mut popped);
+    result
+}
+
 /// Page-locks `model`'s weights once; `None` when no CUDA device exists in this process.
 /// Returns whether the buffer is pinned.
 pub fn pin(model: &Model) -> Option<bool> {
@@ -58,7 +70,7 @@ pub fn pin(model: &Model) -> Option<bool> {
         // SAFETY: the buffer lives as long as the model, which unregisters it (through this
         // guard) before freeing it; the driver only reads it.
         let result = unsafe {
-            cu::ctx::set_current(ctx as sys::CUcontext).and_then(|_| {
+            with_context(ctx, || {
                 sys::cuMemHostRegister_v2(weights.as_ptr() as *mut c_void, bytes, sys::CU_MEMHOSTREGISTER_PORTABLE)
                     .result()
             })
