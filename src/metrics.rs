@@ -40,6 +40,10 @@ fn describe() {
     metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
     metrics::describe_gauge!(
+        "faaswap_host_pinned_bytes",
+        "Host weight bytes page-locked for fast swap-ins (CUDA devices; the rest swap through a staging ring)"
+    );
+    metrics::describe_gauge!(
         "faaswap_function_slo_compliant",
         "1 when the function's latency at its SLO percentile is within its deadline"
     );
@@ -119,6 +123,11 @@ pub fn slo(function: &str, compliant: bool, observed_ms: Option<f64>) {
     if let Some(ms) = observed_ms {
         gauge!("faaswap_function_observed_latency_seconds", "function" => function.to_string()).set(ms / 1e3);
     }
+}
+
+/// Host weights page-locked (`delta` > 0) or released (< 0).
+pub fn host_pinned(delta: f64) {
+    gauge!("faaswap_host_pinned_bytes").increment(delta);
 }
 
 pub fn functions_deployed(n: usize) {

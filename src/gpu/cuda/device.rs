@@ -115,6 +115,15 @@ impl CudaDevice {
         // SAFETY: `ctx` was just retained.
         unsafe { cu::ctx::set_current(ctx) }.map_err(|e| fail("cannot use its context", &e))?;
         let name = cu::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
+        let mut bus = [0 as std::ffi::c_char; 32];
+        // SAFETY: `bus` holds 32 bytes, as the length says; the driver NUL-terminates it.
+        let pci = unsafe { sys::cuDeviceGetPCIBusId(bus.as_mut_ptr(), bus.len() as i32, dev) }
+            .result()
+            .map(|_| {
+                // SAFETY: NUL-terminated by the driver within the buffer.
+                unsafe { std::ffi::CStr::from_ptr(bus.as_ptr()) }.to_string_lossy().into_owned()
+            })
+            .unwrap_or_else(|_| "unknown".into());
         let (free, total) = cu::mem_get_info().map_err(|e| fail("cannot read its memory", &e))?;
         let pool_bytes = if pool_bytes == 0 {
             // Leave room for cuBLAS, the module and the driver.
@@ -211,7 +220,7 @@ impl CudaDevice {
             device.staging.push((buf, timing(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)?));
         }
         tracing::info!(
-            "{id}: {name}, {total} bytes, weight pool {pool_bytes} bytes, workspace {work_bytes} bytes, host link \
+            "{id}: {name} (PCI {pci}), {total} bytes, weight pool {pool_bytes} bytes, workspace {work_bytes} bytes, host link \
              {:.1} GB/s pinned, swap chunks of {} MiB{}",
             link / 1e9,
             chunk >> 20,

@@ -28,7 +28,7 @@ impl Drop for HostPin {
             unsafe {
                 let _ = with_context(self.ctx, || sys::cuMemHostUnregister(self.ptr as *mut c_void).result());
             }
-            metrics::gauge!("faaswap_host_pinned_bytes").decrement(self.bytes as f64);
+            crate::metrics::host_pinned(-(self.bytes as f64));
         }
     }
 }
@@ -78,7 +78,7 @@ pub fn pin(model: &Model) -> Option<bool> {
         let pinned = match result {
             Ok(()) => {
                 tracing::debug!("pinned {bytes} bytes of host weights in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-                metrics::gauge!("faaswap_host_pinned_bytes").increment(bytes as f64);
+                crate::metrics::host_pinned(bytes as f64);
                 true
             }
             Err(e) => {
