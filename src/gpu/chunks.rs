@@ -33,6 +33,39 @@ pub fn plan(layers: &[LayerSpan], chunk_bytes: usize) -> Vec<Chunk> {
     chunks
 }
 
+/// The chunks of one swap-in, handed out in order as execution reaches each layer.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    chunks: Vec<Chunk>,
+    next: usize,
+    /// The highest layer whose copy has been handed out completely.
+    complete: Option<usize>,
+}
+
+impl Cursor {
+    pub fn new(chunks: Vec<Chunk>) -> Self {
+        Self { chunks, next: 0, complete: None }
+    }
+
+    /// The chunks still to copy so that layers `..=upto` are complete (`usize::MAX`: all);
+    /// empty when they already are.
+    pub fn through(&mut self, upto: usize) -> &[Chunk] {
+        let start = self.next;
+        while self.next < self.chunks.len() && self.complete.is_none_or(|c| c < upto) {
+            if let Some(layer) = self.chunks[self.next].completes {
+                self.complete = Some(layer);
+            }
+            self.next += 1;
+        }
+        &self.chunks[start..self.next]
+    }
+
+    /// Every chunk has been handed out.
+    pub fn done(&self) -> bool {
+        self.next == self.chunks.len()
+    }
+}
+
 /// The copy-throughput elbow: the smallest chunk size whose measured throughput is within 3%
 /// of the best. Small chunks let execution start sooner; past the elbow they cost bandwidth.
 pub fn choose(samples: &[(usize, f64)]) -> Option<usize> {
@@ -81,6 +114,23 @@ mod tests {
                 assert!(c.offset + c.len <= ls[layer].byte_range().end, "no chunk crosses a layer");
             }
         }
+    }
+
+    #[test]
+    fn the_cursor_hands_out_each_chunk_once_and_only_as_far_as_asked() {
+        let ls = layers(&[1000, 10, 0, 2500]);
+        let mut c = Cursor::new(plan(&ls, 1024));
+        let first: Vec<Chunk> = c.through(0).to_vec();
+        assert_eq!(first.iter().map(|k| k.len).sum::<usize>(), 4000, "exactly layer 0");
+        assert_eq!(first.last().unwrap().completes, Some(0));
+        assert!(c.through(0).is_empty(), "layer 0 is already complete");
+        // Layer 2 is empty: asking for it completes layers 1 and 2.
+        let next: Vec<Option<usize>> = c.through(2).iter().map(|k| k.completes).collect();
+        assert_eq!(next, vec![Some(1), Some(2)]);
+        assert!(!c.done());
+        let rest: usize = c.through(usize::MAX).iter().map(|k| k.len).sum();
+        assert_eq!(rest, 10_000);
+        assert!(c.done() && c.through(usize::MAX).is_empty());
     }
 
     #[test]

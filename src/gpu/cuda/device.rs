@@ -14,7 +14,7 @@ use super::kernels::{Arg, Kernels};
 use super::pin;
 use crate::engine::program::{Act, Op, Program, Ptr};
 use crate::engine::{EngineError, Model, OutputTensor};
-use crate::gpu::chunks::{self, Chunk};
+use crate::gpu::chunks::{self, Cursor};
 use crate::gpu::faults::FaultKind;
 use crate::gpu::graph_cache::{GraphCache, GraphKey};
 use crate::gpu::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
@@ -76,8 +76,9 @@ enum Source<'a> {
 /// A swap-in in progress: the chunks still to enqueue.
 struct Copy<'a> {
     source: Source<'a>,
-    chunks: Vec<Chunk>,
-    next: usize,
+    chunks: Cursor,
+    /// Chunks staged so far (the staging slot to use next).
+    staged: usize,
     dst: u64,
 }
 
@@ -315,16 +316,16 @@ impl CudaDevice {
         Ok(self.layer_events[layer])
     }
 
-    /// Enqueues chunks on the copy stream until layer `upto` is complete (all: `usize::MAX`).
+    /// Enqueues chunks on the copy stream until layer `upto` is complete (all: `usize::MAX`),
+    /// recording each completed layer's event, and the end-of-copy event after the last chunk.
     fn enqueue_copies(&mut self, copy: &mut Copy<'_>, upto: usize) -> Result<(), DriverError> {
-        while copy.next < copy.chunks.len() {
-            let c = copy.chunks[copy.next];
-            copy.next += 1;
+        let was_done = copy.chunks.done();
+        for &c in copy.chunks.through(upto) {
             let dst = copy.dst + c.offset as u64;
             // SAFETY: `dst..dst + len` lies inside the job's extent of the pool (checked in
             // `run`); the sources outlive the job (the model is held by it; a peer source is
-            // pinned against eviction by the scheduler); staging slots are reused only after
-            // their previous copy completed.
+            // pinned against eviction by the scheduler); a staging slot is reused only after
+            // its previous copy completed.
             unsafe {
                 match &copy.source {
                     // An empty layer: nothing to copy; its event follows the chunks before it.
@@ -334,7 +335,8 @@ impl CudaDevice {
                         sys::cuMemcpyHtoDAsync_v2(dst, src, c.len, self.copy).result()?;
                     }
                     Source::Pageable(host) => {
-                        let (buf, ev) = self.staging[copy.next % self.staging.len()];
+                        let (buf, ev) = self.staging[copy.staged % self.staging.len()];
+                        copy.staged += 1;
                         cu::event::synchronize(ev)?;
                         std::ptr::copy_nonoverlapping(host[c.offset..].as_ptr(), buf as *mut u8, c.len);
                         sys::cuMemcpyHtoDAsync_v2(dst, buf, c.len, self.copy).result()?;
@@ -356,12 +358,9 @@ impl CudaDevice {
                 let ev = self.layer_event(layer)?;
                 // SAFETY: the event and stream belong to this context.
                 unsafe { cu::event::record(ev, self.copy)? };
-                if layer >= upto {
-                    break;
-                }
             }
         }
-        if copy.next == copy.chunks.len() {
+        if copy.chunks.done() && !was_done {
             // SAFETY: as above.
             unsafe { cu::event::record(self.copied, self.copy)? };
         }
@@ -735,8 +734,8 @@ impl Device for CudaDevice {
             None => None,
             Some(source) => Some(Copy {
                 source,
-                chunks: chunks::plan(&spec.layout.layers, self.chunk_bytes),
-                next: 0,
+                chunks: Cursor::new(chunks::plan(&spec.layout.layers, self.chunk_bytes)),
+                staged: 0,
                 dst: weights,
             }),
         };
