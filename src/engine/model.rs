@@ -364,28 +364,19 @@ impl ModelSpec {
         let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
             unreachable!("check_generation accepts decoders only")
         };
-        let cap = prompt.len() + opts.max_new_tokens;
-        let mut out = Vec::with_capacity(opts.max_new_tokens);
         if opts.max_new_tokens == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let mut sampler = Sampler::new(opts.sampling.clone())?;
+        let cap = prompt.len() + opts.max_new_tokens;
         let mask = vec![true; cap];
-        let (mut start, mut step) = (0, [0u32]);
-        loop {
-            let ids: &[u32] = if start == 0 { prompt } else { &step };
+        let mut start = 0;
+        decode(c, opts, on_token, &mut |token| {
+            let step = token.map(|t| [t]);
+            let ids: &[u32] = step.as_ref().map_or(prompt, |s| s.as_slice());
             let pass = Gpt2Pass { batch: 1, ids, start, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
-            let logits = run(&program::gpt2_forward(c, wt, &pass))?;
-            let token = sampler.next(&logits);
-            out.push(token);
-            let keep_going = on_token(token);
-            let eos = opts.stop_at_eos && Some(token) == c.eos_token_id;
-            if !keep_going || eos || out.len() == opts.max_new_tokens {
-                return Ok(out);
-            }
             start += ids.len();
-            step[0] = token;
-        }
+            run(&program::gpt2_forward(c, wt, &pass))
+        })
     }
 
     /// Generates up to `max_new_tokens` after `prompt` with a KV cache. `on_token` sees each
@@ -404,27 +395,42 @@ impl ModelSpec {
         let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
             unreachable!("check_generation accepts decoders only")
         };
-        let total = prompt.len() + opts.max_new_tokens;
-        let mut sampler = Sampler::new(opts.sampling.clone())?;
-        let mut out = Vec::with_capacity(opts.max_new_tokens);
         if opts.max_new_tokens == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        let total = prompt.len() + opts.max_new_tokens;
         let mut arena = ws.arena();
         let mut cache = KvCache::new(c, 1, total, &mut arena)?;
-        let hidden = arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask, step))?;
         let e = c.n_embd;
-        let mut last = hidden[(prompt.len() - 1) * e..].to_vec();
-        loop {
-            let logits = gpt2::logits(c, wt, weights, &last, 1);
-            let token = sampler.next(&logits);
-            out.push(token);
-            let keep_going = on_token(token);
-            let eos = opts.stop_at_eos && Some(token) == c.eos_token_id;
-            if !keep_going || eos || out.len() == opts.max_new_tokens {
-                return Ok(out);
-            }
-            last = arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, &[token], &[true], step))?;
+        decode(c, opts, on_token, &mut |token| {
+            let hidden = match token {
+                None => arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask, step))?,
+                Some(t) => arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, &[t], &[true], step))?,
+            };
+            Ok(gpt2::logits(c, wt, weights, &hidden[hidden.len() - e..], 1))
+        })
+    }
+}
+
+/// The sampling loop of both generation paths: `logits(None)` runs the prompt and returns the
+/// last position's logits, `logits(Some(t))` feeds token `t` and returns the next position's.
+fn decode(
+    c: &crate::engine::Gpt2Config,
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32) -> bool,
+    logits: &mut dyn FnMut(Option<u32>) -> Result<Vec<f32>>,
+) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(opts.sampling.clone())?;
+    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut fed = None;
+    loop {
+        let token = sampler.next(&logits(fed)?);
+        out.push(token);
+        let keep_going = on_token(token);
+        let eos = opts.stop_at_eos && Some(token) == c.eos_token_id;
+        if !keep_going || eos || out.len() == opts.max_new_tokens {
+            return Ok(out);
         }
+        fed = Some(token);
     }
 }

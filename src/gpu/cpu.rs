@@ -35,11 +35,7 @@ impl Device for CpuDevice {
     }
 
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
-        let Some(model) = &job.model else {
-            return Err(DeviceError::BadSpec(
-                "a function deployed from a profile alone runs only on sim devices".into(),
-            ));
-        };
+        let model = job.model()?;
         let spec = &model.spec;
         let host = model.weights();
         let page_elems = (self.info.page_bytes / 4) as usize;

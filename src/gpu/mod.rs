@@ -85,6 +85,16 @@ pub struct Job {
     pub generation: Option<Generation>,
 }
 
+impl Job {
+    /// The model to run; a function deployed from a profile alone has none, and only `sim`
+    /// devices run it.
+    pub fn model(&self) -> Result<&Arc<Model>, DeviceError> {
+        self.model.as_ref().ok_or_else(|| {
+            DeviceError::BadSpec("a function deployed from a profile alone runs only on sim devices".into())
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct JobResult {
     pub outputs: Vec<OutputTensor>,

@@ -711,11 +711,7 @@ impl Device for CudaDevice {
     }
 
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
-        let Some(model) = &job.model else {
-            return Err(DeviceError::BadSpec(
-                "a function deployed from a profile alone runs only on sim devices".into(),
-            ));
-        };
+        let model = job.model()?;
         let spec = &model.spec;
         let bytes = model.weights().len() as u64 * 4;
         assert!(
