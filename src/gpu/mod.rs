@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod faults;
 pub mod generation;
 pub mod graph_cache;
+pub mod schedule;
 pub mod sim;
 mod sizes;
 pub mod topology;

@@ -14,9 +14,10 @@ use super::kernels::{Arg, Kernels};
 use super::pin;
 use crate::engine::program::{Act, Op, Program, Ptr};
 use crate::engine::{EngineError, Model, OutputTensor};
-use crate::gpu::chunks::{self, Cursor};
+use crate::gpu::chunks::{self, Chunk, Cursor};
 use crate::gpu::faults::FaultKind;
 use crate::gpu::graph_cache::{GraphCache, GraphKey};
+use crate::gpu::schedule::{self, Step, Swap};
 use crate::gpu::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
 use crate::policy::{Extent, SwapSource};
 
@@ -316,53 +317,40 @@ impl CudaDevice {
         Ok(self.layer_events[layer])
     }
 
-    /// Enqueues chunks on the copy stream until layer `upto` is complete (all: `usize::MAX`),
-    /// recording each completed layer's event, and the end-of-copy event after the last chunk.
-    fn enqueue_copies(&mut self, copy: &mut Copy<'_>, upto: usize) -> Result<(), DriverError> {
-        let was_done = copy.chunks.done();
-        for &c in copy.chunks.through(upto) {
-            let dst = copy.dst + c.offset as u64;
-            // SAFETY: `dst..dst + len` lies inside the job's extent of the pool (checked in
-            // `run`); the sources outlive the job (the model is held by it; a peer source is
-            // pinned against eviction by the scheduler); a staging slot is reused only after
-            // its previous copy completed.
-            unsafe {
-                match &copy.source {
-                    // An empty layer: nothing to copy; its event follows the chunks before it.
-                    _ if c.len == 0 => {}
-                    Source::Pinned(host) => {
-                        let src = host[c.offset..c.offset + c.len].as_ptr() as *const c_void;
-                        sys::cuMemcpyHtoDAsync_v2(dst, src, c.len, self.copy).result()?;
-                    }
-                    Source::Pageable(host) => {
-                        let (buf, ev) = self.staging[copy.staged % self.staging.len()];
-                        copy.staged += 1;
-                        cu::event::synchronize(ev)?;
-                        std::ptr::copy_nonoverlapping(host[c.offset..].as_ptr(), buf as *mut u8, c.len);
-                        sys::cuMemcpyHtoDAsync_v2(dst, buf, c.len, self.copy).result()?;
-                        cu::event::record(ev, self.copy)?;
-                    }
-                    Source::Peer { ctx, ptr } => {
-                        cu::memcpy_peer_async(
-                            self.ctx,
-                            dst,
-                            *ctx as sys::CUcontext,
-                            ptr + c.offset as u64,
-                            c.len,
-                            self.copy,
-                        )?;
-                    }
+    /// Issues one chunk of a swap-in on the copy stream.
+    fn copy_chunk(&mut self, copy: &mut Copy<'_>, c: Chunk) -> Result<(), DriverError> {
+        let dst = copy.dst + c.offset as u64;
+        // SAFETY: `dst..dst + len` lies inside the job's extent of the pool (checked in `run`);
+        // the sources outlive the job (the model is held by it; a peer source is pinned against
+        // eviction by the scheduler) and the job drains the copy stream before it returns; a
+        // staging slot is reused only after its previous copy completed.
+        unsafe {
+            match &copy.source {
+                // An empty layer: nothing to copy; its event follows the chunks before it.
+                _ if c.len == 0 => {}
+                Source::Pinned(host) => {
+                    let src = host[c.offset..c.offset + c.len].as_ptr() as *const c_void;
+                    sys::cuMemcpyHtoDAsync_v2(dst, src, c.len, self.copy).result()?;
+                }
+                Source::Pageable(host) => {
+                    let (buf, ev) = self.staging[copy.staged % self.staging.len()];
+                    copy.staged += 1;
+                    cu::event::synchronize(ev)?;
+                    std::ptr::copy_nonoverlapping(host[c.offset..].as_ptr(), buf as *mut u8, c.len);
+                    sys::cuMemcpyHtoDAsync_v2(dst, buf, c.len, self.copy).result()?;
+                    cu::event::record(ev, self.copy)?;
+                }
+                Source::Peer { ctx, ptr } => {
+                    cu::memcpy_peer_async(
+                        self.ctx,
+                        dst,
+                        *ctx as sys::CUcontext,
+                        ptr + c.offset as u64,
+                        c.len,
+                        self.copy,
+                    )?;
                 }
             }
-            if let Some(layer) = c.completes {
-                let ev = self.layer_event(layer)?;
-                // SAFETY: the event and stream belong to this context.
-                unsafe { cu::event::record(ev, self.copy)? };
-            }
-        }
-        if copy.chunks.done() && !was_done {
-            // SAFETY: as above.
-            unsafe { cu::event::record(self.copied, self.copy)? };
         }
         Ok(())
     }
@@ -418,41 +406,52 @@ impl CudaDevice {
                 available: self.work_bytes,
             }));
         }
-        // SAFETY: the events and streams belong to this context.
-        unsafe {
-            cu::event::record(self.start, self.compute).map_err(kernel_fault)?;
-            cu::stream::wait_event(self.copy, self.start, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
-                .map_err(copy_fault)?;
-        }
-        for (at, words) in &program.inputs {
-            // SAFETY: the program's regions lie inside the workspace (checked above); a copy
-            // from pageable memory returns once the source has been staged.
-            unsafe { cu::memcpy_htod_async(self.work + *at as u64 * 4, words, self.compute) }.map_err(kernel_fault)?;
-        }
-        if let Some(c) = copy.as_mut() {
-            if !matches!(c.source, Source::Pageable(_)) {
-                self.enqueue_copies(c, usize::MAX).map_err(copy_fault)?;
-            }
-        }
-        if copy.is_none() && graph && self.use_graphs && self.replay(program, weights)? {
-            return self.finish(program, None);
-        }
-        for op in &program.ops {
-            if let Op::WaitLayer(l) = op {
-                if let Some(c) = copy.as_mut() {
-                    self.enqueue_copies(c, *l).map_err(copy_fault)?;
-                    let ev = self.layer_event(*l).map_err(kernel_fault)?;
-                    // SAFETY: the event was recorded on the copy stream by `enqueue_copies`.
-                    unsafe { cu::stream::wait_event(self.compute, ev, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
+        let replay = copy.is_none() && graph && self.use_graphs;
+        let swap =
+            copy.as_mut().map(|c| Swap { eager: !matches!(c.source, Source::Pageable(_)), chunks: &mut c.chunks });
+        let wait = sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+        for step in schedule::steps(program, swap, replay) {
+            // The events and streams below belong to this context, which `run` made current.
+            match step {
+                // SAFETY: events and streams of this context.
+                Step::Start => unsafe {
+                    cu::event::record(self.start, self.compute).map_err(kernel_fault)?;
+                    cu::stream::wait_event(self.copy, self.start, wait).map_err(copy_fault)?;
+                },
+                Step::Upload(i) => {
+                    let (at, words) = &program.inputs[i];
+                    // SAFETY: the input region lies inside the workspace (checked above); a copy
+                    // from pageable memory returns once its source is staged.
+                    unsafe { cu::memcpy_htod_async(self.work + *at as u64 * 4, words, self.compute) }
                         .map_err(kernel_fault)?;
                 }
-                continue;
+                Step::Copy(c) => {
+                    let copy = copy.as_mut().expect("copy steps come with a swap");
+                    self.copy_chunk(copy, c).map_err(copy_fault)?;
+                }
+                Step::LayerCopied(l) => {
+                    let ev = self.layer_event(l).map_err(copy_fault)?;
+                    // SAFETY: an event and a stream of this context.
+                    unsafe { cu::event::record(ev, self.copy) }.map_err(copy_fault)?;
+                }
+                // SAFETY: an event and a stream of this context.
+                Step::AllCopied => unsafe { cu::event::record(self.copied, self.copy) }.map_err(copy_fault)?,
+                Step::Await(l) => {
+                    let ev = self.layer_event(l).map_err(kernel_fault)?;
+                    // SAFETY: an event of this context, recorded by an earlier step (the schedule
+                    // guarantees it), and a stream of this context.
+                    unsafe { cu::stream::wait_event(self.compute, ev, wait) }.map_err(kernel_fault)?;
+                }
+                Step::Launch(op) => self.launch(op, weights)?,
+                Step::Replay => {
+                    if !self.replay(program, weights)? {
+                        for op in program.ops.iter().filter(|o| !matches!(o, Op::WaitLayer(_))) {
+                            self.launch(op, weights)?;
+                        }
+                    }
+                }
+                Step::Finish => break,
             }
-            self.launch(op, weights)?;
-        }
-        if let Some(c) = copy.as_mut() {
-            // The whole model must be resident afterwards, read or not.
-            self.enqueue_copies(c, usize::MAX).map_err(copy_fault)?;
         }
         self.finish(program, copy)
     }
