@@ -2,7 +2,7 @@
 //! before the first layer, the program runs the padded batch and masks padded keys in
 //! attention (the same values for real tokens), then zeroes the padded output rows.
 
-use super::{attention_ops, mask_words, Act, Gemm, Op, Program, Regions};
+use super::{attention_ops, dense, mask_words, Act, Gemm, Op, Program, Regions};
 use crate::engine::batch::TokenBatch;
 use crate::engine::bert::BertWeights;
 use crate::engine::config::BertConfig;
@@ -56,16 +56,7 @@ pub fn bert_forward(c: &BertConfig, wt: &BertWeights, batch: &TokenBatch) -> Pro
     ];
     for (i, lw) in wt.layers.iter().enumerate() {
         ops.push(Op::WaitLayer(i + 1));
-        ops.push(Op::Gemm(Gemm::linear(x, n, h, lw.qkv_w.offset, 3 * h, qkv)));
-        ops.push(Op::BiasAct {
-            x: qkv,
-            bias: lw.qkv_b.offset,
-            rows: n,
-            width: 3 * h,
-            act: Act::None,
-            residual: None,
-            out: qkv,
-        });
+        dense(&mut ops, (x, n, h), (lw.qkv_w.offset, lw.qkv_b.offset), (qkv, 3 * h), Act::None, None, qkv);
         for bi in 0..b {
             let rows = qkv + bi * s * 3 * h;
             attention_ops(
@@ -91,16 +82,8 @@ pub fn bert_forward(c: &BertConfig, wt: &BertWeights, batch: &TokenBatch) -> Pro
             eps,
             out: x,
         });
-        ops.push(Op::Gemm(Gemm::linear(x, n, h, lw.inter_w.offset, inter, inner)));
-        ops.push(Op::BiasAct {
-            x: inner,
-            bias: lw.inter_b.offset,
-            rows: n,
-            width: inter,
-            act: c.hidden_act.into(),
-            residual: None,
-            out: inner,
-        });
+        let act = c.hidden_act.into();
+        dense(&mut ops, (x, n, h), (lw.inter_w.offset, lw.inter_b.offset), (inner, inter), act, None, inner);
         ops.push(Op::Gemm(Gemm::linear(inner, n, inter, lw.out_w.offset, h, tmp)));
         ops.push(Op::LayerNorm {
             x: tmp,

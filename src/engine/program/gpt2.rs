@@ -2,7 +2,7 @@
 //! and its key mask are the first workspace regions and depend only on the batch and the
 //! capacity, so the prefill and every decoding step of one generation share them.
 
-use super::{attention_ops, mask_words, Act, Gemm, Op, Program, Ptr, Regions};
+use super::{attention_ops, dense, mask_words, Act, Gemm, Op, Program, Ptr, Regions};
 use crate::engine::config::Gpt2Config;
 use crate::engine::gpt2::Gpt2Weights;
 
@@ -91,16 +91,7 @@ pub fn gpt2_forward(c: &Gpt2Config, wt: &Gpt2Weights, pass: &Gpt2Pass<'_>) -> Pr
         let (k_l, v_l) = (kcache + l * per_layer, vcache + l * per_layer);
         ops.push(Op::WaitLayer(l + 1));
         ops.push(ln(x, &bw.ln1_w, &bw.ln1_b, normed));
-        ops.push(Op::Gemm(Gemm::linear(normed, n, e, bw.attn_w.offset, 3 * e, qkv)));
-        ops.push(Op::BiasAct {
-            x: qkv,
-            bias: bw.attn_b.offset,
-            rows: n,
-            width: 3 * e,
-            act: Act::None,
-            residual: None,
-            out: qkv,
-        });
+        dense(&mut ops, (normed, n, e), (bw.attn_w.offset, bw.attn_b.offset), (qkv, 3 * e), Act::None, None, qkv);
         ops.push(Op::KvAppend {
             qkv,
             k: k_l,
@@ -125,37 +116,11 @@ pub fn gpt2_forward(c: &Gpt2Config, wt: &Gpt2Weights, pass: &Gpt2Pass<'_>) -> Pr
                 (ctx + bi * t * e, e),
             );
         }
-        ops.push(Op::Gemm(Gemm::linear(ctx, n, e, bw.proj_w.offset, e, tmp)));
-        ops.push(Op::BiasAct {
-            x: tmp,
-            bias: bw.proj_b.offset,
-            rows: n,
-            width: e,
-            act: Act::None,
-            residual: Some(x),
-            out: x,
-        });
+        dense(&mut ops, (ctx, n, e), (bw.proj_w.offset, bw.proj_b.offset), (tmp, e), Act::None, Some(x), x);
         ops.push(ln(x, &bw.ln2_w, &bw.ln2_b, normed));
-        ops.push(Op::Gemm(Gemm::linear(normed, n, e, bw.fc_w.offset, c.n_inner, inner)));
-        ops.push(Op::BiasAct {
-            x: inner,
-            bias: bw.fc_b.offset,
-            rows: n,
-            width: c.n_inner,
-            act: c.activation_function.into(),
-            residual: None,
-            out: inner,
-        });
-        ops.push(Op::Gemm(Gemm::linear(inner, n, c.n_inner, bw.fc_proj_w.offset, e, tmp)));
-        ops.push(Op::BiasAct {
-            x: tmp,
-            bias: bw.fc_proj_b.offset,
-            rows: n,
-            width: e,
-            act: Act::None,
-            residual: Some(x),
-            out: x,
-        });
+        let (fc, fc_proj) = ((bw.fc_w.offset, bw.fc_b.offset), (bw.fc_proj_w.offset, bw.fc_proj_b.offset));
+        dense(&mut ops, (normed, n, e), fc, (inner, c.n_inner), c.activation_function.into(), None, inner);
+        dense(&mut ops, (inner, n, c.n_inner), fc_proj, (tmp, e), Act::None, Some(x), x);
     }
     ops.push(Op::WaitLayer(c.n_layer + 1));
     ops.push(ln(x, &wt.lnf_w, &wt.lnf_b, x));

@@ -265,6 +265,21 @@ pub(crate) fn attention_ops(
     }));
 }
 
+/// `out = act(x · W + b) (+ residual)` over `rows` rows of `x`: the GEMM writes `y`, then one
+/// elementwise order adds the bias, applies the activation and adds the residual into `out`.
+pub(crate) fn dense(
+    ops: &mut Vec<Op>,
+    (x, rows, in_dim): (usize, usize, usize),
+    (w, b): (usize, usize),
+    (y, out_dim): (usize, usize),
+    act: Act,
+    residual: Option<usize>,
+    out: usize,
+) {
+    ops.push(Op::Gemm(Gemm::linear(x, rows, in_dim, w, out_dim, y)));
+    ops.push(Op::BiasAct { x: y, bias: b, rows, width: out_dim, act, residual, out });
+}
+
 /// `u32` words of a boolean mask.
 pub(crate) fn mask_words(mask: &[bool]) -> Vec<u32> {
     mask.iter().map(|&m| u32::from(m)).collect()

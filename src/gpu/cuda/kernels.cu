@@ -6,44 +6,40 @@
 // NVRTC has no math.h: -inf by its bits.
 #define NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+struct Add {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+struct Max {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename F>
+__device__ __forceinline__ float warp_reduce(float v, F f) {
+    for (int o = 16; o > 0; o >>= 1) v = f(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-
-// Sum over the block; every thread gets the result. `shared` holds 32 floats.
-__device__ float block_sum(float v, float* shared) {
+// Reduces over the block; every thread gets the result. `shared` holds 32 floats; the leading
+// barrier lets consecutive calls reuse it.
+template <typename F>
+__device__ float block_reduce(float v, float identity, float* shared, F f) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce(v, f);
     __syncthreads();
     if (lane == 0) shared[warp] = v;
     __syncthreads();
     int warps = (blockDim.x + 31) >> 5;
-    v = (threadIdx.x < warps) ? shared[threadIdx.x] : 0.0f;
-    if (warp == 0) v = warp_sum(v);
+    v = (threadIdx.x < warps) ? shared[threadIdx.x] : identity;
+    if (warp == 0) v = warp_reduce(v, f);
     if (threadIdx.x == 0) shared[0] = v;
     __syncthreads();
     return shared[0];
 }
 
-__device__ float block_max(float v, float* shared) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    int warps = (blockDim.x + 31) >> 5;
-    v = (threadIdx.x < warps) ? shared[threadIdx.x] : NEG_INF;
-    if (warp == 0) v = warp_max(v);
-    if (threadIdx.x == 0) shared[0] = v;
-    __syncthreads();
-    return shared[0];
-}
+__device__ float block_sum(float v, float* shared) { return block_reduce(v, 0.0f, shared, Add()); }
+
+__device__ float block_max(float v, float* shared) { return block_reduce(v, NEG_INF, shared, Max()); }
 
 // One block per row.
 extern "C" __global__ void embed(const unsigned int* ids, const unsigned int* types, const float* word,

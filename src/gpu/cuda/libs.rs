@@ -66,12 +66,17 @@ pub fn search_dirs(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
 }
 
 fn glob_dirs(base: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    entries(base, keep).into_iter().filter(|p| p.is_dir()).collect()
+}
+
+fn glob_files(base: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    entries(base, keep).into_iter().filter(|p| p.is_file()).collect()
+}
+
+/// The entries of `base` whose names `keep` accepts (none when it cannot be read).
+fn entries(base: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(&keep) && e.path().is_dir())
-        .map(|e| e.path())
-        .collect()
+    entries.filter_map(Result::ok).filter(|e| e.file_name().to_str().is_some_and(&keep)).map(|e| e.path()).collect()
 }
 
 /// The first file in `dirs` whose name is `lib.file` or starts with it followed by `.`
@@ -91,15 +96,6 @@ pub fn find(lib: &Lib, dirs: &[PathBuf]) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn glob_files(base: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(&keep) && e.path().is_file())
-        .map(|e| e.path())
-        .collect()
 }
 
 /// What to tell the user when `lib` was found nowhere.
