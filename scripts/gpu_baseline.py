@@ -34,8 +34,12 @@ def measure(dirs, seq_len=128, iters=20):
 
     for d in dirs:
         cfg = AutoConfig.from_pretrained(d)
-        cls = GPT2LMHeadModel if cfg.model_type == "gpt2" else BertModel
-        model = cls.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        if cfg.model_type == "gpt2":
+            model = GPT2LMHeadModel.from_pretrained(d, attn_implementation="eager")
+        else:
+            # No pooler: faaswap's packages carry none, so both sides move the same weights.
+            model = BertModel.from_pretrained(d, attn_implementation="eager", add_pooling_layer=False)
+        model = model.float().eval()
         vocab = cfg.vocab_size
         ids = torch.tensor([[(t * 31 + 1) % vocab for t in range(seq_len)]])
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
