@@ -60,6 +60,7 @@ pub async fn devices_json(rt: &Runtime) -> Vec<Value> {
                 "host_link_bytes_per_s": info.host_link_bytes_per_s,
                 "peer_links_bytes_per_s": info.peer_links_bytes_per_s,
                 "host_group": info.host_group,
+                "pci_bus_id": info.pci_bus_id,
                 "capacity_bytes": s.capacity_bytes,
                 "used_bytes": s.used_bytes,
                 "free_bytes": s.free_bytes,

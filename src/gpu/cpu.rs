@@ -168,6 +168,7 @@ mod tests {
             host_link_bytes_per_s: Some(2e9),
             peer_links_bytes_per_s: vec![None],
             host_group: 0,
+            pci_bus_id: None,
             workspace_bytes: 1 << 20,
         })
         .unwrap();

@@ -51,6 +51,8 @@ pub struct DeviceInfo {
     pub peer_links_bytes_per_s: Vec<Option<f64>>,
     /// Devices with the same group share one host link (a PCIe switch).
     pub host_group: usize,
+    /// Where the hardware sits (`cuda`: the PCI bus id, such as `0000:19:00.0`).
+    pub pci_bus_id: Option<String>,
 }
 
 /// Errors of the device layer.
@@ -252,6 +254,7 @@ impl DevicePlan {
                         .cloned()
                         .unwrap_or_else(|| vec![None; self.count]),
                     host_group: self.topology.host_group(i),
+                    pci_bus_id: None,
                 };
                 // A --host-link flag overrides the topology's host link.
                 let host_link = opts.host_link.or(self.topology.host_link);

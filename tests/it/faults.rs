@@ -122,6 +122,7 @@ fn a_request_is_retried_once_then_fails_and_a_slow_copy_only_slows() {
     assert!(swap_ms >= 25.0 * 3.5, "96 MB at 24 GB/s is 4 ms; 25× slower: {swap_ms} ms");
     let (_, devices) = server.get("/api/v1/devices");
     assert!(devices.as_array().unwrap().iter().all(|d| d["healthy"] == true), "{devices}");
+    assert!(devices.as_array().unwrap().iter().all(|d| d["pci_bus_id"].is_null()), "simulated: no PCI id: {devices}");
     // Faults only for sim devices, and only well-formed ones.
     assert_eq!(
         server.post("/api/v1/devices/sim:9/faults", &json!({"fault": "copy_fail"})).1["code"],

@@ -193,6 +193,7 @@ impl CudaDevice {
                 host_link_bytes_per_s: None,
                 peer_links_bytes_per_s: Vec::new(),
                 host_group: ordinal,
+                pci_bus_id: Some(pci.clone()),
             },
             ordinal: ordinal as i32,
             ctx,
