@@ -1,0 +1,161 @@
+//! Each program order as one kernel launch or one cuBLAS call on the compute stream.
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+
+use super::{kernel_fault, CudaDevice, Failure};
+use crate::engine::program::{Act, Op, Ptr};
+use crate::gpu::cuda::kernels::Arg;
+
+impl CudaDevice {
+    fn ptr(&self, p: Ptr, weights: u64) -> u64 {
+        match p {
+            Ptr::W(o) => weights + o as u64 * 4,
+            Ptr::A(o) => self.work + o as u64 * 4,
+        }
+    }
+
+    fn a(&self, offset: usize) -> Arg {
+        Arg::Ptr(self.work + offset as u64 * 4)
+    }
+
+    fn w(weights: u64, offset: usize) -> Arg {
+        Arg::Ptr(weights + offset as u64 * 4)
+    }
+
+    pub(super) fn launch(&self, op: &Op, weights: u64) -> Result<(), Failure> {
+        let k = &self.kernels;
+        let s = self.compute;
+        let opt_a = |o: Option<usize>| o.map_or(Arg::Ptr(0), |o| self.a(o));
+        let opt_w = |o: Option<usize>| o.map_or(Arg::Ptr(0), |o| Self::w(weights, o));
+        let block = |width: usize| (width.div_ceil(32) * 32).clamp(32, 256) as u32;
+        let grid = |total: usize| (total.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1);
+        let i = |v: usize| Arg::I32(v as i32);
+        match *op {
+            Op::WaitLayer(_) => Ok(()),
+            Op::Embed { ids, types, word, pos, token_type, rows, t, start, width, out } => k
+                .launch(
+                    "embed",
+                    (rows as u32, 1, 1),
+                    block(width),
+                    s,
+                    &[
+                        self.a(ids),
+                        opt_a(types),
+                        Self::w(weights, word),
+                        Self::w(weights, pos),
+                        opt_w(token_type),
+                        i(t),
+                        i(start),
+                        i(width),
+                        self.a(out),
+                    ],
+                )
+                .map_err(kernel_fault),
+            Op::LayerNorm { x, bias, residual, gamma, beta, rows, width, eps, out } => k
+                .launch(
+                    "layer_norm",
+                    (rows as u32, 1, 1),
+                    block(width),
+                    s,
+                    &[
+                        self.a(x),
+                        opt_w(bias),
+                        opt_a(residual),
+                        Self::w(weights, gamma),
+                        Self::w(weights, beta),
+                        i(width),
+                        Arg::F32(eps),
+                        self.a(out),
+                    ],
+                )
+                .map_err(kernel_fault),
+            Op::BiasAct { x, bias, rows, width, act, residual, out } => {
+                let act = match act {
+                    Act::None => 0,
+                    Act::GeluErf => 1,
+                    Act::GeluTanh => 2,
+                    Act::Relu => 3,
+                };
+                k.launch(
+                    "bias_act",
+                    grid(rows * width),
+                    256,
+                    s,
+                    &[
+                        self.a(x),
+                        Self::w(weights, bias),
+                        opt_a(residual),
+                        Arg::I64((rows * width) as i64),
+                        i(width),
+                        Arg::I32(act),
+                        self.a(out),
+                    ],
+                )
+                .map_err(kernel_fault)
+            }
+            Op::Softmax { scores, heads, q_len, kv_len, mask, causal } => k
+                .launch(
+                    "softmax",
+                    (q_len as u32, heads as u32, 1),
+                    block(kv_len),
+                    s,
+                    &[self.a(scores), i(q_len), i(kv_len), opt_a(mask), Arg::I32(i32::from(causal))],
+                )
+                .map_err(kernel_fault),
+            Op::KvAppend { qkv, k: kc, v, batch, t, heads, head_dim, capacity, start } => k
+                .launch(
+                    "kv_append",
+                    grid(batch * t * heads * head_dim),
+                    256,
+                    s,
+                    &[self.a(qkv), self.a(kc), self.a(v), i(batch), i(t), i(heads), i(head_dim), i(capacity), i(start)],
+                )
+                .map_err(kernel_fault),
+            Op::ZeroRows { x, mask, rows, width } => k
+                .launch(
+                    "zero_rows",
+                    grid(rows * width),
+                    256,
+                    s,
+                    &[self.a(x), self.a(mask), Arg::I64((rows * width) as i64), i(width)],
+                )
+                .map_err(kernel_fault),
+            Op::Gemm(g) => {
+                let op = |t: bool| {
+                    if t {
+                        blas_sys::cublasOperation_t::CUBLAS_OP_T
+                    } else {
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N
+                    }
+                };
+                let (alpha, beta) = (g.alpha, g.beta);
+                // SAFETY: every operand lies in the weights or the workspace (the programs are
+                // checked against the CPU twin, which bounds-checks each access); α and β are
+                // host scalars read before the call returns.
+                unsafe {
+                    blas::sgemm_strided_batched(
+                        self.blas,
+                        op(g.trans_a),
+                        op(g.trans_b),
+                        g.m as i32,
+                        g.n as i32,
+                        g.k as i32,
+                        &alpha,
+                        self.ptr(g.a, weights) as *const f32,
+                        g.lda as i32,
+                        g.stride_a as i64,
+                        self.ptr(g.b, weights) as *const f32,
+                        g.ldb as i32,
+                        g.stride_b as i64,
+                        &beta,
+                        (self.work + g.c as u64 * 4) as *mut f32,
+                        g.ldc as i32,
+                        g.stride_c as i64,
+                        g.batch as i32,
+                    )
+                }
+                .map_err(Failure::Blas)
+            }
+        }
+    }
+}
