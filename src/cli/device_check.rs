@@ -86,6 +86,11 @@ pub fn run(a: DeviceCheckArgs) -> Result<(), CliError> {
     let opts = BuildOptions { page_bytes: 2 << 20, host_link: None, sim_time_scale: 0.0, workspace_bytes: a.workspace };
     let mut devices = plan.build(&opts).map_err(|e| CliError::Usage(e.to_string()))?;
     let device = devices.first_mut().ok_or_else(|| CliError::Usage("no device".into()))?;
+    if device.info().kind == crate::gpu::DeviceKind::Sim {
+        return Err(CliError::Usage(
+            "device-check needs a device that computes (cuda or cpu); sim devices only model time".into(),
+        ));
+    }
     let device_id = device.info().id.clone();
     eprintln!("device-check on {device_id}");
 

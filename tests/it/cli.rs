@@ -156,6 +156,8 @@ fn device_check_on_the_cpu_meets_the_fixtures_and_reports_timings() {
         assert!(m[key].as_f64().unwrap() > 0.0, "{key}: {m}");
     }
     assert_eq!(m["pinned"], serde_json::Value::Null, "no CUDA device: nothing is page-locked");
+    let err = faaswap_error(&["device-check", "--devices", "sim:1"]);
+    assert!(err.contains("sim devices only model time"), "{err}");
 }
 
 #[test]
