@@ -13,6 +13,8 @@
 # Environment: FAASWAP_BIN (default target/release/faaswap), FIXTURES (default
 # ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
 # gpt2-large"), FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
+# DEVICES=cpu SKIP_TORCH=1 MODELS="bert-nano gpt2-nano" runs the same plumbing on a machine
+# without a GPU (a dry run of the script, not a measurement).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${FAASWAP_BIN:-target/release/faaswap}
@@ -36,16 +38,22 @@ for m in $MODELS; do
 done
 echo "   ready after $(( $(date +%s) - t0 )) s"
 
-echo "== faaswap device-check on cuda"
+DEVICES=${DEVICES:-cuda}
+echo "== faaswap device-check on $DEVICES"
 fixture_args=()
 if [ -n "$FIXTURES" ]; then fixture_args=(--fixtures "$FIXTURES"); else echo "   (no fixtures found: only the CPU comparison runs)"; fi
-RUST_LOG=${RUST_LOG:-info} "$BIN" device-check --devices cuda "${fixture_args[@]}" "${args[@]}" \
+FAASWAP_LOG=${FAASWAP_LOG:-info} "$BIN" device-check --devices "$DEVICES" "${fixture_args[@]}" "${args[@]}" \
   --seq-len 128 --batch 1 --iters 20 --cold-iters 5 > "$OUT/faaswap.json"
 echo "   done after $(( $(date +%s) - t0 )) s"
 
-echo "== PyTorch on the same GPU"
-python3 scripts/gpu_baseline.py --json "$OUT/torch.json" "${args[@]}"
-echo "   done after $(( $(date +%s) - t0 )) s"
+if [ -n "${SKIP_TORCH:-}" ]; then
+  echo "== PyTorch skipped (SKIP_TORCH)"
+  echo '{"device": "skipped", "models": []}' > "$OUT/torch.json"
+else
+  echo "== PyTorch on the same GPU"
+  python3 scripts/gpu_baseline.py --json "$OUT/torch.json" "${args[@]}"
+  echo "   done after $(( $(date +%s) - t0 )) s"
+fi
 
 echo "== table"
 python3 scripts/gpu_baseline.py --table "$OUT/faaswap.json" "$OUT/torch.json" | tee "$OUT/table.md"

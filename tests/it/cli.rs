@@ -175,3 +175,31 @@ fn cuda_without_the_driver_fails_naming_the_library_and_the_fix() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("libcuda.so.1") && stderr.contains("--devices cpu"), "{stderr}");
 }
+
+/// `scripts/gpu-check.sh` stays runnable: its dry run (the CPU device, no PyTorch) goes through
+/// the same steps — synthesis, device-check with the fixtures, the merged table.
+#[test]
+fn the_gpu_check_script_runs_dry_on_the_cpu() {
+    let out = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = Command::new("bash")
+        .arg(root.join("scripts/gpu-check.sh"))
+        .arg(out.path())
+        .env("FAASWAP_BIN", env!("CARGO_BIN_EXE_faaswap"))
+        .env("FIXTURES", fixtures())
+        .env("DEVICES", "cpu")
+        .env("SKIP_TORCH", "1")
+        .env("MODELS", "bert-nano gpt2-nano")
+        .output()
+        .expect("runs bash");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let table = std::fs::read_to_string(out.path().join("table.md")).unwrap();
+    assert!(table.contains("fixture checks: 10/10 within tolerance"), "{table}");
+    for model in ["| bert-nano |", "| gpt2-nano |"] {
+        assert!(table.contains(model), "{model} row: {table}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("faaswap.json")).unwrap()).unwrap();
+    assert_eq!(report["models"].as_array().unwrap().len(), 2);
+}
