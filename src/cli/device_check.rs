@@ -140,7 +140,7 @@ fn device_err(e: crate::gpu::DeviceError) -> CliError {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max)
+    f64::from(crate::engine::max_abs_diff(a, b))
 }
 
 fn reference(dir: &Path) -> Result<Value, CliError> {
@@ -149,28 +149,45 @@ fn reference(dir: &Path) -> Result<Value, CliError> {
     serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
-fn floats(v: &Value) -> Vec<f32> {
+/// A reference file's value at `key` that is missing or of the wrong kind is an error, never an
+/// empty list or a default that would let a check pass unseen.
+fn bad(key: &str) -> CliError {
+    CliError::Usage(format!("reference.json: {key} is missing or malformed"))
+}
+
+/// A (nested) list of numbers, flattened.
+fn floats(v: &Value, key: &str) -> Result<Vec<f32>, CliError> {
     match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        Value::Number(n) => vec![n.as_f64().unwrap_or(f64::NAN) as f32],
-        _ => Vec::new(),
+        Value::Array(items) => items.iter().map(|x| floats(x, key)).collect::<Result<Vec<_>, _>>().map(|v| v.concat()),
+        Value::Number(n) => Ok(vec![n.as_f64().ok_or_else(|| bad(key))? as f32]),
+        _ => Err(bad(key)),
     }
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect()).unwrap_or_default()
+fn ids(v: &Value, key: &str) -> Result<Vec<u32>, CliError> {
+    let list = v.as_array().ok_or_else(|| bad(key))?;
+    list.iter().map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| bad(key))).collect()
+}
+
+fn number(v: &Value, key: &str) -> Result<f64, CliError> {
+    v.as_f64().ok_or_else(|| bad(key))
+}
+
+/// A non-empty list.
+fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], CliError> {
+    v.as_array().filter(|l| !l.is_empty()).map(Vec::as_slice).ok_or_else(|| bad(key))
 }
 
 fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
     let (model, _, _) = load(dir)?;
-    let tol = r["tolerance"]["last_hidden_state_max_abs"].as_f64().unwrap_or(1e-4);
+    let tol = number(&r["tolerance"]["last_hidden_state_max_abs"], "tolerance.last_hidden_state_max_abs")?;
     let mut checks = Vec::new();
-    for (i, case) in r["cases"].as_array().into_iter().flatten().enumerate() {
-        let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"])])?;
+    for (i, case) in list(&r["cases"], "cases")?.iter().enumerate() {
+        let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"], "cases[].input_ids")?])?;
         let out =
             device.run(&job(&model, batch, vec![OutputKind::LastHiddenState], i == 0, device)).map_err(device_err)?;
-        let d = max_diff(&out.outputs[0].data, &floats(&case["last_hidden_state"]));
+        let d = max_diff(&out.outputs[0].data, &floats(&case["last_hidden_state"], "cases[].last_hidden_state")?);
         checks.push(FixtureCheck {
             case: format!("tiny_bert case {i}"),
             max_abs_diff: d,
@@ -184,14 +201,15 @@ fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
 fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
     let (model, _, _) = load(dir)?;
-    let tol = r["tolerance"]["last_position_logits_max_abs"].as_f64().unwrap_or(1e-4);
+    let tol = number(&r["tolerance"]["last_position_logits_max_abs"], "tolerance.last_position_logits_max_abs")?;
     let vocab = model.spec.config.vocab_size();
     let mut checks = Vec::new();
-    for (i, case) in r["cases"].as_array().into_iter().flatten().enumerate() {
-        let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"])])?;
+    for (i, case) in list(&r["cases"], "cases")?.iter().enumerate() {
+        let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"], "cases[].input_ids")?])?;
         let out = device.run(&job(&model, batch, vec![OutputKind::Logits], i == 0, device)).map_err(device_err)?;
         let logits = &out.outputs[0].data;
-        let d = max_diff(&logits[logits.len() - vocab..], &floats(&case["last_position_logits"]));
+        let want = floats(&case["last_position_logits"], "cases[].last_position_logits")?;
+        let d = max_diff(&logits[logits.len() - vocab..], &want);
         checks.push(FixtureCheck {
             case: format!("tiny_gpt2 case {i}"),
             max_abs_diff: d,
@@ -199,14 +217,11 @@ fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
             ok: d <= tol,
         });
     }
-    for (i, g) in r["generation"].as_array().into_iter().flatten().enumerate() {
-        let prompt = ids(&g["prompt_ids"]);
-        let want = ids(&g["new_token_ids"]);
-        let options = GenerateOptions {
-            max_new_tokens: g["max_new_tokens"].as_u64().unwrap_or(16) as usize,
-            sampling: SamplingParams::default(),
-            stop_at_eos: false,
-        };
+    for (i, g) in list(&r["generation"], "generation")?.iter().enumerate() {
+        let prompt = ids(&g["prompt_ids"], "generation[].prompt_ids")?;
+        let want = ids(&g["new_token_ids"], "generation[].new_token_ids")?;
+        let options =
+            GenerateOptions { max_new_tokens: want.len(), sampling: SamplingParams::default(), stop_at_eos: false };
         let (tokens, _keep) = tokio::sync::mpsc::unbounded_channel();
         let mut j = job(&model, TokenBatch::from_sequences(std::slice::from_ref(&prompt))?, Vec::new(), false, device);
         j.generation = Some(Generation {

@@ -27,7 +27,7 @@ pub use config::{Activation, BertConfig, Gpt2Config, ModelConfig};
 pub use error::{EngineError, Result};
 pub use layout::{LayerSpan, Span, TensorSlot, WeightLayout};
 pub use model::{GenerateOptions, Model, ModelSpec, ModelSummary};
-pub use output::{OutputKind, OutputTensor};
+pub use output::{max_abs_diff, OutputKind, OutputTensor};
 pub use pooling::{PoolMode, Pooling};
 pub use sampling::{argmax, SamplingParams};
 pub use streamed::{StreamedWeights, Weights};

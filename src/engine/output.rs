@@ -41,3 +41,25 @@ impl OutputTensor {
         Self { name: kind.name().to_string(), datatype: "FP32".to_string(), shape, data }
     }
 }
+
+/// How far two outputs are apart: the largest absolute difference, NaN when either holds a NaN
+/// (a comparison with a tolerance then fails) and infinite when their lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() || d > m { d } else { m })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_abs_diff;
+
+    #[test]
+    fn differences_fail_loudly_on_nan_and_length() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
+        assert!(max_abs_diff(&[f32::NAN, 2.0], &[1.0, 2.0]).is_nan());
+        assert!(max_abs_diff(&[1.0, 2.0], &[1.0, f32::NAN]).is_nan(), "a NaN after a larger difference too");
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[]), f32::INFINITY);
+    }
+}

@@ -58,7 +58,7 @@ pub fn flat_rows(v: &Value) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    faaswap::engine::max_abs_diff(a, b)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

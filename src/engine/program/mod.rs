@@ -305,11 +305,6 @@ mod tests {
         Model::load(dir).unwrap()
     }
 
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
-
     /// The program's output, through the same output assembly as the CPU engine.
     fn twin_infer(model: &Model, batch: &TokenBatch, outputs: &[OutputKind]) -> Vec<crate::engine::OutputTensor> {
         let program = model.spec.forward_program(batch);
@@ -330,7 +325,7 @@ mod tests {
             let got = twin_infer(model, &batch, &outputs);
             for (w, g) in want.iter().zip(&got) {
                 assert_eq!((&w.name, &w.shape), (&g.name, &g.shape));
-                let d = max_diff(&w.data, &g.data);
+                let d = crate::engine::max_abs_diff(&w.data, &g.data);
                 assert!(d < tol, "{}: {} differs by {d}", model.spec.dir.display(), w.name);
             }
         }
