@@ -52,7 +52,6 @@ impl Handler<Execute> for GpuActor {
         let Execute { function, name, items, dispatched } = msg;
         let mut done = JobDone {
             device: self.index,
-            keep: true,
             function,
             latencies_ms: Vec::with_capacity(items.len()),
             exec_ms: 0.0,
@@ -78,7 +77,6 @@ impl Handler<Execute> for GpuActor {
                     let mut retry = vec![item];
                     retry.extend(items.by_ref());
                     done.fault = Some(DeviceFault { kind, error: e.to_string(), retry });
-                    done.keep = false;
                     break;
                 }
                 Err(DeviceError::Engine(e)) => Err(RuntimeError::Engine(e)),

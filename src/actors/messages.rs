@@ -111,16 +111,14 @@ pub struct Submit {
     pub reply: Reply,
 }
 
-/// A device finished its job; `keep` says whether the model's copy there is complete.
+/// A device finished its job; with a `fault`, the model's copy there is not complete.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct JobDone {
     pub device: DeviceId,
-    pub keep: bool,
     pub function: FunctionId,
     /// Arrival-to-completion latency of each request of the batch — to the first token for a
-    /// generation — (infinite when the device failed it; none for a request refused for its
-    /// input).
+    /// generation — (none for a request refused for its input or left for a retry).
     pub latencies_ms: Vec<f64>,
     /// Execution time of the batch's forward passes (generations excluded), ms.
     pub exec_ms: f64,

@@ -234,16 +234,20 @@ impl Handler<JobDone> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
-        let dropped_copy = if msg.keep {
-            self.cluster.complete(msg.device);
-            if msg.exec_ms > 0.0 {
-                self.cluster.observe_exec(msg.function, msg.batch, msg.exec_ms);
+        // Without a fault the copy is complete; with one it went with the job.
+        let dropped_copy = match msg.fault {
+            None => {
+                self.cluster.complete(msg.device);
+                if msg.exec_ms > 0.0 {
+                    self.cluster.observe_exec(msg.function, msg.batch, msg.exec_ms);
+                }
+                false
             }
-            false
-        } else {
-            let dropped = self.cluster.fail(msg.device);
-            self.publish_memory();
-            dropped
+            Some(_) => {
+                let dropped = self.cluster.fail(msg.device);
+                self.publish_memory();
+                dropped
+            }
         };
         for l in msg.latencies_ms {
             self.cluster.record(msg.function, l);

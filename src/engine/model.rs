@@ -339,17 +339,6 @@ impl ModelSpec {
         }
     }
 
-    /// Workspace elements the largest program of a generation needs (the prefill).
-    pub fn generation_work_elems(&self, prompt: &[u32], opts: &GenerateOptions) -> usize {
-        let ModelConfig::Gpt2(c) = &self.config else { return 0 };
-        let Family::Gpt2(wt) = &self.family else { return 0 };
-        let cap = prompt.len() + opts.max_new_tokens;
-        let mask = vec![true; cap];
-        let pass =
-            Gpt2Pass { batch: 1, ids: prompt, start: 0, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
-        program::gpt2_forward(c, wt, &pass).work_elems
-    }
-
     /// [`Self::generate`] on a device that runs programs: `run` executes one program and
     /// returns its output (the last position's logits). The KV cache stays in the device's
     /// workspace between calls, where every program of this generation places it.

@@ -10,6 +10,7 @@
 
 mod bert;
 mod gpt2;
+#[cfg(test)]
 pub mod twin;
 
 pub use bert::bert_forward;

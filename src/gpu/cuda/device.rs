@@ -44,7 +44,6 @@ pub struct PeerHandle {
 
 pub struct CudaDevice {
     info: DeviceInfo,
-    ordinal: i32,
     ctx: sys::CUcontext,
     copy: sys::CUstream,
     compute: sys::CUstream,
@@ -52,7 +51,6 @@ pub struct CudaDevice {
     kernels: Kernels,
     pool: u64,
     work: u64,
-    work_bytes: u64,
     /// One per layer (grown on demand; creating an event allocates no device memory).
     layer_events: Vec<sys::CUevent>,
     /// Timing events: the job's start and the end of its copy.
@@ -103,10 +101,6 @@ enum Failure {
 }
 
 impl CudaDevice {
-    pub fn ordinal(&self) -> i32 {
-        self.ordinal
-    }
-
     pub fn context(&self) -> sys::CUcontext {
         self.ctx
     }
@@ -194,10 +188,10 @@ impl CudaDevice {
         mut copy: Option<Copy<'_>>,
         graph: bool,
     ) -> Result<(Vec<f32>, f64), Failure> {
-        if program.work_bytes() > self.work_bytes {
+        if program.work_bytes() > self.info.workspace_bytes {
             return Err(Failure::Engine(EngineError::WorkspaceTooSmall {
                 needed: program.work_bytes(),
-                available: self.work_bytes,
+                available: self.info.workspace_bytes,
             }));
         }
         let replay = copy.is_none() && graph && self.use_graphs;

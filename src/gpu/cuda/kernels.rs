@@ -10,7 +10,7 @@ use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 
 pub const SOURCE: &str = include_str!("kernels.cu");
 
-/// Kernels, in the order `Kernels::f` indexes them.
+/// The kernels, in the order `Kernels::launch` looks them up by name.
 pub const NAMES: [&str; 6] = ["embed", "layer_norm", "bias_act", "softmax", "kv_append", "zero_rows"];
 
 /// Compiles the kernels with NVRTC (no GPU needed) into a CUBIN for `arch` (`sm_90`). A CUBIN,
@@ -63,7 +63,7 @@ fn text(chars: &[c_char]) -> String {
 }
 
 /// NVRTC's version, `(major, minor)`.
-pub fn nvrtc_version() -> Option<(i32, i32)> {
+fn nvrtc_version() -> Option<(i32, i32)> {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: two valid out pointers.
     unsafe { rtc_sys::nvrtcVersion(&mut major, &mut minor) }.result().ok().map(|_| (major, minor))

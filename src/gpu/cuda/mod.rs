@@ -14,8 +14,7 @@ use std::sync::Arc;
 use cudarc::driver::{result as cu, sys};
 
 use super::{Device, DeviceError};
-pub use device::CudaDevice;
-pub use kernels::{compile as compile_kernels, NAMES as KERNEL_NAMES};
+use device::CudaDevice;
 
 /// The number of usable CUDA GPUs, or why there are none (naming the missing library and how
 /// to point faaswap at it).
@@ -46,9 +45,8 @@ pub fn build(
     // Every device learns the others' contexts and pools once all exist.
     let mut handles = Vec::with_capacity(count);
     let mut made = Vec::with_capacity(count);
-    let placeholder = Arc::new(Vec::new());
     for i in 0..count {
-        let (d, h) = CudaDevice::new(i, pool_bytes, page_bytes, work_bytes, placeholder.clone())?;
+        let (d, h) = CudaDevice::new(i, pool_bytes, page_bytes, work_bytes)?;
         if i == 0 {
             pin::set_context(d.context());
         }
@@ -77,9 +75,7 @@ fn peer_links(devices: &mut [CudaDevice], peers: &[device::PeerHandle]) -> Vec<V
         for j in (0..n).filter(|&j| j != i) {
             let mut can = 0;
             // SAFETY: both ordinals are devices the driver reported; `can` is a valid out pointer.
-            let ok = unsafe {
-                sys::cuDeviceCanAccessPeer(&mut can, devices[i].ordinal(), devices[j].ordinal()).result().is_ok()
-            };
+            let ok = unsafe { sys::cuDeviceCanAccessPeer(&mut can, i as i32, j as i32).result().is_ok() };
             if !ok || can == 0 {
                 continue;
             }

@@ -31,6 +31,11 @@ impl CudaDevice {
             Err(why) => {
                 tracing::warn!("{}: CUDA graph capture failed ({why}); running programs eagerly", self.info.id);
                 self.use_graphs = false;
+                for old in self.graphs.drain() {
+                    // SAFETY: graphs are off from here on, and every earlier launch has completed
+                    // (each job synchronises its stream).
+                    let _ = unsafe { cu::graph::exec_destroy(old) };
+                }
                 Ok(false)
             }
         }

@@ -21,7 +21,6 @@ impl CudaDevice {
         pool_bytes: u64,
         page_bytes: u64,
         work_bytes: u64,
-        peers: Arc<Vec<PeerHandle>>,
     ) -> Result<(Self, PeerHandle), DeviceError> {
         let id = format!("cuda:{ordinal}");
         let fail = |what: &str, e: &dyn std::fmt::Display| DeviceError::Unavailable(format!("{id}: {what}: {e}"));
@@ -111,7 +110,6 @@ impl CudaDevice {
                 host_group: ordinal,
                 pci_bus_id: Some(pci.clone()),
             },
-            ordinal: ordinal as i32,
             ctx,
             copy,
             compute,
@@ -119,13 +117,12 @@ impl CudaDevice {
             kernels,
             pool,
             work,
-            work_bytes,
             layer_events: Vec::new(),
             start,
             copied,
             chunk_bytes: 4 << 20,
             staging: Vec::new(),
-            peers,
+            peers: Arc::default(),
             graphs: GraphCache::new(GRAPHS),
             use_graphs: std::env::var("FAASWAP_CUDA_GRAPHS").map_or(true, |v| v != "0"),
         };
