@@ -133,7 +133,7 @@ impl Store {
         if tmp.is_dir() {
             sync_dir(&tmp)?;
         }
-        let digest = hex(&digest.finalize());
+        let digest = hex::encode(digest.finalize());
         let rel = format!("packages/{name}-{}", &digest[..16]);
         let dst = self.root.join(&rel);
         if dst.exists() {
@@ -238,10 +238,6 @@ fn copy_hashing(from: &Path, to: &Path, digest: &mut Sha256) -> Result<(), Store
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

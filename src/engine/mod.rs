@@ -33,3 +33,15 @@ pub use sampling::{argmax, SamplingParams};
 pub use streamed::{StreamedWeights, Weights};
 pub use tokenize::TextEncoder;
 pub use workspace::{Arena, Workspace};
+
+/// A reference fixture package for unit tests: `../shared/fixtures/NAME`, or under
+/// `FAASWAP_FIXTURES` (as the integration tests take it).
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("FAASWAP_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is needed by this test (set FAASWAP_FIXTURES)", p.display());
+    p
+}

@@ -148,16 +148,9 @@ mod tests {
     use crate::gpu::DeviceKind;
     use crate::policy::{Extent, SwapSource};
 
-    fn fixture(name: &str) -> Option<std::path::PathBuf> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name);
-        p.exists().then_some(p)
-    }
-
     #[test]
     fn swapped_in_and_resident_runs_match_the_host_model() {
-        let Some(dir) = fixture("tiny_bert") else {
-            panic!("../shared/fixtures/tiny_bert is needed by this test");
-        };
+        let dir = crate::engine::fixture("tiny_bert");
         let model = Arc::new(Model::load(&dir).unwrap());
         let page = 64 << 10;
         let mut dev = CpuDevice::new(DeviceInfo {

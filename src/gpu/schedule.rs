@@ -88,12 +88,8 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::engine::{Model, TokenBatch};
+    use crate::engine::{fixture, Model, TokenBatch};
     use crate::gpu::chunks;
-
-    fn fixture(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name)
-    }
 
     /// Checks the stream rules on a step list and returns the launches in order.
     fn check<'a>(steps: &[Step<'a>], chunks: &[Chunk], total_bytes: usize) -> Vec<&'a Op> {

@@ -52,7 +52,7 @@ fn start(protect_metrics: bool) -> (TestServer, tempfile::TempDir, tempfile::Tem
 }
 
 fn hex_digest(token: &str) -> String {
-    faaswap::auth::digest(token).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(faaswap::auth::digest(token))
 }
 
 fn infer_body() -> Value {

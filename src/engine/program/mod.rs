@@ -288,17 +288,11 @@ pub(crate) fn mask_words(mask: &[bool]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
     use crate::engine::synth::{self, SynthDtype};
-    use crate::engine::{GenerateOptions, Model, OutputKind, SamplingParams, TokenBatch};
-
-    fn fixture(name: &str) -> PathBuf {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name);
-        assert!(p.exists(), "{} is needed by this test", p.display());
-        p
-    }
+    use crate::engine::{fixture, GenerateOptions, Model, OutputKind, SamplingParams, TokenBatch};
 
     fn synthetic(preset: &str, dir: &Path) -> Model {
         let p = synth::preset(preset).unwrap();

@@ -4,8 +4,8 @@
 //! enforces the swap-in contract: reading a layer's weights before its `WaitLayer` panics.
 
 use super::{Act, Gemm, Op, Program, Ptr};
-use crate::engine::fast_math;
 use crate::engine::layout::LayerSpan;
+use crate::engine::{fast_math, ops};
 
 /// Runs `program` against `weights` (the packed buffer, split into `layers`) on a fresh
 /// workspace and returns its output. The workspace is exactly `program.work_elems` long, so
@@ -203,8 +203,8 @@ fn offset(p: Ptr, by: usize) -> Ptr {
 fn activate(v: f32, act: Act) -> f32 {
     match act {
         Act::None => v,
-        Act::GeluErf => 0.5 * v * (1.0 + fast_math::erf(v * std::f32::consts::FRAC_1_SQRT_2)),
-        Act::GeluTanh => 0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044_715 * v * v * v)).tanh()),
+        Act::GeluErf => ops::gelu_erf(v),
+        Act::GeluTanh => ops::gelu_tanh(v),
         Act::Relu => v.max(0.0),
     }
 }
