@@ -199,7 +199,8 @@ impl ServeArgs {
             page_bytes,
             host_link,
             sim_time_scale,
-            workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?.unwrap_or(1 << 30),
+            workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?
+                .unwrap_or(crate::gpu::DEFAULT_WORKSPACE),
             max_body: max_body as usize,
             max_package: size("--max-package", pick(self.max_package, file.max_package))?.unwrap_or(64 << 30),
             policy: pick(self.policy, file.policy)

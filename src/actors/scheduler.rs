@@ -88,13 +88,8 @@ impl SchedulerActor {
                 }
             };
             moved |= d.swap.is_some();
-            for (f, reason) in &d.evicted {
-                m::eviction(reason.label());
-                self.events.emit(|| Event::Evict {
-                    device: self.device_ids[d.device].clone(),
-                    function: self.cluster.function_name(*f).unwrap_or_default().to_string(),
-                    reason: reason.label(),
-                });
+            for &(f, reason) in &d.evicted {
+                self.evicted(d.device, self.cluster.function_name(f).unwrap_or_default(), reason);
             }
             let source_extent = match d.swap {
                 Some(SwapSource::Peer(j)) => self.cluster.extent_of(j, d.function),
@@ -180,12 +175,7 @@ impl Handler<UnregisterFunction> for SchedulerActor {
         let name = self.cluster.function_name(msg.id).unwrap_or_default().to_string();
         let (dropped, evicted) = self.cluster.remove_function(msg.id);
         for device in evicted {
-            m::eviction("undeploy");
-            self.events.emit(|| Event::Evict {
-                device: self.device_ids[device].clone(),
-                function: name.clone(),
-                reason: "undeploy",
-            });
+            self.evicted(device, &name, EvictReason::Undeploy);
         }
         for r in dropped {
             if let Some(p) = self.pending.remove(&r) {
@@ -255,7 +245,11 @@ impl Handler<JobDone> for SchedulerActor {
         if let Some(fault) = msg.fault {
             // The failed job's copy went with it: the feed hears of it as an eviction.
             if dropped_copy {
-                self.evicted_by_fault(msg.device, msg.function);
+                self.evicted(
+                    msg.device,
+                    self.cluster.function_name(msg.function).unwrap_or_default(),
+                    EvictReason::DeviceFault,
+                );
             }
             self.device_failed(msg.device, msg.function, fault, ctx);
         }
@@ -273,7 +267,7 @@ impl SchedulerActor {
         self.events.emit(|| Event::DeviceFault { device: id.clone(), fault: fault.kind, error: fault.error.clone() });
         if self.cluster.healthy(device) {
             for f in self.cluster.set_health(device, false) {
-                self.evicted_by_fault(device, f);
+                self.evicted(device, self.cluster.function_name(f).unwrap_or_default(), EvictReason::DeviceFault);
             }
             self.publish_memory();
             self.check_health_later(device, 0, ctx);
@@ -299,12 +293,13 @@ impl SchedulerActor {
         }
     }
 
-    fn evicted_by_fault(&self, device: DeviceId, function: FunctionId) {
-        m::eviction(EvictReason::DeviceFault.label());
+    /// A copy left a device: counted, and told to the event feed.
+    fn evicted(&self, device: DeviceId, function: &str, reason: EvictReason) {
+        m::eviction(reason.label());
         self.events.emit(|| Event::Evict {
             device: self.device_ids[device].clone(),
-            function: self.cluster.function_name(function).unwrap_or_default().to_string(),
-            reason: EvictReason::DeviceFault.label(),
+            function: function.to_string(),
+            reason: reason.label(),
         });
     }
 

@@ -26,7 +26,8 @@ pub struct DeviceCheckArgs {
     /// Weight pool (default: what `serve` would reserve).
     #[arg(long, value_parser = crate::gpu::parse_bytes)]
     pub device_memory: Option<u64>,
-    #[arg(long, value_parser = crate::gpu::parse_bytes, default_value = "4GiB")]
+    /// Activation workspace (as `serve --workspace`).
+    #[arg(long, value_parser = crate::gpu::parse_bytes, default_value_t = crate::gpu::DEFAULT_WORKSPACE)]
     pub workspace: u64,
     /// A folder holding `tiny_bert/` and `tiny_gpt2/` with their `reference.json`.
     #[arg(long)]
@@ -52,6 +53,12 @@ struct FixtureCheck {
     max_abs_diff: f64,
     tolerance: f64,
     ok: bool,
+}
+
+impl FixtureCheck {
+    fn new(case: String, max_abs_diff: f64, tolerance: f64) -> Self {
+        Self { case, max_abs_diff, tolerance, ok: max_abs_diff <= tolerance }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -82,15 +89,17 @@ struct Report {
 }
 
 pub fn run(a: DeviceCheckArgs) -> Result<(), CliError> {
-    let plan = DevicePlan::parse(&a.devices, a.device_memory).map_err(|e| CliError::Usage(e.to_string()))?;
-    let opts = BuildOptions { page_bytes: 2 << 20, host_link: None, sim_time_scale: 0.0, workspace_bytes: a.workspace };
-    let mut devices = plan.build(&opts).map_err(|e| CliError::Usage(e.to_string()))?;
-    let device = devices.first_mut().ok_or_else(|| CliError::Usage("no device".into()))?;
-    if device.info().kind == crate::gpu::DeviceKind::Sim {
+    let plan = DevicePlan::parse(&a.devices, a.device_memory)?;
+    if plan.kind == crate::gpu::DeviceKind::Sim {
         return Err(CliError::Usage(
             "device-check needs a device that computes (cuda or cpu); sim devices only model time".into(),
         ));
     }
+    // One device is checked: only it is created.
+    let plan = DevicePlan { count: 1, ..plan };
+    let opts = BuildOptions { page_bytes: 2 << 20, host_link: None, sim_time_scale: 0.0, workspace_bytes: a.workspace };
+    let mut devices = plan.build(&opts)?;
+    let device = devices.first_mut().ok_or_else(|| CliError::Usage("no device".into()))?;
     let device_id = device.info().id.clone();
     eprintln!("device-check on {device_id}");
 
@@ -113,30 +122,41 @@ pub fn run(a: DeviceCheckArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn load(dir: &Path) -> Result<(Arc<Model>, Option<bool>, f64), CliError> {
+/// A package loaded and made ready for swaps as a deploy would (page-locked on CUDA).
+struct Loaded {
+    model: Arc<Model>,
+    pinned: Option<bool>,
+    pin_ms: f64,
+}
+
+fn load(dir: &Path) -> Result<Loaded, CliError> {
     let model = Arc::new(Model::load(dir)?);
     let t0 = Instant::now();
     let pinned = crate::gpu::cuda::prepare_host(&model);
-    Ok((model, pinned, t0.elapsed().as_secs_f64() * 1e3))
+    Ok(Loaded { model, pinned, pin_ms: t0.elapsed().as_secs_f64() * 1e3 })
+}
+
+fn weight_bytes(model: &Model) -> u64 {
+    std::mem::size_of_val(model.weights()) as u64
+}
+
+/// The model's place in the pool: the start of it.
+fn extent(model: &Model, device: &dyn Device) -> Extent {
+    Extent { first: 0, pages: weight_bytes(model).div_ceil(device.info().page_bytes) as usize }
 }
 
 fn job(model: &Arc<Model>, batch: TokenBatch, outputs: Vec<OutputKind>, swap: bool, device: &dyn Device) -> Job {
-    let bytes = model.weights().len() as u64 * 4;
     Job {
         model: Some(model.clone()),
-        bytes,
+        bytes: weight_bytes(model),
         exec_ms: None,
-        extent: Extent { first: 0, pages: bytes.div_ceil(device.info().page_bytes) as usize },
+        extent: extent(model, device),
         swap: swap.then_some(SwapSource::Host),
         source_extent: None,
         batch,
         outputs,
         generation: None,
     }
-}
-
-fn device_err(e: crate::gpu::DeviceError) -> CliError {
-    CliError::Usage(format!("device error: {e}"))
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -180,42 +200,31 @@ fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], CliError> {
 
 fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
-    let (model, _, _) = load(dir)?;
+    let model = load(dir)?.model;
     let tol = number(&r["tolerance"]["last_hidden_state_max_abs"], "tolerance.last_hidden_state_max_abs")?;
     let mut checks = Vec::new();
     for (i, case) in list(&r["cases"], "cases")?.iter().enumerate() {
         let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"], "cases[].input_ids")?])?;
-        let out =
-            device.run(&job(&model, batch, vec![OutputKind::LastHiddenState], i == 0, device)).map_err(device_err)?;
+        let out = device.run(&job(&model, batch, vec![OutputKind::LastHiddenState], i == 0, device))?;
         let d = max_diff(&out.outputs[0].data, &floats(&case["last_hidden_state"], "cases[].last_hidden_state")?);
-        checks.push(FixtureCheck {
-            case: format!("tiny_bert case {i}"),
-            max_abs_diff: d,
-            tolerance: tol,
-            ok: d <= tol,
-        });
+        checks.push(FixtureCheck::new(format!("tiny_bert case {i}"), d, tol));
     }
     Ok(checks)
 }
 
 fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
-    let (model, _, _) = load(dir)?;
+    let model = load(dir)?.model;
     let tol = number(&r["tolerance"]["last_position_logits_max_abs"], "tolerance.last_position_logits_max_abs")?;
     let vocab = model.spec.config.vocab_size();
     let mut checks = Vec::new();
     for (i, case) in list(&r["cases"], "cases")?.iter().enumerate() {
         let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"], "cases[].input_ids")?])?;
-        let out = device.run(&job(&model, batch, vec![OutputKind::Logits], i == 0, device)).map_err(device_err)?;
+        let out = device.run(&job(&model, batch, vec![OutputKind::Logits], i == 0, device))?;
         let logits = &out.outputs[0].data;
         let want = floats(&case["last_position_logits"], "cases[].last_position_logits")?;
         let d = max_diff(&logits[logits.len() - vocab..], &want);
-        checks.push(FixtureCheck {
-            case: format!("tiny_gpt2 case {i}"),
-            max_abs_diff: d,
-            tolerance: tol,
-            ok: d <= tol,
-        });
+        checks.push(FixtureCheck::new(format!("tiny_gpt2 case {i}"), d, tol));
     }
     for (i, g) in list(&r["generation"], "generation")?.iter().enumerate() {
         let prompt = ids(&g["prompt_ids"], "generation[].prompt_ids")?;
@@ -232,15 +241,10 @@ fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
             tokens,
             cancel: Arc::new(AtomicBool::new(false)),
         });
-        let out = device.run(&j).map_err(device_err)?;
-        let got = out.generated.map(|g| g.token_ids).unwrap_or_default();
-        let same = got == want;
-        checks.push(FixtureCheck {
-            case: format!("tiny_gpt2 greedy generation {i}"),
-            max_abs_diff: if same { 0.0 } else { 1.0 },
-            tolerance: 0.0,
-            ok: same,
-        });
+        let got = device.run(&j)?.generated.map(|g| g.token_ids).unwrap_or_default();
+        // Token ids must match exactly: any difference counts as 1 against a tolerance of 0.
+        let d = if got == want { 0.0 } else { 1.0 };
+        checks.push(FixtureCheck::new(format!("tiny_gpt2 greedy generation {i}"), d, 0.0));
     }
     Ok(checks)
 }
@@ -251,23 +255,23 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn measure(device: &mut dyn Device, dir: &Path, a: &DeviceCheckArgs) -> Result<ModelReport, CliError> {
-    let (model, pinned, pin_ms) = load(dir)?;
+    let Loaded { model, pinned, pin_ms } = load(dir)?;
     let vocab = model.spec.config.vocab_size() as u32;
     let seq_len = a.seq_len.min(model.spec.config.max_positions());
     let seqs: Vec<Vec<u32>> =
         (0..a.batch).map(|b| (0..seq_len).map(|t| ((t * 31 + b * 7 + 1) as u32) % vocab).collect()).collect();
     let batch = TokenBatch::from_sequences(&seqs)?;
     let outputs = vec![model.spec.default_output()];
-    let bytes = model.weights().len() as u64 * 4;
-    let extent = Extent { first: 0, pages: bytes.div_ceil(device.info().page_bytes) as usize };
-    let raw = (0..3).map(|_| device.raw_copy_ms(&model, extent)).collect::<Result<Vec<_>, _>>().map_err(device_err)?;
+    let bytes = weight_bytes(&model);
+    let extent = extent(&model, device);
+    let raw = (0..3).map(|_| device.raw_copy_ms(&model, extent)).collect::<Result<Vec<_>, _>>()?;
     let raw_copy_ms = raw.iter().copied().collect::<Option<Vec<f64>>>().map(median);
     let mut cold = Vec::new();
     let mut swaps = Vec::new();
     let mut result = None;
     for _ in 0..a.cold_iters.max(1) {
         let t0 = Instant::now();
-        let r = device.run(&job(&model, batch.clone(), outputs.clone(), true, device)).map_err(device_err)?;
+        let r = device.run(&job(&model, batch.clone(), outputs.clone(), true, device))?;
         cold.push(t0.elapsed().as_secs_f64() * 1e3);
         swaps.push(r.swap_ms);
         result = Some(r);
@@ -275,7 +279,7 @@ fn measure(device: &mut dyn Device, dir: &Path, a: &DeviceCheckArgs) -> Result<M
     let mut warm = Vec::new();
     for _ in 0..a.iters.max(1) {
         let t0 = Instant::now();
-        device.run(&job(&model, batch.clone(), outputs.clone(), false, device)).map_err(device_err)?;
+        device.run(&job(&model, batch.clone(), outputs.clone(), false, device))?;
         warm.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let got = result.expect("at least one cold run").outputs;

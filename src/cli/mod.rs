@@ -157,6 +157,8 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Start(#[from] crate::runtime::StartError),
+    #[error(transparent)]
+    Device(#[from] crate::gpu::DeviceError),
 }
 
 /// Runs one parsed command. The rayon pool is sized here, before any computation.

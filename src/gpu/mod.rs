@@ -158,6 +158,9 @@ pub struct DevicePlan {
     pub topology: Topology,
 }
 
+/// Default activation workspace of each `cpu` and `cuda` device (`--workspace`).
+pub const DEFAULT_WORKSPACE: u64 = 1 << 30;
+
 /// Default weight pool of a `cpu` device.
 pub const DEFAULT_CPU_POOL: u64 = 2 << 30;
 /// Default weight pool of a `sim` device when the spec gives none.

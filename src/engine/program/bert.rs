@@ -6,6 +6,7 @@ use super::{attention_ops, dense, mask_words, Act, Gemm, Op, Program, Regions};
 use crate::engine::batch::TokenBatch;
 use crate::engine::bert::BertWeights;
 use crate::engine::config::BertConfig;
+use crate::engine::Span;
 
 /// `last_hidden_state[batch·seq, hidden]` of a validated batch.
 pub fn bert_forward(c: &BertConfig, wt: &BertWeights, batch: &TokenBatch) -> Program {
@@ -54,6 +55,22 @@ pub fn bert_forward(c: &BertConfig, wt: &BertWeights, batch: &TokenBatch) -> Pro
             out: x,
         },
     ];
+    // BERT's post-norm residual step: x = LayerNorm(input · W + b + x), through `tmp`.
+    let add_norm =
+        |ops: &mut Vec<Op>, (input, in_dim): (usize, usize), (w, b): (&Span, &Span), (g, beta): (&Span, &Span)| {
+            ops.push(Op::Gemm(Gemm::linear(input, n, in_dim, w.offset, h, tmp)));
+            ops.push(Op::LayerNorm {
+                x: tmp,
+                bias: Some(b.offset),
+                residual: Some(x),
+                gamma: g.offset,
+                beta: beta.offset,
+                rows: n,
+                width: h,
+                eps,
+                out: x,
+            });
+        };
     for (i, lw) in wt.layers.iter().enumerate() {
         ops.push(Op::WaitLayer(i + 1));
         dense(&mut ops, (x, n, h), (lw.qkv_w.offset, lw.qkv_b.offset), (qkv, 3 * h), Act::None, None, qkv);
@@ -70,32 +87,10 @@ pub fn bert_forward(c: &BertConfig, wt: &BertWeights, batch: &TokenBatch) -> Pro
                 (ctx + bi * s * h, h),
             );
         }
-        ops.push(Op::Gemm(Gemm::linear(ctx, n, h, lw.attn_out_w.offset, h, tmp)));
-        ops.push(Op::LayerNorm {
-            x: tmp,
-            bias: Some(lw.attn_out_b.offset),
-            residual: Some(x),
-            gamma: lw.attn_ln_w.offset,
-            beta: lw.attn_ln_b.offset,
-            rows: n,
-            width: h,
-            eps,
-            out: x,
-        });
+        add_norm(&mut ops, (ctx, h), (&lw.attn_out_w, &lw.attn_out_b), (&lw.attn_ln_w, &lw.attn_ln_b));
         let act = c.hidden_act.into();
         dense(&mut ops, (x, n, h), (lw.inter_w.offset, lw.inter_b.offset), (inner, inter), act, None, inner);
-        ops.push(Op::Gemm(Gemm::linear(inner, n, inter, lw.out_w.offset, h, tmp)));
-        ops.push(Op::LayerNorm {
-            x: tmp,
-            bias: Some(lw.out_b.offset),
-            residual: Some(x),
-            gamma: lw.out_ln_w.offset,
-            beta: lw.out_ln_b.offset,
-            rows: n,
-            width: h,
-            eps,
-            out: x,
-        });
+        add_norm(&mut ops, (inner, inter), (&lw.out_w, &lw.out_b), (&lw.out_ln_w, &lw.out_ln_b));
     }
     ops.push(Op::ZeroRows { x, mask, rows: n, width: h });
     Program {
