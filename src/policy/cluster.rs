@@ -665,8 +665,9 @@ impl Cluster {
             if let Some(r) = src.resident.get_mut(&f) {
                 r.pins -= 1;
                 let running = src.job.as_ref().is_some_and(|j| j.function == f);
-                // Undeployed while it was a copy source, and not running there: drop it now.
-                if r.pins == 0 && !registered && !running {
+                // Undeployed, or on a device that failed, while it was a copy source, and not
+                // running there: drop it now.
+                if r.pins == 0 && (!registered || !src.healthy) && !running {
                     self.drop_copy(j, f);
                 }
             }
@@ -737,12 +738,12 @@ impl Cluster {
         self.devices.len()
     }
 
-    /// Devices where the function is resident.
     /// Where `function`'s copy sits in `device`'s pool, if it is resident there.
     pub fn extent_of(&self, device: DeviceId, function: FunctionId) -> Option<Extent> {
         self.devices.get(device)?.resident.get(&function).map(|r| r.extent)
     }
 
+    /// Devices where the function is resident.
     pub fn residency(&self, function: FunctionId) -> Vec<DeviceId> {
         (0..self.devices.len()).filter(|&i| self.devices[i].resident.contains_key(&function)).collect()
     }
@@ -872,6 +873,31 @@ mod tests {
     #[track_caller]
     fn queue(c: &mut Cluster, r: RequestId, f: FunctionId, now: f64) {
         assert_eq!(c.enqueue(r, f, now, None), Admission::Queued);
+    }
+
+    #[test]
+    fn a_copy_on_a_failed_device_is_dropped_once_its_last_reader_is_done() {
+        let mut c = cluster(PolicyKind::Torpor, 3, 4, |_, _| Some(1e12));
+        c.add_function(1, spec("a", 2, 1.0, ModelClass::Light)).unwrap();
+        c.add_function(2, spec("b", 2, 1.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        let first = run(&mut c, 0.0);
+        c.complete(first.device);
+        let holder = first.device;
+        // b runs on the device that holds a, then a is needed again: a peer copy from there.
+        queue(&mut c, 2, 2, 1.0);
+        let b_job = run(&mut c, 1.0);
+        assert_eq!(b_job.device, holder, "b is placed beside a (the test needs that)");
+        queue(&mut c, 3, 1, 2.0);
+        let reader = run(&mut c, 2.0);
+        assert_eq!(reader.swap, Some(SwapSource::Peer(holder)));
+        // b's job fails there: the device is unhealthy; a's copy is being read, so it stays...
+        c.fail(holder);
+        assert!(c.set_health(holder, false).is_empty(), "a is pinned by the reader");
+        // ...until the reader is done, and then it goes: a failed device is no copy source.
+        c.complete(reader.device);
+        assert_eq!(c.residency(1), vec![reader.device]);
+        c.check_accounting().unwrap();
     }
 
     #[test]
