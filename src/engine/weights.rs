@@ -10,10 +10,10 @@ use safetensors::{Dtype, SafeTensors};
 use super::error::{EngineError, Result};
 use super::layout::{PlannedTensor, Source, WeightLayout};
 
-/// The file's tensors, looked up under one of the name prefixes a family allows.
 /// Most tensors a weights file may hold.
 pub const MAX_TENSORS: usize = 1 << 16;
 
+/// The file's tensors, looked up under one of the name prefixes a family allows.
 pub struct WeightsFile {
     path: std::path::PathBuf,
     map: memmap2::Mmap,

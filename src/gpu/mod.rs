@@ -145,7 +145,7 @@ pub struct BuildOptions {
     /// Overrides the topology's host link.
     pub host_link: Option<f64>,
     pub sim_time_scale: f64,
-    /// Activation workspace of each `cpu` device.
+    /// Activation workspace of each `cpu` and `cuda` device.
     pub workspace_bytes: u64,
 }
 

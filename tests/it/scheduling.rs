@@ -258,9 +258,6 @@ fn bench_replays_a_scenario_over_http_and_compares_with_simulate() {
     assert_eq!(list[0]["profile"]["weight_bytes"], 57_000_000);
 }
 
-/// A server on one real-time sim device whose queue holds `max_queue` requests per function,
-/// with function `name` deployed from a profile (`exec_ms` a request, SLO `slo_ms`, no
-/// batching); returns it with the function's infer URL and a one-token input.
 /// An open-loop load: `senders` threads, staggered, each sending one request (`send` returns
 /// its status) every `period` until `duration` is over, whatever the answers take. Meanwhile
 /// `sample` updates a reading every 20 ms. Returns each request's status and latency, and the
@@ -311,6 +308,9 @@ fn open_loop<R: Send>(
     })
 }
 
+/// A server on one real-time sim device whose queue holds `max_queue` requests per function,
+/// with function `name` deployed from a profile (`exec_ms` a request, SLO `slo_ms`, no
+/// batching); returns it with the function's infer URL and a one-token input.
 fn one_device_serving(
     state: &std::path::Path,
     repo: &std::path::Path,

@@ -77,7 +77,7 @@ enum Source<'a> {
 }
 
 /// A swap-in in progress: the chunks still to enqueue.
-struct Copy<'a> {
+struct SwapIn<'a> {
     source: Source<'a>,
     chunks: Cursor,
     /// Chunks staged so far (the staging slot to use next).
@@ -121,7 +121,7 @@ impl CudaDevice {
     }
 
     /// Issues one chunk of a swap-in on the copy stream.
-    fn copy_chunk(&mut self, copy: &mut Copy<'_>, c: Chunk) -> Result<(), DriverError> {
+    fn copy_chunk(&mut self, copy: &mut SwapIn<'_>, c: Chunk) -> Result<(), DriverError> {
         let dst = copy.dst + c.offset as u64;
         // SAFETY: `dst..dst + len` lies inside the job's extent of the pool (checked in `run`);
         // the sources outlive the job (the model is held by it; a peer source is pinned against
@@ -166,7 +166,7 @@ impl CudaDevice {
         &mut self,
         program: &Program,
         weights: u64,
-        copy: Option<Copy<'_>>,
+        copy: Option<SwapIn<'_>>,
         graph: bool,
     ) -> Result<(Vec<f32>, f64), Failure> {
         let result = self.exec_inner(program, weights, copy, graph);
@@ -185,7 +185,7 @@ impl CudaDevice {
         &mut self,
         program: &Program,
         weights: u64,
-        mut copy: Option<Copy<'_>>,
+        mut copy: Option<SwapIn<'_>>,
         graph: bool,
     ) -> Result<(Vec<f32>, f64), Failure> {
         if program.work_bytes() > self.info.workspace_bytes {
@@ -245,7 +245,7 @@ impl CudaDevice {
     }
 
     /// Reads the output back once the program (and any copy) is complete.
-    fn finish(&mut self, program: &Program, copy: Option<Copy<'_>>) -> Result<(Vec<f32>, f64), Failure> {
+    fn finish(&mut self, program: &Program, copy: Option<SwapIn<'_>>) -> Result<(Vec<f32>, f64), Failure> {
         let (at, len) = program.output;
         let mut out = vec![0f32; len];
         // SAFETY: the output region lies in the workspace; the copy is ordered after the
@@ -325,7 +325,7 @@ impl Device for CudaDevice {
         let weights = self.base(job.extent);
         let mut copy = match source {
             None => None,
-            Some(source) => Some(Copy {
+            Some(source) => Some(SwapIn {
                 source,
                 chunks: Cursor::new(chunks::plan(&spec.layout.layers, self.chunk_bytes)),
                 staged: 0,

@@ -1,6 +1,6 @@
 //! The host store in page-locked memory: each function's packed weight buffer is registered
 //! with the driver (`cuMemHostRegister`, portable to every context) when it is deployed, so a
-//! swap-in copies straight from it at full link speed. Registering costs about 56 ms per GiB,
+//! swap-in copies straight from it at full link speed. Registering costs about 56 ms per GiB (CUDA-NOTES.md, H200),
 //! which is why it happens at deploy time and never on the request path. When registration
 //! fails (a locked-memory limit), the buffer stays pageable and swaps go through the device's
 //! pinned staging ring instead; `faaswap_host_pinned_bytes` and the log say which is in use.

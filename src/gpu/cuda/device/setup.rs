@@ -54,8 +54,8 @@ impl CudaDevice {
                  its {free} free bytes; lower --device-memory or --workspace"
             )));
         }
-        // SAFETY: a context is current; the two regions are freed only with the context (they
-        // live as long as the process's devices).
+        // SAFETY: a context is current; the two regions are kept for the life of the process (the
+        // devices are).
         let (pool, work, blas_work) = unsafe {
             let pool = cu::malloc_sync(pool_bytes as usize).map_err(|e| fail("cannot reserve the weight pool", &e))?;
             let work = cu::malloc_sync(work_bytes as usize).map_err(|e| fail("cannot reserve the workspace", &e))?;
@@ -130,7 +130,7 @@ impl CudaDevice {
         device.chunk_bytes = chunk;
         device.info.host_link_bytes_per_s = Some(link);
         for _ in 0..STAGING_SLOTS {
-            // SAFETY: a context is current; the buffers are freed with the device.
+            // SAFETY: a context is current; the buffers are kept for the life of the process.
             let buf = unsafe { cu::malloc_host(chunk, sys::CU_MEMHOSTALLOC_PORTABLE) }
                 .map_err(|e| fail("cannot allocate pinned staging memory", &e))?;
             device.staging.push((buf, timing(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)?));
