@@ -127,12 +127,15 @@ fn websockets_take_the_token_in_the_query() {
     // A query token works on WebSocket routes only.
     let (code, _, _) = call(&server, "GET", &format!("/api/v1/devices?token={ADMIN}"), None, None);
     assert_eq!(code, 401);
+    let reference = crate::common::read_json(&crate::common::tiny_gpt2().join("reference.json"));
+    let case = &reference["generation"][0];
     let mut socket = crate::ws::connect(&server, &format!("/api/v1/functions/gpt2/ws?token={INVOKE}"));
     socket
-        .send(tungstenite::Message::text(json!({"input_ids": [310, 37, 23], "max_new_tokens": 2}).to_string()))
+        .send(tungstenite::Message::text(json!({"input_ids": case["prompt_ids"], "max_new_tokens": 2}).to_string()))
         .unwrap();
     let first = crate::ws::next(&mut socket).unwrap();
-    assert_eq!((first["type"].as_str(), first["id"].as_u64()), (Some("token"), Some(193)), "{first}");
+    let want = case["new_token_ids"][0].as_u64();
+    assert_eq!((first["type"].as_str(), first["id"].as_u64()), (Some("token"), want), "{first}");
     drop(socket);
     server.stop();
 }
