@@ -194,6 +194,7 @@ impl CudaDevice {
                 available: self.info.workspace_bytes,
             }));
         }
+        let t0 = std::time::Instant::now();
         let replay = copy.is_none() && graph && self.use_graphs;
         let swap =
             copy.as_mut().map(|c| Swap { eager: !matches!(c.source, Source::Pageable(_)), chunks: &mut c.chunks });
@@ -241,18 +242,40 @@ impl CudaDevice {
                 Step::Finish => break,
             }
         }
-        self.finish(program, copy)
+        let enqueued = t0.elapsed();
+        let result = self.finish(program, copy);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            tracing::debug!(
+                "{}: {} ops (replay {replay}), enqueued in {:.3} ms, done after {:.3} ms, {} output bytes",
+                self.info.id,
+                program.ops.len(),
+                ms(enqueued),
+                ms(t0.elapsed()),
+                program.output.1 * 4
+            );
+        }
+        result
     }
 
     /// Reads the output back once the program (and any copy) is complete.
     fn finish(&mut self, program: &Program, copy: Option<SwapIn<'_>>) -> Result<(Vec<f32>, f64), Failure> {
         let (at, len) = program.output;
         let mut out = vec![0f32; len];
+        let t0 = std::time::Instant::now();
         // SAFETY: the output region lies in the workspace; the copy is ordered after the
         // program on the compute stream and complete when the stream is synchronised.
         unsafe {
+            cu::stream::synchronize(self.compute).map_err(kernel_fault)?;
+            let computed = t0.elapsed();
             cu::memcpy_dtoh_async(&mut out, self.work + at as u64 * 4, self.compute).map_err(kernel_fault)?;
             cu::stream::synchronize(self.compute).map_err(kernel_fault)?;
+            tracing::debug!(
+                "{}: waited {:.3} ms for the program, {:.3} ms for the read-back",
+                self.info.id,
+                computed.as_secs_f64() * 1e3,
+                (t0.elapsed() - computed).as_secs_f64() * 1e3
+            );
         }
         let swap_ms = match copy {
             None => 0.0,
@@ -326,8 +349,11 @@ impl Device for CudaDevice {
         let mut copy = match source {
             None => None,
             Some(source) => Some(SwapIn {
+                chunks: Cursor::new(chunks::plan(
+                    &spec.layout.layers,
+                    chunks::limit(matches!(source, Source::Pageable(_)), self.chunk_bytes),
+                )),
                 source,
-                chunks: Cursor::new(chunks::plan(&spec.layout.layers, self.chunk_bytes)),
                 staged: 0,
                 dst: weights,
             }),

@@ -66,6 +66,10 @@ pub fn pin(model: &Model) -> Option<bool> {
     let ctx = *CONTEXT.get()?;
     let state = model.host_pin(|weights| {
         let bytes = std::mem::size_of_val(weights);
+        if std::env::var("FAASWAP_CUDA_PIN").is_ok_and(|v| v == "0") {
+            tracing::debug!("FAASWAP_CUDA_PIN=0: {bytes} bytes of host weights stay pageable");
+            return Box::new(HostPin { ptr: weights.as_ptr() as usize, ctx, bytes, pinned: false });
+        }
         let t0 = std::time::Instant::now();
         // SAFETY: the buffer lives as long as the model, which unregisters it (through this
         // guard) before freeing it; the driver only reads it.
