@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 REQUESTS=${1:-20000}
 CONCURRENCY=${2:-8}
 ROUNDS=${3:-3}
-cargo build --release -q
-BIN=target/release/faaswap
+# FAASWAP_BIN: a binary built elsewhere (the GPU machine has no Rust toolchain).
+BIN=${FAASWAP_BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --release -q
+  BIN=target/release/faaswap
+fi
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$TMP"' EXIT
 "$BIN" synth --preset bert-tiny --seed 1 --out "$TMP/repo/bert-tiny" > /dev/null

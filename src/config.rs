@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// is refused [default: 1GiB].
     #[arg(long, env = "FAASWAP_WORKSPACE")]
     pub workspace: Option<String>,
+    /// HTTP worker threads [default: one per core].
+    #[arg(long, env = "FAASWAP_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
     /// Largest request body [default: 64MiB].
     #[arg(long, env = "FAASWAP_MAX_BODY")]
     pub max_body: Option<String>,
@@ -107,12 +110,18 @@ pub struct ServeConfig {
     pub sim_time_scale: f64,
     pub workspace_bytes: u64,
     pub max_body: usize,
+    pub http_workers: usize,
     pub max_package: u64,
     pub policy: PolicyKind,
     pub shed: bool,
     pub max_queue_per_function: usize,
     pub max_queue: usize,
     pub auth: TokenSet,
+}
+
+/// One HTTP worker per core, as actix-web and Triton do.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl ServeConfig {
@@ -202,6 +211,7 @@ impl ServeArgs {
             workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?
                 .unwrap_or(crate::gpu::DEFAULT_WORKSPACE),
             max_body: max_body as usize,
+            http_workers: positive("--http-workers", self.http_workers.or(file.http_workers), default_workers())?,
             max_package: size("--max-package", pick(self.max_package, file.max_package))?.unwrap_or(64 << 30),
             policy: pick(self.policy, file.policy)
                 .map(|p| p.parse::<PolicyKind>().map_err(|e| ConfigError::Invalid(format!("--policy: {e}"))))

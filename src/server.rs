@@ -18,6 +18,7 @@ pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::de
     } else {
         tracing::info!("API tokens: {:?}", config.auth);
     }
+    let workers = config.http_workers;
     let runtime = Runtime::start(config)?;
     let data = web::Data::from(runtime.clone());
     let server = HttpServer::new(move || {
@@ -33,7 +34,7 @@ pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::de
                 api::error::json_error(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
             }))
     })
-    .workers(2)
+    .workers(workers)
     // Long-lived WebSockets (the event feed, generations) would otherwise hold a shutdown for
     // the default 30 s.
     .shutdown_timeout(5)

@@ -130,6 +130,9 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
 pub struct BareArgs {
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub addr: String,
+    /// HTTP worker threads (as `serve --http-workers`) [default: one per core].
+    #[arg(long, env = "FAASWAP_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
 }
 
 /// Answers `POST /v2/models/{name}/infer` with a fixed KServe-shaped body after reading the
@@ -138,7 +141,8 @@ pub fn bare_server(a: BareArgs) -> Result<(), CliError> {
     let reply = json!({"model_name": "bare", "model_version": "1", "outputs": [
         {"name": "last_hidden_state", "datatype": "FP32", "shape": [1, 1, 1], "data": [0.0]}]})
     .to_string();
-    eprintln!("bare actix-web route on http://{}/v2/models/{{name}}/infer", a.addr);
+    let workers = a.http_workers.unwrap_or_else(crate::config::default_workers).max(1);
+    eprintln!("bare actix-web route on http://{}/v2/models/{{name}}/infer ({workers} workers)", a.addr);
     actix_rt::System::new().block_on(async move {
         HttpServer::new(move || {
             let reply = reply.clone();
@@ -150,7 +154,7 @@ pub fn bare_server(a: BareArgs) -> Result<(), CliError> {
                 }),
             )
         })
-        .workers(2)
+        .workers(workers)
         .bind(&a.addr)?
         .run()
         .await
