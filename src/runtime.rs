@@ -10,13 +10,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, Addr, Arbiter};
 
-use crate::actors::function::{FunctionActor, Payload};
+use crate::actors::function::Payload;
 use crate::actors::gpu::GpuActor;
 use crate::actors::messages::{
-    AttachGpus, Completed, Generate, GetDevices, GetQueued, Infer, InjectFault, Inputs, RegisterFunction,
-    UnregisterFunction, UpdateSlo,
+    AttachGpus, Completed, GetDevices, GetQueued, InjectFault, Inputs, RegisterFunction, Reply, Submit,
+    UnregisterFunction, UpdateSlo, Work,
 };
-use crate::actors::scheduler::SchedulerActor;
+use crate::actors::scheduler::{self, Scheduler, SchedulerActor, SharedScheduler};
 use crate::actors::RuntimeError;
 use crate::config::ServeConfig;
 use crate::engine::{EngineError, Model};
@@ -91,7 +91,6 @@ pub struct FunctionEntry {
     pub name: String,
     pub record: RwLock<FunctionRecord>,
     pub payload: Payload,
-    actor: Addr<FunctionActor>,
     pub stats: FunctionStats,
     slo: std::sync::Mutex<SloTracker>,
     /// Requests counted when the last `slo` event went out.
@@ -130,6 +129,8 @@ pub struct Runtime {
     pub devices: Vec<DeviceInfo>,
     store: Store,
     scheduler: Addr<SchedulerActor>,
+    /// The scheduler's state: requests are queued and placed on the HTTP worker's thread.
+    core: SharedScheduler,
     functions: RwLock<BTreeMap<String, Arc<FunctionEntry>>>,
     next_id: AtomicU64,
     ready: AtomicBool,
@@ -186,16 +187,19 @@ impl Runtime {
         );
         tracing::info!("scheduling policy: {}{}", config.policy, if config.shed { " (shedding)" } else { "" });
         let events = EventBus::default();
-        let scheduler_state = SchedulerActor::new(cluster, ids.clone(), events.clone());
-        let scheduler = SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| scheduler_state);
+        let core: SharedScheduler =
+            std::sync::Arc::new(std::sync::Mutex::new(Scheduler::new(cluster, ids.clone(), events.clone())));
+        let actor_core = core.clone();
+        let scheduler =
+            SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| SchedulerActor::new(actor_core));
         let mut arbiters = vec![sched_arbiter];
         let mut gpus = Vec::with_capacity(devices.len());
         for (i, device) in devices.into_iter().enumerate() {
             // Each device on its own thread: its calls block.
             let arbiter = Arbiter::new();
-            let (sched, bus, ids) = (scheduler.clone(), events.clone(), ids.clone());
+            let (core, sched, bus, ids) = (core.clone(), scheduler.clone(), events.clone(), ids.clone());
             gpus.push(GpuActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                GpuActor::new(i, device, sched, bus, ids)
+                GpuActor::new(i, device, core, sched, bus, ids)
             }));
             arbiters.push(arbiter);
         }
@@ -205,6 +209,7 @@ impl Runtime {
             devices: infos,
             store,
             scheduler,
+            core,
             functions: RwLock::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
@@ -427,19 +432,11 @@ impl Runtime {
             .await
             .map_err(|_| RuntimeError::Stopped)?
             .map_err(|reason| DeployError::DoesNotFit { name: name.clone(), reason })?;
-        let (actor_payload, scheduler, actor_name) = (payload.clone(), self.scheduler.clone(), name.clone());
-        let actor = FunctionActor::start_in_arbiter(
-            // On the scheduler's thread: a request then crosses threads only to its device
-            // and back (each crossing is a wake-up, the largest cost of a zero-time job).
-            &self.arbiters[0].handle(),
-            move |_| FunctionActor::new(id, actor_name, actor_payload, scheduler),
-        );
         let entry = Arc::new(FunctionEntry {
             id,
             name: name.clone(),
             record: RwLock::new(record),
             payload,
-            actor,
             stats: FunctionStats::default(),
             slo: std::sync::Mutex::new(SloTracker::default()),
             slo_published: AtomicU64::new(0),
@@ -522,11 +519,21 @@ impl Runtime {
     ) -> Result<Completed, RuntimeError> {
         let received = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        // `do_send` ignores the mailbox bound; a stopped actor drops `reply`, which ends `rx`.
-        entry.actor.do_send(Infer { inputs, outputs, max_batch: entry.max_batch(), deadline_ms, received, reply });
-        let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
+        let result = match entry.payload.prepare(inputs, &outputs, entry.max_batch()) {
+            Ok(work) => {
+                self.submit(entry, work, received, deadline_ms, reply);
+                rx.await.unwrap_or(Err(RuntimeError::Stopped))
+            }
+            Err(e) => Err(e),
+        };
         self.account(entry, received, &result);
         result
+    }
+
+    /// Queues and places a prepared request on this thread; the device answers on `reply`.
+    fn submit(&self, entry: &FunctionEntry, work: Work, received: Instant, deadline_ms: Option<f64>, reply: Reply) {
+        let name = entry.name.clone();
+        scheduler::lock(&self.core).submit(Submit { function: entry.id, name, work, received, deadline_ms, reply });
     }
 
     /// Starts a generation on a deployed function: tokens stream into `generation.tokens`
@@ -540,8 +547,13 @@ impl Runtime {
         // A device that cannot generate (sim) says so itself.
         let received = generation.received;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        entry.actor.do_send(Generate { generation, deadline_ms, reply });
-        let result = rx.await.unwrap_or(Err(RuntimeError::Stopped));
+        let result = match entry.payload.prepare_generation(generation) {
+            Ok(work) => {
+                self.submit(entry, work, received, deadline_ms, reply);
+                rx.await.unwrap_or(Err(RuntimeError::Stopped))
+            }
+            Err(e) => Err(e),
+        };
         self.account(entry, received, &result);
         result
     }

@@ -1,16 +1,15 @@
-//! The function actor: owns a deployed function's model (its host weights and tokenizer);
-//! turns a request into a validated token batch and hands it to the scheduler.
+//! A deployed function's payload (its model package, or a profile alone) and how a request for
+//! it becomes validated work for the scheduler: tokenized, checked against the model, sized.
+//! Plain functions, run on the HTTP worker that received the request (in parallel across
+//! workers, with no hand-off to another thread).
 
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Context, Handler};
-
-use super::messages::{Generate, Infer, Inputs, Submit, Work};
-use super::scheduler::SchedulerActor;
+use super::messages::{Inputs, Work};
 use super::RuntimeError;
 use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
 use crate::gpu::Generation;
-use crate::policy::{FunctionId, Profile};
+use crate::policy::Profile;
 
 /// What a function runs: a model package, or (on `sim` devices) a profile alone.
 #[derive(Clone)]
@@ -40,20 +39,10 @@ impl Payload {
 /// memory, outside the device's workspace.
 const MAX_OUTPUT_VALUES: usize = 1 << 26;
 
-pub struct FunctionActor {
-    id: FunctionId,
-    name: String,
-    payload: Payload,
-    scheduler: Addr<SchedulerActor>,
-}
-
-impl FunctionActor {
-    pub fn new(id: FunctionId, name: String, payload: Payload, scheduler: Addr<SchedulerActor>) -> Self {
-        Self { id, name, payload, scheduler }
-    }
-
-    fn prepare(&self, inputs: Inputs, requested: &[String], max_batch: usize) -> Result<Work, RuntimeError> {
-        let model = match &self.payload {
+impl Payload {
+    /// An inference request as work for the scheduler, or the reason it is refused (a 400).
+    pub fn prepare(&self, inputs: Inputs, requested: &[String], max_batch: usize) -> Result<Work, RuntimeError> {
+        let model = match self {
             Payload::Model(m) => m,
             Payload::Profile(p) => return Self::prepare_profiled(p, inputs, requested, max_batch),
         };
@@ -82,14 +71,7 @@ impl FunctionActor {
             ))
             .into());
         }
-        Ok(Work {
-            model: Some(model.clone()),
-            bytes: self.payload.bytes(),
-            exec_ms: None,
-            batch,
-            outputs,
-            generation: None,
-        })
+        Ok(Work { model: Some(model.clone()), bytes: self.bytes(), exec_ms: None, batch, outputs, generation: None })
     }
 
     /// A profiled function takes token ids (or texts, one sequence each) only for their batch
@@ -125,34 +107,10 @@ impl FunctionActor {
     }
 }
 
-impl Actor for FunctionActor {
-    type Context = Context<Self>;
-}
-
-impl Handler<Infer> for FunctionActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Infer, _: &mut Context<Self>) {
-        let Infer { inputs, outputs, max_batch, deadline_ms, received, reply } = msg;
-        match self.prepare(inputs, &outputs, max_batch) {
-            Ok(work) => self.scheduler.do_send(Submit {
-                function: self.id,
-                name: self.name.clone(),
-                work,
-                received,
-                deadline_ms,
-                reply,
-            }),
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-}
-
-impl FunctionActor {
-    fn prepare_generation(&self, generation: Generation) -> Result<Work, RuntimeError> {
-        let Payload::Model(model) = &self.payload else {
+impl Payload {
+    /// A generation request as work for the scheduler, or the reason it is refused.
+    pub fn prepare_generation(&self, generation: Generation) -> Result<Work, RuntimeError> {
+        let Payload::Model(model) = self else {
             return Err(EngineError::BadInput("a function deployed from a profile alone cannot generate".into()).into());
         };
         let batch = model.spec.check_generation(&generation.prompt, &generation.options)?;
@@ -161,7 +119,7 @@ impl FunctionActor {
         }
         Ok(Work {
             model: Some(model.clone()),
-            bytes: self.payload.bytes(),
+            bytes: self.bytes(),
             exec_ms: None,
             batch,
             outputs: Vec::new(),
@@ -170,23 +128,51 @@ impl FunctionActor {
     }
 }
 
-impl Handler<Generate> for FunctionActor {
-    type Result = ();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::synth::{self, SynthDtype};
 
-    fn handle(&mut self, msg: Generate, _: &mut Context<Self>) {
-        let received = msg.generation.received;
-        match self.prepare_generation(msg.generation) {
-            Ok(work) => self.scheduler.do_send(Submit {
-                function: self.id,
-                name: self.name.clone(),
-                work,
-                received,
-                deadline_ms: msg.deadline_ms,
-                reply: msg.reply,
-            }),
-            Err(e) => {
-                let _ = msg.reply.send(Err(e));
-            }
-        }
+    fn bert_nano() -> (tempfile::TempDir, Payload) {
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_package(synth::preset("bert-nano").unwrap(), 3, SynthDtype::F32, dir.path(), &mut |_, _| {})
+            .unwrap();
+        let model = Model::load(dir.path()).unwrap();
+        (dir, Payload::Model(Arc::new(model)))
+    }
+
+    fn tokens(seqs: &[Vec<u32>]) -> Inputs {
+        Inputs::Tokens(TokenBatch::from_sequences(seqs).unwrap())
+    }
+
+    #[test]
+    fn a_token_request_becomes_work_with_the_default_output() {
+        let (_dir, payload) = bert_nano();
+        let work = payload.prepare(tokens(&[vec![1, 2, 3], vec![4, 5]]), &[], 8).unwrap();
+        assert_eq!((work.batch.batch, work.batch.seq), (2, 3));
+        assert_eq!(work.outputs, vec![payload.model().unwrap().spec.default_output()]);
+        assert_eq!(work.bytes, payload.bytes());
+        assert!(work.model.is_some() && work.exec_ms.is_none() && work.generation.is_none());
+    }
+
+    #[test]
+    fn requests_the_model_cannot_run_are_refused_before_the_scheduler() {
+        let (_dir, payload) = bert_nano();
+        let err = |r: Result<Work, RuntimeError>| r.err().expect("refused").to_string();
+        assert!(err(payload.prepare(tokens(&vec![vec![1]; 3]), &[], 2)).contains("max_batch of 2"));
+        assert!(err(payload.prepare(tokens(&[vec![1]]), &["nope".into()], 8)).contains("nope"));
+        // Token ids past the vocabulary and sequences past the positions are the model's to refuse.
+        assert!(payload.prepare(tokens(&[vec![1 << 20]]), &[], 8).is_err());
+        assert!(payload.prepare(tokens(&[vec![1; 1000]]), &[], 8).is_err());
+    }
+
+    #[test]
+    fn a_profiled_function_takes_only_the_batch_size_and_names_no_outputs() {
+        let payload = Payload::Profile(Profile { weight_bytes: 1 << 20, exec_ms: 4.0, class: None });
+        let work = payload.prepare(Inputs::Texts(vec!["a".into(), "b".into()]), &[], 8).unwrap();
+        assert_eq!((work.batch.batch, work.exec_ms, work.bytes), (2, Some(4.0), 1 << 20));
+        assert!(work.model.is_none() && work.outputs.is_empty());
+        assert!(payload.prepare(tokens(&[vec![1]]), &["logits".into()], 8).is_err());
+        assert!(payload.prepare(tokens(&vec![vec![1]; 9]), &[], 8).is_err());
     }
 }

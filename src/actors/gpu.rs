@@ -6,7 +6,7 @@ use std::time::Instant;
 use actix::{Actor, Addr, Context, Handler};
 
 use super::messages::{Completed, DeviceFault, ExecItem, Execute, HealthCheck, HealthResult, InjectFault, JobDone};
-use super::scheduler::SchedulerActor;
+use super::scheduler::{self, SchedulerActor, SharedScheduler};
 use super::RuntimeError;
 use crate::events::{Event, EventBus};
 use crate::gpu::{Device, DeviceError, FinishReason, JobResult};
@@ -16,6 +16,9 @@ use crate::policy::{DeviceId, SwapSource};
 pub struct GpuActor {
     index: DeviceId,
     device: Box<dyn Device>,
+    /// Where a finished batch is accounted, on this thread.
+    core: SharedScheduler,
+    /// Where a failed one goes (its health checks need the actor's timers).
     scheduler: Addr<SchedulerActor>,
     events: EventBus,
     /// Every device's id, by index (to name a peer a copy came from).
@@ -26,11 +29,12 @@ impl GpuActor {
     pub fn new(
         index: DeviceId,
         device: Box<dyn Device>,
+        core: SharedScheduler,
         scheduler: Addr<SchedulerActor>,
         events: EventBus,
         device_ids: Vec<String>,
     ) -> Self {
-        Self { index, device, scheduler, events, device_ids }
+        Self { index, device, core, scheduler, events, device_ids }
     }
 
     /// Runs one request; a panic inside the device becomes a device error for it.
@@ -95,7 +99,14 @@ impl Handler<Execute> for GpuActor {
                 cancelled: false,
             });
         }
-        self.scheduler.do_send(done);
+        if done.fault.is_some() {
+            self.scheduler.do_send(done);
+        } else {
+            // Accounted here, and the device's next batch dispatched, without waking the
+            // scheduler's thread.
+            let check = scheduler::lock(&self.core).job_done(done);
+            debug_assert!(check.is_none(), "only a fault schedules health checks");
+        }
     }
 }
 

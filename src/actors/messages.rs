@@ -98,9 +98,8 @@ pub struct UnregisterFunction {
     pub id: FunctionId,
 }
 
-/// A request to queue and place.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// A request to queue and place: not sent but applied on the caller's thread (the HTTP
+/// worker's) through `Scheduler::submit`.
 pub struct Submit {
     pub function: FunctionId,
     pub name: String,
@@ -193,37 +192,10 @@ pub struct InjectFault {
     pub fault: crate::gpu::faults::FaultSpec,
 }
 
-// ---- FunctionActor ----
+// ---- Request inputs (prepared on the HTTP worker, `function.rs`) ----
 
 /// The inputs of one inference request, as the API decoded them.
 pub enum Inputs {
     Texts(Vec<String>),
     Tokens(TokenBatch),
-}
-
-/// One inference request for this function. The result goes straight from the device to
-/// `reply` (the HTTP handler waits on it), not back through this actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Infer {
-    pub inputs: Inputs,
-    /// Requested outputs by name; the model's default when empty.
-    pub outputs: Vec<String>,
-    /// The function's `max_batch` setting.
-    pub max_batch: usize,
-    /// A deadline shorter than the function's SLO, ms from `received`.
-    pub deadline_ms: Option<f64>,
-    pub received: Instant,
-    pub reply: Reply,
-}
-
-/// One generation request for this function; tokens stream through `generation.tokens`, the
-/// summary arrives on `reply`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Generate {
-    pub generation: Generation,
-    /// A deadline for the first token shorter than the function's SLO, ms from `received`.
-    pub deadline_ms: Option<f64>,
-    pub reply: Reply,
 }

@@ -1,8 +1,16 @@
-//! The scheduler actor: owns the global view (a `policy::Cluster`, the same code the simulator
-//! runs) and the requests waiting for a device; applies each decision — an execute order to a
-//! GPU actor, or an error for a dropped request. It never blocks and never touches a device.
+//! The scheduler: the global view (a `policy::Cluster`, the same code the simulator runs) and
+//! the requests waiting for a device; applies each decision — an execute order to a GPU actor,
+//! or an error for a dropped request. It never blocks and never touches a device.
+//!
+//! The state sits behind a mutex (`SharedScheduler`) so that the two hot events are applied on
+//! the thread where they happen, without a hand-off to another thread: a request is queued and
+//! placed on the HTTP worker that decoded it, and a finished batch is accounted (and the device's
+//! next batch dispatched) on the device's own thread. Each hand-off is a wake-up of a sleeping
+//! thread, the largest cost of a short job (BENCHMARKS.md). `SchedulerActor` handles the rest:
+//! deploys, settings, device faults and their health-check timers, queries.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler};
@@ -27,7 +35,16 @@ struct Pending {
     retried: bool,
 }
 
-pub struct SchedulerActor {
+/// The scheduler's state, shared by the actor, the HTTP workers and the GPU actors.
+pub type SharedScheduler = Arc<Mutex<Scheduler>>;
+
+/// Locks the scheduler; a panic while it was held leaves state that is still consistent
+/// between decisions (each decision is applied whole), so a poisoned lock is taken over.
+pub fn lock(core: &SharedScheduler) -> MutexGuard<'_, Scheduler> {
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Scheduler {
     cluster: Cluster,
     gpus: Vec<Addr<GpuActor>>,
     device_ids: Vec<String>,
@@ -38,7 +55,21 @@ pub struct SchedulerActor {
     events: EventBus,
 }
 
+pub struct SchedulerActor {
+    core: SharedScheduler,
+}
+
 impl SchedulerActor {
+    pub fn new(core: SharedScheduler) -> Self {
+        Self { core }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Scheduler> {
+        lock(&self.core)
+    }
+}
+
+impl Scheduler {
     pub fn new(cluster: Cluster, device_ids: Vec<String>, events: EventBus) -> Self {
         Self {
             cluster,
@@ -145,8 +176,9 @@ impl Handler<AttachGpus> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: AttachGpus, _: &mut Context<Self>) {
-        self.gpus = msg.gpus;
-        self.dispatch();
+        let mut core = self.core();
+        core.gpus = msg.gpus;
+        core.dispatch();
     }
 }
 
@@ -154,8 +186,9 @@ impl Handler<RegisterFunction> for SchedulerActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: RegisterFunction, _: &mut Context<Self>) -> Self::Result {
-        self.cluster.add_function(msg.id, msg.spec)?;
-        self.publish_memory();
+        let mut core = self.core();
+        core.cluster.add_function(msg.id, msg.spec)?;
+        core.publish_memory();
         Ok(())
     }
 }
@@ -164,7 +197,7 @@ impl Handler<UpdateSlo> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: UpdateSlo, _: &mut Context<Self>) {
-        self.cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch);
+        self.core().cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch);
     }
 }
 
@@ -172,32 +205,30 @@ impl Handler<UnregisterFunction> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: UnregisterFunction, _: &mut Context<Self>) {
-        let name = self.cluster.function_name(msg.id).unwrap_or_default().to_string();
-        let (dropped, evicted) = self.cluster.remove_function(msg.id);
+        let mut core = self.core();
+        let name = core.cluster.function_name(msg.id).unwrap_or_default().to_string();
+        let (dropped, evicted) = core.cluster.remove_function(msg.id);
         for device in evicted {
-            self.evicted(device, &name, EvictReason::Undeploy);
+            core.evicted(device, &name, EvictReason::Undeploy);
         }
         for r in dropped {
-            if let Some(p) = self.pending.remove(&r) {
+            if let Some(p) = core.pending.remove(&r) {
                 let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
             }
         }
-        self.publish_memory();
+        core.publish_memory();
     }
 }
 
-impl Handler<Submit> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Submit, _: &mut Context<Self>) {
+impl Scheduler {
+    /// Queues a new request and dispatches (on the caller's thread).
+    pub fn submit(&mut self, msg: Submit) {
         let waited = msg.received.elapsed().as_secs_f64() * 1e3;
         let deadline = msg.deadline_ms.map(|d| d - waited);
         let p = Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply, retried: false };
         self.admit(p, msg.function, deadline);
     }
-}
 
-impl SchedulerActor {
     /// Queues a request (new, or retried after a device failure) and dispatches.
     fn admit(&mut self, p: Pending, function: FunctionId, deadline: Option<f64>) {
         let id = self.next_request;
@@ -224,6 +255,17 @@ impl Handler<JobDone> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
+        let mut core = self.core();
+        if let Some(device) = core.job_done(msg) {
+            core.check_health_later(device, 0, ctx);
+        }
+    }
+}
+
+impl Scheduler {
+    /// Accounts a finished batch and dispatches. Returns a device that has just failed and
+    /// needs a health check scheduled (only a batch with a `fault` can cause one).
+    pub fn job_done(&mut self, msg: JobDone) -> Option<DeviceId> {
         // Without a fault the copy is complete; with one it went with the job.
         let dropped_copy = match msg.fault {
             None => {
@@ -242,6 +284,7 @@ impl Handler<JobDone> for SchedulerActor {
         for l in msg.latencies_ms {
             self.cluster.record(msg.function, l);
         }
+        let mut check = None;
         if let Some(fault) = msg.fault {
             // The failed job's copy went with it: the feed hears of it as an eviction.
             if dropped_copy {
@@ -251,26 +294,26 @@ impl Handler<JobDone> for SchedulerActor {
                     EvictReason::DeviceFault,
                 );
             }
-            self.device_failed(msg.device, msg.function, fault, ctx);
+            check = self.device_failed(msg.device, msg.function, fault);
         }
         self.dispatch();
+        check
     }
-}
 
-impl SchedulerActor {
     /// A device failed: it gets no work (and its copies are dropped) until a health check
-    /// passes; the batch's unfinished requests are retried once elsewhere.
-    fn device_failed(&mut self, device: DeviceId, function: FunctionId, fault: DeviceFault, ctx: &mut Context<Self>) {
+    /// passes; the batch's unfinished requests are retried once elsewhere. Returns the device
+    /// when it was healthy until now (its health checks are to be scheduled).
+    fn device_failed(&mut self, device: DeviceId, function: FunctionId, fault: DeviceFault) -> Option<DeviceId> {
         let id = self.device_ids[device].clone();
         tracing::warn!("{}; retrying {} request(s) on other devices", fault.error, fault.retry.len());
         m::device_fault(&id, fault.kind);
         self.events.emit(|| Event::DeviceFault { device: id.clone(), fault: fault.kind, error: fault.error.clone() });
-        if self.cluster.healthy(device) {
+        let newly_failed = self.cluster.healthy(device);
+        if newly_failed {
             for f in self.cluster.set_health(device, false) {
                 self.evicted(device, self.cluster.function_name(f).unwrap_or_default(), EvictReason::DeviceFault);
             }
             self.publish_memory();
-            self.check_health_later(device, 0, ctx);
         }
         let name = self.cluster.function_name(function).unwrap_or_default().to_string();
         for item in fault.retry {
@@ -291,6 +334,7 @@ impl SchedulerActor {
             };
             self.admit(p, function, None);
         }
+        newly_failed.then_some(device)
     }
 
     /// A copy left a device: counted, and told to the event feed.
@@ -303,7 +347,7 @@ impl SchedulerActor {
         });
     }
 
-    fn check_health_later(&self, device: DeviceId, attempt: u32, ctx: &mut Context<Self>) {
+    fn check_health_later(&self, device: DeviceId, attempt: u32, ctx: &mut Context<SchedulerActor>) {
         let wait = Duration::from_millis(health::check_delay_ms(attempt));
         let gpu = self.gpus[device].clone();
         ctx.run_later(wait, move |_, _| gpu.do_send(HealthCheck { attempt }));
@@ -314,15 +358,16 @@ impl Handler<HealthResult> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: HealthResult, ctx: &mut Context<Self>) {
+        let mut core = self.core();
         if !msg.ok {
-            self.check_health_later(msg.device, msg.attempt + 1, ctx);
+            core.check_health_later(msg.device, msg.attempt + 1, ctx);
             return;
         }
-        self.cluster.set_health(msg.device, true);
-        let id = self.device_ids[msg.device].clone();
+        core.cluster.set_health(msg.device, true);
+        let id = core.device_ids[msg.device].clone();
         tracing::info!("{id} passed its health check: back in service");
-        self.events.emit(|| Event::DeviceHealthy { device: id });
-        self.dispatch();
+        core.events.emit(|| Event::DeviceHealthy { device: id });
+        core.dispatch();
     }
 }
 
@@ -330,7 +375,8 @@ impl Handler<GetDevices> for SchedulerActor {
     type Result = Vec<DeviceSnapshot>;
 
     fn handle(&mut self, _: GetDevices, _: &mut Context<Self>) -> Self::Result {
-        (0..self.cluster.device_count()).map(|i| self.cluster.snapshot(i)).collect()
+        let core = self.core();
+        (0..core.cluster.device_count()).map(|i| core.cluster.snapshot(i)).collect()
     }
 }
 
@@ -338,6 +384,6 @@ impl Handler<GetQueued> for SchedulerActor {
     type Result = usize;
 
     fn handle(&mut self, msg: GetQueued, _: &mut Context<Self>) -> usize {
-        self.cluster.queued(msg.function)
+        self.core().cluster.queued(msg.function)
     }
 }
