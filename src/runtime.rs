@@ -499,12 +499,16 @@ impl Runtime {
         self.store.put(&record)?;
         *entry.record.write().unwrap_or_else(|e| e.into_inner()) = record.clone();
         let s = &record.settings;
-        self.scheduler.do_send(UpdateSlo {
-            id: entry.id,
-            deadline_ms: s.slo_ms,
-            percentile: s.slo_percentile,
-            max_batch: s.max_batch,
-        });
+        // Awaited: the next request, which no longer passes the actor's mailbox, sees it.
+        let _ = self
+            .scheduler
+            .send(UpdateSlo {
+                id: entry.id,
+                deadline_ms: s.slo_ms,
+                percentile: s.slo_percentile,
+                max_batch: s.max_batch,
+            })
+            .await;
         Ok(record)
     }
 
@@ -533,7 +537,9 @@ impl Runtime {
     /// Queues and places a prepared request on this thread; the device answers on `reply`.
     fn submit(&self, entry: &FunctionEntry, work: Work, received: Instant, deadline_ms: Option<f64>, reply: Reply) {
         let name = entry.name.clone();
-        scheduler::lock(&self.core).submit(Submit { function: entry.id, name, work, received, deadline_ms, reply });
+        scheduler::with(&self.core, |s| {
+            s.submit(Submit { function: entry.id, name, work, received, deadline_ms, reply })
+        });
     }
 
     /// Starts a generation on a deployed function: tokens stream into `generation.tokens`

@@ -52,18 +52,22 @@ impl Payload {
         } else {
             requested.iter().map(|n| spec.output_by_name(n)).collect::<Result<_, _>>()?
         };
+        // The batch size is checked before tokenizing (the cheap refusal first).
+        let rows = match &inputs {
+            Inputs::Texts(texts) => texts.len(),
+            Inputs::Tokens(batch) => batch.batch,
+        };
+        if rows > max_batch {
+            return Err(EngineError::BadInput(format!(
+                "a batch of {rows} exceeds the function's max_batch of {max_batch}"
+            ))
+            .into());
+        }
         let batch = match inputs {
             Inputs::Texts(texts) => TokenBatch::from_sequences(&spec.tokenize(&texts)?)?,
             Inputs::Tokens(batch) => batch,
         };
         spec.check_request(&batch, &outputs)?;
-        if batch.batch > max_batch {
-            return Err(EngineError::BadInput(format!(
-                "a batch of {} exceeds the function's max_batch of {}",
-                batch.batch, max_batch
-            ))
-            .into());
-        }
         let values = spec.output_elems(&batch, &outputs);
         if values > MAX_OUTPUT_VALUES {
             return Err(EngineError::BadInput(format!(

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use actix::{Actor, Addr, Context, Handler};
 
-use super::messages::{Completed, DeviceFault, ExecItem, Execute, HealthCheck, HealthResult, InjectFault, JobDone};
+use super::messages::{
+    Completed, DeviceFailed, DeviceFault, ExecItem, Execute, HealthCheck, HealthResult, InjectFault, JobDone,
+};
 use super::scheduler::{self, SchedulerActor, SharedScheduler};
 use super::RuntimeError;
 use crate::events::{Event, EventBus};
@@ -18,7 +20,7 @@ pub struct GpuActor {
     device: Box<dyn Device>,
     /// Where a finished batch is accounted, on this thread.
     core: SharedScheduler,
-    /// Where a failed one goes (its health checks need the actor's timers).
+    /// Told when this device has failed (its health checks need the actor's timers).
     scheduler: Addr<SchedulerActor>,
     events: EventBus,
     /// Every device's id, by index (to name a peer a copy came from).
@@ -99,13 +101,11 @@ impl Handler<Execute> for GpuActor {
                 cancelled: false,
             });
         }
-        if done.fault.is_some() {
-            self.scheduler.do_send(done);
-        } else {
-            // Accounted here, and the device's next batch dispatched, without waking the
-            // scheduler's thread.
-            let check = scheduler::lock(&self.core).job_done(done);
-            debug_assert!(check.is_none(), "only a fault schedules health checks");
+        // Accounted here, and the device's next batch dispatched, without waking the
+        // scheduler's thread; a fault too, at once, so that no later request is placed on (or
+        // copies from) the failed device. Only the health-check timers are the actor's.
+        if let Some(device) = scheduler::with(&self.core, |s| s.job_done(done)) {
+            self.scheduler.do_send(DeviceFailed { device });
         }
     }
 }

@@ -98,6 +98,13 @@ pub struct UnregisterFunction {
     pub id: FunctionId,
 }
 
+/// A device has just failed: schedule its health checks (the actor's timers).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceFailed {
+    pub device: DeviceId,
+}
+
 /// A request to queue and place: not sent but applied on the caller's thread (the HTTP
 /// worker's) through `Scheduler::submit`.
 pub struct Submit {
@@ -110,9 +117,8 @@ pub struct Submit {
     pub reply: Reply,
 }
 
-/// A device finished its job; with a `fault`, the model's copy there is not complete.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// A device finished its job; with a `fault`, the model's copy there is not complete. Not sent
+/// but applied on the device's thread through `Scheduler::job_done`.
 pub struct JobDone {
     pub device: DeviceId,
     pub function: FunctionId,

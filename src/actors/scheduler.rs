@@ -17,10 +17,11 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler};
 
 use super::gpu::GpuActor;
 use super::messages::{
-    AttachGpus, DeviceFault, ExecItem, Execute, GetDevices, GetQueued, HealthCheck, HealthResult, JobDone,
-    RegisterFunction, Reply, Submit, UnregisterFunction, UpdateSlo, Work,
+    AttachGpus, DeviceFailed, DeviceFault, ExecItem, Execute, GetDevices, GetQueued, HealthCheck, HealthResult,
+    JobDone, RegisterFunction, Reply, Submit, UnregisterFunction, UpdateSlo, Work,
 };
 use super::RuntimeError;
+use crate::engine::Model;
 use crate::events::{Event, EventBus};
 
 use crate::metrics as m;
@@ -38,10 +39,25 @@ struct Pending {
 /// The scheduler's state, shared by the actor, the HTTP workers and the GPU actors.
 pub type SharedScheduler = Arc<Mutex<Scheduler>>;
 
-/// Locks the scheduler; a panic while it was held leaves state that is still consistent
-/// between decisions (each decision is applied whole), so a poisoned lock is taken over.
+/// Locks the scheduler. A panic while it was held is a bug and may have left a decision half
+/// applied; the state is taken over anyway, because refusing it would fail every later request
+/// of every function, where the damage of a half-applied decision is usually one device or one
+/// request.
 pub fn lock(core: &SharedScheduler) -> MutexGuard<'_, Scheduler> {
     core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` under the lock, then drops the models of the requests it refused after letting go:
+/// the last reference to a model frees its host weights (and unregisters them from CUDA), which
+/// must not stall everyone waiting for the lock.
+pub fn with<R>(core: &SharedScheduler, f: impl FnOnce(&mut Scheduler) -> R) -> R {
+    let (result, retired) = {
+        let mut s = lock(core);
+        let result = f(&mut s);
+        (result, std::mem::take(&mut s.retired))
+    };
+    drop(retired);
+    result
 }
 
 pub struct Scheduler {
@@ -53,6 +69,8 @@ pub struct Scheduler {
     /// The cluster's clock starts here.
     epoch: Instant,
     events: EventBus,
+    /// Models of requests answered without running, dropped once the lock is released (`with`).
+    retired: Vec<Arc<Model>>,
 }
 
 pub struct SchedulerActor {
@@ -64,8 +82,8 @@ impl SchedulerActor {
         Self { core }
     }
 
-    fn core(&self) -> MutexGuard<'_, Scheduler> {
-        lock(&self.core)
+    fn with<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
+        with(&self.core, f)
     }
 }
 
@@ -79,6 +97,7 @@ impl Scheduler {
             next_request: 0,
             epoch: Instant::now(),
             events,
+            retired: Vec::new(),
         }
     }
 
@@ -87,6 +106,7 @@ impl Scheduler {
     }
 
     fn refuse(&mut self, p: Pending, function: FunctionId, reason: DropReason) {
+        self.retired.extend(p.work.model.clone());
         m::dropped(&p.name, reason_label(reason));
         self.events.emit(|| Event::Dropped { function: p.name.clone(), reason: reason_label(reason), count: 1 });
         let error = match reason {
@@ -176,9 +196,10 @@ impl Handler<AttachGpus> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: AttachGpus, _: &mut Context<Self>) {
-        let mut core = self.core();
-        core.gpus = msg.gpus;
-        core.dispatch();
+        self.with(|core| {
+            core.gpus = msg.gpus;
+            core.dispatch();
+        });
     }
 }
 
@@ -186,10 +207,11 @@ impl Handler<RegisterFunction> for SchedulerActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: RegisterFunction, _: &mut Context<Self>) -> Self::Result {
-        let mut core = self.core();
-        core.cluster.add_function(msg.id, msg.spec)?;
-        core.publish_memory();
-        Ok(())
+        self.with(|core| {
+            core.cluster.add_function(msg.id, msg.spec)?;
+            core.publish_memory();
+            Ok(())
+        })
     }
 }
 
@@ -197,7 +219,7 @@ impl Handler<UpdateSlo> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: UpdateSlo, _: &mut Context<Self>) {
-        self.core().cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch);
+        self.with(|core| core.cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch));
     }
 }
 
@@ -205,18 +227,20 @@ impl Handler<UnregisterFunction> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: UnregisterFunction, _: &mut Context<Self>) {
-        let mut core = self.core();
-        let name = core.cluster.function_name(msg.id).unwrap_or_default().to_string();
-        let (dropped, evicted) = core.cluster.remove_function(msg.id);
-        for device in evicted {
-            core.evicted(device, &name, EvictReason::Undeploy);
-        }
-        for r in dropped {
-            if let Some(p) = core.pending.remove(&r) {
-                let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
+        self.with(|core| {
+            let name = core.cluster.function_name(msg.id).unwrap_or_default().to_string();
+            let (dropped, evicted) = core.cluster.remove_function(msg.id);
+            for device in evicted {
+                core.evicted(device, &name, EvictReason::Undeploy);
             }
-        }
-        core.publish_memory();
+            for r in dropped {
+                if let Some(p) = core.pending.remove(&r) {
+                    core.retired.extend(p.work.model);
+                    let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
+                }
+            }
+            core.publish_memory();
+        });
     }
 }
 
@@ -245,20 +269,19 @@ impl Scheduler {
                 self.refuse(p, function, reason);
             }
             Admission::Unknown => {
+                self.retired.extend(p.work.model);
                 let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
             }
         }
     }
 }
 
-impl Handler<JobDone> for SchedulerActor {
+impl Handler<DeviceFailed> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: JobDone, ctx: &mut Context<Self>) {
-        let mut core = self.core();
-        if let Some(device) = core.job_done(msg) {
-            core.check_health_later(device, 0, ctx);
-        }
+    fn handle(&mut self, msg: DeviceFailed, ctx: &mut Context<Self>) {
+        let gpu = self.with(|core| core.gpus[msg.device].clone());
+        check_health_later(gpu, 0, ctx);
     }
 }
 
@@ -319,6 +342,7 @@ impl Scheduler {
         for item in fault.retry {
             if item.retried {
                 self.cluster.record(function, f64::INFINITY);
+                self.retired.extend(item.job.model);
                 let _ = item.reply.send(Err(RuntimeError::Device {
                     device: id.clone(),
                     source: crate::gpu::DeviceError::Unavailable(fault.error.clone()),
@@ -346,28 +370,29 @@ impl Scheduler {
             reason: reason.label(),
         });
     }
+}
 
-    fn check_health_later(&self, device: DeviceId, attempt: u32, ctx: &mut Context<SchedulerActor>) {
-        let wait = Duration::from_millis(health::check_delay_ms(attempt));
-        let gpu = self.gpus[device].clone();
-        ctx.run_later(wait, move |_, _| gpu.do_send(HealthCheck { attempt }));
-    }
+fn check_health_later(gpu: Addr<GpuActor>, attempt: u32, ctx: &mut Context<SchedulerActor>) {
+    let wait = Duration::from_millis(health::check_delay_ms(attempt));
+    ctx.run_later(wait, move |_, _| gpu.do_send(HealthCheck { attempt }));
 }
 
 impl Handler<HealthResult> for SchedulerActor {
     type Result = ();
 
     fn handle(&mut self, msg: HealthResult, ctx: &mut Context<Self>) {
-        let mut core = self.core();
         if !msg.ok {
-            core.check_health_later(msg.device, msg.attempt + 1, ctx);
+            let gpu = self.with(|core| core.gpus[msg.device].clone());
+            check_health_later(gpu, msg.attempt + 1, ctx);
             return;
         }
-        core.cluster.set_health(msg.device, true);
-        let id = core.device_ids[msg.device].clone();
-        tracing::info!("{id} passed its health check: back in service");
-        core.events.emit(|| Event::DeviceHealthy { device: id });
-        core.dispatch();
+        self.with(|core| {
+            core.cluster.set_health(msg.device, true);
+            let id = core.device_ids[msg.device].clone();
+            tracing::info!("{id} passed its health check: back in service");
+            core.events.emit(|| Event::DeviceHealthy { device: id });
+            core.dispatch();
+        });
     }
 }
 
@@ -375,8 +400,7 @@ impl Handler<GetDevices> for SchedulerActor {
     type Result = Vec<DeviceSnapshot>;
 
     fn handle(&mut self, _: GetDevices, _: &mut Context<Self>) -> Self::Result {
-        let core = self.core();
-        (0..core.cluster.device_count()).map(|i| core.cluster.snapshot(i)).collect()
+        self.with(|core| (0..core.cluster.device_count()).map(|i| core.cluster.snapshot(i)).collect())
     }
 }
 
@@ -384,6 +408,6 @@ impl Handler<GetQueued> for SchedulerActor {
     type Result = usize;
 
     fn handle(&mut self, msg: GetQueued, _: &mut Context<Self>) -> usize {
-        self.core().cluster.queued(msg.function)
+        self.with(|core| core.cluster.queued(msg.function))
     }
 }
