@@ -6,13 +6,17 @@
 #   (b) measures, per model (batch 1, 128 tokens): the raw pinned copy of the weights,
 #       faaswap's swap-in, and cold (swap-in + first forward) and warm latency; then the same
 #       models in PyTorch on the same GPU (.to("cuda") + forward, warm eager, CUDA-graphed),
-#   (c) prints one table (and leaves the JSON beside it).
+#   (c) runs the server on the device end to end (scripts/gpu_serve_check.py),
+#   (d) prints one table (and leaves the JSON beside it).
 #
 #   scripts/gpu-check.sh [OUT_DIR]
 #
 # Environment: FAASWAP_BIN (default target/release/faaswap), FIXTURES (default
 # ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
 # gpt2-large"), FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
+# SKIP_SERVE=1 leaves out the server check (scripts/gpu_serve_check.py: `faaswap serve` on the
+# device, the fixtures over HTTP and the WebSocket, `faaswap bench`); SANITIZE=1 adds a
+# compute-sanitizer memcheck run over the fixtures.
 # DEVICES=cpu SKIP_TORCH=1 MODELS="bert-nano gpt2-nano" runs the same plumbing on a machine
 # without a GPU (a dry run of the script, not a measurement).
 set -euo pipefail
@@ -32,9 +36,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 echo "== synthetic packages ($MODELS)"
 args=()
+pkgs=()
 for m in $MODELS; do
   [ -f "$OUT/models/$m/model.safetensors" ] || "$BIN" synth --preset "$m" --seed 1 --out "$OUT/models/$m" >/dev/null
   args+=(--model "$OUT/models/$m")
+  pkgs+=("$OUT/models/$m")
 done
 echo "   ready after $(( $(date +%s) - t0 )) s"
 
@@ -45,6 +51,26 @@ if [ -n "$FIXTURES" ]; then fixture_args=(--fixtures "$FIXTURES"); else echo "  
 FAASWAP_LOG=${FAASWAP_LOG:-info} "$BIN" device-check --devices "$DEVICES" "${fixture_args[@]}" "${args[@]}" \
   --seq-len 128 --batch 1 --iters 20 --cold-iters 5 > "$OUT/faaswap.json"
 echo "   done after $(( $(date +%s) - t0 )) s"
+
+if [ -n "${SKIP_SERVE:-}" ] || [ -z "$FIXTURES" ]; then
+  echo "== server check skipped (SKIP_SERVE, or no fixtures)"
+else
+  echo "== the server on $DEVICES over HTTP and WebSocket"
+  python3 scripts/gpu_serve_check.py --bin "$BIN" --devices "$DEVICES" --fixtures "$FIXTURES" \
+    --json "$OUT/serve.json" "${pkgs[@]}"
+  echo "   done after $(( $(date +%s) - t0 )) s"
+fi
+
+if [ -n "${SANITIZE:-}" ] && [ -n "$FIXTURES" ]; then
+  echo "== compute-sanitizer memcheck (fixtures, nano packages; report in $OUT/memcheck.log)"
+  for m in bert-nano gpt2-nano; do
+    [ -f "$OUT/models/$m/model.safetensors" ] || "$BIN" synth --preset "$m" --seed 1 --out "$OUT/models/$m" >/dev/null
+  done
+  compute-sanitizer --tool memcheck --error-exitcode 9 --log-file "$OUT/memcheck.log" "$BIN" device-check \
+    --devices "$DEVICES" --fixtures "$FIXTURES" --model "$OUT/models/bert-nano" --model "$OUT/models/gpt2-nano" \
+    --seq-len 32 --iters 2 --cold-iters 1 > /dev/null 2>&1 && echo "   memcheck: clean" || echo "   memcheck: FAILED (exit $?)"
+  grep -a "ERROR SUMMARY" "$OUT/memcheck.log" || true
+fi
 
 if [ -n "${SKIP_TORCH:-}" ]; then
   echo "== PyTorch skipped (SKIP_TORCH)"

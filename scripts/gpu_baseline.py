@@ -11,6 +11,7 @@ every position, as faaswap computes them); BERT runs BertModel.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -125,6 +126,23 @@ def table(faaswap_path, torch_path):
               f"| {m['swap_ms']:.2f} | {raw / m['swap_ms']:.3f} | {m['warm_ms']:.2f} | {p.get('warm_eager_ms', float('nan')):.2f} ({p.get('warm_eager_to_host_ms', float('nan')):.2f}) "
               f"| {p.get('warm_graph_ms', float('nan')):.2f} | {m['cold_ms']:.2f} | {m['cold_ms'] / bound:.3f} "
               f"| {p.get('cold_to_cuda_forward_ms', float('nan')):.1f} | {m['max_abs_diff_vs_cpu']:.2e} |")
+    serve = os.path.join(os.path.dirname(faaswap_path), "serve.json")
+    if os.path.exists(serve):
+        r = json.load(open(serve))
+        ok = [c for c in r["checks"] if c["ok"] is True]
+        failed = [c["check"] for c in r["checks"] if c["ok"] is False]
+        skipped = [c["check"] for c in r["checks"] if c["ok"] is None]
+        print()
+        print(f"server checks (faaswap serve on {r['devices']}): {len(ok)} passed, {len(failed)} failed {failed}, "
+              f"{len(skipped)} skipped {skipped}")
+        for n, m in r.get("latency_ms", {}).items():
+            srv = m.get("first_server") or {}
+            print(f"- {n}: first request {m['first_http']:.1f} ms over HTTP (server: swap {srv.get('swap_ms', 0):.2f} ms, "
+                  f"total {srv.get('total_ms', 0):.2f} ms), later ones {m['warm_http_median']:.1f} ms")
+        for n, b in r.get("bench", {}).items():
+            if "throughput_rps" in b:
+                print(f"- faaswap bench {n}, 16 clients, 16 tokens: {b['throughput_rps']:.0f} requests/s, "
+                      f"p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms")
     print()
     print("targets: swap rate / raw >= 0.95; cold / max(raw, warm) <= 1.05; faaswap warm <= torch eager "
           "(stretch: torch graph); max abs diff within 1e-4 of the CPU engine (relative to output scale).")

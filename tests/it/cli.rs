@@ -202,4 +202,15 @@ fn the_gpu_check_script_runs_dry_on_the_cpu() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("faaswap.json")).unwrap()).unwrap();
     assert_eq!(report["models"].as_array().unwrap().len(), 2);
+    // The server check ran against a real server: every fixture case over HTTP, both packages.
+    let serve: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("serve.json")).unwrap()).unwrap();
+    let checks = serve["checks"].as_array().unwrap();
+    let passed = |prefix: &str| checks.iter().filter(|c| c["check"].as_str().unwrap().starts_with(prefix)).count();
+    assert_eq!((passed("tiny_bert case"), passed("tiny_gpt2 case")), (4, 4), "{serve}");
+    assert!(checks.iter().all(|c| c["ok"] != false), "{serve}");
+    for model in ["bert-nano", "gpt2-nano"] {
+        assert!(serve["latency_ms"][model]["warm_http_median"].as_f64().unwrap() > 0.0, "{serve}");
+    }
+    assert!(table.contains("server checks (faaswap serve on cpu): "), "{table}");
 }
