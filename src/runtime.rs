@@ -188,7 +188,7 @@ impl Runtime {
         tracing::info!("scheduling policy: {}{}", config.policy, if config.shed { " (shedding)" } else { "" });
         let events = EventBus::default();
         let core: SharedScheduler =
-            std::sync::Arc::new(std::sync::Mutex::new(Scheduler::new(cluster, ids.clone(), events.clone())));
+            Arc::new(std::sync::Mutex::new(Scheduler::new(cluster, ids.clone(), events.clone())));
         let actor_core = core.clone();
         let scheduler =
             SchedulerActor::start_in_arbiter(&sched_arbiter.handle(), move |_| SchedulerActor::new(actor_core));

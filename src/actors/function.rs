@@ -11,6 +11,10 @@ use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
 use crate::gpu::Generation;
 use crate::policy::Profile;
 
+/// Most output values one request may produce (256 MiB of `f32`): responses are built in host
+/// memory, outside the device's workspace.
+const MAX_OUTPUT_VALUES: usize = 1 << 26;
+
 /// What a function runs: a model package, or (on `sim` devices) a profile alone.
 #[derive(Clone)]
 pub enum Payload {
@@ -33,13 +37,7 @@ impl Payload {
             Self::Profile(p) => p.weight_bytes,
         }
     }
-}
 
-/// Most output values one request may produce (256 MiB of `f32`): responses are built in host
-/// memory, outside the device's workspace.
-const MAX_OUTPUT_VALUES: usize = 1 << 26;
-
-impl Payload {
     /// An inference request as work for the scheduler, or the reason it is refused (a 400).
     pub fn prepare(&self, inputs: Inputs, requested: &[String], max_batch: usize) -> Result<Work, RuntimeError> {
         let model = match self {
@@ -109,9 +107,7 @@ impl Payload {
             generation: None,
         })
     }
-}
 
-impl Payload {
     /// A generation request as work for the scheduler, or the reason it is refused.
     pub fn prepare_generation(&self, generation: Generation) -> Result<Work, RuntimeError> {
         let Payload::Model(model) = self else {
