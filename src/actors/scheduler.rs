@@ -10,7 +10,7 @@
 //! deploys, settings, device faults and their health-check timers, queries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler};
@@ -39,20 +39,16 @@ struct Pending {
 /// The scheduler's state, shared by the actor, the HTTP workers and the GPU actors.
 pub type SharedScheduler = Arc<Mutex<Scheduler>>;
 
-/// Locks the scheduler. A panic while it was held is a bug and may have left a decision half
-/// applied; the state is taken over anyway, because refusing it would fail every later request
-/// of every function, where the damage of a half-applied decision is usually one device or one
-/// request.
-pub fn lock(core: &SharedScheduler) -> MutexGuard<'_, Scheduler> {
-    core.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs `f` under the lock, then drops the models of the requests it refused after letting go:
-/// the last reference to a model frees its host weights (and unregisters them from CUDA), which
-/// must not stall everyone waiting for the lock.
+/// Runs `f` under the scheduler's lock, then drops the models of the requests it refused after
+/// letting go: the last reference to a model frees its host weights (and unregisters them from
+/// CUDA), which must not stall everyone waiting for the lock.
+///
+/// A panic while the lock was held is a bug and may have left a decision half applied; the
+/// state is taken over anyway, because refusing it would fail every later request of every
+/// function, where the damage of a half-applied decision is usually one device or one request.
 pub fn with<R>(core: &SharedScheduler, f: impl FnOnce(&mut Scheduler) -> R) -> R {
     let (result, retired) = {
-        let mut s = lock(core);
+        let mut s = core.lock().unwrap_or_else(|e| e.into_inner());
         let result = f(&mut s);
         (result, std::mem::take(&mut s.retired))
     };
@@ -105,19 +101,25 @@ impl Scheduler {
         self.epoch.elapsed().as_secs_f64() * 1e3
     }
 
+    /// Answers a request that will not run; its model is released after the lock (`with`).
+    fn reject(&mut self, p: Pending, error: RuntimeError) {
+        self.retired.extend(p.work.model);
+        let _ = p.reply.send(Err(error));
+    }
+
     fn refuse(&mut self, p: Pending, function: FunctionId, reason: DropReason) {
-        self.retired.extend(p.work.model.clone());
         m::dropped(&p.name, reason_label(reason));
         self.events.emit(|| Event::Dropped { function: p.name.clone(), reason: reason_label(reason), count: 1 });
+        let name = p.name.clone();
         let error = match reason {
-            DropReason::NotPlaced => RuntimeError::NotPlaced(p.name),
-            DropReason::Unmeetable => RuntimeError::DeadlineUnmeetable(p.name),
+            DropReason::NotPlaced => RuntimeError::NotPlaced(name),
+            DropReason::Unmeetable => RuntimeError::DeadlineUnmeetable(name),
             DropReason::Overloaded => RuntimeError::Overloaded {
-                function: p.name,
+                function: name,
                 retry_after_s: (self.cluster.drain_estimate_ms(function) / 1e3).ceil().max(1.0) as u64,
             },
         };
-        let _ = p.reply.send(Err(error));
+        self.reject(p, error);
     }
 
     fn dispatch(&mut self) {
@@ -235,8 +237,8 @@ impl Handler<UnregisterFunction> for SchedulerActor {
             }
             for r in dropped {
                 if let Some(p) = core.pending.remove(&r) {
-                    core.retired.extend(p.work.model);
-                    let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
+                    let error = RuntimeError::FunctionGone(p.name.clone());
+                    core.reject(p, error);
                 }
             }
             core.publish_memory();
@@ -269,8 +271,8 @@ impl Scheduler {
                 self.refuse(p, function, reason);
             }
             Admission::Unknown => {
-                self.retired.extend(p.work.model);
-                let _ = p.reply.send(Err(RuntimeError::FunctionGone(p.name)));
+                let error = RuntimeError::FunctionGone(p.name.clone());
+                self.reject(p, error);
             }
         }
     }
