@@ -242,40 +242,46 @@ impl CudaDevice {
                 Step::Finish => break,
             }
         }
-        let enqueued = t0.elapsed();
-        let result = self.finish(program, copy);
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-            tracing::debug!(
-                "{}: {} ops (replay {replay}), enqueued in {:.3} ms, done after {:.3} ms, {} output bytes",
-                self.info.id,
-                program.ops.len(),
-                ms(enqueued),
-                ms(t0.elapsed()),
-                program.output.1 * 4
-            );
-        }
-        result
+        self.finish(program, copy, t0, replay)
     }
 
-    /// Reads the output back once the program (and any copy) is complete.
-    fn finish(&mut self, program: &Program, copy: Option<SwapIn<'_>>) -> Result<(Vec<f32>, f64), Failure> {
+    /// Reads the output back once the program (and any copy) is complete. At debug level it
+    /// logs the job's phases since `t0` (enqueue, the wait for the program, the read-back),
+    /// which takes one extra stream synchronisation.
+    fn finish(
+        &mut self,
+        program: &Program,
+        copy: Option<SwapIn<'_>>,
+        t0: std::time::Instant,
+        replay: bool,
+    ) -> Result<(Vec<f32>, f64), Failure> {
         let (at, len) = program.output;
         let mut out = vec![0f32; len];
-        let t0 = std::time::Instant::now();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let enqueued = t0.elapsed();
         // SAFETY: the output region lies in the workspace; the copy is ordered after the
         // program on the compute stream and complete when the stream is synchronised.
         unsafe {
-            cu::stream::synchronize(self.compute).map_err(kernel_fault)?;
-            let computed = t0.elapsed();
+            let computed = if tracing::enabled!(tracing::Level::DEBUG) {
+                cu::stream::synchronize(self.compute).map_err(kernel_fault)?;
+                Some(t0.elapsed())
+            } else {
+                None
+            };
             cu::memcpy_dtoh_async(&mut out, self.work + at as u64 * 4, self.compute).map_err(kernel_fault)?;
             cu::stream::synchronize(self.compute).map_err(kernel_fault)?;
-            tracing::debug!(
-                "{}: waited {:.3} ms for the program, {:.3} ms for the read-back",
-                self.info.id,
-                computed.as_secs_f64() * 1e3,
-                (t0.elapsed() - computed).as_secs_f64() * 1e3
-            );
+            if let Some(computed) = computed {
+                tracing::debug!(
+                    "{}: {} ops (replay {replay}): enqueued in {:.3} ms, program done at {:.3} ms, \
+                     {} output bytes read back by {:.3} ms",
+                    self.info.id,
+                    program.ops.len(),
+                    ms(enqueued),
+                    ms(computed),
+                    len * 4,
+                    ms(t0.elapsed())
+                );
+            }
         }
         let swap_ms = match copy {
             None => 0.0,
