@@ -171,6 +171,10 @@ pub(super) struct Running {
     pub ends_at: f64,
     /// When the job's host-link copy is predicted to end (`None`: no host copy).
     pub host_copy_until: Option<f64>,
+    /// The earliest deadline among the batch's requests (absolute, ms), and whether the job
+    /// was predicted to meet it when it started: a later copy on the same link should not
+    /// make it miss.
+    pub deadline: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -393,26 +397,18 @@ impl Cluster {
         if !self.devices.iter().any(Dev::idle) || self.queue.is_empty() {
             return None;
         }
+        // Strictly in the policy's order. (faaswap once let requests whose model was resident
+        // on an idle device jump the queue; that starved the swaps behind them past their
+        // deadlines — BENCHMARKS.md, "Scheduling".)
         let order: Vec<usize> = self.order().into_iter().take(SCAN_LIMIT).collect();
-        // faaswap: a request whose model is resident on an idle device goes first (it holds the
-        // device shortest and moves nothing over a link); then the rest, in order.
-        let passes: &[bool] = if self.cfg.policy == PolicyKind::Faaswap { &[true, false] } else { &[false] };
-        for &resident_only in passes {
-            if let Some(d) = self.scan(&order, now, resident_only) {
-                return Some(d);
-            }
-        }
-        None
+        self.scan(&order, now)
     }
 
-    fn scan(&mut self, order: &[usize], now: f64, resident_only: bool) -> Option<Decision> {
+    fn scan(&mut self, order: &[usize], now: f64) -> Option<Decision> {
         for &qi in order {
             let (function, deadline, window) =
                 (self.queue[qi].function, self.queue[qi].deadline, self.queue[qi].window);
             if self.cfg.policy == PolicyKind::Torpor && self.functions[&function].in_flight > 0 {
-                continue;
-            }
-            if resident_only && !(0..self.devices.len()).any(|i| self.devices[i].idle() && self.ready_on(i, function)) {
                 continue;
             }
             match placement::choose(self, function, now, deadline, window) {
@@ -488,21 +484,35 @@ impl Cluster {
         (self.threshold.value, self.high.len())
     }
 
-    /// Host-link bandwidth a copy to `device` starting at `at` gets: the group's link split
-    /// evenly with the copies then in flight on it.
-    pub(super) fn host_share(&self, device: DeviceId, at: f64) -> f64 {
+    /// The copies on `device`'s host link in flight at `at` (other than `device`'s own), as
+    /// (device, bytes left) — each one's bytes left estimated from its predicted end at the
+    /// link's current split.
+    pub(super) fn host_copies(&self, device: DeviceId, at: f64) -> Vec<(DeviceId, f64)> {
         let group = self.devices[device].group;
-        let others = self
+        let until: Vec<(DeviceId, f64)> = self
             .devices
             .iter()
             .enumerate()
-            .filter(|&(i, d)| {
-                i != device
-                    && d.group == group
-                    && d.job.as_ref().and_then(|j| j.host_copy_until).is_some_and(|t| t > at)
-            })
-            .count();
-        self.devices[device].host_bw / (others + 1) as f64
+            .filter(|&(i, d)| i != device && d.group == group)
+            .filter_map(|(i, d)| d.job.as_ref().and_then(|j| j.host_copy_until).filter(|&t| t > at).map(|t| (i, t)))
+            .collect();
+        let share = self.devices[device].host_bw / until.len().max(1) as f64;
+        until.into_iter().map(|(i, t)| (i, (t - at) / 1e3 * share)).collect()
+    }
+
+    /// A host copy of `bytes` to `device` starting at `at`: how long it takes (ms) and how long
+    /// it delays each copy already on the link (ms, by device). The link is shared equally
+    /// among the copies in flight (processor sharing): a copy with `r` bytes left delays a new
+    /// one of `b` bytes by min(r, b) over the link's rate, and is delayed by as much.
+    pub(super) fn host_copy(&self, device: DeviceId, at: f64, bytes: u64) -> (f64, Vec<(DeviceId, f64)>) {
+        let bw = self.devices[device].host_bw;
+        let b = bytes as f64;
+        let delays: Vec<(DeviceId, f64)> = self
+            .host_copies(device, at)
+            .into_iter()
+            .map(|(i, r)| (i, estimate::transfer_ms(r.min(b) as u64, bw)))
+            .collect();
+        (estimate::transfer_ms(bytes, bw) + delays.iter().map(|d| d.1).sum::<f64>(), delays)
     }
 
     pub(super) fn ready_on(&self, device: DeviceId, function: FunctionId) -> bool {
@@ -605,11 +615,20 @@ impl Cluster {
             }
         }
         let exec = estimate::batched_exec_ms(exec1, batch.len());
+        let deadline = batch.iter().map(|&i| self.queue[i].deadline).fold(f64::INFINITY, f64::min);
         let (swap_ms, link) = match swap {
             None => (None, self.devices[device].host_bw),
             Some(SwapSource::Host) => {
-                let bw = self.host_share(device, now);
-                (Some(estimate::transfer_ms(bytes, bw)), bw)
+                let (ms, delays) = self.host_copy(device, now, bytes);
+                // The copies already on the link slow down by as much as they slow this one.
+                for (j, delay) in delays {
+                    if let Some(r) = self.devices[j].job.as_mut() {
+                        let until = r.host_copy_until.map_or(now, |t| t + delay);
+                        r.host_copy_until = Some(until);
+                        r.ends_at = r.ends_at.max(until);
+                    }
+                }
+                (Some(ms), self.devices[device].host_bw)
             }
             Some(SwapSource::Peer(j)) => {
                 let bw = self.devices[device].peers.get(j).copied().flatten().unwrap_or(self.devices[device].host_bw);
@@ -629,6 +648,7 @@ impl Cluster {
                 Some(SwapSource::Host) => swap_ms.map(|t| now + t),
                 _ => None,
             },
+            deadline,
         });
         let dev = &mut self.devices[device];
         dev.load = dev.recent_load(now) * LOAD_TAU_MS + predicted_ms;
@@ -1170,6 +1190,90 @@ mod tests {
             Some(Decision::Drop { requests, reason: DropReason::Unmeetable, .. }) => assert_eq!(requests, vec![7]),
             other => panic!("expected a drop, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn host_copies_on_one_link_share_it_and_slow_each_other() {
+        // Devices 0 and 1 share a 1 GB/s host link; 1 MiB pages.
+        let mut c = cluster(PolicyKind::Faaswap, 2, 200, |_, _| None);
+        let loose = |name, pages| FunctionSpec { deadline_ms: 1000.0, ..spec(name, pages, 1.0, ModelClass::Light) };
+        c.add_function(1, loose("a", 100)).unwrap();
+        c.add_function(2, loose("b", 20)).unwrap();
+        let ms = |pages: u64| estimate::transfer_ms(pages * PAGE, 1e9);
+        let chunk = estimate::transfer_ms(FIRST_CHUNK_BYTES, 1e9);
+        queue(&mut c, 1, 1, 0.0);
+        let a = run(&mut c, 0.0);
+        assert!((a.predicted_ms - (ms(100) + chunk)).abs() < 1e-6, "alone on the link: {}", a.predicted_ms);
+        queue(&mut c, 2, 2, 0.0);
+        let b = run(&mut c, 0.0);
+        assert_eq!((b.device, b.swap), (1, Some(SwapSource::Host)));
+        // Processor sharing: b's 20 pages and as much of a's go at the link's rate together.
+        assert!((b.predicted_ms - (2.0 * ms(20) + chunk)).abs() < 1e-6, "shared: {}", b.predicted_ms);
+        let a_now = c.devices[0].job.as_ref().unwrap();
+        assert!((a_now.host_copy_until.unwrap() - (ms(100) + ms(20))).abs() < 1e-6, "a is delayed by b's bytes");
+        assert!((a_now.ends_at - (ms(100) + ms(20))).abs() < 1e-6);
+    }
+
+    #[test]
+    fn faaswap_keeps_a_copy_off_a_link_where_it_would_make_another_job_late() {
+        for (a_deadline, waits) in [(120.0, true), (1000.0, false)] {
+            let mut c = cluster(PolicyKind::Faaswap, 2, 200, |_, _| None);
+            c.add_function(1, FunctionSpec { deadline_ms: a_deadline, ..spec("a", 100, 1.0, ModelClass::Heavy) })
+                .unwrap();
+            c.add_function(2, FunctionSpec { deadline_ms: 1000.0, ..spec("b", 20, 10.0, ModelClass::Light) }).unwrap();
+            queue(&mut c, 1, 1, 0.0);
+            assert_eq!(run(&mut c, 0.0).device, 0); // ~107 ms: within 120 alone, not with b beside it
+            queue(&mut c, 2, 2, 1.0);
+            match c.next_dispatch(1.0) {
+                None => assert!(waits, "b waits for device 0 although device 1 is idle"),
+                Some(Decision::Run(d)) => {
+                    assert!(!waits, "b ran on device {} and made a late", d.device);
+                    assert_eq!(d.device, 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn faaswap_evicts_to_meet_a_deadline_when_waiting_would_miss_it() {
+        // Device 0 is full with `v`, which reloads too slowly for its own 10 ms deadline (each
+        // eviction of it costs a likely miss later); device 1 has room but runs a 500 ms job.
+        let mut c = cluster(PolicyKind::Faaswap, 2, 10, |_, _| None);
+        c.add_function(1, FunctionSpec { deadline_ms: 10.0, ..spec("v", 10, 1.0, ModelClass::Light) }).unwrap();
+        c.add_function(2, FunctionSpec { deadline_ms: 1000.0, ..spec("w", 2, 500.0, ModelClass::Light) }).unwrap();
+        c.add_function(3, spec("f", 5, 1.0, ModelClass::Light)).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        assert_eq!(run(&mut c, 0.0).device, 0);
+        c.complete(0);
+        // Established (loaded two minutes ago) and asked for about once every ten seconds.
+        let t = 121_000.0;
+        for k in 0..6u64 {
+            queue(&mut c, 10 + k, 1, t + k as f64);
+            assert_eq!(run(&mut c, t + k as f64).swap, None);
+            c.complete(0);
+        }
+        queue(&mut c, 20, 2, t + 10.0);
+        assert_eq!(run(&mut c, t + 10.0).device, 1);
+        // Waiting ~500 ms for device 1 misses f's 100 ms deadline for sure; evicting v risks
+        // about one of v's later requests: f evicts v.
+        queue(&mut c, 21, 3, t + 20.0);
+        let d = run(&mut c, t + 20.0);
+        assert_eq!((d.device, d.evicted.iter().map(|e| e.0).collect::<Vec<_>>()), (0, vec![1]));
+    }
+
+    #[test]
+    fn faaswap_serves_strictly_by_deadline_even_past_resident_models() {
+        let mut c = cluster(PolicyKind::Faaswap, 1, 20, |_, _| None);
+        c.add_function(1, spec("resident", 1, 5.0, ModelClass::Light)).unwrap();
+        c.add_function(2, FunctionSpec { deadline_ms: 20.0, ..spec("cold", 5, 1.0, ModelClass::Light) }).unwrap();
+        queue(&mut c, 1, 1, 0.0);
+        run(&mut c, 0.0);
+        c.complete(0);
+        queue(&mut c, 2, 1, 1.0); // deadline 101, resident
+        queue(&mut c, 3, 2, 2.0); // deadline 22, needs a copy
+        let d = run(&mut c, 2.0);
+        assert_eq!((d.requests, d.swap), (vec![3], Some(SwapSource::Host)), "the earlier deadline first");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{estimate, ModelClass, PolicyKind};
 /// A lost cause (a function already out of its SLO) weighs this much of a compliant one in the
 /// reload cost: keeping compliant functions resident concentrates the misses instead of
 /// spreading them over every function.
-const LOST_WEIGHT: f64 = 0.05;
+pub(super) const LOST_WEIGHT: f64 = 0.05;
 
 /// A copy made less than this long ago (ms) is worth `YOUNG_WEIGHT` of an established one: when
 /// memory cannot hold every heavy model, the one just copied in for a request goes again before
@@ -21,7 +21,7 @@ const YOUNG_WEIGHT: f64 = 0.1;
 const LINK_WEIGHT: f64 = 0.1;
 
 /// What a missed deadline costs, in the same unit as link time (ms).
-const MISS_COST_MS: f64 = 1000.0;
+pub(super) const MISS_COST_MS: f64 = 1000.0;
 
 /// `faaswap`'s value of keeping each evictable model of device `i` (other than `f`), per page:
 /// arrivals per second × the latency its reload would add (ms) × the compliance weight; an

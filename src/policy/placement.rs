@@ -25,6 +25,10 @@ const LOAD_WEIGHT_MS: f64 = 20.0;
 /// predicted to finish before it is shed: the prediction is an estimate.
 const SHED_MARGIN: f64 = 0.25;
 
+/// Milliseconds of predicted completion it costs to push a job on the same link past its
+/// deadline.
+const PUSHED_LATE_MS: f64 = 100.0;
+
 /// `deadline` is the request's (absolute), `window` the time it was given.
 pub(super) fn choose(c: &mut Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> Choice {
     match c.cfg.policy {
@@ -103,11 +107,16 @@ fn torpor(c: &Cluster, f: FunctionId, now: f64) -> Choice {
 }
 
 /// Ours: the device where the request is predicted to finish first — wait until the device is
-/// free, plus the copy (from the host over the link's current share, or from the fastest peer
-/// holding the model), plus execution, pipelined — with the expected reload cost of what it
-/// would evict added as a penalty. Waits when the best device is busy.
+/// free, plus the copy (from the host, sharing the link with the copies already on it, or from
+/// the fastest peer holding the model), plus execution, pipelined — with penalties added: the
+/// expected reload cost of what it would evict, the delay its copy adds to the copies on its
+/// link (more when that makes their jobs late), and a miss when it would end past its own
+/// deadline. Waits when the best device is busy.
 fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> Choice {
     let spec = &c.functions[&f].spec;
+    // Missing this request's deadline costs what the eviction penalties count a reload's miss.
+    let miss_weight = if c.lost(f) { eviction::LOST_WEIGHT } else { 1.0 };
+    let own_miss = |end: f64| if end > deadline { eviction::MISS_COST_MS * miss_weight } else { 0.0 };
     // Every device's score without the eviction penalty (the costly part), then penalties only
     // for devices that can still win, best first: penalties are never negative.
     let mut candidates: Vec<(f64, f64, DeviceId, Option<SwapSource>, bool)> = Vec::with_capacity(c.devices.len());
@@ -121,7 +130,7 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> 
         let load = LOAD_WEIGHT_MS * d.recent_load(now);
         if c.ready_on(i, f) || (loading_here && d.resident.contains_key(&f)) {
             let end = start + spec.exec_ms;
-            candidates.push((end + load, end, i, None, false));
+            candidates.push((end + load + own_miss(end), end, i, None, false));
             continue;
         }
         if !c.can_fit(i, f) {
@@ -134,8 +143,8 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> 
         if holders != 0 && !free {
             continue;
         }
-        let host_bw = c.host_share(i, start);
-        let mut swap = (estimate::transfer_ms(spec.bytes, host_bw), SwapSource::Host, host_bw);
+        let (host_ms, delays) = c.host_copy(i, start, spec.bytes);
+        let mut swap = (host_ms, SwapSource::Host, d.host_bw);
         for j in 0..c.devices.len() {
             if holders & (1 << j) != 0 {
                 if let Some(bw) = d.peers.get(j).copied().flatten() {
@@ -150,9 +159,9 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> 
         let end = start + estimate::job_ms(Some(swap.0), chunk, spec.exec_ms);
         let mut penalty = load;
         if swap.1 == SwapSource::Host {
-            penalty += link_harm(c, i, start, start + swap.0);
+            penalty += link_harm(c, &delays);
         }
-        candidates.push((end + penalty, end, i, Some(swap.1), d.job.is_none() && !free));
+        candidates.push((end + penalty + own_miss(end), end, i, Some(swap.1), d.job.is_none() && !free));
     }
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
     let mut best: Option<(f64, f64, DeviceId, Option<SwapSource>)> = None;
@@ -184,16 +193,16 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> 
     }
 }
 
-/// The delay a host copy to device `i` over [from, to) imposes on the copies already on its
-/// link (each shares the link with it while both run).
-fn link_harm(c: &Cluster, i: DeviceId, from: f64, to: f64) -> f64 {
-    let group = c.devices[i].group;
-    c.devices
+/// What a host copy costs the copies already on its link: the delay it adds to each, and
+/// `PUSHED_LATE_MS` for each job it would push past its deadline.
+fn link_harm(c: &Cluster, delays: &[(DeviceId, f64)]) -> f64 {
+    delays
         .iter()
-        .enumerate()
-        .filter(|&(j, d)| j != i && d.group == group)
-        .filter_map(|(_, d)| d.job.as_ref().and_then(|r| r.host_copy_until))
-        .map(|until| (until.min(to) - from).max(0.0))
+        .map(|&(j, delay)| {
+            let late =
+                c.devices[j].job.as_ref().is_some_and(|r| r.ends_at <= r.deadline && r.ends_at + delay > r.deadline);
+            delay + if late { PUSHED_LATE_MS } else { 0.0 }
+        })
         .sum()
 }
 
