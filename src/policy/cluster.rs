@@ -171,9 +171,8 @@ pub(super) struct Running {
     pub ends_at: f64,
     /// When the job's host-link copy is predicted to end (`None`: no host copy).
     pub host_copy_until: Option<f64>,
-    /// The earliest deadline among the batch's requests (absolute, ms), and whether the job
-    /// was predicted to meet it when it started: a later copy on the same link should not
-    /// make it miss.
+    /// The earliest deadline among the batch's requests (absolute, ms): a later copy on the
+    /// same link should not push the job past it.
     pub deadline: f64,
 }
 
@@ -623,9 +622,10 @@ impl Cluster {
                 // The copies already on the link slow down by as much as they slow this one.
                 for (j, delay) in delays {
                     if let Some(r) = self.devices[j].job.as_mut() {
-                        let until = r.host_copy_until.map_or(now, |t| t + delay);
-                        r.host_copy_until = Some(until);
-                        r.ends_at = r.ends_at.max(until);
+                        if let Some(until) = r.host_copy_until.as_mut() {
+                            *until += delay;
+                            r.ends_at = r.ends_at.max(*until);
+                        }
                     }
                 }
                 (Some(ms), self.devices[device].host_bw)
