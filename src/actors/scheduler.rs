@@ -39,19 +39,24 @@ struct Pending {
 /// The scheduler's state, shared by the actor, the HTTP workers and the GPU actors.
 pub type SharedScheduler = Arc<Mutex<Scheduler>>;
 
-/// Runs `f` under the scheduler's lock, then drops the models of the requests it refused after
-/// letting go: the last reference to a model frees its host weights (and unregisters them from
-/// CUDA), which must not stall everyone waiting for the lock.
+/// Runs `f` under the scheduler's lock, then, after letting go, sends the batches it dispatched
+/// and drops the models of the requests it refused: a send wakes the device's thread (a system
+/// call), and the last reference to a model frees its host weights (and unregisters them from
+/// CUDA); neither may stall everyone waiting for the lock. Sending late cannot reorder a
+/// device's batches: a device gets its next batch only once it has finished the one before.
 ///
 /// A panic while the lock was held is a bug and may have left a decision half applied; the
 /// state is taken over anyway, because refusing it would fail every later request of every
 /// function, where the damage of a half-applied decision is usually one device or one request.
 pub fn with<R>(core: &SharedScheduler, f: impl FnOnce(&mut Scheduler) -> R) -> R {
-    let (result, retired) = {
+    let (result, outbox, retired) = {
         let mut s = core.lock().unwrap_or_else(|e| e.into_inner());
         let result = f(&mut s);
-        (result, std::mem::take(&mut s.retired))
+        (result, std::mem::take(&mut s.outbox), std::mem::take(&mut s.retired))
     };
+    for (gpu, batch) in outbox {
+        gpu.do_send(batch);
+    }
     drop(retired);
     result
 }
@@ -67,6 +72,8 @@ pub struct Scheduler {
     events: EventBus,
     /// Models of requests answered without running, dropped once the lock is released (`with`).
     retired: Vec<Arc<Model>>,
+    /// Batches dispatched under the lock, sent once it is released (`with`).
+    outbox: Vec<(Addr<GpuActor>, Execute)>,
 }
 
 pub struct SchedulerActor {
@@ -94,6 +101,7 @@ impl Scheduler {
             epoch: Instant::now(),
             events,
             retired: Vec::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -167,7 +175,8 @@ impl Scheduler {
                 let _ = self.cluster.fail(d.device);
                 continue;
             }
-            self.gpus[d.device].do_send(Execute { function: d.function, name, items, dispatched: Instant::now() });
+            let batch = Execute { function: d.function, name, items, dispatched: Instant::now() };
+            self.outbox.push((self.gpus[d.device].clone(), batch));
         }
         if moved {
             self.publish_memory();
