@@ -13,8 +13,8 @@ use actix::{Actor, Addr, Arbiter};
 use crate::actors::function::Payload;
 use crate::actors::gpu::GpuActor;
 use crate::actors::messages::{
-    AttachGpus, Completed, GetDevices, GetQueued, InjectFault, Inputs, RegisterFunction, Reply, Submit,
-    UnregisterFunction, UpdateSlo, Work,
+    AttachGpus, Completed, GetDevices, GetQueued, InjectFault, Inputs, RegisterFunction, Submit, UnregisterFunction,
+    UpdateSlo, Work,
 };
 use crate::actors::scheduler::{self, Scheduler, SchedulerActor, SharedScheduler};
 use crate::actors::RuntimeError;
@@ -512,7 +512,6 @@ impl Runtime {
         Ok(record)
     }
 
-    /// Runs one request on a deployed function.
     /// Runs one request on a deployed function; `deadline_ms` may shorten its SLO deadline.
     pub async fn infer(
         &self,
@@ -522,24 +521,32 @@ impl Runtime {
         deadline_ms: Option<f64>,
     ) -> Result<Completed, RuntimeError> {
         let received = Instant::now();
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let result = match entry.payload.prepare(inputs, &outputs, entry.max_batch()) {
+        let work = entry.payload.prepare(inputs, &outputs, entry.max_batch());
+        self.run(entry, work, received, deadline_ms).await
+    }
+
+    /// Queues and places prepared work on this thread (the HTTP worker's), waits for the device
+    /// to answer, and accounts the result; refused work is accounted as it is.
+    async fn run(
+        &self,
+        entry: &FunctionEntry,
+        work: Result<Work, RuntimeError>,
+        received: Instant,
+        deadline_ms: Option<f64>,
+    ) -> Result<Completed, RuntimeError> {
+        let result = match work {
             Ok(work) => {
-                self.submit(entry, work, received, deadline_ms, reply);
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                let name = entry.name.clone();
+                scheduler::with(&self.core, |s| {
+                    s.submit(Submit { function: entry.id, name, work, received, deadline_ms, reply })
+                });
                 rx.await.unwrap_or(Err(RuntimeError::Stopped))
             }
             Err(e) => Err(e),
         };
         self.account(entry, received, &result);
         result
-    }
-
-    /// Queues and places a prepared request on this thread; the device answers on `reply`.
-    fn submit(&self, entry: &FunctionEntry, work: Work, received: Instant, deadline_ms: Option<f64>, reply: Reply) {
-        let name = entry.name.clone();
-        scheduler::with(&self.core, |s| {
-            s.submit(Submit { function: entry.id, name, work, received, deadline_ms, reply })
-        });
     }
 
     /// Starts a generation on a deployed function: tokens stream into `generation.tokens`
@@ -552,16 +559,8 @@ impl Runtime {
     ) -> Result<Completed, RuntimeError> {
         // A device that cannot generate (sim) says so itself.
         let received = generation.received;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let result = match entry.payload.prepare_generation(generation) {
-            Ok(work) => {
-                self.submit(entry, work, received, deadline_ms, reply);
-                rx.await.unwrap_or(Err(RuntimeError::Stopped))
-            }
-            Err(e) => Err(e),
-        };
-        self.account(entry, received, &result);
-        result
+        let work = entry.payload.prepare_generation(generation);
+        self.run(entry, work, received, deadline_ms).await
     }
 
     /// Counts a finished request in the function's statistics, metrics and SLO window (a

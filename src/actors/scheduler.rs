@@ -110,9 +110,9 @@ impl Scheduler {
     }
 
     /// Answers a request that will not run; its model is released after the lock (`with`).
-    fn reject(&mut self, p: Pending, error: RuntimeError) {
-        self.retired.extend(p.work.model);
-        let _ = p.reply.send(Err(error));
+    fn reject(&mut self, model: Option<Arc<Model>>, reply: Reply, error: RuntimeError) {
+        self.retired.extend(model);
+        let _ = reply.send(Err(error));
     }
 
     fn refuse(&mut self, p: Pending, function: FunctionId, reason: DropReason) {
@@ -127,7 +127,7 @@ impl Scheduler {
                 retry_after_s: (self.cluster.drain_estimate_ms(function) / 1e3).ceil().max(1.0) as u64,
             },
         };
-        self.reject(p, error);
+        self.reject(p.work.model, p.reply, error);
     }
 
     fn dispatch(&mut self) {
@@ -247,7 +247,7 @@ impl Handler<UnregisterFunction> for SchedulerActor {
             for r in dropped {
                 if let Some(p) = core.pending.remove(&r) {
                     let error = RuntimeError::FunctionGone(p.name.clone());
-                    core.reject(p, error);
+                    core.reject(p.work.model, p.reply, error);
                 }
             }
             core.publish_memory();
@@ -281,7 +281,7 @@ impl Scheduler {
             }
             Admission::Unknown => {
                 let error = RuntimeError::FunctionGone(p.name.clone());
-                self.reject(p, error);
+                self.reject(p.work.model, p.reply, error);
             }
         }
     }
@@ -353,11 +353,11 @@ impl Scheduler {
         for item in fault.retry {
             if item.retried {
                 self.cluster.record(function, f64::INFINITY);
-                self.retired.extend(item.job.model);
-                let _ = item.reply.send(Err(RuntimeError::Device {
+                let error = RuntimeError::Device {
                     device: id.clone(),
                     source: crate::gpu::DeviceError::Unavailable(fault.error.clone()),
-                }));
+                };
+                self.reject(item.job.model, item.reply, error);
                 continue;
             }
             let p = Pending {
