@@ -100,6 +100,9 @@ impl TokenSet {
             tokens.push(Token { name: s.name.clone(), digest, scope });
         }
         for (name, scope, token) in plain {
+            if token.trim() != token {
+                return Err(format!("{name}: a token may not start or end with whitespace"));
+            }
             if token.len() < 16 {
                 return Err(format!("{name}: a token must have at least 16 characters"));
             }
@@ -147,31 +150,43 @@ impl TokenSet {
     }
 }
 
-/// What a request to `path` needs. Static admin UI files are open (they hold no data; the API
-/// they call needs `admin`); health checks and `GET /v2` are open; `/metrics` is open unless
+/// What a request needs, decided on the route actix dispatched it to: `pattern` is the matched
+/// resource pattern (`None`: no route matched) and `name` its `{name}` segment, decoded as the
+/// handler sees it. Never the raw path: the router matches a decoded one, so `/%61pi/...` is
+/// `/api/...` to it. Every pattern not listed here — a route added without a row, or none —
+/// needs `admin`: the table fails closed.
+///
+/// Static admin UI files are open (they hold no data; the API they call needs `admin`); health
+/// checks, `GET /v2` and the API description are open; `/metrics` is open unless
 /// `protect_metrics`.
-pub fn required(path: &str, protect_metrics: bool) -> Access {
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    match parts.as_slice() {
-        [] | ["v2"] | ["v2", "health", ..] => Access::Open,
-        ["admin", ..] => Access::Open,
-        ["metrics"] if protect_metrics => Access::Admin,
-        ["metrics"] => Access::Open,
-        ["api", "openapi.json"] => Access::Open,
-        ["v2", "models", "stats"] => Access::Invoke(None),
-        ["v2", "models", name, ..] => Access::Invoke(Some(name.to_string())),
-        ["v2", "repository", ..] => Access::Admin,
-        ["api", "v1", "functions", name, "ws"] => Access::Invoke(Some(name.to_string())),
-        ["api", ..] => Access::Admin,
-        // Anything else is a 404; refusing it too would say nothing more.
-        _ => Access::Open,
+pub fn required(pattern: Option<&str>, name: Option<&str>, protect_metrics: bool) -> Access {
+    let Some(pattern) = pattern else { return Access::Admin };
+    match pattern {
+        "/v2" | "/v2/health/live" | "/v2/health/ready" | "/api/openapi.json" => Access::Open,
+        "/admin" | "/admin/" | "/admin/app.js" | "/admin/app.css" => Access::Open,
+        "/metrics" if protect_metrics => Access::Admin,
+        "/metrics" => Access::Open,
+        "/v2/models/stats" => Access::Invoke(None),
+        "/v2/models/{name}"
+        | "/v2/models/{name}/versions/1"
+        | "/v2/models/{name}/ready"
+        | "/v2/models/{name}/versions/1/ready"
+        | "/v2/models/{name}/infer"
+        | "/v2/models/{name}/versions/1/infer"
+        | "/v2/models/{name}/stats"
+        | "/v2/models/{name}/versions/1/stats"
+        | "/api/v1/functions/{name}/ws" => match name {
+            Some(n) => Access::Invoke(Some(n.to_string())),
+            None => Access::Admin,
+        },
+        _ => Access::Admin,
     }
 }
 
-/// WebSocket endpoints, which also take the token as a `token` query parameter (browsers
-/// cannot set headers on a WebSocket).
-pub fn accepts_query_token(path: &str) -> bool {
-    path == "/api/v1/events" || (path.starts_with("/api/v1/functions/") && path.ends_with("/ws"))
+/// The WebSocket routes (by matched pattern), which also take the token as a `token` query
+/// parameter (browsers cannot set headers on a WebSocket).
+pub fn accepts_query_token(pattern: Option<&str>) -> bool {
+    matches!(pattern, Some("/api/v1/events" | "/api/v1/functions/{name}/ws"))
 }
 
 /// A new random token and its digest, for `faaswap token`.
@@ -210,35 +225,41 @@ mod tests {
     #[test]
     fn routes_need_the_documented_access() {
         let invoke = |f: &str| Access::Invoke(Some(f.into()));
-        for (path, want) in [
+        for (pattern, want) in [
             ("/v2", Access::Open),
-            ("/v2/", Access::Open),
             ("/v2/health/live", Access::Open),
             ("/v2/health/ready", Access::Open),
+            ("/admin", Access::Open),
             ("/admin/", Access::Open),
             ("/admin/app.js", Access::Open),
             ("/metrics", Access::Open),
-            ("/v2/models/bert", invoke("bert")),
-            ("/v2/models/bert/ready", invoke("bert")),
-            ("/v2/models/bert/versions/1/infer", invoke("bert")),
-            ("/v2/models/bert/stats", invoke("bert")),
+            ("/api/openapi.json", Access::Open),
+            ("/v2/models/{name}", invoke("bert")),
+            ("/v2/models/{name}/ready", invoke("bert")),
+            ("/v2/models/{name}/versions/1/infer", invoke("bert")),
+            ("/v2/models/{name}/stats", invoke("bert")),
             ("/v2/models/stats", Access::Invoke(None)),
-            ("/api/v1/functions/bert/ws", invoke("bert")),
+            ("/api/v1/functions/{name}/ws", invoke("bert")),
             ("/v2/repository/index", Access::Admin),
-            ("/v2/repository/models/bert/load", Access::Admin),
+            ("/v2/repository/models/{name}/load", Access::Admin),
             ("/api/v1/functions", Access::Admin),
-            ("/api/v1/functions/bert", Access::Admin),
+            ("/api/v1/functions/{name}", Access::Admin),
             ("/api/v1/devices", Access::Admin),
             ("/api/v1/events", Access::Admin),
             ("/api/v1/scheduler", Access::Admin),
-            ("/nothing", Access::Open),
-            ("/api/openapi.json", Access::Open),
+            // Not in the table: a route someone adds later, or a raw path.
+            ("/api/v2/anything", Access::Admin),
+            ("/v2/models/bert/infer", Access::Admin),
         ] {
-            assert_eq!(required(path, false), want, "{path}");
+            assert_eq!(required(Some(pattern), Some("bert"), false), want, "{pattern}");
         }
-        assert_eq!(required("/metrics", true), Access::Admin);
-        assert!(accepts_query_token("/api/v1/events") && accepts_query_token("/api/v1/functions/x/ws"));
-        assert!(!accepts_query_token("/api/v1/functions/x") && !accepts_query_token("/v2/models/x/infer"));
+        assert_eq!(required(None, None, false), Access::Admin, "no route matched: admin");
+        assert_eq!(required(Some("/v2/models/{name}/infer"), None, false), Access::Admin, "no name: admin");
+        assert_eq!(required(Some("/metrics"), None, true), Access::Admin);
+        assert!(
+            accepts_query_token(Some("/api/v1/events")) && accepts_query_token(Some("/api/v1/functions/{name}/ws"))
+        );
+        assert!(!accepts_query_token(Some("/api/v1/functions/{name}")) && !accepts_query_token(None));
     }
 
     #[test]
@@ -273,6 +294,10 @@ mod tests {
         assert!(TokenSet::new(&[spec("x", "admin", "t", Some(&["f"]))], &[]).is_err());
         assert!(TokenSet::new(&[spec("x", "invoke", "t", Some(&["../f"]))], &[]).is_err());
         assert!(TokenSet::new(&[], &[("FAASWAP_ADMIN_TOKEN", Scope::Admin, "short".into())]).is_err());
+        for padded in [" admin-token-0123456789", "admin-token-0123456789\n", "\tadmin-token-0123456789"] {
+            let err = TokenSet::new(&[], &[("FAASWAP_ADMIN_TOKEN", Scope::Admin, padded.into())]).unwrap_err();
+            assert!(err.contains("whitespace"), "{err}");
+        }
     }
 
     #[test]

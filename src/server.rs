@@ -28,11 +28,10 @@ pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::de
                 let resp = api::error::json_error(actix_web::http::StatusCode::BAD_REQUEST, "bad_request", &e);
                 InternalError::from_response(e, resp).into()
             }))
-            .wrap(actix_web::middleware::from_fn(api::auth::check))
+            // The token check is each resource's middleware (it decides on the matched route),
+            // and the default service's for what matches none.
             .configure(api::configure)
-            .default_service(web::to(|| async {
-                api::error::json_error(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-            }))
+            .default_service(web::to(api::auth::not_found))
     })
     .workers(workers)
     // Long-lived WebSockets (the event feed, generations) would otherwise hold a shutdown for

@@ -9,10 +9,10 @@ const SCRIPT: &str = include_str!("admin/app.js");
 const STYLE: &str = include_str!("admin/app.css");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin", web::get().to(redirect))
-        .route("/admin/", web::get().to(|| asset("text/html; charset=utf-8", INDEX)))
-        .route("/admin/app.js", web::get().to(|| asset("text/javascript; charset=utf-8", SCRIPT)))
-        .route("/admin/app.css", web::get().to(|| asset("text/css; charset=utf-8", STYLE)));
+    super::resource(cfg, "/admin", [web::get().to(redirect)]);
+    super::resource(cfg, "/admin/", [web::get().to(|| asset("text/html; charset=utf-8", INDEX))]);
+    super::resource(cfg, "/admin/app.js", [web::get().to(|| asset("text/javascript; charset=utf-8", SCRIPT))]);
+    super::resource(cfg, "/admin/app.css", [web::get().to(|| asset("text/css; charset=utf-8", STYLE))]);
 }
 
 async fn redirect() -> HttpResponse {

@@ -11,9 +11,9 @@ use crate::gpu::faults::FaultSpec;
 use crate::runtime::Runtime;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/devices", web::get().to(list))
-        .route("/api/v1/devices/{id}/faults", web::post().to(inject))
-        .route("/api/v1/scheduler", web::get().to(scheduler));
+    super::resource(cfg, "/api/v1/devices", [web::get().to(list)]);
+    super::resource(cfg, "/api/v1/devices/{id}/faults", [web::post().to(inject)]);
+    super::resource(cfg, "/api/v1/scheduler", [web::get().to(scheduler)]);
 }
 
 #[utoipa::path(get, path = "/api/v1/scheduler", tag = "devices", responses((status = 200, description = "policy, shedding, sim time scale", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]

@@ -21,7 +21,7 @@ use crate::runtime::Runtime;
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/events", web::get().to(connect));
+    super::resource(cfg, "/api/v1/events", [web::get().to(connect)]);
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "streaming", params(("token" = Option<String>, Query, description = "API token")), responses((status = 101, description = "WebSocket: a snapshot, then events"), (status = 400, description = "not a WebSocket upgrade")))]

@@ -14,12 +14,12 @@ use crate::runtime::{FunctionEntry, Runtime};
 use crate::store::FunctionSettings;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/functions", web::get().to(list))
-        .route("/api/v1/functions", web::post().to(create))
-        .route("/api/v1/functions/{name}", web::get().to(get))
-        .route("/api/v1/functions/{name}", web::patch().to(update))
-        .route("/api/v1/functions/{name}", web::put().to(update))
-        .route("/api/v1/functions/{name}", web::delete().to(delete));
+    super::resource(cfg, "/api/v1/functions", [web::get().to(list), web::post().to(create)]);
+    super::resource(
+        cfg,
+        "/api/v1/functions/{name}",
+        [web::get().to(get), web::patch().to(update), web::put().to(update), web::delete().to(delete)],
+    );
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -28,7 +28,7 @@ const MAX_STOP_STRINGS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/functions/{name}/ws", web::get().to(connect));
+    super::resource(cfg, "/api/v1/functions/{name}/ws", [web::get().to(connect)]);
 }
 
 #[derive(Debug, Deserialize)]

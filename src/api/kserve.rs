@@ -19,23 +19,24 @@ use crate::store::FunctionSettings;
 const MAX_ELEMENTS: usize = 1 << 24;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    // Routes are matched in order, a pattern at a time: the hot one goes first.
-    cfg.route("/v2/models/{name}/infer", web::post().to(infer))
-        .route("/v2/models/{name}/versions/1/infer", web::post().to(infer))
-        .route("/v2", web::get().to(server_metadata))
-        .route("/v2/health/live", web::get().to(live))
-        .route("/v2/health/ready", web::get().to(ready))
-        // Before `/v2/models/{name}`, which would take "stats" for a function's name.
-        .route("/v2/models/stats", web::get().to(all_stats))
-        .route("/v2/models/{name}", web::get().to(model_metadata))
-        .route("/v2/models/{name}/versions/1", web::get().to(model_metadata))
-        .route("/v2/models/{name}/ready", web::get().to(model_ready))
-        .route("/v2/models/{name}/versions/1/ready", web::get().to(model_ready))
-        .route("/v2/models/{name}/stats", web::get().to(stats))
-        .route("/v2/models/{name}/versions/1/stats", web::get().to(stats))
-        .route("/v2/repository/index", web::post().to(repository_index))
-        .route("/v2/repository/models/{name}/load", web::post().to(load))
-        .route("/v2/repository/models/{name}/unload", web::post().to(unload));
+    // Resources are matched in order, a pattern at a time: the hot one goes first.
+    super::resource(cfg, "/v2/models/{name}/infer", [web::post().to(infer)]);
+    super::resource(cfg, "/v2/models/{name}/versions/1/infer", [web::post().to(infer)]);
+    super::resource(cfg, "/v2", [web::get().to(server_metadata)]);
+    super::resource(cfg, "/v2/health/live", [web::get().to(live)]);
+    super::resource(cfg, "/v2/health/ready", [web::get().to(ready)]);
+    // Before `/v2/models/{name}`, which would take "stats" for a function's name (a function
+    // may not be called that: `runtime::RESERVED_NAMES`).
+    super::resource(cfg, "/v2/models/stats", [web::get().to(all_stats)]);
+    super::resource(cfg, "/v2/models/{name}", [web::get().to(model_metadata)]);
+    super::resource(cfg, "/v2/models/{name}/versions/1", [web::get().to(model_metadata)]);
+    super::resource(cfg, "/v2/models/{name}/ready", [web::get().to(model_ready)]);
+    super::resource(cfg, "/v2/models/{name}/versions/1/ready", [web::get().to(model_ready)]);
+    super::resource(cfg, "/v2/models/{name}/stats", [web::get().to(stats)]);
+    super::resource(cfg, "/v2/models/{name}/versions/1/stats", [web::get().to(stats)]);
+    super::resource(cfg, "/v2/repository/index", [web::post().to(repository_index)]);
+    super::resource(cfg, "/v2/repository/models/{name}/load", [web::post().to(load)]);
+    super::resource(cfg, "/v2/repository/models/{name}/unload", [web::post().to(unload)]);
 }
 
 #[utoipa::path(get, path = "/v2", tag = "kserve", responses((status = 200, description = "server metadata", body = Object)))]

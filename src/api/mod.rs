@@ -15,7 +15,7 @@ mod kserve;
 pub mod openapi;
 mod tensors;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, Route};
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -25,7 +25,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     generate_ws::configure(cfg);
     events_ws::configure(cfg);
     admin::configure(cfg);
-    cfg.route("/metrics", web::get().to(metrics)).route("/api/openapi.json", web::get().to(openapi::document));
+    resource(cfg, "/metrics", [web::get().to(metrics)]);
+    resource(cfg, "/api/openapi.json", [web::get().to(openapi::document)]);
+}
+
+/// Registers the routes of one path pattern behind the token check. The check is the
+/// resource's middleware, so it runs after routing and decides on what actix dispatched — the
+/// matched pattern and its decoded `name` — never on the raw path (`auth::required`). A
+/// method the pattern has no route for is a JSON 405.
+fn resource<const N: usize>(cfg: &mut web::ServiceConfig, pattern: &str, routes: [Route; N]) {
+    let mut resource = web::resource(pattern).default_service(web::to(|| async {
+        error::json_error(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
+    }));
+    for route in routes {
+        resource = resource.route(route);
+    }
+    cfg.service(resource.wrap(actix_web::middleware::from_fn(auth::check)));
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
