@@ -39,11 +39,25 @@ impl GpuActor {
         Self { index, device, core, scheduler, events, device_ids }
     }
 
-    /// Runs one request; a panic inside the device becomes a device error for it.
+    /// Runs one request. A panic is a bug met on this request (its data reached a case the
+    /// engine did not handle), not a failure of the device: it becomes `DeviceError::Internal`,
+    /// and so does an output that is not finite (a response never carries NaN or infinity).
     fn run(&mut self, item: &ExecItem) -> Result<JobResult, DeviceError> {
         let device = &mut self.device;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.run(&item.job)))
-            .unwrap_or_else(|_| Err(DeviceError::Unavailable("the device failed while running the job".into())))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.run(&item.job))).unwrap_or_else(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(DeviceError::Internal(what))
+            },
+        )?;
+        if let Some(t) = result.outputs.iter().find(|t| t.data.iter().any(|x| !x.is_finite())) {
+            return Err(DeviceError::Internal(format!("output {} holds values that are not finite", t.name)));
+        }
+        Ok(result)
     }
 }
 
@@ -63,6 +77,7 @@ impl Handler<Execute> for GpuActor {
             exec_ms: 0.0,
             batch: 0,
             fault: None,
+            aborted: None,
         };
         let mut items = items.into_iter();
         while let Some(item) = items.next() {
@@ -86,6 +101,16 @@ impl Handler<Execute> for GpuActor {
                     break;
                 }
                 Err(DeviceError::Engine(e)) => Err(RuntimeError::Engine(e)),
+                // A bug met on this request: it alone fails (500) and the device stays in
+                // service. The copy this job made is dropped (it may be incomplete), so the rest
+                // of the batch, which would run from it, is queued again.
+                Err(DeviceError::Internal(e)) => {
+                    let id = self.device.info().id.clone();
+                    tracing::error!("{name} on {id}: {e}");
+                    let _ = item.reply.send(Err(RuntimeError::Internal { device: id }));
+                    done.aborted = Some(items.by_ref().collect());
+                    break;
+                }
                 Err(other) => Err(RuntimeError::Device { device: self.device.info().id.clone(), source: other }),
             };
             // The client may have gone away; its result is then dropped.

@@ -131,6 +131,10 @@ pub struct JobDone {
     pub batch: usize,
     /// The device failed during the batch.
     pub fault: Option<DeviceFault>,
+    /// A request of the batch met a bug (a panic) and failed alone: the device is healthy, but
+    /// the copy this job made is not trusted, and these requests of the batch, not yet run,
+    /// are queued again.
+    pub aborted: Option<Vec<ExecItem>>,
 }
 
 /// A device failure: what happened, and the requests of the batch that did not complete (the

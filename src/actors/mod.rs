@@ -31,4 +31,8 @@ pub enum RuntimeError {
     Stopped,
     #[error("the client went away before its request ran")]
     Cancelled,
+    /// A bug met while running this request (a panic in the engine, a non-finite output): the
+    /// request fails, the device does not.
+    #[error("internal error while running the request on {device}; it is logged")]
+    Internal { device: String },
 }

@@ -300,35 +300,44 @@ impl Scheduler {
     /// Accounts a finished batch and dispatches. Returns a device that has just failed and
     /// needs a health check scheduled (only a batch with a `fault` can cause one).
     pub fn job_done(&mut self, msg: JobDone) -> Option<DeviceId> {
-        // Without a fault the copy is complete; with one it went with the job.
-        let dropped_copy = match msg.fault {
-            None => {
-                self.cluster.complete(msg.device);
-                if msg.exec_ms > 0.0 {
-                    self.cluster.observe_exec(msg.function, msg.batch, msg.exec_ms);
-                }
-                false
+        // Without a fault or an abort the copy is complete; with one it went with the job.
+        let dropped_copy = if msg.fault.is_none() && msg.aborted.is_none() {
+            self.cluster.complete(msg.device);
+            if msg.exec_ms > 0.0 {
+                self.cluster.observe_exec(msg.function, msg.batch, msg.exec_ms);
             }
-            Some(_) => {
-                let dropped = self.cluster.fail(msg.device);
-                self.publish_memory();
-                dropped
-            }
+            false
+        } else {
+            let dropped = self.cluster.fail(msg.device);
+            self.publish_memory();
+            dropped
         };
         for l in msg.latencies_ms {
             self.cluster.record(msg.function, l);
         }
+        let name = self.cluster.function_name(msg.function).unwrap_or_default().to_string();
         let mut check = None;
         if let Some(fault) = msg.fault {
             // The failed job's copy went with it: the feed hears of it as an eviction.
             if dropped_copy {
-                self.evicted(
-                    msg.device,
-                    self.cluster.function_name(msg.function).unwrap_or_default(),
-                    EvictReason::DeviceFault,
-                );
+                self.evicted(msg.device, &name, EvictReason::DeviceFault);
             }
             check = self.device_failed(msg.device, msg.function, fault);
+        } else if let Some(rest) = msg.aborted {
+            if dropped_copy {
+                self.evicted(msg.device, &name, EvictReason::FailedJob);
+            }
+            // Not run yet: queued again as they were (a device fault's retry budget untouched).
+            for item in rest {
+                let p = Pending {
+                    name: name.clone(),
+                    work: item.job.into(),
+                    received: item.received,
+                    reply: item.reply,
+                    retried: item.retried,
+                };
+                self.admit(p, msg.function, None);
+            }
         }
         self.dispatch();
         check

@@ -79,6 +79,7 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
         RuntimeError::DeadlineUnmeetable(_) => (StatusCode::SERVICE_UNAVAILABLE, "deadline_unmeetable"),
         RuntimeError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
         RuntimeError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        RuntimeError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         // nginx's "client closed request": only logs ever see it.
         RuntimeError::Cancelled => (StatusCode::from_u16(499).expect("499 is a valid status"), "cancelled"),
     }

@@ -79,6 +79,12 @@ impl TokenBatch {
         if let Some(&t) = self.type_ids.iter().find(|&&t| t as usize >= type_vocab) {
             return Err(EngineError::BadInput(format!("token type id {t} is outside 0..{type_vocab}")));
         }
+        // A sequence with nothing to attend to has no output a model could give.
+        if let Some(b) = (0..self.batch).find(|&b| !self.mask[b * self.seq..(b + 1) * self.seq].contains(&true)) {
+            return Err(EngineError::BadInput(format!(
+                "sequence {b} has no attended token: its attention_mask is all zero"
+            )));
+        }
         Ok(())
     }
 }
@@ -104,5 +110,8 @@ mod tests {
         let err = b.validate(512, 2, 128).unwrap_err().to_string();
         assert!(err.contains("600"), "{err}");
         assert!(b.validate(1000, 2, 1).is_err());
+        let unattended = TokenBatch::from_tensors(2, 2, vec![1, 2, 3, 4], Some(vec![true, false, false, false]), None);
+        let err = unattended.unwrap().validate(512, 2, 128).unwrap_err().to_string();
+        assert!(err.contains("sequence 1") && err.contains("all zero"), "{err}");
     }
 }

@@ -423,3 +423,25 @@ fn decode(
         fed = Some(token);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_that_hide_keys_give_finite_outputs() {
+        let gpt2 = Model::load(&crate::engine::fixture("tiny_gpt2")).unwrap();
+        // Left padding, the usual way to batch prompts of different lengths.
+        let batch = TokenBatch::from_tensors(
+            2,
+            3,
+            vec![0, 5, 6, 7, 8, 9],
+            Some(vec![false, true, true, true, true, true]),
+            None,
+        )
+        .unwrap();
+        let out = gpt2.infer(&batch, &[OutputKind::Logits]).unwrap();
+        let bad = out[0].data.iter().filter(|x| !x.is_finite()).count();
+        assert_eq!(bad, 0, "{bad} of {} logits are not finite", out[0].data.len());
+    }
+}

@@ -231,8 +231,11 @@ pub fn masked_softmax(row: &mut [f32], mask: Option<&[bool]>, visible: usize) {
         row[visible..].fill(f32::NEG_INFINITY);
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
         if max == f32::NEG_INFINITY {
+            // Every entry past the visible range was set to -inf above: zero it, or the
+            // product with the values would turn it into NaN.
             let w = 1.0 / visible.max(1) as f32;
             row[..visible].fill(w);
+            row[visible..].fill(0.0);
             return;
         }
         let mut sum = 0f32;
@@ -282,6 +285,17 @@ mod tests {
         let e = (1.0f32 - 2.0).exp();
         assert!((row[0] - e / (1.0 + e)).abs() < 1e-6);
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_row_that_sees_no_key_is_uniform_over_the_visible_ones_and_zero_elsewhere() {
+        // Query 0 of a left-padded sequence: its one visible key is padding.
+        let mut row = vec![0.3, 0.1, 0.2, 0.7];
+        masked_softmax(&mut row, Some(&[false, true, true, true]), 1);
+        assert_eq!(row, vec![1.0, 0.0, 0.0, 0.0]);
+        let mut row = vec![0.3, 0.1, 0.2];
+        masked_softmax(&mut row, Some(&[false, false, true]), 2);
+        assert_eq!(row, vec![0.5, 0.5, 0.0]);
     }
 
     fn shape(causal: bool) -> HeadShape {

@@ -1,6 +1,7 @@
 //! Faults a `sim` device can be told to inject, at named points of a job: before its copy
-//! (`out_of_memory`, `copy_fail`, `slow_copy`), before its kernels (`kernel_fail`), or for a
-//! while on everything, health checks included (`device_lost`).
+//! (`out_of_memory`, `copy_fail`, `slow_copy`), before its kernels (`kernel_fail`, and `panic`:
+//! a bug met on one request's data, which is the request's failure and not the device's), or
+//! for a while on everything, health checks included (`device_lost`).
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ pub enum FaultKind {
     CopyFail,
     SlowCopy,
     KernelFail,
+    Panic,
 }
 
 impl FaultKind {
@@ -24,6 +26,7 @@ impl FaultKind {
             Self::CopyFail => "copy_fail",
             Self::SlowCopy => "slow_copy",
             Self::KernelFail => "kernel_fail",
+            Self::Panic => "panic",
         }
     }
 }
@@ -113,7 +116,7 @@ impl FaultPlan {
         }
         let applies = |k: FaultKind| match k {
             FaultKind::OutOfMemory | FaultKind::CopyFail | FaultKind::SlowCopy => point == Point::Copy && copies,
-            FaultKind::KernelFail => point == Point::Kernel,
+            FaultKind::KernelFail | FaultKind::Panic => point == Point::Kernel,
             FaultKind::DeviceLost => false,
         };
         let Some(i) = self.pending.iter().position(|(k, _, _)| applies(*k)) else {

@@ -67,6 +67,10 @@ pub enum DeviceError {
     /// An injected fault (sim devices) or a failure of the device itself.
     #[error("{device}: {} fault", kind.label())]
     Fault { device: String, kind: faults::FaultKind },
+    /// A bug met while running a job (a panic caught on the device's thread): the job's own
+    /// failure, not the device's.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// One order for a device: run `batch` on `model`, whose weights sit (or are to be copied)

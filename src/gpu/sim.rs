@@ -101,6 +101,9 @@ impl Device for SimDevice {
             if let (true, Some(g)) = (host_copy, group) {
                 g.fetch_sub(1, Ordering::AcqRel);
             }
+            if kind == super::faults::FaultKind::Panic {
+                panic!("injected panic: a bug met on this request's data");
+            }
             return Err(DeviceError::Fault { device: self.info.id.clone(), kind });
         }
         let chunk = estimate::transfer_ms(

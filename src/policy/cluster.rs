@@ -82,6 +82,9 @@ pub enum EvictReason {
     Undeploy,
     /// The device failed: its copies are not to be trusted.
     DeviceFault,
+    /// The job that made the copy failed on a bug (the device is fine; the copy may be
+    /// incomplete).
+    FailedJob,
 }
 
 impl EvictReason {
@@ -93,6 +96,7 @@ impl EvictReason {
             Self::ReloadCost => "reload_cost",
             Self::Undeploy => "undeploy",
             Self::DeviceFault => "device_fault",
+            Self::FailedJob => "failed_job",
         }
     }
 }

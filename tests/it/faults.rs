@@ -145,3 +145,39 @@ fn faults_need_sim_devices() {
     assert_eq!((status, v["code"].as_str()), (409, Some("faults_need_sim_devices")));
     server.stop();
 }
+
+/// A bug met on one request's data (a panic on the device's thread, injected here as the
+/// `panic` fault) fails that request alone with a 500 `internal`: it is not retried on the
+/// other device (it would meet the same bug there), no device is marked unhealthy, no other
+/// copy is dropped, and the copy the failed job made is (reason `failed_job`).
+#[test]
+fn a_panic_on_one_request_fails_that_request_and_no_device() {
+    let (server, _repo, _state) = start();
+    let mut feed = connect(&server, "/api/v1/events");
+    assert_eq!(next(&mut feed).unwrap()["type"], "snapshot");
+    let (status, first) = infer(&server, "p0");
+    assert_eq!(status, 200, "{first}");
+    let target = first["parameters"]["device"].as_str().unwrap().to_string();
+    assert_eq!(infer(&server, "p1").0, 200);
+    arm(&server, &target, json!({"fault": "panic", "count": 1}));
+    // p0 is resident there: the next request of p0 runs there and meets the panic.
+    let (status, v) = infer(&server, "p0");
+    assert_eq!((status, v["code"].as_str()), (500, Some("internal")), "{v}");
+    assert!(!v["error"].as_str().unwrap().contains("injected"), "the panic's text stays in the log: {v}");
+    let seen = events_until(&mut feed, |seen| {
+        seen.iter().any(|e| e["type"] == "evict" && e["reason"] == "failed_job" && e["device"] == target.as_str())
+    });
+    assert!(!seen.iter().any(|e| e["type"] == "device_fault"), "{seen:#?}");
+    let (_, devices) = server.get("/api/v1/devices");
+    assert!(devices.as_array().unwrap().iter().all(|d| d["healthy"] == true), "{devices}");
+    // Every function is served, on both devices, right away.
+    let mut used = std::collections::HashSet::new();
+    for k in 0..6 {
+        let (status, v) = infer(&server, &format!("p{k}"));
+        assert_eq!(status, 200, "{v}");
+        used.insert(v["parameters"]["device"].as_str().unwrap().to_string());
+    }
+    assert!(used.contains(&target), "{used:?}");
+    drop(feed);
+    server.stop();
+}

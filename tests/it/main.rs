@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_packages;
+mod bad_requests;
 mod browser;
 mod cli;
 mod common;
