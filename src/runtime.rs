@@ -545,7 +545,7 @@ impl Runtime {
             }
             Err(e) => Err(e),
         };
-        self.account(entry, received, &result);
+        self.account(entry, received, deadline_ms, &result);
         result
     }
 
@@ -564,8 +564,15 @@ impl Runtime {
     }
 
     /// Counts a finished request in the function's statistics, metrics and SLO window (a
-    /// generation by its first token).
-    fn account(&self, entry: &FunctionEntry, received: Instant, result: &Result<Completed, RuntimeError>) {
+    /// generation by its first token). A request refused for a deadline its client shortened
+    /// is not a miss of the function's SLO.
+    fn account(
+        &self,
+        entry: &FunctionEntry,
+        received: Instant,
+        deadline_ms: Option<f64>,
+        result: &Result<Completed, RuntimeError>,
+    ) {
         let ns = |ms: f64| (ms * 1e6) as u64;
         let s = &entry.stats;
         let name = &entry.name;
@@ -591,7 +598,9 @@ impl Runtime {
                 s.fail_ns.fetch_add(received.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 let invalid = matches!(e, RuntimeError::Engine(_));
                 m::request(name, if invalid { "invalid" } else { "error" });
-                if !invalid {
+                let clients_own = matches!(e, RuntimeError::DeadlineUnmeetable(_))
+                    && deadline_ms.is_some_and(|d| d < entry.record().settings.slo_ms);
+                if !invalid && !clients_own {
                     entry.record_latency(f64::INFINITY);
                 }
             }

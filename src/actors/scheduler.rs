@@ -138,9 +138,9 @@ impl Scheduler {
         while let Some(decision) = self.cluster.next_dispatch(self.now()) {
             let d = match decision {
                 Decision::Run(d) => d,
+                // The cluster has counted the misses (those that are the function's).
                 Decision::Drop { requests, function, reason } => {
                     for r in requests {
-                        self.cluster.record(function, f64::INFINITY);
                         if let Some(p) = self.pending.remove(&r) {
                             self.refuse(p, function, reason);
                         }
@@ -273,12 +273,9 @@ impl Scheduler {
                 self.pending.insert(id, p);
                 self.dispatch();
             }
-            // An overloaded queue is back-pressure, not a miss of the function's SLO.
-            Admission::Rejected(DropReason::Overloaded) => self.refuse(p, function, DropReason::Overloaded),
-            Admission::Rejected(reason) => {
-                self.cluster.record(function, f64::INFINITY);
-                self.refuse(p, function, reason);
-            }
+            // An overloaded queue is back-pressure, not a miss of the function's SLO; the cluster
+            // counted the misses that are.
+            Admission::Rejected(reason) => self.refuse(p, function, reason),
             Admission::Unknown => {
                 let error = RuntimeError::FunctionGone(p.name.clone());
                 self.reject(p.work.model, p.reply, error);

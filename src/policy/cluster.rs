@@ -30,6 +30,9 @@ const SCAN_LIMIT: usize = 256;
 /// Requests over which a function's miss budget is counted before its window is that long.
 pub(super) const LOST_HORIZON: usize = 250;
 
+/// The longest a function's requests are all refused before one runs however late (`starved`).
+pub(super) const MAX_REFUSED_MS: f64 = 600_000.0;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub policy: PolicyKind,
@@ -153,6 +156,8 @@ pub(super) struct Func {
     pub ready_mask: u64,
     /// Its requests in the queue.
     pub queued: usize,
+    /// Since when every request of it has been refused (shed), if its last one was.
+    pub refused_since: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -286,8 +291,18 @@ impl Cluster {
                 }
             }
         }
-        self.functions
-            .insert(id, Func { spec, stats: FunctionStats::default(), in_flight: 0, home, ready_mask: 0, queued: 0 });
+        self.functions.insert(
+            id,
+            Func {
+                spec,
+                stats: FunctionStats::default(),
+                in_flight: 0,
+                home,
+                ready_mask: 0,
+                queued: 0,
+                refused_since: None,
+            },
+        );
         Ok(())
     }
 
@@ -340,6 +355,7 @@ impl Cluster {
         };
         f.stats.arrived(now);
         if native && f.home.is_none() {
+            f.stats.record(f64::INFINITY, f.spec.deadline_ms);
             return Admission::Rejected(DropReason::NotPlaced);
         }
         if f.queued >= self.cfg.max_queue_per_function || self.queue.len() >= self.cfg.max_queue {
@@ -393,6 +409,20 @@ impl Cluster {
         self.functions.get(&function).is_some_and(|f| f.stats.lost(f.spec.percentile, LOST_HORIZON))
     }
 
+    /// Whether every request of the function has been refused for longer than its SLO window
+    /// in time — the time its last `LOST_HORIZON` requests take at its arrival rate, at least
+    /// `max(1 s, its deadline)` and at most `MAX_REFUSED_MS`. A request of it that can make its
+    /// deadline then runs although the function is lost, and that one's dispatch forgives it
+    /// (its window, made of refusals by then, starts afresh, on probation: one miss and it is
+    /// lost again), so that refusing is never permanent.
+    pub(super) fn starved(&self, function: FunctionId, now: f64) -> bool {
+        self.functions.get(&function).is_some_and(|f| {
+            let window = (LOST_HORIZON as f64 / f.stats.rate_per_s(now).max(1e-9) * 1e3)
+                .clamp(f.spec.deadline_ms.max(1000.0), MAX_REFUSED_MS);
+            f.refused_since.is_some_and(|t| now - t > window)
+        })
+    }
+
     /// The next decision — a request (or batch) to run, or requests to drop — or `None` when
     /// nothing can start now. Call until `None`.
     pub fn next_dispatch(&mut self, now: f64) -> Option<Decision> {
@@ -425,6 +455,13 @@ impl Cluster {
                     let q = self.queue.remove(qi);
                     if let Some(f) = self.functions.get_mut(&q.function) {
                         f.queued -= 1;
+                        f.refused_since.get_or_insert(now);
+                        // A miss of the function's SLO only when it was the request's deadline:
+                        // one the client shortened is the client's, or a client could spend
+                        // the function's miss budget for everyone.
+                        if q.window >= f.spec.deadline_ms {
+                            f.stats.record(f64::INFINITY, f.spec.deadline_ms);
+                        }
                     }
                     return Some(Decision::Drop {
                         requests: vec![q.request],
@@ -578,6 +615,12 @@ impl Cluster {
         now: f64,
     ) -> Option<Dispatch> {
         let function = self.queue[qi].function;
+        if self.starved(function, now) {
+            self.functions.get_mut(&function).expect("queued functions are registered").stats.forgive();
+        }
+        if let Some(f) = self.functions.get_mut(&function) {
+            f.refused_since = None;
+        }
         let (bytes, exec1, max_batch) = {
             let s = &self.functions[&function].spec;
             (s.bytes, s.exec_ms, s.max_batch)
@@ -1194,6 +1237,61 @@ mod tests {
             Some(Decision::Drop { requests, reason: DropReason::Unmeetable, .. }) => assert_eq!(requests, vec![7]),
             other => panic!("expected a drop, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_clients_shorter_deadline_never_spends_the_functions_miss_budget() {
+        let mut c = cluster(PolicyKind::Faaswap, 1, 8, |_, _| None);
+        c.cfg.shed = true;
+        c.add_function(1, spec("f", 1, 10.0, ModelClass::Light)).unwrap();
+        c.add_function(2, spec("slower than its deadline", 1, 500.0, ModelClass::Light)).unwrap();
+        // A client asking for a millionth of a millisecond, 300 times: each is shed, none is the
+        // function's miss.
+        for r in 0..300 {
+            assert_eq!(c.enqueue(r, 1, r as f64, Some(1e-6)), Admission::Queued);
+            assert!(matches!(c.next_dispatch(r as f64), Some(Decision::Drop { reason: DropReason::Unmeetable, .. })));
+        }
+        assert_eq!(c.functions[&1].stats.counts(), (0, 0));
+        assert!(!c.lost(1));
+        // A request with the function's own deadline that cannot make it is shed too, and that
+        // one is the function's miss.
+        queue(&mut c, 300, 2, 300.0);
+        assert!(matches!(c.next_dispatch(300.0), Some(Decision::Drop { .. })));
+        assert_eq!(c.functions[&2].stats.counts(), (1, 0));
+    }
+
+    #[test]
+    fn shedding_is_never_permanent_for_a_function() {
+        let mut c = cluster(PolicyKind::Faaswap, 1, 8, |_, _| None);
+        c.cfg.shed = true;
+        c.add_function(1, spec("f", 1, 10.0, ModelClass::Light)).unwrap();
+        // Out of its miss budget, it is not copied in from the host while shedding...
+        for _ in 0..300 {
+            c.record(1, f64::INFINITY);
+        }
+        assert!(c.lost(1));
+        // One request a second: its SLO window (250 requests) spans about 250 s. Refused until
+        // then; once all its requests have been refused for longer than that, the next one runs
+        // (and its window starts afresh: it is judged by what it does from now on).
+        let mut r = 0;
+        let d = loop {
+            let now = r as f64 * 1000.0;
+            queue(&mut c, r, 1, now);
+            match c.next_dispatch(now) {
+                Some(Decision::Drop { .. }) => r += 1,
+                Some(Decision::Run(d)) => break d,
+                None => panic!("nothing decided at {now}"),
+            }
+        };
+        assert!((250..300).contains(&r), "refused for {r} s");
+        assert_eq!((d.requests, d.swap), (vec![r], Some(SwapSource::Host)));
+        assert!(!c.lost(1));
+        c.complete(0);
+        c.record(1, 20.0);
+        assert_eq!(c.functions[&1].stats.counts(), (1, 1));
+        // On probation: its next miss spends its budget again.
+        c.record(1, f64::INFINITY);
+        assert!(c.lost(1));
     }
 
     #[test]

@@ -186,8 +186,11 @@ fn faaswap(c: &Cluster, f: FunctionId, now: f64, deadline: f64, window: f64) -> 
             Choice::Shed
         }
         // A function that has spent its miss budget is not copied in from the host while
-        // shedding: its misses cost nothing more, the copy would slow everyone on the link.
-        Some((_, _, _, Some(SwapSource::Host))) if c.cfg.shed && c.lost(f) => Choice::Shed,
+        // shedding: its misses cost nothing more, the copy would slow everyone on the link —
+        // unless all its requests have been refused for longer than its SLO window: then one
+        // that can make its deadline runs (and the function is judged afresh), so that no
+        // function is refused for good.
+        Some((_, _, _, Some(SwapSource::Host))) if c.cfg.shed && c.lost(f) && !c.starved(f, now) => Choice::Shed,
         Some((_, _, device, _)) if c.devices[device].job.is_some() => Choice::Wait,
         Some((_, _, device, swap)) => Choice::Run { device, swap, ranking: best_ranking },
     }

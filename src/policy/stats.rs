@@ -18,6 +18,8 @@ pub struct FunctionStats {
     /// Exponentially decayed arrival count and when it was last updated.
     arrivals: f64,
     arrivals_at: f64,
+    /// Forgiven after its requests were all refused for a long while (`forgive`).
+    probation: bool,
 }
 
 impl FunctionStats {
@@ -34,6 +36,15 @@ impl FunctionStats {
         self.window.push_back((hit, lat));
         self.hits += usize::from(hit);
         self.latency_sum += lat;
+    }
+
+    /// Forgets the window of hits and misses (the arrival rate stays) and puts the function on
+    /// probation: until its window is `horizon` requests long again, one miss spends its budget.
+    pub fn forgive(&mut self) {
+        self.window.clear();
+        self.hits = 0;
+        self.latency_sum = 0.0;
+        self.probation = true;
     }
 
     pub fn arrived(&mut self, now_ms: f64) {
@@ -64,6 +75,9 @@ impl FunctionStats {
     /// not count as lost before most of its requests have been seen.
     pub fn lost(&self, percentile: f64, horizon: usize) -> bool {
         let (n, m) = self.counts();
+        if self.probation && n < horizon {
+            return n > m;
+        }
         (n - m) as f64 > ((1.0 - percentile) * n.max(horizon) as f64).floor()
     }
 

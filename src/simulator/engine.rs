@@ -152,10 +152,10 @@ impl Sim<'_> {
         }
     }
 
+    /// A request the cluster dropped (and counted as its function's miss).
     fn drop_request(&mut self, f: usize) {
         self.dropped += 1;
         self.latencies[f].push(f64::INFINITY);
-        self.cluster.record(f as u64, f64::INFINITY);
     }
 
     fn dispatch(&mut self) {

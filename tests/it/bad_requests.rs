@@ -64,3 +64,42 @@ fn a_left_padded_decoder_batch_answers_finite_logits() {
     assert!(all_healthy(&server));
     server.stop();
 }
+
+/// A client's own deadline (`Faaswap-Deadline-Ms`) used to count against the function's SLO:
+/// enough impossible deadlines spent its miss budget, and once evicted it was never copied in
+/// again — every later request was a 503 until a restart.
+#[test]
+fn a_clients_impossible_deadline_cannot_poison_a_function() {
+    let repo = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // One device whose pool holds one of the two models.
+    let server = TestServer::start(state.path(), repo.path(), |a| {
+        a.devices = Some("sim:1".into());
+        a.device_memory = Some("128MiB".into());
+    });
+    for name in ["victim", "other"] {
+        let f = json!({"name": name, "profile": {"weight_bytes": 96_000_000u64, "exec_ms": 2.0}});
+        assert_eq!(server.post("/api/v1/functions", &f).0, 201);
+    }
+    let body = tokens(&[1], None, [1, 1]).to_string();
+    let infer = |name: &str, deadline: Option<&str>| {
+        let headers: Vec<(&str, &str)> = deadline.map(|d| ("Faaswap-Deadline-Ms", d)).into_iter().collect();
+        let (status, r) = server.post_raw(&format!("/v2/models/{name}/infer"), body.as_bytes(), &headers);
+        (status, r.into_string().unwrap())
+    };
+    assert_eq!(infer("victim", None).0, 200);
+    for _ in 0..40 {
+        let (status, text) = infer("victim", Some("0.000001"));
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("deadline_unmeetable"), "{text}");
+    }
+    // The other function takes the pool; the victim must come back for its own requests.
+    assert_eq!(infer("other", None).0, 200);
+    for _ in 0..3 {
+        let (status, text) = infer("victim", None);
+        assert_eq!(status, 200, "{text}");
+    }
+    let (_, f) = server.get("/api/v1/functions/victim");
+    assert_eq!(f["slo"]["compliant"], true, "the client's misses are not the function's: {f}");
+    server.stop();
+}
