@@ -40,6 +40,14 @@ fn describe() {
     metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
     metrics::describe_gauge!(
+        "faaswap_state_records_unreadable",
+        "Function records in the state store that this release cannot read (listed by the functions API)"
+    );
+    metrics::describe_gauge!(
+        "faaswap_functions_unavailable",
+        "Persisted functions not served (record unreadable or lost, package copy changed, restore failed)"
+    );
+    metrics::describe_gauge!(
         "faaswap_host_pinned_bytes",
         "Host weight bytes page-locked for fast swap-ins (CUDA devices; the rest swap through a staging ring)"
     );
@@ -132,4 +140,10 @@ pub fn host_pinned(delta: f64) {
 
 pub fn functions_deployed(n: usize) {
     gauge!("faaswap_functions_deployed").set(n as f64);
+}
+
+/// Persisted functions that are not served: all of them, and those whose record is unreadable.
+pub fn functions_unavailable(all: usize, unreadable_records: usize) {
+    gauge!("faaswap_functions_unavailable").set(all as f64);
+    gauge!("faaswap_state_records_unreadable").set(unreadable_records as f64);
 }

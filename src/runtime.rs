@@ -45,6 +45,8 @@ pub enum DeployError {
     PackageTooLarge { model: String, bytes: u64, limit: u64 },
     #[error("function {0:?} is already deployed")]
     AlreadyExists(String),
+    #[error("function {name:?} is persisted but not served ({reason}); delete it (DELETE /api/v1/functions/{name}) before reusing its name")]
+    Unavailable { name: String, reason: String },
     #[error("function {0:?} is not deployed")]
     NotDeployed(String),
     #[error("invalid settings: {0}")]
@@ -124,6 +126,16 @@ impl FunctionEntry {
     }
 }
 
+/// A persisted function the runtime does not serve, and why. Its name stays taken and its
+/// package copy stays until an operator deletes it (`DELETE /api/v1/functions/{name}`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unavailable {
+    pub name: String,
+    /// `unreadable_record`, `record_lost`, `package_changed` or `restore_failed`.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
 pub struct Runtime {
     pub config: ServeConfig,
     pub devices: Vec<DeviceInfo>,
@@ -132,6 +144,7 @@ pub struct Runtime {
     /// The scheduler's state: requests are queued and placed on the HTTP worker's thread.
     core: SharedScheduler,
     functions: RwLock<BTreeMap<String, Arc<FunctionEntry>>>,
+    unavailable: RwLock<BTreeMap<String, Unavailable>>,
     next_id: AtomicU64,
     ready: AtomicBool,
     deploys: tokio::sync::Mutex<()>,
@@ -211,6 +224,7 @@ impl Runtime {
             scheduler,
             core,
             functions: RwLock::new(BTreeMap::new()),
+            unavailable: RwLock::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             deploys: tokio::sync::Mutex::new(()),
@@ -224,26 +238,140 @@ impl Runtime {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Brings back every persisted function, then reports ready.
+    /// Brings back every persisted function it can, then reports ready. A record that cannot be
+    /// read, a package copy that changed on disk, a copy whose record is lost, a function that
+    /// no longer loads: each is reported (log, metrics, the functions API) and keeps its name
+    /// and its package copy; none stops the others.
     pub async fn restore(self: &Arc<Self>) {
         let _guard = self.deploys.lock().await;
-        match self.store.list() {
-            Ok(records) => {
-                for record in records {
+        match self.store.load() {
+            Ok(loaded) => {
+                if loaded.migrated > 0 {
+                    tracing::info!("{} function record(s) rewritten in the current format", loaded.migrated);
+                }
+                for (name, reason) in loaded.unreadable {
+                    tracing::error!("the state record of function {name:?} cannot be read: {reason}");
+                    self.set_unavailable(&name, "unreadable_record", reason);
+                }
+                for record in loaded.records {
                     let name = record.name.clone();
-                    match self.activate(record).await {
+                    match self.restore_one(record).await {
                         Ok(entry) => self.publish(entry),
-                        Err(e) => tracing::error!("function {name:?} could not be restored: {e}"),
+                        Err((kind, reason)) => {
+                            tracing::error!("function {name:?} is not restored: {reason}");
+                            self.set_unavailable(&name, kind, reason);
+                        }
                     }
                 }
-                if let Err(e) = self.store.remove_unused_packages() {
-                    tracing::warn!("removing unused package copies: {e}");
-                }
+                self.clean_packages();
             }
-            Err(e) => tracing::error!("cannot list persisted functions: {e}"),
+            Err(e) => tracing::error!("cannot read the state store: {e}"),
         }
         self.ready.store(true, Ordering::Release);
-        tracing::info!("ready: {} functions restored", self.functions.read().map_or(0, |f| f.len()));
+        tracing::info!(
+            "ready: {} functions restored, {} not served",
+            self.functions.read().map_or(0, |f| f.len()),
+            self.unavailable_functions().len()
+        );
+    }
+
+    /// One persisted function: its package copy verified against the recorded digest (a copy
+    /// that changed is re-imported from the repository when the same package is there, and
+    /// otherwise never served), then activated. The error is (kind, reason).
+    async fn restore_one(
+        self: &Arc<Self>,
+        record: FunctionRecord,
+    ) -> Result<Arc<FunctionEntry>, (&'static str, String)> {
+        if record.profile.is_none() {
+            let this = self.clone();
+            let r = record.clone();
+            actix_rt::task::spawn_blocking(move || this.verify_copy(&r))
+                .await
+                .map_err(|e| ("restore_failed", e.to_string()))??;
+        }
+        let entry = self.activate(record.clone()).await.map_err(|e| ("restore_failed", e.to_string()))?;
+        let copy = self.store.package_path(&record);
+        if record.profile.is_none() && !copy.join(crate::store::MARKER).exists() {
+            // Copies written before the marker existed get it now.
+            if let Err(e) = self.store.mark_acknowledged(&record) {
+                tracing::warn!("marking the package copy of {:?}: {e}", record.name);
+            }
+        }
+        Ok(entry)
+    }
+
+    fn verify_copy(&self, record: &FunctionRecord) -> Result<(), (&'static str, String)> {
+        let copy = self.store.package_path(record);
+        let found = Store::digest_of(&copy).map_err(|e| ("restore_failed", e.to_string()))?;
+        if found == record.digest {
+            return Ok(());
+        }
+        let changed = format!(
+            "its package copy {} changed on disk (digest {found}, recorded {})",
+            record.package_dir, record.digest
+        );
+        let src = self
+            .repository_path(&record.model)
+            .ok()
+            .filter(|src| Store::digest_of(src).ok().as_ref() == Some(&record.digest));
+        match src {
+            Some(src) => {
+                self.store
+                    .reimport(record, &src)
+                    .map_err(|e| ("package_changed", format!("{changed}; re-importing: {e}")))?;
+                tracing::warn!("function {:?}: {changed}; re-imported from the model repository", record.name);
+                Ok(())
+            }
+            None => {
+                Err(("package_changed", format!("{changed}, and the model repository has no package with that digest")))
+            }
+        }
+    }
+
+    /// Removes package copies that nothing needs, keeping those of unavailable functions, and
+    /// reports acknowledged copies whose record is missing.
+    fn clean_packages(&self) {
+        let keep: Vec<String> = self.unavailable_functions().into_iter().map(|u| u.name).collect();
+        match self.store.remove_unused_packages(&keep) {
+            Ok(cleanup) => {
+                for (name, dir) in cleanup.orphaned {
+                    if self.function(&name).is_none() && self.unavailable(&name).is_none() {
+                        let reason =
+                            format!("its package copy {dir} was acknowledged, but the state store has no record of it");
+                        tracing::error!("function {name:?}: {reason}");
+                        self.set_unavailable(&name, "record_lost", reason);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("removing unused package copies: {e}"),
+        }
+    }
+
+    fn set_unavailable(&self, name: &str, kind: &'static str, reason: String) {
+        let mut map = self.unavailable.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_insert(Unavailable { name: name.to_string(), kind, reason });
+        let unreadable = map.values().filter(|u| u.kind == "unreadable_record").count();
+        m::functions_unavailable(map.len(), unreadable);
+    }
+
+    /// A persisted function that is not served, if `name` is one.
+    pub fn unavailable(&self, name: &str) -> Option<Unavailable> {
+        self.unavailable.read().ok()?.get(name).cloned()
+    }
+
+    pub fn unavailable_functions(&self) -> Vec<Unavailable> {
+        self.unavailable.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Refuses a name that is taken, by a deployed function or an unavailable one.
+    fn check_free(&self, name: &str) -> Result<(), DeployError> {
+        if self.function(name).is_some() {
+            return Err(DeployError::AlreadyExists(name.to_string()));
+        }
+        match self.unavailable(name) {
+            Some(u) => Err(DeployError::Unavailable { name: name.to_string(), reason: u.reason }),
+            None => Ok(()),
+        }
     }
 
     pub fn function(&self, name: &str) -> Option<Arc<FunctionEntry>> {
@@ -323,9 +451,7 @@ impl Runtime {
             });
         }
         let _guard = self.deploys.lock().await;
-        if self.function(name).is_some() {
-            return Err(DeployError::AlreadyExists(name.to_string()));
-        }
+        self.check_free(name)?;
         let this = self.clone();
         let fname = name.to_string();
         let (package_dir, digest) = actix_rt::task::spawn_blocking(move || this.store.import_package(&src, &fname))
@@ -360,9 +486,7 @@ impl Runtime {
             return Err(DeployError::ProfileNeedsSim);
         }
         let _guard = self.deploys.lock().await;
-        if self.function(name).is_some() {
-            return Err(DeployError::AlreadyExists(name.to_string()));
-        }
+        self.check_free(name)?;
         let record = FunctionRecord {
             name: name.to_string(),
             model: "profile".to_string(),
@@ -380,7 +504,7 @@ impl Runtime {
         let entry = match self.activate(record.clone()).await {
             Ok(entry) => entry,
             Err(e) => {
-                let _ = self.store.remove_unused_packages();
+                self.clean_packages();
                 return Err(e);
             }
         };
@@ -388,8 +512,12 @@ impl Runtime {
         // whose record is not on disk.
         if let Err(e) = self.store.put(&record) {
             let _ = self.scheduler.send(UnregisterFunction { id: entry.id }).await;
-            let _ = self.store.remove_unused_packages();
+            self.clean_packages();
             return Err(e.into());
+        }
+        // Acknowledged: the copy says so, should the store ever lose the record.
+        if let Err(e) = self.store.mark_acknowledged(&record) {
+            tracing::warn!("marking the package copy of {:?}: {e}", record.name);
         }
         self.publish(entry.clone());
         self.events.emit(|| Event::Deploy {
@@ -477,22 +605,33 @@ impl Runtime {
     }
 
     /// Removes the record first (the durable fact), then the function from memory; a leftover
-    /// package copy is removed now or at the next start.
-    pub async fn undeploy(&self, name: &str) -> Result<FunctionRecord, DeployError> {
+    /// package copy is removed now or at the next start. A function that is persisted but not
+    /// served (`Unavailable`) is forgotten: its record, if any, and its package copies.
+    pub async fn undeploy(&self, name: &str) -> Result<(), DeployError> {
         let _guard = self.deploys.lock().await;
-        let entry = self.function(name).ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
+        if self.unavailable(name).is_some() {
+            self.store.forget(name)?;
+            let mut map = self.unavailable.write().unwrap_or_else(|e| e.into_inner());
+            map.remove(name);
+            m::functions_unavailable(map.len(), map.values().filter(|u| u.kind == "unreadable_record").count());
+            drop(map);
+            self.events.emit(|| Event::Undeploy { function: name.to_string() });
+            return Ok(());
+        }
+        self.function(name).ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
         self.store.delete_record(name)?;
         self.deactivate(name).await;
         self.events.emit(|| Event::Undeploy { function: name.to_string() });
-        if let Err(e) = self.store.remove_unused_packages() {
-            tracing::warn!("removing the package copy of {name:?}: {e}");
-        }
-        Ok(entry.record())
+        self.clean_packages();
+        Ok(())
     }
 
     pub async fn update_settings(&self, name: &str, settings: FunctionSettings) -> Result<FunctionRecord, DeployError> {
         settings.validate().map_err(DeployError::InvalidSettings)?;
         let _guard = self.deploys.lock().await;
+        if let Some(u) = self.unavailable(name) {
+            return Err(DeployError::Unavailable { name: name.to_string(), reason: u.reason });
+        }
         let entry = self.function(name).ok_or_else(|| DeployError::NotDeployed(name.to_string()))?;
         let mut record = entry.record();
         record.settings = settings;

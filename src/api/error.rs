@@ -16,6 +16,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("function {0:?} is not deployed")]
     FunctionNotFound(String),
+    #[error("function {name:?} is persisted but not served: {reason}")]
+    FunctionUnavailable { name: String, reason: String },
     #[error("not ready: functions are still being restored")]
     NotReady,
     #[error(transparent)]
@@ -36,6 +38,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::FunctionNotFound(_) => (StatusCode::NOT_FOUND, "function_not_found"),
+            Self::FunctionUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "function_unavailable"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Auth(crate::auth::AuthError::Forbidden { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -48,6 +51,7 @@ impl ApiError {
                 D::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
                 D::OutsideRepository(_) => (StatusCode::FORBIDDEN, "outside_repository"),
                 D::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+                D::Unavailable { .. } => (StatusCode::CONFLICT, "function_unavailable"),
                 D::PackageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "package_too_large"),
                 D::NotDeployed(_) => (StatusCode::NOT_FOUND, "function_not_found"),
                 D::InvalidSettings(_) => (StatusCode::BAD_REQUEST, "invalid_settings"),

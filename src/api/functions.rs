@@ -10,7 +10,7 @@ use super::error::{ApiError, ErrorBody};
 use super::kserve::io_metadata;
 use crate::policy::cluster::DeviceSnapshot;
 use crate::policy::Profile;
-use crate::runtime::{FunctionEntry, Runtime};
+use crate::runtime::{FunctionEntry, Runtime, Unavailable};
 use crate::store::FunctionSettings;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -42,6 +42,11 @@ pub(crate) struct UpdateRequest {
     settings: FunctionSettings,
 }
 
+/// A persisted function that is not served: why, and that deleting it frees its name.
+fn unavailable_view(u: &Unavailable) -> Value {
+    json!({"name": u.name, "state": "unavailable", "unavailable": {"kind": u.kind, "reason": u.reason}})
+}
+
 /// A function as the API shows it; `snapshots` are the devices' memory maps, fetched once per
 /// response.
 async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot]) -> Value {
@@ -62,6 +67,7 @@ async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot])
         .collect();
     json!({
         "name": record.name,
+        "state": "ready",
         "model": record.model,
         "digest": record.digest,
         "settings": record.settings,
@@ -85,6 +91,8 @@ pub(crate) async fn list(rt: web::Data<Runtime>) -> HttpResponse {
     for entry in rt.functions() {
         out.push(view(&rt, &entry, &snapshots).await);
     }
+    out.extend(rt.unavailable_functions().iter().map(unavailable_view));
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     HttpResponse::Ok().json(out)
 }
 
@@ -103,6 +111,9 @@ pub(crate) async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Res
 
 #[utoipa::path(get, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "the function", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
 pub(crate) async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
+    if let Some(u) = rt.unavailable(&path.0) {
+        return Ok(HttpResponse::Ok().json(unavailable_view(&u)));
+    }
     let entry = rt.function(&path.0).ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
     Ok(HttpResponse::Ok().json(view(&rt, &entry, &rt.device_snapshots().await).await))
 }
@@ -121,6 +132,6 @@ pub(crate) async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "undeployed", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
 pub(crate) async fn delete(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, ApiError> {
-    let record = rt.undeploy(&path.0).await?;
-    Ok(HttpResponse::Ok().json(json!({"name": record.name, "deleted": true})))
+    rt.undeploy(&path.0).await?;
+    Ok(HttpResponse::Ok().json(json!({"name": path.0, "deleted": true})))
 }

@@ -67,7 +67,10 @@ pub(crate) async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiErr
 pub const DEADLINE_HEADER: &str = "Faaswap-Deadline-Ms";
 
 fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
-    rt.function(name).ok_or_else(|| ApiError::FunctionNotFound(name.to_string()))
+    rt.function(name).ok_or_else(|| match rt.unavailable(name) {
+        Some(u) => ApiError::FunctionUnavailable { name: name.to_string(), reason: u.reason },
+        None => ApiError::FunctionNotFound(name.to_string()),
+    })
 }
 
 /// The tensors a function takes and produces, as KServe metadata lists them.
@@ -210,8 +213,8 @@ pub(crate) async fn repository_index(rt: web::Data<Runtime>, payload: web::Paylo
     let body = body::read(payload, 1 << 20).await?;
     let req: IndexRequest = body::json(&body)?;
     let mut names = rt.repository_models();
-    for f in rt.functions() {
-        let name = f.record().name;
+    let deployed = rt.functions().into_iter().map(|f| f.name.clone());
+    for name in deployed.chain(rt.unavailable_functions().into_iter().map(|u| u.name)) {
         if !names.contains(&name) {
             names.push(name);
         }
@@ -224,8 +227,12 @@ pub(crate) async fn repository_index(rt: web::Data<Runtime>, payload: web::Paylo
             if req.ready && !deployed {
                 return None;
             }
-            let state = if deployed { "READY" } else { "UNAVAILABLE" };
-            Some(json!({"name": name, "version": "1", "state": state, "reason": if deployed { "" } else { "not loaded" }}))
+            let (state, reason) = match (deployed, rt.unavailable(&name)) {
+                (true, _) => ("READY", String::new()),
+                (false, Some(u)) => ("UNAVAILABLE", u.reason),
+                (false, None) => ("UNAVAILABLE", "not loaded".to_string()),
+            };
+            Some(json!({"name": name, "version": "1", "state": state, "reason": reason}))
         })
         .collect();
     Ok(HttpResponse::Ok().json(index))

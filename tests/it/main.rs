@@ -17,4 +17,5 @@ mod server;
 mod soak;
 mod synth;
 mod triton;
+mod upgrade;
 mod ws;

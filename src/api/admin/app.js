@@ -177,14 +177,24 @@ function renderFunctions(functions) {
 }
 
 function functionRow(f) {
+  const button = (action, label, cls) =>
+    el('button', { type: 'button', class: cls, 'data-action': action, 'data-testid': `${action}-${f.name}` }, label);
+  const armed = armedUndeploy === f.name;
+  if (f.state === 'unavailable') {
+    // Persisted but not served (its record unreadable or lost, its package changed): the
+    // operator reads why and may delete it, which frees its name.
+    return el('tr', { 'data-testid': `function-row-${f.name}`, 'data-function': f.name, class: 'unavailable' },
+      el('td', { class: 'name' }, f.name),
+      el('td', { colSpan: 5 }, el('span', { class: 'badge bad' }, f.unavailable.kind.replaceAll('_', ' ')),
+        ' ', el('span', { class: 'muted' }, f.unavailable.reason)),
+      el('td', { class: 'actions' },
+        button('undeploy', armed ? 'Confirm delete' : 'Delete', armed ? 'danger armed' : 'danger')));
+  }
   const slo = f.slo || {};
   const pct = `p${Math.round((slo.percentile ?? f.settings.slo_percentile) * 1000) / 10}`;
   const badge = slo.observed_ms == null
     ? el('span', { class: 'badge none' }, 'no data')
     : el('span', { class: `badge ${slo.compliant ? 'ok' : 'bad'}` }, slo.compliant ? 'met' : 'violated');
-  const button = (action, label, cls) =>
-    el('button', { type: 'button', class: cls, 'data-action': action, 'data-testid': `${action}-${f.name}` }, label);
-  const armed = armedUndeploy === f.name;
   return el('tr', { 'data-testid': `function-row-${f.name}`, 'data-function': f.name },
     el('td', { class: 'name' }, f.name),
     el('td', {}, f.model, el('span', { class: 'muted' }, ` ${f.model_type}`)),
