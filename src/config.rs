@@ -63,6 +63,17 @@ pub struct ServeArgs {
     /// Largest request body [default: 64MiB].
     #[arg(long, env = "FAASWAP_MAX_BODY")]
     pub max_body: Option<String>,
+    /// Seconds a client may take to send a request body; beyond, 408 [default: 30].
+    #[arg(long, env = "FAASWAP_BODY_TIMEOUT")]
+    pub body_timeout: Option<f64>,
+    /// Most bytes of results held for clients that have not read them yet (computed, encoded or
+    /// being sent); beyond, requests are refused with 503 and Retry-After [default: 1GiB].
+    #[arg(long, env = "FAASWAP_MAX_UNSENT")]
+    pub max_unsent: Option<String>,
+    /// Seconds a large response may take to be read by its client; then its bytes are dropped
+    /// and the connection fails [default: 60].
+    #[arg(long, env = "FAASWAP_SEND_TIMEOUT")]
+    pub send_timeout: Option<f64>,
     /// Scheduling and memory policy: native, simpleswap, torpor or faaswap [default: faaswap].
     #[arg(long, env = "FAASWAP_POLICY")]
     pub policy: Option<String>,
@@ -110,6 +121,9 @@ pub struct ServeConfig {
     pub sim_time_scale: f64,
     pub workspace_bytes: u64,
     pub max_body: usize,
+    pub body_timeout: std::time::Duration,
+    pub max_unsent: u64,
+    pub send_timeout: std::time::Duration,
     pub http_workers: usize,
     pub max_package: u64,
     pub policy: PolicyKind,
@@ -185,6 +199,13 @@ impl ServeArgs {
             .map(|s| parse_bandwidth(&s).map_err(|e| ConfigError::Invalid(format!("--host-link: {e}"))))
             .transpose()?;
         let max_body = size("--max-body", pick(self.max_body, file.max_body))?.unwrap_or(64 << 20);
+        let seconds = |what: &str, v: Option<f64>, default: f64| -> Result<std::time::Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(ConfigError::Invalid(format!("{what} {v} must be a number of seconds in (0, 86400]")));
+            }
+            Ok(std::time::Duration::from_secs_f64(v))
+        };
         let sim_time_scale = self.sim_time_scale.or(file.sim_time_scale).unwrap_or(1.0);
         if !(sim_time_scale.is_finite() && sim_time_scale >= 0.0) {
             return Err(ConfigError::Invalid(format!("--sim-time-scale {sim_time_scale} must be ≥ 0")));
@@ -211,6 +232,9 @@ impl ServeArgs {
             workspace_bytes: size("--workspace", pick(self.workspace, file.workspace))?
                 .unwrap_or(crate::gpu::DEFAULT_WORKSPACE),
             max_body: max_body as usize,
+            body_timeout: seconds("--body-timeout", self.body_timeout.or(file.body_timeout), 30.0)?,
+            max_unsent: size("--max-unsent", pick(self.max_unsent, file.max_unsent))?.unwrap_or(1 << 30),
+            send_timeout: seconds("--send-timeout", self.send_timeout.or(file.send_timeout), 60.0)?,
             http_workers: positive("--http-workers", self.http_workers.or(file.http_workers), default_workers())?,
             max_package: size("--max-package", pick(self.max_package, file.max_package))?.unwrap_or(64 << 30),
             policy: pick(self.policy, file.policy)

@@ -40,6 +40,10 @@ fn describe() {
     metrics::describe_gauge!("faaswap_device_capacity_bytes", "Weight-pool capacity, by device");
     metrics::describe_gauge!("faaswap_functions_deployed", "Functions currently deployed");
     metrics::describe_gauge!(
+        "faaswap_unsent_response_bytes",
+        "Bytes of results held for clients that have not read them yet (bounded by --max-unsent)"
+    );
+    metrics::describe_gauge!(
         "faaswap_state_records_unreadable",
         "Function records in the state store that this release cannot read (listed by the functions API)"
     );
@@ -136,6 +140,10 @@ pub fn slo(function: &str, compliant: bool, observed_ms: Option<f64>) {
 /// Host weights page-locked (`delta` > 0) or released (< 0).
 pub fn host_pinned(delta: f64) {
     gauge!("faaswap_host_pinned_bytes").increment(delta);
+}
+
+pub fn unsent_bytes(bytes: u64) {
+    gauge!("faaswap_unsent_response_bytes").set(bytes as f64);
 }
 
 pub fn functions_deployed(n: usize) {

@@ -35,6 +35,8 @@ use crate::store::{FunctionRecord, FunctionSettings, Store, StoreError};
 pub enum DeployError {
     #[error("invalid name {0:?}: use letters, digits, '_', '-' and '.', starting with a letter or digit, at most 64 characters")]
     InvalidName(String),
+    #[error("{0:?} is a fixed segment of the API's routes and cannot name a function")]
+    ReservedName(String),
     #[error("no model repository is configured (start with --model-repository DIR)")]
     NoRepository,
     #[error("model {0:?} is not in the model repository")]
@@ -66,6 +68,14 @@ pub enum DeployError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
+
+/// Texts of a request longer than this in all are tokenized on a blocking thread, not on the
+/// HTTP worker that received them.
+pub const INLINE_TEXT_BYTES: usize = 4096;
+
+/// Names a function may not take: fixed segments of routes where a function's name also goes
+/// (`/v2/models/stats` is every function's statistics).
+pub const RESERVED_NAMES: &[&str] = &["stats"];
 
 /// Names of functions and models: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
 pub fn valid_name(name: &str) -> bool {
@@ -151,6 +161,8 @@ pub struct Runtime {
     arbiters: Vec<Arbiter>,
     pub events: EventBus,
     gpus: Vec<Addr<GpuActor>>,
+    /// Results held for clients that have not read them yet.
+    pub unsent: Arc<crate::unsent::Unsent>,
 }
 
 impl Drop for Runtime {
@@ -217,7 +229,9 @@ impl Runtime {
             arbiters.push(arbiter);
         }
         scheduler.do_send(AttachGpus { gpus: gpus.clone() });
+        let unsent = crate::unsent::Unsent::new(config.max_unsent);
         Ok(Arc::new(Self {
+            unsent,
             config,
             devices: infos,
             store,
@@ -363,8 +377,11 @@ impl Runtime {
         self.unavailable.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
-    /// Refuses a name that is taken, by a deployed function or an unavailable one.
+    /// Refuses a name that is reserved, or taken by a deployed function or an unavailable one.
     fn check_free(&self, name: &str) -> Result<(), DeployError> {
+        if RESERVED_NAMES.contains(&name) {
+            return Err(DeployError::ReservedName(name.to_string()));
+        }
         if self.function(name).is_some() {
             return Err(DeployError::AlreadyExists(name.to_string()));
         }
@@ -652,16 +669,36 @@ impl Runtime {
     }
 
     /// Runs one request on a deployed function; `deadline_ms` may shorten its SLO deadline.
+    /// Its results are held (`unsent`) from before it runs until the caller drops the `Held`
+    /// it returns (once the response is sent); a request whose results do not fit is refused.
     pub async fn infer(
         &self,
         entry: &FunctionEntry,
         inputs: Inputs,
         outputs: Vec<String>,
         deadline_ms: Option<f64>,
-    ) -> Result<Completed, RuntimeError> {
+    ) -> Result<(Completed, crate::unsent::Held), RuntimeError> {
         let received = Instant::now();
-        let work = entry.payload.prepare(inputs, &outputs, entry.max_batch());
-        self.run(entry, work, received, deadline_ms).await
+        let max_batch = entry.max_batch();
+        let work = match &inputs {
+            // Tokenizing takes a while for long texts: not on the HTTP worker.
+            Inputs::Texts(texts) if texts.iter().map(String::len).sum::<usize>() > INLINE_TEXT_BYTES => {
+                let payload = entry.payload.clone();
+                actix_rt::task::spawn_blocking(move || payload.prepare(inputs, &outputs, max_batch))
+                    .await
+                    .unwrap_or(Err(RuntimeError::Stopped))
+            }
+            _ => entry.payload.prepare(inputs, &outputs, max_batch),
+        };
+        let (work, held) = match work {
+            Ok(w) => match self.unsent.hold(w.result_bytes()) {
+                Some(held) => (Ok(w), Some(held)),
+                None => (Err(RuntimeError::Backlogged { retry_after_s: 1 }), None),
+            },
+            Err(e) => (Err(e), None),
+        };
+        let done = self.run(entry, work, received, deadline_ms).await?;
+        Ok((done, held.expect("a request that ran held its results")))
     }
 
     /// Queues and places prepared work on this thread (the HTTP worker's), waits for the device
@@ -772,6 +809,7 @@ impl Runtime {
 
     /// Sets the per-function SLO gauges; called before `/metrics` renders.
     pub fn publish_slo_metrics(&self) {
+        m::unsent_bytes(self.unsent.used());
         for f in self.functions() {
             let s = f.slo();
             m::slo(&f.name, s.compliant, s.observed_ms);

@@ -46,6 +46,11 @@ pub struct Work {
 }
 
 impl Work {
+    /// Bytes of the results it will produce (the output tensors as `f32`).
+    pub fn result_bytes(&self) -> u64 {
+        self.model.as_ref().map_or(0, |m| m.spec.output_elems(&self.batch, &self.outputs) as u64 * 4)
+    }
+
     /// The device's order for this work, placed at `extent` (copied in first when `swap`, from
     /// `source_extent` of the source device for a peer copy).
     pub fn into_job(self, extent: Extent, swap: Option<SwapSource>, source_extent: Option<Extent>) -> Job {

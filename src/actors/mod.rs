@@ -29,6 +29,8 @@ pub enum RuntimeError {
     Overloaded { function: String, retry_after_s: u64 },
     #[error("the runtime is shutting down")]
     Stopped,
+    #[error("too many results are waiting for their clients to read them; retry in about {retry_after_s} s")]
+    Backlogged { retry_after_s: u64 },
     #[error("the client went away before its request ran")]
     Cancelled,
     /// A bug met while running this request (a panic in the engine, a non-finite output): the

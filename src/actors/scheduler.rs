@@ -124,7 +124,7 @@ impl Scheduler {
             DropReason::Unmeetable => RuntimeError::DeadlineUnmeetable(name),
             DropReason::Overloaded => RuntimeError::Overloaded {
                 function: name,
-                retry_after_s: (self.cluster.drain_estimate_ms(function) / 1e3).ceil().max(1.0) as u64,
+                retry_after_s: (self.cluster.drain_estimate_ms(function, self.now()) / 1e3).ceil().max(1.0) as u64,
             },
         };
         self.reject(p.work.model, p.reply, error);

@@ -34,7 +34,7 @@ pub(crate) async fn inject(
     path: web::Path<(String,)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body::read(payload, 64 << 10).await?;
+    let body = body::read(payload, 64 << 10, rt.config.body_timeout).await?;
     let fault: FaultSpec = body::json(&body)?;
     rt.inject_fault(&path.0, fault).await?;
     Ok(HttpResponse::Accepted().json(json!({"device": path.0, "armed": true})))

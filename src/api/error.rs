@@ -14,6 +14,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("function {0:?} is not deployed")]
     FunctionNotFound(String),
     #[error("function {name:?} is persisted but not served: {reason}")]
@@ -37,6 +39,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::FunctionNotFound(_) => (StatusCode::NOT_FOUND, "function_not_found"),
             Self::FunctionUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "function_unavailable"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -46,7 +49,7 @@ impl ApiError {
             Self::Fault(crate::runtime::FaultError::NotSim(_)) => (StatusCode::CONFLICT, "faults_need_sim_devices"),
             Self::Fault(crate::runtime::FaultError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_fault"),
             Self::Deploy(d) => match d {
-                D::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                D::InvalidName(_) | D::ReservedName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 D::NoRepository => (StatusCode::NOT_FOUND, "no_model_repository"),
                 D::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
                 D::OutsideRepository(_) => (StatusCode::FORBIDDEN, "outside_repository"),
@@ -70,7 +73,7 @@ impl ApiError {
 fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
     match e {
         RuntimeError::Engine(EngineError::UnknownOutput { .. }) => (StatusCode::BAD_REQUEST, "unknown_output"),
-        RuntimeError::Engine(EngineError::NoTokenizer { .. }) => (StatusCode::BAD_REQUEST, "no_tokenizer"),
+        RuntimeError::Engine(EngineError::NoTokenizer) => (StatusCode::BAD_REQUEST, "no_tokenizer"),
         RuntimeError::Engine(EngineError::WorkspaceTooSmall { .. }) => (StatusCode::BAD_REQUEST, "exceeds_workspace"),
         // A weights buffer of the wrong size is the runtime's fault, never the request's.
         RuntimeError::Engine(EngineError::WeightsSizeMismatch { .. }) => {
@@ -83,6 +86,7 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
         RuntimeError::DeadlineUnmeetable(_) => (StatusCode::SERVICE_UNAVAILABLE, "deadline_unmeetable"),
         RuntimeError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
         RuntimeError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        RuntimeError::Backlogged { .. } => (StatusCode::SERVICE_UNAVAILABLE, "responses_backlogged"),
         RuntimeError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         // nginx's "client closed request": only logs ever see it.
         RuntimeError::Cancelled => (StatusCode::from_u16(499).expect("499 is a valid status"), "cancelled"),
@@ -97,7 +101,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.status_and_code();
         let mut response = HttpResponse::build(status);
-        if let Self::Runtime(RuntimeError::Overloaded { retry_after_s, .. }) = self {
+        if let Self::Runtime(
+            RuntimeError::Overloaded { retry_after_s, .. } | RuntimeError::Backlogged { retry_after_s },
+        ) = self
+        {
             response.insert_header(("Retry-After", retry_after_s.to_string()));
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -30,10 +30,19 @@ pub(crate) async fn connect(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let (response, session, stream) = upgrade(&req, body)?;
     let stream = stream.aggregate_continuations();
     actix_rt::spawn(serve(rt.into_inner(), session, stream));
     Ok(response)
+}
+
+/// The WebSocket handshake; a request that is not one is a JSON 400.
+pub(super) fn upgrade(
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<(HttpResponse, Session, actix_ws::MessageStream), super::error::ApiError> {
+    actix_ws::handle(req, body)
+        .map_err(|e| super::error::ApiError::BadRequest(format!("this endpoint takes a WebSocket upgrade: {e}")))
 }
 
 async fn send(session: &mut Session, text: &str) -> bool {

@@ -98,7 +98,7 @@ pub(crate) async fn list(rt: web::Data<Runtime>) -> HttpResponse {
 
 #[utoipa::path(post, path = "/api/v1/functions", tag = "functions", request_body = CreateRequest, responses((status = 201, description = "deployed", body = Object), (status = 404, description = "no such package", body = ErrorBody), (status = 409, description = "already deployed", body = ErrorBody), (status = 422, description = "bad package or too large", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
 pub(crate) async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let body = body::read(payload, 1 << 20).await?;
+    let body = body::read(payload, 1 << 20, rt.config.body_timeout).await?;
     let req: CreateRequest = body::json(&body)?;
     let rt_arc = rt.clone().into_inner();
     let entry = match (req.profile, req.model) {
@@ -124,7 +124,7 @@ pub(crate) async fn update(
     path: web::Path<(String,)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body::read(payload, 1 << 20).await?;
+    let body = body::read(payload, 1 << 20, rt.config.body_timeout).await?;
     let req: UpdateRequest = body::json(&body)?;
     rt.update_settings(&path.0, req.settings).await?;
     get(rt, path).await

@@ -26,6 +26,12 @@ pub const MAX_NEW_TOKENS: usize = 4096;
 const DEFAULT_NEW_TOKENS: usize = 16;
 const MAX_STOP_STRINGS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
+/// Requests a client may send while one runs (they wait their turn); one more closes the
+/// socket with 1008.
+pub const MAX_WAITING: usize = 8;
+/// A message the client does not take within this long means it stopped reading: its
+/// generation is cancelled and the socket closed with 1008.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     super::resource(cfg, "/api/v1/functions/{name}/ws", [web::get().to(connect)]);
@@ -119,7 +125,7 @@ pub(crate) async fn connect(
     if rt.function(&name).is_none() {
         return Err(ApiError::FunctionNotFound(name).into());
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let (response, session, stream) = super::events_ws::upgrade(&req, body)?;
     let stream =
         stream.max_frame_size(MAX_MESSAGE_BYTES).aggregate_continuations().max_continuation_size(MAX_MESSAGE_BYTES);
     actix_rt::spawn(serve(rt.into_inner(), name, session, stream));
@@ -134,6 +140,17 @@ enum Outcome {
     Gone,
     /// Answer with an error and close.
     Failed(ApiError),
+    /// Close with 1008 (policy) and this reason: the client broke a limit.
+    Refused(String),
+}
+
+/// Sends one message, within `SEND_TIMEOUT`.
+async fn send(session: &mut Session, text: String) -> Outcome {
+    match tokio::time::timeout(SEND_TIMEOUT, session.text(text)).await {
+        Ok(Ok(())) => Outcome::Done,
+        Ok(Err(_)) => Outcome::Gone,
+        Err(_) => Outcome::Refused(format!("messages not read within {} s", SEND_TIMEOUT.as_secs())),
+    }
 }
 
 async fn serve(rt: Arc<Runtime>, name: String, mut session: Session, mut stream: AggregatedMessageStream) {
@@ -152,9 +169,14 @@ async fn serve(rt: Arc<Runtime>, name: String, mut session: Session, mut stream:
             Outcome::Failed(e) => {
                 let (_, code) = e.status_and_code();
                 let msg = json!({"type": "error", "code": code, "error": e.to_string()});
-                if session.text(msg.to_string()).await.is_ok() {
+                if let Outcome::Done = send(&mut session, msg.to_string()).await {
                     let _ = session.close(Some(CloseReason { code: CloseCode::Normal, description: None })).await;
                 }
+                return;
+            }
+            Outcome::Refused(why) => {
+                let reason = CloseReason { code: CloseCode::Policy, description: Some(why) };
+                let _ = tokio::time::timeout(SEND_TIMEOUT, session.close(Some(reason))).await;
                 return;
             }
         }
@@ -198,12 +220,24 @@ async fn run_one(
     let Some(entry) = rt.function(name) else {
         return Outcome::Failed(ApiError::FunctionNotFound(name.to_string()));
     };
+    let text_len = checked.text.as_ref().map_or(0, String::len);
     let prompt = match (checked.input_ids, checked.text, entry.model()) {
         (Some(ids), _, _) => ids,
-        (None, Some(text), Some(model)) => match model.spec.tokenize(&[text]) {
-            Ok(mut ids) => ids.remove(0),
-            Err(e) => return Outcome::Failed(crate::actors::RuntimeError::Engine(e).into()),
-        },
+        (None, Some(text), Some(model)) => {
+            let model = model.clone();
+            let tokenize = move || model.spec.tokenize(&[text]);
+            // As for inference: a long text is tokenized off the HTTP worker.
+            let ids = if text_len > crate::runtime::INLINE_TEXT_BYTES {
+                actix_rt::task::spawn_blocking(tokenize).await.map_err(|_| crate::actors::RuntimeError::Stopped)
+            } else {
+                Ok(tokenize())
+            };
+            match ids {
+                Ok(Ok(mut ids)) => ids.remove(0),
+                Ok(Err(e)) => return Outcome::Failed(crate::actors::RuntimeError::Engine(e).into()),
+                Err(e) => return Outcome::Failed(e.into()),
+            }
+        }
         (None, _, _) => {
             return Outcome::Failed(ApiError::BadRequest("this function has no tokenizer: send input_ids".into()))
         }
@@ -220,40 +254,48 @@ async fn run_one(
     };
     let result = rt.generate(&entry, generation, None);
     tokio::pin!(result);
-    let mut gone = false;
+    let mut ended = None;
     let result = loop {
-        if gone {
+        if let Some(outcome) = ended {
             // Stop the generation (within one token) and wait for the device to let it go,
             // so that the request is accounted for as cancelled.
             cancel.store(true, Ordering::Release);
             tokens.close();
             let _ = result.await;
-            return Outcome::Gone;
+            return outcome;
         }
         tokio::select! {
             biased;
             Some(t) = tokens.recv() => {
-                gone = session.text(token_message(&t)).await.is_err();
+                if let out @ (Outcome::Gone | Outcome::Refused(_)) = send(session, token_message(&t)).await {
+                    ended = Some(out);
+                }
             }
             msg = stream.recv() => match msg {
-                Some(Ok(AggregatedMessage::Text(t))) => backlog.push_back(t.to_string()),
-                Some(Ok(AggregatedMessage::Binary(b))) => backlog.push_back(String::from_utf8_lossy(&b).into_owned()),
-                Some(Ok(AggregatedMessage::Ping(p))) => gone = session.pong(&p).await.is_err(),
+                Some(Ok(AggregatedMessage::Text(t))) => ended = wait_turn(backlog, t.to_string()),
+                Some(Ok(AggregatedMessage::Binary(b))) => {
+                    ended = wait_turn(backlog, String::from_utf8_lossy(&b).into_owned())
+                }
+                Some(Ok(AggregatedMessage::Ping(p))) => {
+                    if session.pong(&p).await.is_err() {
+                        ended = Some(Outcome::Gone);
+                    }
+                }
                 Some(Ok(AggregatedMessage::Pong(_))) => {}
                 Some(Ok(AggregatedMessage::Close(reason))) => {
                     // Answer the close handshake, then stop.
                     let _ = session.clone().close(reason).await;
-                    gone = true;
+                    ended = Some(Outcome::Gone);
                 }
-                Some(Err(_)) | None => gone = true,
+                Some(Err(_)) | None => ended = Some(Outcome::Gone),
             },
             r = &mut result => break r,
         }
     };
     // Every token was sent before the summary: flush what is still buffered.
     while let Ok(t) = tokens.try_recv() {
-        if session.text(token_message(&t)).await.is_err() {
-            return Outcome::Gone;
+        if let out @ (Outcome::Gone | Outcome::Refused(_)) = send(session, token_message(&t)).await {
+            return out;
         }
     }
     let done = match result {
@@ -278,10 +320,16 @@ async fn run_one(
         "device": done.device,
         "swap_source": done.swap_source,
     });
-    if session.text(msg.to_string()).await.is_err() {
-        return Outcome::Gone;
+    send(session, msg.to_string()).await
+}
+
+/// Queues a request sent while another runs; past `MAX_WAITING` the socket is closed.
+fn wait_turn(backlog: &mut VecDeque<String>, text: String) -> Option<Outcome> {
+    if backlog.len() >= MAX_WAITING {
+        return Some(Outcome::Refused(format!("more than {MAX_WAITING} requests waiting on one socket")));
     }
-    Outcome::Done
+    backlog.push_back(text);
+    None
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ pub(crate) async fn infer(
 ) -> Result<HttpResponse, ApiError> {
     let name = &path.0;
     let entry = function(&rt, name)?;
-    let body = body::read(payload, rt.config.max_body).await?;
+    let body = body::read(payload, rt.config.max_body, rt.config.body_timeout).await?;
     let header_len = match req.headers().get("Inference-Header-Content-Length") {
         Some(v) => Some(
             v.to_str()
@@ -158,8 +158,9 @@ pub(crate) async fn infer(
         None => None,
     };
     let request = tensors::decode(&body, header_len, MAX_ELEMENTS)?;
-    let done = rt.infer(&entry, request.inputs, request.outputs, deadline_ms).await?;
+    let (done, held) = rt.infer(&entry, request.inputs, request.outputs, deadline_ms).await?;
     let (body, json_len) = tensors::encode(name, request.id, done, request.binary_output);
+    let body = body::HeldBody::new(body, held, rt.config.send_timeout);
     Ok(match json_len {
         Some(n) => HttpResponse::Ok()
             .content_type("application/octet-stream")
@@ -210,7 +211,7 @@ struct IndexRequest {
 
 #[utoipa::path(post, path = "/v2/repository/index", tag = "repository", request_body(content = Object, description = "optional filter {\"ready\": bool}"), responses((status = 200, description = "packages and their state", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
 pub(crate) async fn repository_index(rt: web::Data<Runtime>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let body = body::read(payload, 1 << 20).await?;
+    let body = body::read(payload, 1 << 20, rt.config.body_timeout).await?;
     let req: IndexRequest = body::json(&body)?;
     let mut names = rt.repository_models();
     let deployed = rt.functions().into_iter().map(|f| f.name.clone());
@@ -254,7 +255,7 @@ pub(crate) async fn load(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = &path.0;
-    let body = body::read(payload, 1 << 20).await?;
+    let body = body::read(payload, 1 << 20, rt.config.body_timeout).await?;
     let req: LoadRequest = body::json(&body)?;
     let settings = match req.parameters.get("config") {
         Some(Value::String(s)) => {
@@ -266,11 +267,15 @@ pub(crate) async fn load(
         Some(_) => return Err(ApiError::BadRequest("parameters.config must be a JSON string".into())),
         None => FunctionSettings::default(),
     };
+    // Idempotent, as KServe has it: loading what is (or has just been, by a concurrent call)
+    // deployed under this name succeeds.
     if rt.function(name).is_some() {
         return Ok(HttpResponse::Ok().json(json!({})));
     }
-    rt.clone().into_inner().deploy(name, name, settings).await?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    match rt.clone().into_inner().deploy(name, name, settings).await {
+        Ok(_) | Err(crate::runtime::DeployError::AlreadyExists(_)) => Ok(HttpResponse::Ok().json(json!({}))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[utoipa::path(post, path = "/v2/repository/models/{name}/unload", tag = "repository", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "undeployed"), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
@@ -279,7 +284,7 @@ pub(crate) async fn unload(
     path: web::Path<(String,)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let _ = body::read(payload, 1 << 20).await?;
+    let _ = body::read(payload, 1 << 20, rt.config.body_timeout).await?;
     rt.undeploy(&path.0).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }

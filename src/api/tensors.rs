@@ -8,29 +8,25 @@ use super::error::ApiError;
 use crate::actors::messages::{Completed, Inputs};
 use crate::engine::TokenBatch;
 
-/// A KServe v2 inference request.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// A KServe v2 inference request, as the API description shows it. Bodies are parsed by
+/// `RequestSeed`, which flattens each input's `data` as it reads it.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // the schema's shape; decoding goes through the seeds below
 pub(crate) struct InferRequestBody {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
     inputs: Vec<InferInput>,
-    #[serde(default)]
     outputs: Vec<InferOutput>,
-    #[serde(default)]
     #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, utoipa::ToSchema)]
 pub(crate) struct InferInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    data: Option<Value>,
-    #[serde(default)]
+    data: Option<Flat>,
     #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
@@ -41,6 +37,242 @@ pub(crate) struct InferOutput {
     #[serde(default)]
     #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+}
+
+/// An input's `data`: the values of its nested arrays in order, one kind of value, read
+/// straight from the body (no JSON tree) and never more of them than its shape holds (or the
+/// element limit, before the shape is seen).
+#[derive(Debug, Default)]
+pub(crate) enum Flat {
+    #[default]
+    Empty,
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
+    Strings(Vec<String>),
+    Bools(Vec<bool>),
+}
+
+impl Flat {
+    fn len(&self) -> usize {
+        match self {
+            Flat::Empty => 0,
+            Flat::Ints(v) => v.len(),
+            Flat::Floats(v) => v.len(),
+            Flat::Strings(v) => v.len(),
+            Flat::Bools(v) => v.len(),
+        }
+    }
+}
+
+mod seeds {
+    //! `serde` seeds that carry the element limit down to each input's `data`.
+
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::{elements, Flat, InferInput, InferOutput};
+
+    /// The whole request.
+    pub struct RequestSeed {
+        pub max_elements: usize,
+    }
+
+    pub struct Request {
+        pub id: Option<String>,
+        pub inputs: Vec<InferInput>,
+        pub outputs: Vec<InferOutput>,
+        pub parameters: Map<String, Value>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for RequestSeed {
+        type Value = Request;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Request, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RequestSeed {
+        type Value = Request;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an inference request object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Request, A::Error> {
+            let mut r = Request { id: None, inputs: Vec::new(), outputs: Vec::new(), parameters: Map::new() };
+            while let Some(key) = map.next_key::<String>()? {
+                match key.as_str() {
+                    "id" => r.id = map.next_value()?,
+                    "inputs" => r.inputs = map.next_value_seed(InputsSeed { max_elements: self.max_elements })?,
+                    "outputs" => r.outputs = map.next_value()?,
+                    "parameters" => r.parameters = map.next_value()?,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(r)
+        }
+    }
+
+    struct InputsSeed {
+        max_elements: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for InputsSeed {
+        type Value = Vec<InferInput>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for InputsSeed {
+        type Value = Vec<InferInput>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of inputs")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(input) = seq.next_element_seed(InputSeed { max_elements: self.max_elements })? {
+                out.push(input);
+            }
+            Ok(out)
+        }
+    }
+
+    struct InputSeed {
+        max_elements: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for InputSeed {
+        type Value = InferInput;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<InferInput, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for InputSeed {
+        type Value = InferInput;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an input object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InferInput, A::Error> {
+            let mut input = InferInput::default();
+            let (mut name, mut shape, mut datatype) = (false, false, false);
+            while let Some(key) = map.next_key::<String>()? {
+                match key.as_str() {
+                    "name" => (input.name, name) = (map.next_value()?, true),
+                    "shape" => (input.shape, shape) = (map.next_value()?, true),
+                    "datatype" => (input.datatype, datatype) = (map.next_value()?, true),
+                    "parameters" => input.parameters = map.next_value()?,
+                    "data" => {
+                        // A shape already read bounds the values exactly; otherwise the limit.
+                        let limit = if shape {
+                            elements(&input.shape, self.max_elements).map_err(de::Error::custom)?
+                        } else {
+                            self.max_elements
+                        };
+                        let mut flat = Flat::Empty;
+                        map.next_value_seed(FlatSeed { out: &mut flat, limit })?;
+                        input.data = Some(flat);
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            for (seen, field) in [(name, "name"), (shape, "shape"), (datatype, "datatype")] {
+                if !seen {
+                    return Err(de::Error::missing_field(field));
+                }
+            }
+            Ok(input)
+        }
+    }
+
+    /// Appends a value, or a nested array's values, to `out`.
+    struct FlatSeed<'a> {
+        out: &'a mut Flat,
+        limit: usize,
+    }
+
+    impl FlatSeed<'_> {
+        fn push<E: de::Error>(self, v: Scalar) -> Result<(), E> {
+            if self.out.len() >= self.limit {
+                return Err(E::custom(format!("more values than the {} the shape holds", self.limit)));
+            }
+            match (&mut *self.out, v) {
+                (out @ Flat::Empty, v) => {
+                    *out = match v {
+                        Scalar::Int(x) => Flat::Ints(vec![x]),
+                        Scalar::Float(x) => Flat::Floats(vec![x]),
+                        Scalar::Str(x) => Flat::Strings(vec![x]),
+                        Scalar::Bool(x) => Flat::Bools(vec![x]),
+                    }
+                }
+                (Flat::Ints(v), Scalar::Int(x)) => v.push(x),
+                (Flat::Floats(v), Scalar::Float(x)) => v.push(x),
+                (Flat::Floats(v), Scalar::Int(x)) => v.push(x as f64),
+                (out @ Flat::Ints(_), Scalar::Float(x)) => {
+                    let Flat::Ints(ints) = std::mem::take(out) else { unreachable!() };
+                    let mut floats: Vec<f64> = ints.into_iter().map(|i| i as f64).collect();
+                    floats.push(x);
+                    *out = Flat::Floats(floats);
+                }
+                (Flat::Strings(v), Scalar::Str(x)) => v.push(x),
+                (Flat::Bools(v), Scalar::Bool(x)) => v.push(x),
+                _ => return Err(E::custom("data mixes values of different types")),
+            }
+            Ok(())
+        }
+    }
+
+    enum Scalar {
+        Int(i64),
+        Float(f64),
+        Str(String),
+        Bool(bool),
+    }
+
+    impl<'de> DeserializeSeed<'de> for FlatSeed<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for FlatSeed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("numbers, strings or booleans, in nested arrays")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let limit = self.limit;
+            while seq.next_element_seed(FlatSeed { out: &mut *self.out, limit })?.is_some() {}
+            Ok(())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+            self.push(Scalar::Int(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+            match i64::try_from(v) {
+                Ok(x) => self.push(Scalar::Int(x)),
+                Err(_) => self.push(Scalar::Float(v as f64)),
+            }
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+            self.push(Scalar::Float(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+            self.push(Scalar::Str(v.to_string()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+            self.push(Scalar::Str(v))
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+            self.push(Scalar::Bool(v))
+        }
+    }
 }
 
 /// A decoded inference request.
@@ -64,14 +296,24 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
         return Err(bad(format!("Inference-Header-Content-Length {json_len} exceeds the body's {} bytes", body.len())));
     }
     let (head, mut binary) = body.split_at(json_len);
-    let req: InferRequestBody =
-        serde_json::from_slice(head).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let mut de = serde_json::Deserializer::from_slice(head);
+    let req = serde::de::DeserializeSeed::deserialize(seeds::RequestSeed { max_elements }, &mut de)
+        .and_then(|r| de.end().map(|()| r))
+        .map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let mut seen: Vec<&str> = Vec::with_capacity(req.inputs.len());
+    for input in &req.inputs {
+        if seen.contains(&input.name.as_str()) {
+            return Err(bad(format!("input {:?} is given twice", input.name)));
+        }
+        seen.push(&input.name);
+    }
     let mut texts = None;
     let mut ids = None;
     let mut mask = None;
     let mut types = None;
     let mut ids_shape = (0, 0);
-    for input in &req.inputs {
+    let seeds::Request { id, inputs: given, outputs, parameters } = req;
+    for mut input in given {
         let n = elements(&input.shape, max_elements).map_err(|e| bad(format!("input {:?}: {e}", input.name)))?;
         let raw = match input.parameters.get("binary_data_size") {
             Some(size) => {
@@ -83,15 +325,15 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
                 binary = rest;
                 Raw::Binary(chunk)
             }
-            None => Raw::Json(input.data.as_ref().ok_or_else(|| bad(format!("input {:?} has no data", input.name)))?),
+            None => Raw::Json(input.data.take().ok_or_else(|| bad(format!("input {:?} has no data", input.name)))?),
         };
         match input.name.as_str() {
             "text" => {
-                expect_type(input, &["BYTES"])?;
+                expect_type(&input, &["BYTES"])?;
                 texts = Some(raw.strings(n).map_err(|e| bad(format!("input \"text\": {e}")))?);
             }
             "input_ids" | "attention_mask" | "token_type_ids" => {
-                expect_type(input, &["INT64", "INT32"])?;
+                expect_type(&input, &["INT64", "INT32"])?;
                 let shape = match input.shape.as_slice() {
                     [s] => (1, *s as usize),
                     [b, s] => (*b as usize, *s as usize),
@@ -154,9 +396,9 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
         (None, None) => return Err(bad("the request has no \"input_ids\" or \"text\" input")),
     };
     let wants_binary = |p: &Map<String, Value>, key: &str| p.get(key).and_then(Value::as_bool).unwrap_or(false);
-    let binary_output = wants_binary(&req.parameters, "binary_data_output")
-        || req.outputs.iter().any(|o| wants_binary(&o.parameters, "binary_data"));
-    Ok(InferRequest { id: req.id, inputs, outputs: req.outputs.into_iter().map(|o| o.name).collect(), binary_output })
+    let binary_output = wants_binary(&parameters, "binary_data_output")
+        || outputs.iter().any(|o| wants_binary(&o.parameters, "binary_data"));
+    Ok(InferRequest { id, inputs, outputs: outputs.into_iter().map(|o| o.name).collect(), binary_output })
 }
 
 fn expect_type(input: &InferInput, allowed: &[&str]) -> Result<(), ApiError> {
@@ -177,20 +419,16 @@ fn elements(shape: &[i64], max: usize) -> Result<usize, String> {
 }
 
 enum Raw<'a> {
-    Json(&'a Value),
+    Json(Flat),
     Binary(&'a [u8]),
 }
 
 impl Raw<'_> {
-    fn ints(&self, n: usize, datatype: &str) -> Result<Vec<i64>, String> {
+    fn ints(self, n: usize, datatype: &str) -> Result<Vec<i64>, String> {
         let v: Vec<i64> = match self {
-            Raw::Json(value) => {
-                let mut flat = Vec::new();
-                flatten(value, &mut flat)?;
-                flat.iter()
-                    .map(|x| x.as_i64().ok_or_else(|| format!("{x} is not an integer")))
-                    .collect::<Result<_, _>>()?
-            }
+            Raw::Json(Flat::Ints(v)) => v,
+            Raw::Json(Flat::Empty) => Vec::new(),
+            Raw::Json(_) => return Err("values must be integers".into()),
             Raw::Binary(bytes) => {
                 let width = if datatype == "INT64" { 8 } else { 4 };
                 if bytes.len() != n * width {
@@ -211,15 +449,11 @@ impl Raw<'_> {
         Ok(v)
     }
 
-    fn strings(&self, n: usize) -> Result<Vec<String>, String> {
+    fn strings(self, n: usize) -> Result<Vec<String>, String> {
         let v: Vec<String> = match self {
-            Raw::Json(value) => {
-                let mut flat = Vec::new();
-                flatten(value, &mut flat)?;
-                flat.into_iter()
-                    .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("{x} is not a string")))
-                    .collect::<Result<_, _>>()?
-            }
+            Raw::Json(Flat::Strings(v)) => v,
+            Raw::Json(Flat::Empty) => Vec::new(),
+            Raw::Json(_) => return Err("values must be strings".into()),
             Raw::Binary(mut bytes) => {
                 let mut out = Vec::new();
                 while !bytes.is_empty() {
@@ -238,16 +472,6 @@ impl Raw<'_> {
             return Err(format!("{} values for a shape of {n} elements", v.len()));
         }
         Ok(v)
-    }
-}
-
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|x| flatten(x, out)),
-        other => {
-            out.push(other);
-            Ok(())
-        }
     }
 }
 
@@ -445,6 +669,42 @@ mod tests {
         let mut body = head.to_vec();
         body.extend([0u8; 30]);
         assert!(decode(&body, Some(head.len()), 1000).is_err(), "6 bytes left over");
+    }
+
+    #[test]
+    fn data_is_bounded_by_the_shape_as_it_is_read() {
+        // Shape first (as clients send it): the 3rd value of a 2-element shape stops the parse.
+        let body = br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[1,2,3,4,5,6,7,8]}]}"#;
+        let err = decode(body, None, 1 << 20).err().unwrap().to_string();
+        assert!(err.contains("more values than the 2 the shape holds"), "{err}");
+        // Data before the shape: bounded by the element limit, then checked against the shape.
+        let body = br#"{"inputs":[{"data":[[1,2],[3,4]],"name":"input_ids","datatype":"INT64","shape":[2,2]}]}"#;
+        let Inputs::Tokens(b) = decode(body, None, 1000).unwrap().inputs else { panic!("tokens expected") };
+        assert_eq!(b.ids, vec![1, 2, 3, 4]);
+        let body = br#"{"inputs":[{"data":[1,2,3,4,5],"name":"input_ids","datatype":"INT64","shape":[1,5]}]}"#;
+        assert!(decode(body, None, 4).is_err(), "5 values past a limit of 4");
+        for (body, what) in [
+            (&br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[1,"a"]}]}"#[..], "mixes"),
+            (
+                br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[1,{"a":1}]}]}"#,
+                "invalid type",
+            ),
+            (br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[1,2.5]}]}"#, "integers"),
+            (br#"{"inputs":[{"name":"input_ids","datatype":"INT64","data":[1,2]}]}"#, "missing field `shape`"),
+            (br#"{"inputs":[{"name":"input_ids","shape":[1,1],"datatype":"INT64","data":[1]}]} trailing"#, "trailing"),
+        ] {
+            let err = decode(body, None, 1000).err().unwrap().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_input_given_twice_is_refused() {
+        let body = br#"{"inputs":[{"name":"input_ids","shape":[1,1],"datatype":"INT64","data":[1]},
+            {"name":"attention_mask","shape":[1,1],"datatype":"INT64","data":[1]},
+            {"name":"input_ids","shape":[1,1],"datatype":"INT64","data":[2]}]}"#;
+        let err = decode(body, None, 1000).err().unwrap().to_string();
+        assert!(err.contains("\"input_ids\" is given twice"), "{err}");
     }
 
     #[test]

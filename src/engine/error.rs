@@ -30,8 +30,9 @@ pub enum EngineError {
     NonFiniteWeight { path: PathBuf, tensor: String, index: usize },
     #[error("{path}: invalid tokenizer: {reason}")]
     BadTokenizer { path: PathBuf, reason: String },
-    #[error("the package in {dir} has no tokenizer.json, so it takes token ids, not text")]
-    NoTokenizer { dir: PathBuf },
+    /// Said to clients: no server path in it.
+    #[error("this model's package has no tokenizer.json, so it takes token ids, not text")]
+    NoTokenizer,
     #[error("invalid input: {0}")]
     BadInput(String),
     #[error("output {name:?} is not produced by this model (it produces: {available})")]

@@ -182,7 +182,7 @@ impl ModelSpec {
 
     /// Tokenizes texts with the package's tokenizer.
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        let t = self.tokenizer.as_ref().ok_or_else(|| EngineError::NoTokenizer { dir: self.dir.clone() })?;
+        let t = self.tokenizer.as_ref().ok_or(EngineError::NoTokenizer)?;
         t.encode(texts)
     }
 

@@ -10,6 +10,14 @@ use super::files::{read_optional_json, read_small_file};
 /// `tokenizer.json` files of real models are a few MiB; refuse absurd ones.
 const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
+/// Bytes of text kept per token the tokenizer may return: a text is cut to `max_len` times this
+/// (at a character boundary) before it is tokenized, since tokenizing costs time and hundreds
+/// of bytes of memory per byte of text whatever the truncation. A token is a few bytes of text;
+/// only pathological text (long runs of whitespace, words of more than 100 characters, which
+/// WordPiece reads as one unknown token) has fewer than `max_len` tokens in the bytes kept and
+/// would have had more in the bytes cut.
+pub const TEXT_BYTES_PER_TOKEN: usize = 64;
+
 pub struct TextEncoder {
     tokenizer: Tokenizer,
     max_len: usize,
@@ -56,13 +64,25 @@ impl TextEncoder {
         self.max_len
     }
 
+    /// Most bytes of a text that are tokenized (`TEXT_BYTES_PER_TOKEN`).
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_len.saturating_mul(TEXT_BYTES_PER_TOKEN)
+    }
+
     /// Token ids of each text, with the special tokens the tokenizer's post-processor adds.
+    /// Each text is cut to `max_text_bytes` first; texts are tokenized one at a time, so the
+    /// tokenizer's memory is one text's.
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        let limit = self.max_text_bytes();
         texts
             .iter()
             .map(|t| {
+                let mut end = t.len().min(limit);
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
                 self.tokenizer
-                    .encode(t.as_str(), true)
+                    .encode(&t[..end], true)
                     .map(|e| e.get_ids().to_vec())
                     .map_err(|e| EngineError::BadInput(format!("cannot tokenize text: {e}")))
             })

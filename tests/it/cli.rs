@@ -214,3 +214,18 @@ fn the_gpu_check_script_runs_dry_on_the_cpu() {
     }
     assert!(table.contains("server checks (faaswap serve on cpu): "), "{table}");
 }
+
+/// A token with whitespace around it (a stray newline from a secrets file) is refused at
+/// start-up instead of becoming a token nobody can present.
+#[test]
+fn serve_refuses_tokens_padded_with_whitespace() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_faaswap"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--devices", "sim:1", "--state-dir", state.path().to_str().unwrap()])
+        .env("FAASWAP_ADMIN_TOKEN", "admin-token-0123456789\n")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAASWAP_ADMIN_TOKEN") && stderr.contains("whitespace"), "{stderr}");
+}

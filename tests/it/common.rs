@@ -95,3 +95,49 @@ pub fn synth_package(preset: &str, seed: u64, dir: &Path) {
     faaswap::engine::synth::write_package(preset, seed, faaswap::engine::synth::SynthDtype::F32, dir, &mut |_, _| {})
         .unwrap();
 }
+
+/// The real binary as a child process on an ephemeral port, for what only a process of its own
+/// shows (its peak memory). Killed when dropped.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Binary {
+    /// `faaswap serve` with `args` (besides `--addr`), once it reports ready.
+    pub fn serve(args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_faaswap"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let this = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while ureq::get(&format!("{}/v2/health/ready", this.url)).call().is_err() {
+            assert!(std::time::Instant::now() < deadline, "the server did not become ready");
+            std::thread::park_timeout(std::time::Duration::from_millis(20));
+        }
+        this
+    }
+
+    /// The most resident memory the process has had, bytes (Linux `VmHWM`).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib << 10
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -209,6 +209,40 @@ fn a_client_that_leaves_stops_its_generation_and_frees_the_device() {
     server.stop();
 }
 
+/// Requests sent while a generation runs wait their turn, a few of them: a client that floods
+/// the socket used to be buffered without end; now the socket is closed with 1008 and a reason.
+#[test]
+fn a_client_that_floods_its_socket_is_closed_with_1008() {
+    let repo = tempfile::tempdir().unwrap();
+    synth_package("gpt2-tiny", 1, &repo.path().join("gpt2-tiny"));
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(state.path(), repo.path(), |a| a.device_memory = Some("256MiB".into()));
+    deploy(&server, "flood", "gpt2-tiny");
+    let mut socket = connect(&server, "/api/v1/functions/flood/ws");
+    let long = json!({"input_ids": [5, 6], "max_new_tokens": 1000, "ignore_eos": true}).to_string();
+    socket.send(Message::text(long)).unwrap();
+    assert_eq!(next(&mut socket).unwrap()["type"], "token", "the generation runs");
+    let short = json!({"input_ids": [5], "max_new_tokens": 1}).to_string();
+    for _ in 0..=faaswap::api::generate_ws::MAX_WAITING {
+        socket.send(Message::text(short.clone())).unwrap();
+    }
+    let close = loop {
+        match socket.read() {
+            Ok(Message::Close(frame)) => break frame.expect("a close frame with a reason"),
+            Ok(_) => {}
+            Err(e) => panic!("closed without a close frame: {e}"),
+        }
+    };
+    assert_eq!(close.code, tungstenite::protocol::frame::coding::CloseCode::Policy);
+    assert!(close.reason.contains("requests waiting"), "{}", close.reason);
+    // The device is free again and serves the next client.
+    let mut again = connect(&server, "/api/v1/functions/flood/ws");
+    let (tokens, done) = generate(&mut again, &json!({"input_ids": [5, 6], "max_new_tokens": 2}));
+    assert_eq!((tokens.len(), done["type"].as_str()), (2, Some("done")));
+    drop(again);
+    server.stop();
+}
+
 #[test]
 fn the_event_feed_starts_with_a_snapshot_and_reports_swaps_evictions_and_slo() {
     let repo = crate::server::repository();
