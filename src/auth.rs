@@ -54,10 +54,10 @@ impl std::fmt::Debug for TokenSet {
 
 /// What a route needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
+pub enum Access<'a> {
     Open,
     /// Inference on one function (`None`: on all of them, e.g. every function's statistics).
-    Invoke(Option<String>),
+    Invoke(Option<&'a str>),
     Admin,
 }
 
@@ -116,7 +116,7 @@ impl TokenSet {
     }
 
     /// The token presented, checked against the access a route needs.
-    pub fn check(&self, presented: Option<&str>, access: &Access) -> Result<(), AuthError> {
+    pub fn check(&self, presented: Option<&str>, access: &Access<'_>) -> Result<(), AuthError> {
         if *access == Access::Open || self.is_empty() {
             return Ok(());
         }
@@ -150,23 +150,48 @@ impl TokenSet {
     }
 }
 
-/// What a request needs, decided on the route actix dispatched it to: `pattern` is the matched
-/// resource pattern (`None`: no route matched) and `name` its `{name}` segment, decoded as the
-/// handler sees it. Never the raw path: the router matches a decoded one, so `/%61pi/...` is
-/// `/api/...` to it. Every pattern not listed here — a route added without a row, or none —
-/// needs `admin`: the table fails closed.
+/// What a route needs, read once from its pattern when the route is registered (`route`);
+/// each request then only supplies its `{name}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAccess {
+    Open,
+    /// Open unless `/metrics` is protected.
+    Metrics,
+    /// Inference on every function (every function's statistics).
+    InvokeAll,
+    /// Inference on the function the route's `{name}` names.
+    InvokeNamed,
+    Admin,
+}
+
+impl RouteAccess {
+    /// The access a request to the route needs; `name` is its `{name}` segment, decoded as the
+    /// handler sees it (`None`: absent or not decodable, which then names no function).
+    pub fn needs<'a>(self, name: Option<&'a str>, protect_metrics: bool) -> Access<'a> {
+        match (self, name) {
+            (Self::Open, _) => Access::Open,
+            (Self::Metrics, _) if protect_metrics => Access::Admin,
+            (Self::Metrics, _) => Access::Open,
+            (Self::InvokeAll, _) => Access::Invoke(None),
+            (Self::InvokeNamed, Some(n)) => Access::Invoke(Some(n)),
+            (Self::InvokeNamed, None) | (Self::Admin, _) => Access::Admin,
+        }
+    }
+}
+
+/// The table: what each route pattern needs. Decided on the route actix dispatches a request
+/// to — never on the raw path, which the router matches only once decoded (`/%61pi/...` is
+/// `/api/...` to it). Every pattern not listed here needs `admin`: a route added without a row
+/// fails closed, as does a path no route matches (`api::auth::not_found`).
 ///
 /// Static admin UI files are open (they hold no data; the API they call needs `admin`); health
-/// checks, `GET /v2` and the API description are open; `/metrics` is open unless
-/// `protect_metrics`.
-pub fn required(pattern: Option<&str>, name: Option<&str>, protect_metrics: bool) -> Access {
-    let Some(pattern) = pattern else { return Access::Admin };
+/// checks, `GET /v2` and the API description are open; `/metrics` is open unless protected.
+pub fn route(pattern: &str) -> RouteAccess {
     match pattern {
-        "/v2" | "/v2/health/live" | "/v2/health/ready" | "/api/openapi.json" => Access::Open,
-        "/admin" | "/admin/" | "/admin/app.js" | "/admin/app.css" => Access::Open,
-        "/metrics" if protect_metrics => Access::Admin,
-        "/metrics" => Access::Open,
-        "/v2/models/stats" => Access::Invoke(None),
+        "/v2" | "/v2/health/live" | "/v2/health/ready" | "/api/openapi.json" => RouteAccess::Open,
+        "/admin" | "/admin/" | "/admin/app.js" | "/admin/app.css" => RouteAccess::Open,
+        "/metrics" => RouteAccess::Metrics,
+        "/v2/models/stats" => RouteAccess::InvokeAll,
         "/v2/models/{name}"
         | "/v2/models/{name}/versions/1"
         | "/v2/models/{name}/ready"
@@ -175,18 +200,15 @@ pub fn required(pattern: Option<&str>, name: Option<&str>, protect_metrics: bool
         | "/v2/models/{name}/versions/1/infer"
         | "/v2/models/{name}/stats"
         | "/v2/models/{name}/versions/1/stats"
-        | "/api/v1/functions/{name}/ws" => match name {
-            Some(n) => Access::Invoke(Some(n.to_string())),
-            None => Access::Admin,
-        },
-        _ => Access::Admin,
+        | "/api/v1/functions/{name}/ws" => RouteAccess::InvokeNamed,
+        _ => RouteAccess::Admin,
     }
 }
 
-/// The WebSocket routes (by matched pattern), which also take the token as a `token` query
-/// parameter (browsers cannot set headers on a WebSocket).
-pub fn accepts_query_token(pattern: Option<&str>) -> bool {
-    matches!(pattern, Some("/api/v1/events" | "/api/v1/functions/{name}/ws"))
+/// The WebSocket routes (by pattern), which also take the token as a `token` query parameter
+/// (browsers cannot set headers on a WebSocket).
+pub fn accepts_query_token(pattern: &str) -> bool {
+    matches!(pattern, "/api/v1/events" | "/api/v1/functions/{name}/ws")
 }
 
 /// A new random token and its digest, for `faaswap token`.
@@ -224,7 +246,8 @@ mod tests {
 
     #[test]
     fn routes_need_the_documented_access() {
-        let invoke = |f: &str| Access::Invoke(Some(f.into()));
+        let invoke = |f| Access::Invoke(Some(f));
+        let required = |pattern: &str| route(pattern).needs(Some("bert"), false);
         for (pattern, want) in [
             ("/v2", Access::Open),
             ("/v2/health/live", Access::Open),
@@ -251,22 +274,19 @@ mod tests {
             ("/api/v2/anything", Access::Admin),
             ("/v2/models/bert/infer", Access::Admin),
         ] {
-            assert_eq!(required(Some(pattern), Some("bert"), false), want, "{pattern}");
+            assert_eq!(required(pattern), want, "{pattern}");
         }
-        assert_eq!(required(None, None, false), Access::Admin, "no route matched: admin");
-        assert_eq!(required(Some("/v2/models/{name}/infer"), None, false), Access::Admin, "no name: admin");
-        assert_eq!(required(Some("/metrics"), None, true), Access::Admin);
-        assert!(
-            accepts_query_token(Some("/api/v1/events")) && accepts_query_token(Some("/api/v1/functions/{name}/ws"))
-        );
-        assert!(!accepts_query_token(Some("/api/v1/functions/{name}")) && !accepts_query_token(None));
+        assert_eq!(route("/v2/models/{name}/infer").needs(None, false), Access::Admin, "no name: admin");
+        assert_eq!(route("/metrics").needs(None, true), Access::Admin);
+        assert!(accepts_query_token("/api/v1/events") && accepts_query_token("/api/v1/functions/{name}/ws"));
+        assert!(!accepts_query_token("/api/v1/functions/{name}") && !accepts_query_token("/v2/models/{name}/infer"));
     }
 
     #[test]
     fn scopes_allow_what_they_name_and_nothing_else() {
         let s = set();
-        let bert = Access::Invoke(Some("bert".into()));
-        let gpt2 = Access::Invoke(Some("gpt2".into()));
+        let bert = Access::Invoke(Some("bert"));
+        let gpt2 = Access::Invoke(Some("gpt2"));
         assert_eq!(s.check(None, &Access::Open), Ok(()));
         assert_eq!(s.check(None, &bert), Err(AuthError::Missing));
         assert_eq!(s.check(Some("wrong-token-0123456789"), &bert), Err(AuthError::Unknown));

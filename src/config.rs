@@ -317,7 +317,7 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let c = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve().unwrap();
         assert!(c.auth.protect_metrics);
-        let bert = crate::auth::Access::Invoke(Some("bert".into()));
+        let bert = crate::auth::Access::Invoke(Some("bert"));
         assert_eq!(c.auth.check(Some("file-token-0123456789"), &bert), Ok(()));
         assert!(c.auth.check(Some("file-token-0123456789"), &crate::auth::Access::Admin).is_err());
     }

@@ -1,7 +1,7 @@
-//! The token check. It is every resource's middleware (`api::resource`), so it runs after
-//! routing: the access a request needs comes from the route actix dispatched it to
-//! (`crate::auth::required` on the matched pattern and its decoded `name`), never from the raw
-//! path. Requests no route matches reach the default service, which needs `admin` too. The
+//! The token check. It is every resource's middleware (`api::resource`), built with the
+//! resource's pattern, so it runs after routing: the access a request needs comes from the route
+//! actix dispatched it to (`crate::auth::route` on its pattern, and its decoded `name`), never
+//! from the raw path. Requests no route matches reach the default service, which needs `admin` too. The
 //! token comes from `Authorization: Bearer`, or on WebSocket routes from a `token` query
 //! parameter.
 
@@ -12,7 +12,7 @@ use actix_web::{web, FromRequest, HttpRequest, ResponseError};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::auth::{accepts_query_token, required, Access};
+use crate::auth::{accepts_query_token, route, Access, RouteAccess};
 use crate::runtime::Runtime;
 
 #[derive(Deserialize)]
@@ -35,35 +35,55 @@ fn bearer(req: &HttpRequest) -> Option<String> {
 }
 
 /// Checks the request's token against `access`; `Ok` when no tokens are configured.
-fn authorize(req: &HttpRequest, pattern: Option<&str>, access: &Access) -> Result<(), ApiError> {
+fn authorize(req: &HttpRequest, query_token: bool, access: &Access) -> Result<(), ApiError> {
     let Some(rt) = req.app_data::<web::Data<Runtime>>() else {
         return Ok(());
     };
     let presented = bearer(req).or_else(|| {
-        accepts_query_token(pattern)
-            .then(|| web::Query::<TokenQuery>::from_query(req.query_string()).ok()?.into_inner().token)
-            .flatten()
+        query_token.then(|| web::Query::<TokenQuery>::from_query(req.query_string()).ok()?.into_inner().token).flatten()
     });
     Ok(rt.config.auth.check(presented.as_deref(), access)?)
 }
 
+/// One route's token check, its needs read once from its pattern (`auth::route`).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteCheck {
+    access: RouteAccess,
+    query_token: bool,
+}
+
+impl RouteCheck {
+    pub fn new(pattern: &str) -> Self {
+        Self { access: route(pattern), query_token: accepts_query_token(pattern) }
+    }
+}
+
+/// The middleware of a route registered with `pattern`: it runs after routing, so the request
+/// is one actix dispatched to that route.
 pub async fn check(
+    route: RouteCheck,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let Some(rt) = req.app_data::<web::Data<Runtime>>().cloned() else {
-        return next.call(req).await.map(ServiceResponse::map_into_left_body);
-    };
-    let tokens = &rt.config.auth;
-    if tokens.is_empty() {
+    let protect_metrics = match req.app_data::<web::Data<Runtime>>() {
         // No tokens: everything is open (loopback only); nothing to parse per request.
-        return next.call(req).await.map(ServiceResponse::map_into_left_body);
-    }
-    let pattern = req.match_pattern();
+        Some(rt) if !rt.config.auth.is_empty() => rt.config.auth.protect_metrics,
+        _ => return next.call(req).await.map(ServiceResponse::map_into_left_body),
+    };
+    // The name as the handler's `web::Path` decodes it: the router leaves some escapes in a
+    // segment (`%2F`, `%25`), which the extractor decodes; without a `%` both are the same.
     // A name that does not decode names no function: the route then needs admin.
-    let name = web::Path::<NameSegment>::extract(req.request()).await.ok().and_then(|p| p.into_inner().name);
-    let access = required(pattern.as_deref(), name.as_deref(), tokens.protect_metrics);
-    match authorize(req.request(), pattern.as_deref(), &access) {
+    let decoded;
+    let name = match (route.access, req.match_info().get("name")) {
+        (RouteAccess::InvokeNamed, Some(raw)) if !raw.contains('%') => Some(raw),
+        (RouteAccess::InvokeNamed, Some(_)) => {
+            decoded = web::Path::<NameSegment>::extract(req.request()).await.ok().and_then(|p| p.into_inner().name);
+            decoded.as_deref()
+        }
+        _ => None,
+    };
+    let access = route.access.needs(name, protect_metrics);
+    match authorize(req.request(), route.query_token, &access) {
         Ok(()) => next.call(req).await.map(ServiceResponse::map_into_left_body),
         Err(e) => {
             let response = e.error_response();
@@ -75,6 +95,6 @@ pub async fn check(
 /// What no route matched: a JSON 404 for an admin, and the token error for anyone else (the
 /// unknown fails closed: which paths exist is not told to strangers).
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    authorize(&req, None, &Access::Admin)?;
+    authorize(&req, false, &Access::Admin)?;
     Ok(super::error::json_error(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
 }

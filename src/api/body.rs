@@ -37,8 +37,15 @@ pub fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> 
 /// not read within the send timeout is dropped (its bytes and its hold let go; the connection
 /// fails at its next write), so that a client that stops reading cannot hold memory for good.
 pub struct HeldBody {
-    state: std::sync::Arc<std::sync::Mutex<Sending>>,
+    state: Body,
     len: u64,
+}
+
+/// A small body goes out whole (it fits the socket's buffers); a large one in slices, shared
+/// with its send timer.
+enum Body {
+    Small(Option<(web::Bytes, Held)>),
+    Large(std::sync::Arc<std::sync::Mutex<Sending>>),
 }
 
 enum Sending {
@@ -49,7 +56,7 @@ enum Sending {
 
 /// Slices handed to the connection.
 const SLICE_BYTES: usize = 64 << 10;
-/// Smaller bodies fit the socket's buffers and need no timer.
+/// Smaller bodies fit the socket's buffers and need no slices and no timer.
 const TIMED_BYTES: usize = 1 << 20;
 
 impl HeldBody {
@@ -57,22 +64,22 @@ impl HeldBody {
     pub fn new(data: Vec<u8>, mut held: Held, send_timeout: std::time::Duration) -> Self {
         held.resize(data.len() as u64);
         let len = data.len() as u64;
-        let timed = data.len() > TIMED_BYTES;
-        let state = std::sync::Arc::new(std::sync::Mutex::new(Sending::Rest { data: data.into(), _held: held }));
-        if timed {
-            let weak = std::sync::Arc::downgrade(&state);
-            actix_rt::spawn(async move {
-                tokio::time::sleep(send_timeout).await;
-                if let Some(state) = weak.upgrade() {
-                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                    if matches!(*s, Sending::Rest { .. }) {
-                        tracing::warn!("a response of {len} bytes was not read within {send_timeout:?}: dropped");
-                        *s = Sending::TimedOut;
-                    }
-                }
-            });
+        if data.len() <= TIMED_BYTES {
+            return Self { state: Body::Small(Some((data.into(), held))), len };
         }
-        Self { state, len }
+        let state = std::sync::Arc::new(std::sync::Mutex::new(Sending::Rest { data: data.into(), _held: held }));
+        let weak = std::sync::Arc::downgrade(&state);
+        actix_rt::spawn(async move {
+            tokio::time::sleep(send_timeout).await;
+            if let Some(state) = weak.upgrade() {
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                if matches!(*s, Sending::Rest { .. }) {
+                    tracing::warn!("a response of {len} bytes was not read within {send_timeout:?}: dropped");
+                    *s = Sending::TimedOut;
+                }
+            }
+        });
+        Self { state: Body::Large(state), len }
     }
 }
 
@@ -84,10 +91,15 @@ impl actix_web::body::MessageBody for HeldBody {
     }
 
     fn poll_next(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match &mut self.state {
+            // The hold goes with the last bytes handed over.
+            Body::Small(body) => return std::task::Poll::Ready(body.take().map(|(data, _held)| Ok(data))),
+            Body::Large(state) => state,
+        };
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         let next = match &mut *s {
             Sending::Rest { data, .. } => {
                 let slice = data.split_to(data.len().min(SLICE_BYTES));

@@ -30,9 +30,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Registers the routes of one path pattern behind the token check. The check is the
-/// resource's middleware, so it runs after routing and decides on what actix dispatched — the
-/// matched pattern and its decoded `name` — never on the raw path (`auth::required`). A
-/// method the pattern has no route for is a JSON 405.
+/// resource's middleware, built with its pattern, so it runs after routing and decides on what
+/// actix dispatched — this pattern and the request's decoded `name` — never on the raw path
+/// (`crate::auth::route`). A method the pattern has no route for is a JSON 405.
 fn resource<const N: usize>(cfg: &mut web::ServiceConfig, pattern: &str, routes: [Route; N]) {
     let mut resource = web::resource(pattern).default_service(web::to(|| async {
         error::json_error(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
@@ -40,7 +40,8 @@ fn resource<const N: usize>(cfg: &mut web::ServiceConfig, pattern: &str, routes:
     for route in routes {
         resource = resource.route(route);
     }
-    cfg.service(resource.wrap(actix_web::middleware::from_fn(auth::check)));
+    let check = auth::RouteCheck::new(pattern);
+    cfg.service(resource.wrap(actix_web::middleware::from_fn(move |req, next| auth::check(check, req, next))));
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]

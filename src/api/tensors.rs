@@ -74,6 +74,31 @@ mod seeds {
 
     use super::{elements, Flat, InferInput, InferOutput};
 
+    /// Keys of the request object, matched without allocating.
+    #[derive(serde::Deserialize)]
+    #[serde(field_identifier, rename_all = "lowercase")]
+    enum RequestKey {
+        Id,
+        Inputs,
+        Outputs,
+        Parameters,
+        #[serde(other)]
+        Other,
+    }
+
+    /// Keys of an input object.
+    #[derive(serde::Deserialize)]
+    #[serde(field_identifier, rename_all = "lowercase")]
+    enum InputKey {
+        Name,
+        Shape,
+        Datatype,
+        Parameters,
+        Data,
+        #[serde(other)]
+        Other,
+    }
+
     /// The whole request.
     pub struct RequestSeed {
         pub max_elements: usize,
@@ -100,13 +125,15 @@ mod seeds {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Request, A::Error> {
             let mut r = Request { id: None, inputs: Vec::new(), outputs: Vec::new(), parameters: Map::new() };
-            while let Some(key) = map.next_key::<String>()? {
-                match key.as_str() {
-                    "id" => r.id = map.next_value()?,
-                    "inputs" => r.inputs = map.next_value_seed(InputsSeed { max_elements: self.max_elements })?,
-                    "outputs" => r.outputs = map.next_value()?,
-                    "parameters" => r.parameters = map.next_value()?,
-                    _ => {
+            while let Some(key) = map.next_key::<RequestKey>()? {
+                match key {
+                    RequestKey::Id => r.id = map.next_value()?,
+                    RequestKey::Inputs => {
+                        r.inputs = map.next_value_seed(InputsSeed { max_elements: self.max_elements })?
+                    }
+                    RequestKey::Outputs => r.outputs = map.next_value()?,
+                    RequestKey::Parameters => r.parameters = map.next_value()?,
+                    RequestKey::Other => {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
@@ -159,13 +186,13 @@ mod seeds {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InferInput, A::Error> {
             let mut input = InferInput::default();
             let (mut name, mut shape, mut datatype) = (false, false, false);
-            while let Some(key) = map.next_key::<String>()? {
-                match key.as_str() {
-                    "name" => (input.name, name) = (map.next_value()?, true),
-                    "shape" => (input.shape, shape) = (map.next_value()?, true),
-                    "datatype" => (input.datatype, datatype) = (map.next_value()?, true),
-                    "parameters" => input.parameters = map.next_value()?,
-                    "data" => {
+            while let Some(key) = map.next_key::<InputKey>()? {
+                match key {
+                    InputKey::Name => (input.name, name) = (map.next_value()?, true),
+                    InputKey::Shape => (input.shape, shape) = (map.next_value()?, true),
+                    InputKey::Datatype => (input.datatype, datatype) = (map.next_value()?, true),
+                    InputKey::Parameters => input.parameters = map.next_value()?,
+                    InputKey::Data => {
                         // A shape already read bounds the values exactly; otherwise the limit.
                         let limit = if shape {
                             elements(&input.shape, self.max_elements).map_err(de::Error::custom)?
@@ -176,7 +203,7 @@ mod seeds {
                         map.next_value_seed(FlatSeed { out: &mut flat, limit })?;
                         input.data = Some(flat);
                     }
-                    _ => {
+                    InputKey::Other => {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }

@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Requests sent first and not measured.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
+    /// API token sent as `Authorization: Bearer` (closed-loop mode).
+    #[arg(long, env = "FAASWAP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
@@ -71,15 +74,13 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let ids = &a.input_ids.0;
     let body = json!({"inputs": [{"name": "input_ids", "shape": [1, ids.len()], "datatype": "INT64", "data": ids}]})
         .to_string();
+    let auth = a.token.as_ref().map(|t| format!("Bearer {t}"));
     let send = |agent: &ureq::Agent| -> Result<(), String> {
-        agent
-            .post(&url)
-            .set("Content-Type", "application/json")
-            .send_string(&body)
-            .map_err(|e| e.to_string())?
-            .into_string()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let mut req = agent.post(&url).set("Content-Type", "application/json");
+        if let Some(auth) = &auth {
+            req = req.set("Authorization", auth);
+        }
+        req.send_string(&body).map_err(|e| e.to_string())?.into_string().map(|_| ()).map_err(|e| e.to_string())
     };
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     for _ in 0..a.warmup {
