@@ -220,12 +220,26 @@ fn the_gpu_check_script_runs_dry_on_the_cpu() {
 #[test]
 fn serve_refuses_tokens_padded_with_whitespace() {
     let state = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_faaswap"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faaswap"))
         .args(["serve", "--addr", "127.0.0.1:0", "--devices", "sim:1", "--state-dir", state.path().to_str().unwrap()])
         .env("FAASWAP_ADMIN_TOKEN", "admin-token-0123456789\n")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with a padded token");
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
     assert!(stderr.contains("FAASWAP_ADMIN_TOKEN") && stderr.contains("whitespace"), "{stderr}");
 }
