@@ -1,17 +1,17 @@
-//! Decisions as plain code, with no actix types: page accounting of device weight pools,
-//! residency, placement, queue order, batching, eviction and shedding, for four policies
-//! (`native`, `simpleswap`, `torpor`, `faaswap`). The scheduler actor holds a `Cluster` and
-//! only moves messages; `faaswap simulate` drives the same `Cluster` in virtual time.
+//! Decisions as plain code, with no actix types, threads or wall time. `cluster` is the
+//! mechanism — page accounting of device weight pools, residency, pins, health, the queue, the
+//! host-link model — and `policies` holds the four policies (`native`, `simpleswap`, `torpor`,
+//! `faaswap`), one file each, which decide queue order, placement, victims and batching. The
+//! server's scheduler holds a `Cluster` and applies its decisions; `faaswap simulate` drives the
+//! same `Cluster` in virtual time.
 
 pub mod cluster;
 pub mod estimate;
-mod eviction;
 pub mod health;
 pub mod pages;
-mod placement;
+pub(crate) mod policies;
 pub mod slo;
 pub mod stats;
-pub mod torpor;
 
 use std::fmt;
 use std::str::FromStr;
