@@ -81,24 +81,18 @@ pub fn io_metadata(entry: &FunctionEntry) -> (Value, Value) {
         return (json!([ids("input_ids")]), json!([]));
     };
     let spec = &model.spec;
-    let mut inputs = vec![ids("input_ids"), ids("attention_mask")];
-    if matches!(spec.config, crate::engine::ModelConfig::Bert(_)) {
-        inputs.push(ids("token_type_ids"));
-    }
+    let mut inputs: Vec<Value> =
+        spec.io().inputs.iter().map(|i| json!({"name": i.name, "datatype": i.datatype, "shape": i.shape})).collect();
     if spec.tokenizer.is_some() {
         inputs.push(json!({"name": "text", "datatype": "BYTES", "shape": [-1]}));
     }
-    let h = spec.config.hidden_size();
     let outputs: Vec<Value> = spec
         .outputs()
         .into_iter()
         .map(|o| {
             let shape = match o {
-                crate::engine::OutputKind::SentenceEmbedding => {
-                    json!([-1, spec.pooling.as_ref().map_or(h, |p| p.output_dim(h))])
-                }
-                crate::engine::OutputKind::LastHiddenState => json!([-1, -1, h]),
-                crate::engine::OutputKind::Logits => json!([-1, -1, spec.config.vocab_size()]),
+                crate::engine::OutputKind::SentenceEmbedding => json!([-1, spec.output_width(o)]),
+                _ => json!([-1, -1, spec.output_width(o)]),
             };
             json!({"name": o.name(), "datatype": "FP32", "shape": shape})
         })
@@ -116,7 +110,7 @@ pub(crate) async fn model_metadata(
     Ok(HttpResponse::Ok().json(json!({
         "name": path.0,
         "versions": ["1"],
-        "platform": format!("faaswap_{}", entry.model().map_or("profile", |m| m.spec.config.model_type())),
+        "platform": format!("faaswap_{}", entry.model().map_or("profile", |m| m.spec.arch.model_type())),
         "inputs": inputs,
         "outputs": outputs,
     })))

@@ -216,7 +216,7 @@ fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
     let r = reference(dir)?;
     let model = load(dir)?.model;
     let tol = number(&r["tolerance"]["last_position_logits_max_abs"], "tolerance.last_position_logits_max_abs")?;
-    let vocab = model.spec.config.vocab_size();
+    let vocab = model.spec.arch.vocab_size();
     let mut checks = Vec::new();
     for (i, case) in list(&r["cases"], "cases")?.iter().enumerate() {
         let batch = TokenBatch::from_sequences(&[ids(&case["input_ids"], "cases[].input_ids")?])?;
@@ -256,8 +256,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn measure(device: &mut dyn Device, dir: &Path, a: &DeviceCheckArgs) -> Result<ModelReport, CliError> {
     let Loaded { model, pinned, pin_ms } = load(dir)?;
-    let vocab = model.spec.config.vocab_size() as u32;
-    let seq_len = a.seq_len.min(model.spec.config.max_positions());
+    let vocab = model.spec.arch.vocab_size() as u32;
+    let seq_len = a.seq_len.min(model.spec.arch.max_positions());
     let seqs: Vec<Vec<u32>> =
         (0..a.batch).map(|b| (0..seq_len).map(|t| ((t * 31 + b * 7 + 1) as u32) % vocab).collect()).collect();
     let batch = TokenBatch::from_sequences(&seqs)?;

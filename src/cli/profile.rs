@@ -57,7 +57,7 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
     let mut results = Vec::new();
     for &b in &a.batch_sizes {
         let batch_texts: Vec<String> = texts.iter().cycle().take(b).cloned().collect();
-        let vocab = model.spec.config.vocab_size() as u64;
+        let vocab = model.spec.arch.vocab_size() as u64;
         let random_ids: Vec<Vec<u32>> = (0..b)
             .map(|i| (0..a.seq_len as u64).map(|j| ((i as u64 * 7919 + j * 104_729) % vocab) as u32).collect())
             .collect();
@@ -67,7 +67,7 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
         let mut once = || -> Result<(), CliError> {
             let ids = if texts.is_empty() { random_ids.clone() } else { model.spec.tokenize(&batch_texts)? };
             let batch = TokenBatch::from_sequences(&ids)?;
-            model.spec.infer(model.weights(), &batch, &[output], &mut ws)?;
+            model.spec.infer(&model.resident(), &batch, &[output], &mut ws)?;
             Ok(())
         };
         for _ in 0..a.warmup {

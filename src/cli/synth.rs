@@ -27,15 +27,16 @@ pub struct SynthArgs {
 
 pub fn run(a: SynthArgs) -> Result<(), CliError> {
     if a.list {
-        let list: Vec<_> =
-            synth::PRESETS.iter().map(|p| serde_json::json!({"name": p.name, "description": p.description})).collect();
+        let list: Vec<_> = crate::engine::registry::presets()
+            .map(|p| serde_json::json!({"name": p.name, "description": p.description}))
+            .collect();
         return print_json(&list);
     }
     let (Some(name), Some(out)) = (a.preset, a.out) else {
         return Err(CliError::Usage("--preset and --out are required".into()));
     };
     let preset = synth::preset(&name).ok_or_else(|| {
-        let names: Vec<_> = synth::PRESETS.iter().map(|p| p.name).collect();
+        let names: Vec<_> = crate::engine::registry::presets().map(|p| p.name).collect();
         CliError::Usage(format!("unknown preset {name:?} (known: {})", names.join(", ")))
     })?;
     let bar = ProgressBar::new(0);

@@ -16,8 +16,8 @@ pub enum EngineError {
     FileTooLarge { path: PathBuf, size: u64, limit: u64 },
     #[error("{path}: invalid config: {reason}")]
     BadConfig { path: PathBuf, reason: String },
-    #[error("{path}: unsupported model_type {model_type:?} (supported: \"bert\", \"gpt2\")")]
-    UnknownModelType { path: PathBuf, model_type: String },
+    #[error("{path}: unsupported model_type {model_type:?} (supported: {supported})")]
+    UnknownModelType { path: PathBuf, model_type: String, supported: String },
     #[error("{path}: corrupt or truncated safetensors file: {reason}")]
     CorruptWeights { path: PathBuf, reason: String },
     #[error("{path}: missing tensor {tensor:?}")]

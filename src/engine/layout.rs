@@ -7,8 +7,6 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::streamed::Weights;
-
 /// Tensors start on 256-byte boundaries, what vector loads and cuBLAS like best.
 pub const ALIGN_ELEMS: usize = 64;
 
@@ -28,6 +26,22 @@ pub enum Source {
     Concat { parts: Vec<String> },
 }
 
+/// How a synthetic package draws a tensor's values (`faaswap synth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// Normal around 0 (weights, biases, embeddings).
+    Normal,
+    /// Around 1 (normalisation gains).
+    Gain,
+}
+
+/// The element type a tensor is stored in, in the packed buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+}
+
 /// A tensor the forward pass needs, in first-use order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedTensor {
@@ -38,17 +52,18 @@ pub struct PlannedTensor {
     /// Index into the plan's layer names.
     pub layer: usize,
     pub source: Source,
+    pub init: Init,
 }
 
 impl PlannedTensor {
     /// A file tensor stored as it is.
     pub fn new(name: impl Into<String>, shape: &[usize], layer: usize) -> Self {
-        Self { name: name.into(), shape: shape.to_vec(), layer, source: Source::Plain }
+        Self { name: name.into(), shape: shape.to_vec(), layer, source: Source::Plain, init: Init::Normal }
     }
 
     /// A file `[out, in]` matrix stored as `[in, out]`.
     pub fn transposed(name: impl Into<String>, out_dim: usize, in_dim: usize, layer: usize) -> Self {
-        Self { name: name.into(), shape: vec![in_dim, out_dim], layer, source: Source::Transposed }
+        Self { source: Source::Transposed, ..Self::new(name, &[in_dim, out_dim], layer) }
     }
 
     /// File matrices `[out_dim, in_dim]` each, stored as one `[in_dim, parts·out_dim]`.
@@ -59,17 +74,14 @@ impl PlannedTensor {
         in_dim: usize,
         layer: usize,
     ) -> Self {
-        Self {
-            name: name.into(),
-            shape: vec![in_dim, parts.len() * out_dim],
-            layer,
-            source: Source::TransposedConcat { parts },
-        }
+        let shape = [in_dim, parts.len() * out_dim];
+        Self { source: Source::TransposedConcat { parts }, ..Self::new(name, &shape, layer) }
     }
 
     /// 1-D file tensors of `len` elements each, stored back to back.
     pub fn concat(name: impl Into<String>, parts: Vec<String>, len: usize, layer: usize) -> Self {
-        Self { name: name.into(), shape: vec![parts.len() * len], layer, source: Source::Concat { parts } }
+        let shape = [parts.len() * len];
+        Self { source: Source::Concat { parts }, ..Self::new(name, &shape, layer) }
     }
 
     /// The file tensors this one is made of, with the shapes the file must give them.
@@ -105,14 +117,6 @@ impl Span {
     pub fn end(&self) -> usize {
         self.offset + self.len
     }
-
-    /// The elements of this span in `weights` (waiting for them if they are still being
-    /// copied in). Panics if `weights` is shorter than the layout, which `ModelSpec` rules out
-    /// by checking the length once before execution.
-    #[inline]
-    pub fn of<'a, W: Weights + ?Sized>(&self, weights: &'a W) -> &'a [f32] {
-        weights.get(*self)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -122,6 +126,7 @@ pub struct TensorSlot {
     pub shape: Vec<usize>,
     pub source: Source,
     pub span: Span,
+    pub dtype: Dtype,
 }
 
 /// A layer's range of the buffer. Layer ranges tile the buffer: together they cover it exactly,
@@ -167,6 +172,7 @@ impl WeightLayout {
                 shape: t.shape.clone(),
                 source: t.source.clone(),
                 span: Span { offset, len },
+                dtype: Dtype::F32,
             });
             offset += len;
         }

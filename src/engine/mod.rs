@@ -1,20 +1,26 @@
 //! The inference engine: model packages (Hugging Face layout), the packed swappable weight
-//! layout, and CPU execution of the BERT and GPT-2 families.
+//! layout, and the model families (`models/`, found through `registry`), each of which writes
+//! its forward pass as a device program (`program`) that every device runs — the CPU through
+//! `program::exec`.
 
+pub mod arch;
 mod batch;
-mod bert;
 mod config;
 mod error;
 mod fast_math;
 mod files;
-mod gpt2;
+pub mod generate;
+mod io;
 mod layout;
 mod matmul;
 mod model;
+pub mod models;
+pub mod nn;
 mod ops;
-mod output;
+mod plan;
 mod pooling;
 pub mod program;
+pub mod registry;
 mod sampling;
 mod streamed;
 pub mod synth;
@@ -22,17 +28,19 @@ mod tokenize;
 mod weights;
 mod workspace;
 
+pub use arch::{Architecture, Decoder};
 pub use batch::TokenBatch;
-pub use config::{Activation, BertConfig, Gpt2Config, ModelConfig};
+pub use config::Activation;
 pub use error::{EngineError, Result};
-pub use layout::{LayerSpan, Span, TensorSlot, WeightLayout};
-pub use model::{GenerateOptions, Model, ModelSpec, ModelSummary};
-pub use output::{max_abs_diff, OutputKind, OutputTensor};
+pub use generate::{Decoded, Ended, GenerateOptions};
+pub use io::{max_abs_diff, InputSpec, InputTensor, Inputs, IoSpec, OutputKind, OutputTensor};
+pub use layout::{Dtype, LayerSpan, Span, TensorSlot, WeightLayout};
+pub use model::{Model, ModelSpec, ModelSummary};
 pub use pooling::{PoolMode, Pooling};
 pub use sampling::{argmax, SamplingParams};
-pub use streamed::{StreamedWeights, Weights};
+pub use streamed::StreamedWeights;
 pub use tokenize::TextEncoder;
-pub use workspace::{Arena, Workspace};
+pub use workspace::Workspace;
 
 /// A reference fixture package for unit tests: `../shared/fixtures/NAME`, or under
 /// `FAASWAP_FIXTURES` (as the integration tests take it).

@@ -1,5 +1,7 @@
-//! A loaded model package: its spec (config, layout, tokenizer, pooling) and its packed host
-//! weights, with the entry points that run it.
+//! A loaded model package: its spec (the family's architecture, the packed layout, tokenizer,
+//! pooling) and its packed host weights, with the entry points that run it. Every device runs
+//! a model the same way: the architecture writes the forward pass as a program, the device runs
+//! it (the CPU through `program::exec`), and the spec assembles the response's tensors.
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -7,37 +9,28 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
+use super::arch::Architecture;
 use super::batch::TokenBatch;
-use super::bert::{self, BertWeights};
-use super::config::ModelConfig;
 use super::error::{EngineError, Result};
-use super::gpt2::{self, Gpt2Weights, KvCache};
+use super::generate::{self, Decoded, GenerateOptions};
+use super::io::{IoSpec, OutputKind, OutputTensor};
 use super::layout::WeightLayout;
-use super::output::{OutputKind, OutputTensor};
 use super::pooling::Pooling;
-use super::program::{self, Gpt2Pass, LogitRows, Program};
-use super::sampling::{Sampler, SamplingParams};
-use super::streamed::Weights;
+use super::program::exec::{self, Resident, WeightSource};
+use super::program::Program;
 use super::tokenize::TextEncoder;
 use super::weights::WeightsFile;
 use super::workspace::Workspace;
-
-#[derive(Debug, Clone)]
-enum Family {
-    Bert(BertWeights),
-    Gpt2(Gpt2Weights),
-}
 
 /// Everything about a model except its weights' values: enough to run it against any copy of
 /// the packed buffer.
 #[derive(Debug)]
 pub struct ModelSpec {
     pub dir: PathBuf,
-    pub config: ModelConfig,
+    pub arch: Box<dyn Architecture>,
     pub layout: WeightLayout,
     pub pooling: Option<Pooling>,
     pub tokenizer: Option<TextEncoder>,
-    family: Family,
 }
 
 /// A spec with its packed host weights.
@@ -54,21 +47,13 @@ pub struct Model {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSummary {
     pub model_type: &'static str,
-    pub config: ModelConfig,
+    pub config: serde_json::Value,
     pub weight_bytes: usize,
     pub tensors: usize,
     pub layers: Vec<(String, usize, usize)>,
     pub outputs: Vec<&'static str>,
     pub has_tokenizer: bool,
     pub max_input_tokens: usize,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct GenerateOptions {
-    pub max_new_tokens: usize,
-    pub sampling: SamplingParams,
-    /// Stop after emitting the config's `eos_token_id` (included in the output).
-    pub stop_at_eos: bool,
 }
 
 impl Model {
@@ -80,30 +65,20 @@ impl Model {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "not a model package folder"),
             ));
         }
-        let config = ModelConfig::load(&dir.join("config.json"))?;
-        let (plan, layer_names, prefixes) = match &config {
-            ModelConfig::Bert(c) => {
-                let (p, n) = bert::plan(c);
-                (p, n, bert::PREFIXES)
-            }
-            ModelConfig::Gpt2(c) => {
-                let (p, n) = gpt2::plan(c);
-                (p, n, gpt2::PREFIXES)
-            }
-        };
-        let layout = WeightLayout::build(&plan, &layer_names);
-        let weights = WeightsFile::open(&dir.join("model.safetensors"))?.load_packed(&plan, &layout, prefixes)?;
-        let family = match &config {
-            ModelConfig::Bert(c) => Family::Bert(BertWeights::resolve(c, &layout)),
-            ModelConfig::Gpt2(c) => Family::Gpt2(Gpt2Weights::resolve(c, &layout)),
-        };
-        let pooling = match config {
-            ModelConfig::Bert(_) => Pooling::load(dir)?,
-            ModelConfig::Gpt2(_) => None,
-        };
-        let tokenizer = TextEncoder::load(dir, config.max_positions())?;
+        let config_path = dir.join("config.json");
+        let config = super::config::read(&config_path)?;
+        let (family, loaded) = super::registry::load(&config_path, &config)?;
+        let weights = WeightsFile::open(&dir.join("model.safetensors"))?.load_packed(
+            &loaded.plan,
+            &loaded.layout,
+            family.prefixes,
+        )?;
+        let arch = loaded.arch;
+        // Sentence-transformers pooling applies to encoders' hidden states.
+        let pooling = if arch.io().outputs.contains(&OutputKind::LastHiddenState) { Pooling::load(dir)? } else { None };
+        let tokenizer = TextEncoder::load(dir, arch.max_positions())?;
         Ok(Self {
-            spec: ModelSpec { dir: dir.to_path_buf(), config, layout, pooling, tokenizer, family },
+            spec: ModelSpec { dir: dir.to_path_buf(), arch, layout: loaded.layout, pooling, tokenizer },
             host_pin: OnceLock::new(),
             weights,
         })
@@ -112,6 +87,11 @@ impl Model {
     /// The packed buffer: the unit the runtime copies to devices.
     pub fn weights(&self) -> &[f32] {
         &self.weights
+    }
+
+    /// The resident weights as programs read them.
+    pub fn resident(&self) -> Resident<'_> {
+        Resident::new(&self.weights, &self.spec.layout)
     }
 
     /// The device back end's state for these weights, created by `init` on first use (once,
@@ -123,9 +103,10 @@ impl Model {
     /// One batch with a workspace sized for it (for one-off use; servers reuse a workspace).
     pub fn infer(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Result<Vec<OutputTensor>> {
         let mut ws = Workspace::new(self.spec.workspace_elems(batch.batch, batch.seq, batch.seq));
-        self.spec.infer(self.weights.as_slice(), batch, outputs, &mut ws)
+        self.spec.infer(&self.resident(), batch, outputs, &mut ws)
     }
 
+    /// Generates after `prompt` with a workspace sized for it; returns the new tokens.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -134,15 +115,15 @@ impl Model {
     ) -> Result<Vec<u32>> {
         let total = prompt.len() + opts.max_new_tokens;
         let mut ws = Workspace::new(self.spec.workspace_elems(1, prompt.len(), total));
-        self.spec.generate(self.weights.as_slice(), prompt, opts, &mut ws, on_token)
+        Ok(self.spec.generate(&self.resident(), prompt, opts, &mut ws, on_token)?.tokens)
     }
 }
 
 impl ModelSpec {
     pub fn summary(&self) -> ModelSummary {
         ModelSummary {
-            model_type: self.config.model_type(),
-            config: self.config.clone(),
+            model_type: self.arch.model_type(),
+            config: self.arch.config(),
             weight_bytes: self.layout.total_bytes(),
             tensors: self.layout.tensors.len(),
             layers: self
@@ -153,19 +134,24 @@ impl ModelSpec {
                 .collect(),
             outputs: self.outputs().iter().map(|o| o.name()).collect(),
             has_tokenizer: self.tokenizer.is_some(),
-            max_input_tokens: self.tokenizer.as_ref().map_or(self.config.max_positions(), |t| t.max_len()),
+            max_input_tokens: self.tokenizer.as_ref().map_or(self.arch.max_positions(), |t| t.max_len()),
         }
     }
 
-    /// Outputs this model produces, the default first.
+    /// The tensors it takes and produces, as the architecture has them.
+    pub fn io(&self) -> &IoSpec {
+        self.arch.io()
+    }
+
+    /// Outputs this model produces, the default first: the pooled sentence embedding first
+    /// when the package has pooling settings.
     pub fn outputs(&self) -> Vec<OutputKind> {
-        match (&self.family, &self.pooling) {
-            (Family::Bert(_), Some(_)) => {
-                vec![OutputKind::SentenceEmbedding, OutputKind::LastHiddenState]
-            }
-            (Family::Bert(_), None) => vec![OutputKind::LastHiddenState],
-            (Family::Gpt2(_), _) => vec![OutputKind::Logits],
+        let mut out = Vec::with_capacity(2);
+        if self.pooling.is_some() {
+            out.push(OutputKind::SentenceEmbedding);
         }
+        out.extend(&self.arch.io().outputs);
+        out
     }
 
     pub fn default_output(&self) -> OutputKind {
@@ -180,13 +166,23 @@ impl ModelSpec {
         })
     }
 
+    /// The width of each row of `kind` (for the KServe metadata's shapes).
+    pub fn output_width(&self, kind: OutputKind) -> usize {
+        let h = self.arch.hidden_size();
+        match kind {
+            OutputKind::SentenceEmbedding => self.pooling.as_ref().map_or(h, |p| p.output_dim(h)),
+            OutputKind::Logits => self.arch.vocab_size(),
+            OutputKind::LastHiddenState => h,
+        }
+    }
+
     /// Tokenizes texts with the package's tokenizer.
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         let t = self.tokenizer.as_ref().ok_or(EngineError::NoTokenizer)?;
         t.encode(texts)
     }
 
-    fn check_weights<W: Weights + ?Sized>(&self, weights: &W) -> Result<()> {
+    fn check_weights(&self, weights: &dyn WeightSource) -> Result<()> {
         if weights.len() != self.layout.total_elems {
             return Err(EngineError::WeightsSizeMismatch { expected: self.layout.total_elems, found: weights.len() });
         }
@@ -194,45 +190,33 @@ impl ModelSpec {
     }
 
     fn validate_batch(&self, batch: &TokenBatch) -> Result<()> {
-        let type_vocab = match &self.config {
-            ModelConfig::Bert(c) => c.type_vocab_size,
-            ModelConfig::Gpt2(_) => 1,
-        };
-        batch.validate(self.config.vocab_size(), type_vocab, self.config.max_positions())
+        batch.validate(self.arch.vocab_size(), self.arch.type_vocab_size(), self.arch.max_positions())
     }
 
     /// Workspace floats that always suffice for `batch` sequences of up to `seq` new tokens
-    /// attending to up to `kv` positions (`kv` = `seq` outside generation).
+    /// attending to up to `kv` positions (`kv` = `seq` outside generation): what the programs
+    /// for a full batch of that shape use.
     pub fn workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
-        let n = batch * seq;
-        let (h, heads) = match &self.config {
-            ModelConfig::Bert(c) => (c.hidden_size, c.num_attention_heads),
-            ModelConfig::Gpt2(c) => (c.n_embd, c.n_head),
+        let full = TokenBatch {
+            batch,
+            seq,
+            ids: vec![0; batch * seq],
+            mask: vec![true; batch * seq],
+            type_ids: vec![0; batch * seq],
         };
-        let attention = batch * heads * (seq * kv + seq * (h / heads));
-        match &self.config {
-            ModelConfig::Bert(c) => n * (6 * h + c.intermediate_size) + attention,
-            ModelConfig::Gpt2(c) => 2 * c.n_layer * batch * kv * h + n * (7 * h + c.n_inner) + attention,
+        let forward = self.arch.forward(&full).work_elems;
+        match self.arch.as_decoder() {
+            Some(d) if kv > seq => forward.max(d.step(&full.ids, 0, kv).work_elems),
+            _ => forward,
         }
     }
 
-    /// Values the request's outputs hold (and, for BERT, the padded hidden states it always
-    /// builds): what answering it costs in host memory outside the workspace.
+    /// Values the request's outputs hold, with the main output they are made from: what
+    /// answering it costs in host memory outside the workspace.
     pub fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
-        let (b, s, h) = (batch.batch, batch.seq, self.config.hidden_size());
-        let hidden = match self.family {
-            Family::Bert(_) => b * s * h,
-            Family::Gpt2(_) => 0,
-        };
-        hidden
-            + outputs
-                .iter()
-                .map(|o| match o {
-                    OutputKind::SentenceEmbedding => b * self.pooling.as_ref().map_or(h, |p| p.output_dim(h)),
-                    OutputKind::LastHiddenState => b * s * h,
-                    OutputKind::Logits => b * s * self.config.vocab_size(),
-                })
-                .sum::<usize>()
+        let pooled = outputs.iter().filter(|&&o| o == OutputKind::SentenceEmbedding).count();
+        let copies = (outputs.len() - pooled).max(1);
+        copies * self.arch.output_elems(batch) + pooled * batch.batch * self.output_width(OutputKind::SentenceEmbedding)
     }
 
     /// Checks a request before it is queued: the outputs exist and the batch fits the model.
@@ -247,180 +231,105 @@ impl ModelSpec {
     /// Checks a generation request before it is queued: a decoder, valid prompt ids, room for
     /// the new tokens, valid sampling settings. Returns the prompt as a batch of one.
     pub fn check_generation(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<TokenBatch> {
-        let ModelConfig::Gpt2(c) = &self.config else {
+        if self.arch.as_decoder().is_none() {
             return Err(EngineError::BadInput(format!(
                 "generation needs a decoder model; this package is {}",
-                self.config.model_type()
+                self.arch.model_type()
             )));
-        };
+        }
         let batch = TokenBatch::from_sequences(&[prompt.to_vec()])?;
         self.validate_batch(&batch)?;
         let total = prompt.len() + opts.max_new_tokens;
-        if total > c.n_positions {
+        let positions = self.arch.max_positions();
+        if total > positions {
             return Err(EngineError::BadInput(format!(
-                "prompt of {} tokens plus {} new tokens exceeds the model's {} positions",
+                "prompt of {} tokens plus {} new tokens exceeds the model's {positions} positions",
                 prompt.len(),
                 opts.max_new_tokens,
-                c.n_positions
             )));
         }
         opts.sampling.validate()?;
         Ok(batch)
     }
 
-    /// Runs one batch against `weights` (any copy of the packed buffer) and returns the asked
-    /// outputs in order.
-    pub fn infer<W: Weights + ?Sized>(
+    /// The forward pass of a checked batch as a device program whose output feeds
+    /// [`Self::outputs_of`].
+    pub fn forward_program(&self, batch: &TokenBatch) -> Program {
+        self.arch.forward(batch)
+    }
+
+    /// Runs one batch against `weights` (any copy of the packed buffer, as it arrives) on the
+    /// CPU and returns the asked outputs in order.
+    pub fn infer(
         &self,
-        weights: &W,
+        weights: &dyn WeightSource,
         batch: &TokenBatch,
         outputs: &[OutputKind],
         ws: &mut Workspace,
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
         self.check_request(batch, outputs)?;
-        let (b, s) = (batch.batch, batch.seq);
-        match (&self.config, &self.family) {
-            (ModelConfig::Bert(c), Family::Bert(wt)) => {
-                let hidden = bert::forward(c, wt, weights, batch, &mut ws.arena())?;
-                Ok(self.outputs_of(batch, outputs, hidden))
-            }
-            (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => {
-                let mut arena = ws.arena();
-                let mut cache = KvCache::new(c, b, s, &mut arena)?;
-                let hidden = gpt2::forward(c, wt, weights, &mut cache, &batch.ids, &batch.mask, &mut arena)?;
-                Ok(self.outputs_of(batch, outputs, gpt2::logits(c, wt, weights, &hidden, b * s)))
-            }
-            _ => unreachable!("family is derived from the config"),
-        }
+        let program = self.forward_program(batch);
+        let data = exec::run(&program, weights, &self.layout.layers, ws.elems())?;
+        Ok(self.outputs_of(batch, outputs, data))
     }
 
-    /// The asked outputs from what a forward pass produced: BERT's padded hidden states
-    /// `[batch·seq, hidden]` (pooled here when asked) or GPT-2's logits `[batch·seq, vocab]`.
+    /// The asked outputs from what a forward program produced: the architecture's main output
+    /// over the padded batch, and the sentence embedding pooled from it when asked.
     pub fn outputs_of(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<OutputTensor> {
-        let (b, s) = (batch.batch, batch.seq);
-        let h = self.config.hidden_size();
-        match &self.family {
-            Family::Bert(_) => outputs
-                .iter()
-                .map(|&kind| match kind {
-                    OutputKind::SentenceEmbedding => {
-                        let pooling = self.pooling.as_ref().expect("listed only with pooling");
-                        let pooled = pooling.apply(&data, &batch.mask, b, s, h);
-                        OutputTensor::fp32(kind, vec![b, pooling.output_dim(h)], pooled)
-                    }
-                    _ => OutputTensor::fp32(kind, vec![b, s, h], data.clone()),
-                })
-                .collect(),
-            Family::Gpt2(_) => {
-                vec![OutputTensor::fp32(OutputKind::Logits, vec![b, s, self.config.vocab_size()], data)]
+        let (kind, shape, data) = self.arch.assemble(batch, data);
+        let pooled = match &self.pooling {
+            Some(pooling) if outputs.contains(&OutputKind::SentenceEmbedding) => {
+                let (b, s, h) = (batch.batch, batch.seq, shape[2]);
+                let values = pooling.apply(&data, &batch.mask, b, s, h);
+                Some(OutputTensor::fp32(OutputKind::SentenceEmbedding, vec![b, pooling.output_dim(h)], values))
             }
-        }
+            _ => None,
+        };
+        // The main output is moved into its last use, copied into any before it.
+        let mut left = outputs.iter().filter(|&&o| o != OutputKind::SentenceEmbedding).count();
+        let mut data = Some(data);
+        outputs
+            .iter()
+            .map(|&want| {
+                if want == OutputKind::SentenceEmbedding {
+                    return pooled.clone().expect("listed only with pooling");
+                }
+                debug_assert_eq!(want, kind, "checked against the outputs");
+                left -= 1;
+                let values = if left == 0 { data.take() } else { data.clone() };
+                OutputTensor::fp32(kind, shape.clone(), values.expect("used once last"))
+            })
+            .collect()
     }
 
-    /// The forward pass of a checked batch as a device program whose output feeds
-    /// [`Self::outputs_of`].
-    pub fn forward_program(&self, batch: &TokenBatch) -> Program {
-        match (&self.config, &self.family) {
-            (ModelConfig::Bert(c), Family::Bert(wt)) => program::bert_forward(c, wt, batch),
-            (ModelConfig::Gpt2(c), Family::Gpt2(wt)) => program::gpt2_forward(
-                c,
-                wt,
-                &Gpt2Pass {
-                    batch: batch.batch,
-                    ids: &batch.ids,
-                    start: 0,
-                    capacity: batch.seq,
-                    key_mask: &batch.mask,
-                    logits: LogitRows::All,
-                },
-            ),
-            _ => unreachable!("family is derived from the config"),
-        }
-    }
-
-    /// [`Self::generate`] on a device that runs programs: `run` executes one program and
-    /// returns its output (the last position's logits). The KV cache stays in the device's
-    /// workspace between calls, where every program of this generation places it.
+    /// Generates on any device that runs programs: `run` executes one program and returns its
+    /// output (the last position's logits). The KV cache stays in the device's workspace
+    /// between calls, where every program of this generation places it.
     pub fn generate_with(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> bool,
         run: &mut dyn FnMut(&Program) -> Result<Vec<f32>>,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<Decoded> {
         self.check_generation(prompt, opts)?;
-        let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
-            unreachable!("check_generation accepts decoders only")
-        };
-        if opts.max_new_tokens == 0 {
-            return Ok(Vec::new());
-        }
-        let cap = prompt.len() + opts.max_new_tokens;
-        let mask = vec![true; cap];
-        let mut start = 0;
-        decode(c, opts, on_token, &mut |token| {
-            let step = token.map(|t| [t]);
-            let ids: &[u32] = step.as_ref().map_or(prompt, |s| s.as_slice());
-            let pass = Gpt2Pass { batch: 1, ids, start, capacity: cap, key_mask: &mask, logits: LogitRows::Last };
-            start += ids.len();
-            run(&program::gpt2_forward(c, wt, &pass))
-        })
+        let decoder = self.arch.as_decoder().expect("check_generation accepts decoders only");
+        generate::generate(decoder, prompt, opts, on_token, run)
     }
 
-    /// Generates up to `max_new_tokens` after `prompt` with a KV cache. `on_token` sees each
-    /// new token as soon as it exists and returns false to stop early (a client that left).
-    /// Returns the new tokens only.
-    pub fn generate<W: Weights + ?Sized>(
+    /// [`Self::generate_with`] on the CPU, against `weights` as they arrive.
+    pub fn generate(
         &self,
-        weights: &W,
+        weights: &dyn WeightSource,
         prompt: &[u32],
         opts: &GenerateOptions,
         ws: &mut Workspace,
         on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<Decoded> {
         self.check_weights(weights)?;
-        let batch = self.check_generation(prompt, opts)?;
-        let (ModelConfig::Gpt2(c), Family::Gpt2(wt)) = (&self.config, &self.family) else {
-            unreachable!("check_generation accepts decoders only")
-        };
-        if opts.max_new_tokens == 0 {
-            return Ok(Vec::new());
-        }
-        let total = prompt.len() + opts.max_new_tokens;
-        let mut arena = ws.arena();
-        let mut cache = KvCache::new(c, 1, total, &mut arena)?;
-        let e = c.n_embd;
-        decode(c, opts, on_token, &mut |token| {
-            let hidden = match token {
-                None => arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, prompt, &batch.mask, step))?,
-                Some(t) => arena.scoped(|step| gpt2::forward(c, wt, weights, &mut cache, &[t], &[true], step))?,
-            };
-            Ok(gpt2::logits(c, wt, weights, &hidden[hidden.len() - e..], 1))
-        })
-    }
-}
-
-/// The sampling loop of both generation paths: `logits(None)` runs the prompt and returns the
-/// last position's logits, `logits(Some(t))` feeds token `t` and returns the next position's.
-fn decode(
-    c: &crate::engine::Gpt2Config,
-    opts: &GenerateOptions,
-    on_token: &mut dyn FnMut(u32) -> bool,
-    logits: &mut dyn FnMut(Option<u32>) -> Result<Vec<f32>>,
-) -> Result<Vec<u32>> {
-    let mut sampler = Sampler::new(opts.sampling.clone())?;
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
-    let mut fed = None;
-    loop {
-        let token = sampler.next(&logits(fed)?);
-        out.push(token);
-        let keep_going = on_token(token);
-        let eos = opts.stop_at_eos && Some(token) == c.eos_token_id;
-        if !keep_going || eos || out.len() == opts.max_new_tokens {
-            return Ok(out);
-        }
-        fed = Some(token);
+        let layers = &self.layout.layers;
+        self.generate_with(prompt, opts, on_token, &mut |p| exec::run(p, weights, layers, ws.elems()))
     }
 }
 
@@ -432,14 +341,8 @@ mod tests {
     fn masks_that_hide_keys_give_finite_outputs() {
         let gpt2 = Model::load(&crate::engine::fixture("tiny_gpt2")).unwrap();
         // Left padding, the usual way to batch prompts of different lengths.
-        let batch = TokenBatch::from_tensors(
-            2,
-            3,
-            vec![0, 5, 6, 7, 8, 9],
-            Some(vec![false, true, true, true, true, true]),
-            None,
-        )
-        .unwrap();
+        let mask = Some(vec![false, true, true, true, true, true]);
+        let batch = TokenBatch::from_tensors(2, 3, vec![0, 5, 6, 7, 8, 9], mask, None).unwrap();
         let out = gpt2.infer(&batch, &[OutputKind::Logits]).unwrap();
         let bad = out[0].data.iter().filter(|x| !x.is_finite()).count();
         assert_eq!(bad, 0, "{bad} of {} logits are not finite", out[0].data.len());

@@ -1,34 +1,10 @@
-//! Where execution reads weights from. A resident model is one slice; a model being swapped in
-//! is a `StreamedWeights`, which hands out each layer's tensors as soon as that layer's bytes
-//! have arrived, so compute on early layers overlaps the copy of later ones.
+//! A model being swapped in, as programs read it: `StreamedWeights` hands out each layer once
+//! that layer's bytes have arrived (a program's `WaitLayer` blocks until then), so compute on
+//! early layers overlaps the copy of later ones. A resident model is `program::exec::Resident`.
 
 use std::sync::{Condvar, Mutex};
 
 use super::layout::{Span, WeightLayout};
-
-/// The packed buffer as execution sees it.
-pub trait Weights: Sync {
-    /// Elements in the buffer.
-    fn len(&self) -> usize;
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The elements of `span`, which lies inside one layer.
-    fn get(&self, span: Span) -> &[f32];
-}
-
-impl Weights for [f32] {
-    fn len(&self) -> usize {
-        <[f32]>::len(self)
-    }
-
-    #[inline]
-    fn get(&self, span: Span) -> &[f32] {
-        &self[span.offset..span.end()]
-    }
-}
 
 /// A buffer arriving layer by layer. The copier calls `deliver` for each layer (in any order);
 /// readers of a layer's tensors wait until it has been delivered.
@@ -56,25 +32,18 @@ impl<'a> StreamedWeights<'a> {
         arrived[layer] = Some(data);
         self.cond.notify_all();
     }
-
-    fn layer_of(&self, offset: usize) -> usize {
-        self.layers.partition_point(|l| l.end() <= offset)
-    }
 }
 
-impl Weights for StreamedWeights<'_> {
+impl super::program::exec::WeightSource for StreamedWeights<'_> {
     fn len(&self) -> usize {
         self.total
     }
 
-    fn get(&self, span: Span) -> &[f32] {
-        let i = self.layer_of(span.offset);
-        let layer = self.layers[i];
-        assert!(span.end() <= layer.end(), "tensor {span:?} crosses layer {i}");
+    fn layer(&self, l: usize) -> &[f32] {
         let mut arrived = self.arrived.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(data) = arrived[i] {
-                return &data[span.offset - layer.offset..span.end() - layer.offset];
+            if let Some(data) = arrived[l] {
+                return data;
             }
             arrived = self.cond.wait(arrived).unwrap_or_else(|e| e.into_inner());
         }
@@ -85,6 +54,7 @@ impl Weights for StreamedWeights<'_> {
 mod tests {
     use super::*;
     use crate::engine::layout::PlannedTensor;
+    use crate::engine::program::exec::WeightSource;
 
     #[test]
     fn readers_wait_for_their_layer() {
@@ -93,9 +63,9 @@ mod tests {
         let src: Vec<f32> = (0..128).map(|i| i as f32).collect();
         let streamed = StreamedWeights::new(&layout);
         let value = std::thread::scope(|s| {
-            let reader = s.spawn(|| streamed.get(layout.span("b"))[0]);
+            let reader = s.spawn(|| streamed.layer(1)[0]);
             streamed.deliver(0, &src[..64]);
-            assert_eq!(streamed.get(layout.span("a"))[3], 3.0);
+            assert_eq!(streamed.layer(0)[3], 3.0);
             assert!(!reader.is_finished(), "layer 1 is not there yet");
             streamed.deliver(1, &src[64..]);
             reader.join().unwrap()

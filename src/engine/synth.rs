@@ -11,11 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
 
-use super::bert;
-use super::config::ModelConfig;
 use super::error::{EngineError, Result};
-use super::gpt2;
-use super::layout::PlannedTensor;
+use super::layout::{Init, PlannedTensor};
 
 /// Stored element type of a synthetic package (the engine converts F16/BF16 to F32 at load).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,106 +39,16 @@ impl SynthDtype {
     }
 }
 
-/// A named preset: the `config.json` it writes.
+/// A named preset: the `config.json` it writes (each family lists its own).
 pub struct Preset {
     pub name: &'static str,
     pub description: &'static str,
-    config: fn() -> Value,
+    pub config: fn() -> Value,
 }
 
-fn bert_config(layers: usize, hidden: usize, heads: usize, inter: usize) -> Value {
-    json!({
-        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522,
-        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "intermediate_size": inter, "max_position_embeddings": 512, "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0
-    })
-}
-
-fn gpt2_config(layers: usize, hidden: usize, heads: usize) -> Value {
-    json!({
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 50257,
-        "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_inner": null,
-        "n_positions": 1024, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
-        "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": true
-    })
-}
-
-/// Models small enough that hundreds fit a test: a 1,024-token vocabulary, 64 positions.
-fn nano(mut config: Value) -> Value {
-    config["vocab_size"] = json!(1024);
-    match config["model_type"].as_str() {
-        Some("bert") => config["max_position_embeddings"] = json!(64),
-        _ => {
-            config["n_positions"] = json!(64);
-            config["bos_token_id"] = json!(1023);
-            config["eos_token_id"] = json!(1023);
-        }
-    }
-    config
-}
-
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "bert-nano",
-        description: "BERT 2 layers, hidden 32, vocabulary 1024 (0.06M; for tests)",
-        config: || nano(bert_config(2, 32, 2, 64)),
-    },
-    Preset {
-        name: "gpt2-nano",
-        description: "GPT-2 2 layers, hidden 32, vocabulary 1024 (0.06M; for tests)",
-        config: || nano(gpt2_config(2, 32, 2)),
-    },
-    Preset {
-        name: "bert-tiny",
-        description: "BERT 2 layers, hidden 128 (4.4M parameters)",
-        config: || bert_config(2, 128, 2, 512),
-    },
-    Preset {
-        name: "bert-mini",
-        description: "BERT 4 layers, hidden 256 (11M)",
-        config: || bert_config(4, 256, 4, 1024),
-    },
-    Preset {
-        name: "minilm-l6",
-        description: "MiniLM-L6 shape, 6 layers, hidden 384 (22M)",
-        config: || bert_config(6, 384, 12, 1536),
-    },
-    Preset {
-        name: "bert-base",
-        description: "BERT-base, 12 layers, hidden 768 (109M)",
-        config: || bert_config(12, 768, 12, 3072),
-    },
-    Preset {
-        name: "bert-large",
-        description: "BERT-large, 24 layers, hidden 1024 (335M)",
-        config: || bert_config(24, 1024, 16, 4096),
-    },
-    Preset { name: "gpt2-tiny", description: "GPT-2 2 layers, hidden 128 (7M)", config: || gpt2_config(2, 128, 2) },
-    Preset {
-        name: "gpt2",
-        description: "GPT-2 small, 12 layers, hidden 768 (124M)",
-        config: || gpt2_config(12, 768, 12),
-    },
-    Preset {
-        name: "gpt2-medium",
-        description: "GPT-2 medium, 24 layers, hidden 1024 (355M)",
-        config: || gpt2_config(24, 1024, 16),
-    },
-    Preset {
-        name: "gpt2-large",
-        description: "GPT-2 large, 36 layers, hidden 1280 (774M)",
-        config: || gpt2_config(36, 1280, 20),
-    },
-    Preset {
-        name: "gpt2-xl",
-        description: "GPT-2 XL, 48 layers, hidden 1600 (1.56B)",
-        config: || gpt2_config(48, 1600, 25),
-    },
-];
-
+/// A preset by name, from any family (`registry::presets`).
 pub fn preset(name: &str) -> Option<&'static Preset> {
-    PRESETS.iter().find(|p| p.name == name)
+    super::registry::presets().find(|p| p.name == name)
 }
 
 /// What `write_package` wrote.
@@ -165,11 +72,8 @@ pub fn write_package(
 ) -> Result<SynthReport> {
     let config_value = (preset.config)();
     let config_path = out.join("config.json");
-    let config = ModelConfig::from_json(&config_path, &config_value)?;
-    let (plan, prefix) = match &config {
-        ModelConfig::Bert(c) => (bert::plan(c).0, ""),
-        ModelConfig::Gpt2(c) => (gpt2::plan(c).0, "transformer."),
-    };
+    let (family, loaded) = super::registry::load(&config_path, &config_value)?;
+    let (plan, prefix) = (loaded.plan, family.prefixes[0]);
     // The tensors as a Hugging Face file holds them (before the engine fuses or transposes).
     let tensors: Vec<(String, Vec<usize>)> = plan.iter().flat_map(PlannedTensor::file_parts).collect();
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
@@ -192,7 +96,7 @@ pub fn write_package(
     let mut chunk = Vec::with_capacity(1 << 20);
     for (i, t) in plan.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let is_gain = t.name.ends_with("LayerNorm.weight") || (t.name.contains("ln_") && t.name.ends_with(".weight"));
+        let is_gain = t.init == Init::Gain;
         let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
         let mut left = t.numel();
         while left > 0 {

@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
-use crate::engine::{EngineError, ModelSpec, OutputTensor, StreamedWeights, Weights, Workspace};
+use crate::engine::program::exec::{Resident, WeightSource};
+use crate::engine::{EngineError, ModelSpec, OutputTensor, StreamedWeights, Workspace};
 
 /// Copy granularity: progress is published per layer, throttling is applied per chunk.
 const CHUNK_ELEMS: usize = (4 << 20) / 4;
@@ -45,7 +46,8 @@ impl Device for CpuDevice {
         let dst = &mut self.pool[start..start + host.len()];
         let t0 = Instant::now();
         if job.swap.is_none() {
-            let (outputs, generated) = run_task(spec, &dst[..], job, &mut self.workspace)?;
+            let resident = Resident { weights: &dst[..], layers: &spec.layout.layers };
+            let (outputs, generated) = run_task(spec, &resident, job, &mut self.workspace)?;
             return Ok(JobResult { outputs, generated, exec_ms: ms(t0.elapsed()), ..JobResult::default() });
         }
         // Split the destination into one slice per layer (layers tile the buffer), hand them
@@ -109,9 +111,9 @@ impl CpuDevice {
 }
 
 /// A forward pass, or a generation, against `weights`.
-fn run_task<W: Weights + ?Sized>(
+fn run_task(
     spec: &ModelSpec,
-    weights: &W,
+    weights: &dyn WeightSource,
     job: &Job,
     ws: &mut Workspace,
 ) -> Result<(Vec<OutputTensor>, Option<Generated>), EngineError> {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::engine::{GenerateOptions, ModelSpec, Result};
+use crate::engine::{Decoded, Ended, GenerateOptions, ModelSpec, Result};
 
 /// One new token, as the WebSocket sends it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,22 +62,18 @@ impl Generation {
         self.cancel.load(Ordering::Acquire) || self.tokens.is_closed()
     }
 
-    /// Runs a generation: `generate` is the engine's generate bound to the device's weights
-    /// and workspace; it calls back once per token.
+    /// Runs a generation: `generate` is the engine's decode loop bound to the device's
+    /// weights and workspace; it calls back once per token.
     pub fn run(
         &self,
         spec: &ModelSpec,
-        generate: impl FnOnce(&mut dyn FnMut(u32) -> bool) -> Result<Vec<u32>>,
+        generate: impl FnOnce(&mut dyn FnMut(u32) -> bool) -> Result<Decoded>,
     ) -> Result<Generated> {
         let mut text = TextTracker::default();
         let mut first_token_ms = None;
         let mut finish = None;
-        let eos = match &spec.config {
-            crate::engine::ModelConfig::Gpt2(c) if self.options.stop_at_eos => c.eos_token_id,
-            _ => None,
-        };
         let mut count = 0;
-        let token_ids = generate(&mut |id| {
+        let decoded = generate(&mut |id| {
             first_token_ms.get_or_insert_with(|| self.received.elapsed().as_secs_f64() * 1e3);
             let piece = spec.tokenizer.as_ref().map(|t| text.push(t, id));
             let stopped = self.stop.iter().any(|s| text.text.contains(s.as_str()));
@@ -93,11 +89,11 @@ impl Generation {
             }
             true
         })?;
-        let finish_reason = finish.unwrap_or(match token_ids.last() {
-            Some(&last) if Some(last) == eos => FinishReason::Eos,
-            _ => FinishReason::Length,
+        let finish_reason = finish.unwrap_or(match decoded.ended {
+            Ended::Eos => FinishReason::Eos,
+            Ended::Length | Ended::Stopped => FinishReason::Length,
         });
-        Ok(Generated { token_ids, first_token_ms: first_token_ms.unwrap_or(0.0), finish_reason })
+        Ok(Generated { token_ids: decoded.tokens, first_token_ms: first_token_ms.unwrap_or(0.0), finish_reason })
     }
 }
 

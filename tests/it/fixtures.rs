@@ -5,9 +5,9 @@
 
 use std::sync::Mutex;
 
+use faaswap::engine::program::exec::{Resident, WeightSource};
 use faaswap::engine::{
-    EngineError, GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Weights,
-    Workspace,
+    EngineError, GenerateOptions, Model, OutputKind, SamplingParams, Span, StreamedWeights, TokenBatch, Workspace,
 };
 
 use crate::common::*;
@@ -162,27 +162,29 @@ fn a_copy_of_the_packed_buffer_is_a_complete_model() {
     let batch = TokenBatch::from_sequences(&[vec![1, 2, 3, 4]]).unwrap();
     let original = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
     let mut ws = Workspace::new(model.spec.workspace_elems(1, 4, 4));
-    let from_copy = model.spec.infer(copy.as_slice(), &batch, &[OutputKind::LastHiddenState], &mut ws).unwrap();
+    let layout = &model.spec.layout;
+    let from_copy =
+        model.spec.infer(&Resident::new(&copy, layout), &batch, &[OutputKind::LastHiddenState], &mut ws).unwrap();
     assert_eq!(original, from_copy);
-    assert!(model.spec.infer(&copy[1..], &batch, &[OutputKind::LastHiddenState], &mut ws).is_err());
+    let short = Resident::new(&copy[1..], layout);
+    assert!(model.spec.infer(&short, &batch, &[OutputKind::LastHiddenState], &mut ws).is_err());
 }
 
-/// Records, for each read, which layer of the layout it falls in.
+/// Records, for each layer execution asks for, which layer of the layout it is.
 struct Recorder<'a> {
     data: &'a [f32],
     layers: Vec<Span>,
     seen: Mutex<Vec<usize>>,
 }
 
-impl Weights for Recorder<'_> {
+impl WeightSource for Recorder<'_> {
     fn len(&self) -> usize {
         self.data.len()
     }
 
-    fn get(&self, span: Span) -> &[f32] {
-        let layer = self.layers.iter().position(|l| l.offset <= span.offset && span.end() <= l.end()).unwrap();
-        self.seen.lock().unwrap().push(layer);
-        &self.data[span.offset..span.end()]
+    fn layer(&self, l: usize) -> &[f32] {
+        self.seen.lock().unwrap().push(l);
+        &self.data[self.layers[l].offset..self.layers[l].end()]
     }
 }
 
@@ -273,12 +275,13 @@ fn a_workspace_too_small_for_the_request_is_an_error_not_an_allocation() {
     let batch = TokenBatch::from_sequences(&[vec![1; 100]]).unwrap();
     let need = model.spec.workspace_elems(1, 100, 100);
     let mut small = Workspace::new(need / 2);
-    let err = model.spec.infer(model.weights(), &batch, &[OutputKind::LastHiddenState], &mut small).unwrap_err();
+    let weights = model.resident();
+    let err = model.spec.infer(&weights, &batch, &[OutputKind::LastHiddenState], &mut small).unwrap_err();
     assert!(matches!(err, EngineError::WorkspaceTooSmall { .. }), "{err}");
     // The same workspace serves a smaller request; a large enough one serves the big one.
     let short = TokenBatch::from_sequences(&[vec![1; 10]]).unwrap();
-    assert!(model.spec.infer(model.weights(), &short, &[OutputKind::LastHiddenState], &mut small).is_ok());
+    assert!(model.spec.infer(&weights, &short, &[OutputKind::LastHiddenState], &mut small).is_ok());
     let mut enough = Workspace::new(need);
-    let out = model.spec.infer(model.weights(), &batch, &[OutputKind::LastHiddenState], &mut enough).unwrap();
+    let out = model.spec.infer(&weights, &batch, &[OutputKind::LastHiddenState], &mut enough).unwrap();
     assert_eq!(out, model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap());
 }

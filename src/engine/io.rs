@@ -1,6 +1,67 @@
-//! Output tensors in the KServe v2 response shape.
+//! What goes in and comes out of a model: the input kinds a request carries (token ids, texts,
+//! or named tensors, as an image is), the description of a model's inputs and outputs
+//! (`IoSpec`, what the KServe metadata lists), and output tensors in the response shape.
 
 use serde::{Deserialize, Serialize};
+
+use super::batch::TokenBatch;
+
+/// The inputs of one request, as the API decoded them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inputs {
+    /// Texts, one sequence each (needs the package's tokenizer).
+    Texts(Vec<String>),
+    /// Token ids with their mask and types.
+    Tokens(TokenBatch),
+    /// Named tensors (an image as `pixel_values`): for models that take tensors, not tokens.
+    Tensors(Vec<InputTensor>),
+}
+
+impl Inputs {
+    /// Rows of the batch (sequences or the tensors' first dimension).
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Tokens(b) => b.batch,
+            Self::Tensors(t) => t.first().and_then(|t| t.shape.first().copied()).unwrap_or(0),
+        }
+    }
+}
+
+/// One named input tensor, flat and row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// One input a model takes, as the KServe metadata lists it (`-1`: any size).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// A model's inputs and outputs (the default output first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IoSpec {
+    pub inputs: Vec<InputSpec>,
+    pub outputs: Vec<OutputKind>,
+}
+
+impl IoSpec {
+    /// Token-id inputs: `input_ids`, `attention_mask`, and `token_type_ids` when it takes them.
+    pub fn tokens(token_types: bool, outputs: Vec<OutputKind>) -> Self {
+        let ids = |name| InputSpec { name, datatype: "INT64", shape: vec![-1, -1] };
+        let mut inputs = vec![ids("input_ids"), ids("attention_mask")];
+        if token_types {
+            inputs.push(ids("token_type_ids"));
+        }
+        Self { inputs, outputs }
+    }
+}
 
 /// What a model can produce, named as Hugging Face names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,117 @@
+//! Scaled dot-product attention of one sequence, as two strided-batched GEMMs around a softmax.
+
+use crate::engine::program::{Gemm, Op, Ptr};
+
+/// Where one sequence's queries, keys and values are, and how they are laid out.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+}
+
+/// Attention of one sequence's queries over its keys for every head. Queries are rows of `q`
+/// (stride `q_ld`), keys and values rows of `k`/`v` (stride `kv_ld`); head `h` starts `h·d` into
+/// a query row and `h·kv_head_stride` into the keys and values. `mask` (`u32` words, one per
+/// key) hides keys, `causal` the future; writes `out[row][h·d..]` with row stride `out_ld`.
+/// `scores` is scratch for `heads·q_len·kv_len` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    ops: &mut Vec<Op>,
+    (q, q_ld): (usize, usize),
+    (k, v, kv_ld, kv_head_stride): (usize, usize, usize, usize),
+    shape: Heads,
+    scores: usize,
+    mask: Option<usize>,
+    causal: bool,
+    (out, out_ld): (usize, usize),
+) {
+    let Heads { heads, head_dim: d, q_len, kv_len } = shape;
+    // Scoresᵀ[kv, q] = Kᵀ[d, kv]ᵀ · Qᵀ[d, q], scaled.
+    ops.push(Op::Gemm(Gemm {
+        trans_a: true,
+        trans_b: false,
+        m: kv_len,
+        n: q_len,
+        k: d,
+        alpha: 1.0 / (d as f32).sqrt(),
+        a: Ptr::A(k),
+        lda: kv_ld,
+        stride_a: kv_head_stride,
+        b: Ptr::A(q),
+        ldb: q_ld,
+        stride_b: d,
+        beta: 0.0,
+        c: scores,
+        ldc: kv_len,
+        stride_c: q_len * kv_len,
+        batch: heads,
+    }));
+    ops.push(Op::Softmax { scores, heads, q_len, kv_len, mask, causal });
+    // Outᵀ[d, q] = Vᵀ[d, kv] · Pᵀ[kv, q].
+    ops.push(Op::Gemm(Gemm {
+        trans_a: false,
+        trans_b: false,
+        m: d,
+        n: q_len,
+        k: kv_len,
+        alpha: 1.0,
+        a: Ptr::A(v),
+        lda: kv_ld,
+        stride_a: kv_head_stride,
+        b: Ptr::A(scores),
+        ldb: kv_len,
+        stride_b: q_len * kv_len,
+        beta: 0.0,
+        c: out,
+        ldc: out_ld,
+        stride_c: d,
+        batch: heads,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::layout::WeightLayout;
+    use crate::engine::program::exec::{self, Resident};
+    use crate::engine::program::Program;
+
+    /// One sequence, one head of width 2, two queries; rows hold [q, k, v] side by side.
+    fn run(qkv: [f32; 12], mask: Option<[u32; 2]>, causal: bool) -> Vec<f32> {
+        let (x, m, scores, out) = (0, 64, 128, 192);
+        let mut ops = Vec::new();
+        let shape = Heads { heads: 1, head_dim: 2, q_len: 2, kv_len: 2 };
+        attention(&mut ops, (x, 6), (x + 2, x + 4, 6, 2), shape, scores, mask.map(|_| m), causal, (out, 2));
+        let mut inputs = vec![(x, qkv.iter().map(|v| v.to_bits()).collect())];
+        inputs.extend(mask.map(|words| (m, words.to_vec())));
+        let program = Program { ops, work_elems: 256, inputs, output: (out, 4) };
+        let layout = WeightLayout::build(&[], &[]);
+        exec::run(&program, &Resident::new(&[], &layout), &[], &mut [0.0; 256]).unwrap()
+    }
+
+    #[test]
+    fn attention_with_one_key_copies_its_value() {
+        // Key 1 is masked out, so every query must return v0.
+        #[rustfmt::skip]
+        let qkv = [
+            1.0, 0.0, 0.3, 0.1, 7.0, -2.0,
+            0.0, 1.0, 5.0, 5.0, 1.0, 1.0,
+        ];
+        assert_eq!(run(qkv, Some([1, 0]), false), vec![7.0, -2.0, 7.0, -2.0]);
+    }
+
+    #[test]
+    fn causal_attention_hides_later_keys() {
+        // The first query may only see key 0, so it returns v0 whatever key 1 scores.
+        #[rustfmt::skip]
+        let qkv = [
+            1.0, 0.0, 0.0, 1.0, 3.0, 4.0,
+            0.0, 1.0, 9.0, 9.0, -1.0, 2.0,
+        ];
+        let out = run(qkv, None, true);
+        assert_eq!(&out[..2], &[3.0, 4.0]);
+        assert!(out[2] < 3.0, "second query mixes in v1");
+    }
+}

@@ -1,0 +1,352 @@
+//! Runs a [`Program`] on the CPU: every order with the semantics the CUDA back end gives it
+//! (column-major cuBLAS GEMMs, the kernels' rules for masks and padding), over the model's
+//! packed weights and a workspace reserved once. This is how the `cpu` device and the command
+//! line run every family, so the programs the GPU runs are the ones CI checks against the
+//! reference fixtures. It enforces the swap-in contract: a weight read before its layer's
+//! `WaitLayer` panics, and `WaitLayer` blocks until the layer has arrived (`WeightSource`).
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{Act, Gemm, Op, Program, Ptr};
+use crate::engine::error::{EngineError, Result};
+use crate::engine::layout::LayerSpan;
+use crate::engine::matmul::{matmul, MatMut, MatRef, Threads};
+use crate::engine::ops;
+
+/// Where a program reads weights from: each layer's elements, once they are in place.
+pub trait WeightSource: Sync {
+    /// Elements of the whole packed buffer.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Layer `l`'s elements; blocks until the layer has arrived.
+    fn layer(&self, l: usize) -> &[f32];
+}
+
+/// A resident model: the whole packed buffer, split into its layers.
+pub struct Resident<'a> {
+    pub weights: &'a [f32],
+    pub layers: &'a [LayerSpan],
+}
+
+impl<'a> Resident<'a> {
+    pub fn new(weights: &'a [f32], layout: &'a crate::engine::WeightLayout) -> Self {
+        Self { weights, layers: &layout.layers }
+    }
+}
+
+impl WeightSource for Resident<'_> {
+    fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    fn layer(&self, l: usize) -> &[f32] {
+        let s = self.layers[l].span;
+        &self.weights[s.offset..s.end()]
+    }
+}
+
+/// Elementwise work below this many elements stays on the calling thread.
+const PARALLEL_ELEMS: usize = 1 << 15;
+
+/// Batched products below this many multiply-adds in all run one after another.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// Runs `program` on `weights` (laid out in `layers`) in `work`, which must hold at least
+/// `program.work_elems` elements, and returns the program's output.
+pub fn run(program: &Program, weights: &dyn WeightSource, layers: &[LayerSpan], work: &mut [f32]) -> Result<Vec<f32>> {
+    if work.len() < program.work_elems {
+        return Err(EngineError::WorkspaceTooSmall { needed: program.work_bytes(), available: work.len() as u64 * 4 });
+    }
+    let work = &mut work[..program.work_elems];
+    for (at, words) in &program.inputs {
+        for (slot, &w) in work[*at..*at + words.len()].iter_mut().zip(words) {
+            *slot = f32::from_bits(w);
+        }
+    }
+    let mut ex = Executor { source: weights, layers, arrived: vec![None; layers.len()], a: work };
+    for op in &program.ops {
+        ex.exec(op);
+    }
+    let (at, len) = program.output;
+    Ok(ex.a[at..at + len].to_vec())
+}
+
+struct Executor<'w, 'a> {
+    source: &'w dyn WeightSource,
+    layers: &'w [LayerSpan],
+    /// The layers waited for, as `WaitLayer` fetched them.
+    arrived: Vec<Option<&'w [f32]>>,
+    a: &'a mut [f32],
+}
+
+/// Splits `buf` into the mutable range `w` and shared views of `reads`, each of which lies
+/// wholly before or after `w` (`None` where a read is `w` itself: the caller reads the output).
+fn carve<'b, const N: usize>(
+    buf: &'b mut [f32],
+    w: Range<usize>,
+    reads: [Range<usize>; N],
+) -> (&'b mut [f32], [Option<&'b [f32]>; N]) {
+    let (lo, rest) = buf.split_at_mut(w.start);
+    let (mid, hi) = rest.split_at_mut(w.len());
+    let (lo, hi): (&'b [f32], &'b [f32]) = (lo, hi);
+    let views = reads.map(|r| {
+        if r == w {
+            None
+        } else if r.end <= w.start {
+            Some(&lo[r])
+        } else if r.start >= w.end {
+            Some(&hi[r.start - w.end..r.end - w.end])
+        } else {
+            panic!("workspace range {r:?} overlaps the output {w:?}")
+        }
+    });
+    (mid, views)
+}
+
+impl<'w> Executor<'w, '_> {
+    /// `len` weight elements from `offset`, which must lie in one layer already waited for.
+    fn w(&self, offset: usize, len: usize) -> &'w [f32] {
+        let l = self.layers.partition_point(|l| l.span.end() <= offset);
+        let span =
+            self.layers.get(l).map(|l| l.span).unwrap_or_else(|| panic!("weight offset {offset} is past the model"));
+        assert!(offset + len <= span.end(), "weights {offset}..{} cross layer {l}", offset + len);
+        let layer = self.arrived[l].unwrap_or_else(|| panic!("weights of layer {l} are read before its wait"));
+        &layer[offset - span.offset..offset - span.offset + len]
+    }
+
+    fn word(&self, i: usize) -> u32 {
+        self.a[i].to_bits()
+    }
+
+    fn exec(&mut self, op: &Op) {
+        match *op {
+            Op::WaitLayer(l) => self.arrived[l] = Some(self.source.layer(l)),
+            Op::Embed { ids, types, word, pos, token_type, rows, t, start, width, out } => {
+                let ids: Vec<usize> = (0..rows).map(|r| self.word(ids + r) as usize).collect();
+                let types: Option<Vec<usize>> = types.map(|ty| (0..rows).map(|r| self.word(ty + r) as usize).collect());
+                let max_id = ids.iter().copied().max().unwrap_or(0);
+                let word_table = self.w(word, (max_id + 1) * width);
+                let max_pos = start + rows.min(t).saturating_sub(1);
+                let pos_table = self.w(pos, (max_pos + 1) * width);
+                let tt_table = match (&types, token_type) {
+                    (Some(ty), Some(tt)) => Some(self.w(tt, (ty.iter().copied().max().unwrap_or(0) + 1) * width)),
+                    _ => None,
+                };
+                let o = &mut self.a[out..out + rows * width];
+                o.par_chunks_mut(width).enumerate().with_min_len(16).for_each(|(r, row)| {
+                    let (id, p) = (ids[r], start + r % t);
+                    let (wr, pr) = (&word_table[id * width..][..width], &pos_table[p * width..][..width]);
+                    for ((v, a), b) in row.iter_mut().zip(wr).zip(pr) {
+                        *v = a + b;
+                    }
+                    if let (Some(tt), Some(ty)) = (tt_table, &types) {
+                        for (v, c) in row.iter_mut().zip(&tt[ty[r] * width..][..width]) {
+                            *v += c;
+                        }
+                    }
+                });
+            }
+            Op::LayerNorm { x, bias, residual, gamma, beta, rows, width, eps, out } => {
+                let n = rows * width;
+                let (gamma, beta) = (self.w(gamma, width), self.w(beta, width));
+                let bias = bias.map(|b| self.w(b, width));
+                let [xr, rr] = [x..x + n, residual.map_or(0..0, |r| r..r + n)];
+                let (o, [xv, rv]) = carve(self.a, out..out + n, [xr, rr]);
+                let rv = residual.map(|_| rv);
+                let run = |r: usize, row: &mut [f32]| {
+                    // x + bias + residual, in that order (the CUDA kernel's), into the output
+                    // row, which may be the input or the residual.
+                    let xs = xv.map(|v| &v[r * width..][..width]);
+                    let rs = rv.map(|v| v.map(|v| &v[r * width..][..width]));
+                    match (xs, rs, bias) {
+                        (Some(xs), Some(None), Some(b)) => {
+                            row.iter_mut().zip(xs).zip(b).for_each(|((o, a), b)| *o = (a + b) + *o)
+                        }
+                        (Some(xs), Some(None), None) => row.iter_mut().zip(xs).for_each(|(o, a)| *o += a),
+                        _ => {
+                            if let Some(xs) = xs {
+                                row.copy_from_slice(xs);
+                            }
+                            if let Some(b) = bias {
+                                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                            }
+                            if let Some(Some(rs)) = rs {
+                                row.iter_mut().zip(rs).for_each(|(o, r)| *o += r);
+                            }
+                        }
+                    }
+                    ops::layer_norm(row, width, gamma, beta, eps);
+                };
+                if n >= PARALLEL_ELEMS {
+                    o.par_chunks_mut(width).enumerate().for_each(|(r, row)| run(r, row));
+                } else {
+                    o.chunks_mut(width).enumerate().for_each(|(r, row)| run(r, row));
+                }
+            }
+            Op::Gemm(g) => self.gemm(&g),
+            Op::BiasAct { x, bias, rows, width, act, residual, out } => {
+                let n = rows * width;
+                let bias = self.w(bias, width);
+                let [xr, rr] = [x..x + n, residual.map_or(0..0, |r| r..r + n)];
+                let (o, [xv, rv]) = carve(self.a, out..out + n, [xr, rr]);
+                let rv = residual.map(|_| rv);
+                let run = |r: usize, row: &mut [f32]| {
+                    if xv.is_none() && rv.is_none() {
+                        // In place, no residual: the common case (a dense layer's activation).
+                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                        activate(row, act);
+                        return;
+                    }
+                    // `scratch` holds act(x + bias) for one row, so the output may be the input
+                    // or the residual.
+                    let mut scratch = [0f32; 1024];
+                    for (c, chunk) in row.chunks_mut(scratch.len()).enumerate() {
+                        let at = r * width + c * scratch.len();
+                        let s = &mut scratch[..chunk.len()];
+                        match xv {
+                            Some(xs) => s.copy_from_slice(&xs[at..at + chunk.len()]),
+                            None => s.copy_from_slice(chunk),
+                        }
+                        s.iter_mut().zip(&bias[c * 1024..]).for_each(|(v, b)| *v += b);
+                        activate(s, act);
+                        match rv {
+                            Some(Some(res)) => {
+                                chunk.iter_mut().zip(s.iter()).zip(&res[at..]).for_each(|((o, v), r)| *o = v + r)
+                            }
+                            Some(None) => chunk.iter_mut().zip(s.iter()).for_each(|(o, v)| *o += v),
+                            None => chunk.copy_from_slice(s),
+                        }
+                    }
+                };
+                if n >= PARALLEL_ELEMS {
+                    o.par_chunks_mut(width).enumerate().for_each(|(r, row)| run(r, row));
+                } else {
+                    o.chunks_mut(width).enumerate().for_each(|(r, row)| run(r, row));
+                }
+            }
+            Op::Softmax { scores, heads, q_len, kv_len, mask, causal } => {
+                let mask: Option<Vec<bool>> = mask.map(|m| (0..kv_len).map(|j| self.word(m + j) != 0).collect());
+                let rows = &mut self.a[scores..scores + heads * q_len * kv_len];
+                let run = |(idx, row): (usize, &mut [f32])| {
+                    let i = idx % q_len;
+                    let visible = if causal { kv_len - q_len + i + 1 } else { kv_len };
+                    ops::masked_softmax(row, mask.as_deref(), visible);
+                };
+                if rows.len() >= PARALLEL_ELEMS {
+                    rows.par_chunks_mut(kv_len).enumerate().for_each(run);
+                } else {
+                    rows.chunks_mut(kv_len).enumerate().for_each(run);
+                }
+            }
+            Op::KvAppend { qkv, k, v, batch, t, heads, head_dim: d, capacity, start } => {
+                let e = heads * d;
+                for bi in 0..batch {
+                    for i in 0..t {
+                        let row = qkv + (bi * t + i) * 3 * e;
+                        for h in 0..heads {
+                            let at = ((bi * heads + h) * capacity + start + i) * d;
+                            self.a.copy_within(row + e + h * d..row + e + h * d + d, k + at);
+                            self.a.copy_within(row + 2 * e + h * d..row + 2 * e + h * d + d, v + at);
+                        }
+                    }
+                }
+            }
+            Op::ZeroRows { x, mask, rows, width } => {
+                for r in 0..rows {
+                    if self.word(mask + r) == 0 {
+                        self.a[x + r * width..x + (r + 1) * width].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `cublasSgemmStridedBatched`, column-major: `C = α·op(A)·op(B) + β·C` for β 0 or 1 (the
+    /// programs use no other). A column-major `rows × cols` matrix with leading dimension `ld`
+    /// is the strided view with row stride 1 and column stride `ld`; its transpose swaps them.
+    fn gemm(&mut self, g: &Gemm) {
+        assert!(g.beta == 0.0 || g.beta == 1.0, "β {} is not 0 or 1", g.beta);
+        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let extent =
+            |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (cols - 1) * ld + rows };
+        let (a_len, b_len) = (extent(a_rows, a_cols, g.lda), extent(b_rows, b_cols, g.ldb));
+        let c_len = extent(g.m, g.n, g.ldc);
+        let span = |p: Ptr, stride: usize, len: usize| match p {
+            Ptr::W(o) => (true, o, (g.batch - 1) * stride + len),
+            Ptr::A(o) => (false, o, (g.batch - 1) * stride + len),
+        };
+        let (a_w, a_at, a_all) = span(g.a, g.stride_a, a_len);
+        let (b_w, b_at, b_all) = span(g.b, g.stride_b, b_len);
+        let c_all = (g.batch - 1) * g.stride_c + c_len;
+        let (aw, bw) = (a_w.then(|| self.w(a_at, a_all)), b_w.then(|| self.w(b_at, b_all)));
+        let a_range = if a_w { 0..0 } else { a_at..a_at + a_all };
+        let b_range = if b_w { 0..0 } else { b_at..b_at + b_all };
+        let (c, [av, bv]) = carve(self.a, g.c..g.c + c_all, [a_range, b_range]);
+        let a = aw.or(av).expect("A is not the output");
+        let b = bw.or(bv).expect("B is not the output");
+        let item = |p: usize, c: &mut [f32], threads: Threads| {
+            let a = view(&a[p * g.stride_a..], a_rows, a_cols, g.lda, g.trans_a);
+            let b = view(&b[p * g.stride_b..], b_rows, b_cols, g.ldb, g.trans_b);
+            matmul(MatMut::strided(c, g.m, g.n, 1, g.ldc), a, b, g.beta == 1.0, g.alpha, threads);
+        };
+        // Products this small run faster one after another than spread over the pool.
+        let parallel = g.batch * g.m * g.n * g.k >= PARALLEL_MACS;
+        if g.batch == 1 {
+            item(0, c, Threads::Pool);
+        } else if !parallel {
+            for p in 0..g.batch {
+                item(p, &mut c[p * g.stride_c..], Threads::Single);
+            }
+        } else if g.stride_c >= c_len {
+            // Disjoint outputs: the batch's products run side by side.
+            c.par_chunks_mut(g.stride_c).take(g.batch).enumerate().for_each(|(p, c)| item(p, c, Threads::Single));
+        } else {
+            // Interleaved outputs (each head's columns of one matrix): products side by side
+            // into scratch, then written in place (β = 0 only: nothing of C is read).
+            assert_eq!(g.beta, 0.0, "interleaved batched outputs are written, not accumulated");
+            let parts: Vec<Vec<f32>> = (0..g.batch)
+                .into_par_iter()
+                .map(|p| {
+                    let mut part = vec![0f32; g.m * g.n];
+                    let a = view(&a[p * g.stride_a..], a_rows, a_cols, g.lda, g.trans_a);
+                    let b = view(&b[p * g.stride_b..], b_rows, b_cols, g.ldb, g.trans_b);
+                    matmul(MatMut::strided(&mut part, g.m, g.n, 1, g.m), a, b, false, g.alpha, Threads::Single);
+                    part
+                })
+                .collect();
+            for (p, part) in parts.iter().enumerate() {
+                for (j, col) in part.chunks_exact(g.m).enumerate() {
+                    let at = p * g.stride_c + j * g.ldc;
+                    c[at..at + g.m].copy_from_slice(col);
+                }
+            }
+        }
+    }
+}
+
+/// A column-major `rows × cols` matrix with leading dimension `ld` (row stride 1, column
+/// stride `ld`), transposed when `trans`.
+fn view(data: &[f32], rows: usize, cols: usize, ld: usize, trans: bool) -> MatRef<'_> {
+    let m = MatRef::strided(data, rows, cols, 1, ld);
+    if trans {
+        m.t()
+    } else {
+        m
+    }
+}
+
+fn activate(x: &mut [f32], act: Act) {
+    match act {
+        Act::None => {}
+        Act::GeluErf => ops::activate(x, crate::engine::Activation::GeluErf),
+        Act::GeluTanh => ops::activate(x, crate::engine::Activation::GeluTanh),
+        Act::Relu => ops::activate(x, crate::engine::Activation::Relu),
+    }
+}
