@@ -9,6 +9,11 @@
 # runs ROUNDS alternating rounds of each side: batch-1 latency for one 12-word sentence and
 # batch-32 throughput over scripts/bench-sentences.txt. Prints a Markdown table of the median
 # over rounds; raw JSON goes to .cache/bench-minilm/.
+#
+# BEFORE_BIN=path adds a column: another faaswap binary (an earlier release) measured in the
+# same rounds, so an engine change is judged against its baseline on the same machine at the
+# same moment. TORCH=0 leaves PyTorch out (no multi-GB install) and compares the two faaswap
+# binaries only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
@@ -17,7 +22,14 @@ VENV=.cache/bench-venv
 OUT=.cache/bench-minilm
 SENTENCE="The quick brown fox jumps over the lazy dog near the riverbank today."
 
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, sentence_transformers" 2>/dev/null; then
+BEFORE_BIN=${BEFORE_BIN:-}
+TORCH=${TORCH:-1}
+if [ "$TORCH" = 0 ] && [ -z "$BEFORE_BIN" ]; then
+  echo "TORCH=0 needs BEFORE_BIN: there would be nothing to compare" >&2
+  exit 2
+fi
+
+if [ "$TORCH" = 1 ] && { [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, sentence_transformers" 2>/dev/null; }; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch sentence-transformers
 fi
@@ -26,32 +38,44 @@ cargo build --release -q
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 
+faaswap_side() { # side binary
+  "$2" --threads "$THREADS" profile --model "$MODEL" --batch-sizes 1 \
+    --text "$SENTENCE" --iters 100 --warmup 10 > "$OUT/$1-b1-$round.json"
+  "$2" --threads "$THREADS" profile --model "$MODEL" --batch-sizes 32 \
+    --texts-file scripts/bench-sentences.txt --iters 20 --warmup 3 > "$OUT/$1-b32-$round.json"
+}
 for round in $(seq 1 "$ROUNDS"); do
-  ./target/release/faaswap --threads "$THREADS" profile --model "$MODEL" --batch-sizes 1 \
-    --text "$SENTENCE" --iters 100 --warmup 10 > "$OUT/faaswap-b1-$round.json"
-  "$VENV/bin/python" scripts/bench_minilm_torch.py --model "$MODEL" --threads "$THREADS" \
-    --batch-sizes 1 --text "$SENTENCE" --iters 100 --warmup 10 > "$OUT/torch-b1-$round.json" 2>/dev/null
-  ./target/release/faaswap --threads "$THREADS" profile --model "$MODEL" --batch-sizes 32 \
-    --texts-file scripts/bench-sentences.txt --iters 20 --warmup 3 > "$OUT/faaswap-b32-$round.json"
-  "$VENV/bin/python" scripts/bench_minilm_torch.py --model "$MODEL" --threads "$THREADS" \
-    --batch-sizes 32 --texts-file scripts/bench-sentences.txt --iters 20 --warmup 3 \
-    > "$OUT/torch-b32-$round.json" 2>/dev/null
+  faaswap_side faaswap ./target/release/faaswap
+  if [ -n "$BEFORE_BIN" ]; then faaswap_side before "$BEFORE_BIN"; fi
+  if [ "$TORCH" = 1 ]; then
+    "$VENV/bin/python" scripts/bench_minilm_torch.py --model "$MODEL" --threads "$THREADS" \
+      --batch-sizes 1 --text "$SENTENCE" --iters 100 --warmup 10 > "$OUT/torch-b1-$round.json" 2>/dev/null
+    "$VENV/bin/python" scripts/bench_minilm_torch.py --model "$MODEL" --threads "$THREADS" \
+      --batch-sizes 32 --texts-file scripts/bench-sentences.txt --iters 20 --warmup 3 \
+      > "$OUT/torch-b32-$round.json" 2>/dev/null
+  fi
 done
 
-python3 - "$OUT" "$THREADS" "$ROUNDS" <<'PY'
+python3 - "$OUT" "$THREADS" "$ROUNDS" "$TORCH" "$BEFORE_BIN" <<'PY'
 import glob, json, statistics, sys
-out, threads, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
+out, threads, rounds, torch, before = sys.argv[1:6]
 def med(side, b, key):
     vals = [json.load(open(f))["results"][0][key] for f in sorted(glob.glob(f"{out}/{side}-b{b}-*.json"))]
     return statistics.median(vals)
-torch_version = json.load(open(sorted(glob.glob(f"{out}/torch-b1-*.json"))[0]))["torch"]
-print(f"threads={threads}, rounds={rounds} (median of round means), torch {torch_version}\n")
-print("| measure | faaswap | sentence-transformers (PyTorch) | faaswap / PyTorch |")
-print("| --- | --- | --- | --- |")
-f, t = med("faaswap", 1, "mean_ms"), med("torch", 1, "mean_ms")
-print(f"| batch-1 latency, mean ms (lower is better) | {f:.2f} | {t:.2f} | {f/t:.2f} |")
-f, t = med("faaswap", 1, "p50_ms"), med("torch", 1, "p50_ms")
-print(f"| batch-1 latency, p50 ms | {f:.2f} | {t:.2f} | {f/t:.2f} |")
-f, t = med("faaswap", 32, "items_per_s"), med("torch", 32, "items_per_s")
-print(f"| batch-32 throughput, sentences/s (higher is better) | {f:.0f} | {t:.0f} | {f/t:.2f} |")
+sides = [("faaswap", "faaswap")]
+if before:
+    sides.append(("before", f"before ({before})"))
+if torch == "1":
+    version = json.load(open(sorted(glob.glob(f"{out}/torch-b1-*.json"))[0]))["torch"]
+    sides.append(("torch", f"sentence-transformers (PyTorch {version})"))
+print(f"threads={threads}, rounds={rounds} (median of round means), sides measured in turn each round\n")
+print("| measure | " + " | ".join(t for _, t in sides) + " | " + " | ".join(f"faaswap / {s}" for s, _ in sides[1:]) + " |")
+print("| --- " * (2 * len(sides)) + "|")
+rows = [("batch-1 latency, mean ms (lower is better)", 1, "mean_ms", "{:.2f}"),
+        ("batch-1 latency, p50 ms", 1, "p50_ms", "{:.2f}"),
+        ("batch-32 throughput, sentences/s (higher is better)", 32, "items_per_s", "{:.0f}")]
+for label, b, key, fmt in rows:
+    vals = [med(s, b, key) for s, _ in sides]
+    ratios = [f"{vals[0] / v:.2f}" for v in vals[1:]]
+    print(f"| {label} | " + " | ".join(fmt.format(v) for v in vals) + " | " + " | ".join(ratios) + " |")
 PY

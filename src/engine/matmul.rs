@@ -19,7 +19,6 @@ impl<'a> MatRef<'a> {
         Self { data, rows, cols, rs, cs }
     }
 
-    #[cfg(test)]
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self::strided(data, rows, cols, cols, 1)
     }
@@ -45,7 +44,6 @@ impl<'a> MatMut<'a> {
         Self { data, rows, cols, rs, cs }
     }
 
-    #[cfg(test)]
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
         Self::strided(data, rows, cols, cols, 1)
     }

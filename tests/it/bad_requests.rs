@@ -206,8 +206,17 @@ fn results_that_clients_do_not_read_are_bounded() {
     );
     // A client that sends its request and never reads the answer.
     let (_, stalled) = raw_request(&server.url, &head, body.as_bytes(), false);
-    // Until its response has been computed and held, the next one may get in; once it holds its
-    // 32 MiB, the next is refused before it runs.
+    // Once its response has been computed (and held: 32 MiB), the next is refused before it
+    // runs. Sent any earlier, the next could take the room first and the stalled one be refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, stats) = server.get("/v2/models/gpt2/stats");
+        if stats["model_stats"][0]["inference_stats"]["success"]["count"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stalled request never ran: {stats}");
+        std::thread::park_timeout(std::time::Duration::from_millis(5));
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let refused = loop {
         let (text, _) = raw_request(&server.url, &head, body.as_bytes(), true);

@@ -1,6 +1,6 @@
-//! Scaled dot-product attention of one sequence, as two strided-batched GEMMs around a softmax.
+//! Scaled dot-product attention of one sequence (`Op::Attention`).
 
-use crate::engine::program::{Gemm, Op, Ptr};
+use crate::engine::program::{Attention, Op};
 
 /// Where one sequence's queries, keys and values are, and how they are laid out.
 #[derive(Debug, Clone, Copy)]
@@ -27,47 +27,23 @@ pub fn attention(
     causal: bool,
     (out, out_ld): (usize, usize),
 ) {
-    let Heads { heads, head_dim: d, q_len, kv_len } = shape;
-    // Scoresᵀ[kv, q] = Kᵀ[d, kv]ᵀ · Qᵀ[d, q], scaled.
-    ops.push(Op::Gemm(Gemm {
-        trans_a: true,
-        trans_b: false,
-        m: kv_len,
-        n: q_len,
-        k: d,
-        alpha: 1.0 / (d as f32).sqrt(),
-        a: Ptr::A(k),
-        lda: kv_ld,
-        stride_a: kv_head_stride,
-        b: Ptr::A(q),
-        ldb: q_ld,
-        stride_b: d,
-        beta: 0.0,
-        c: scores,
-        ldc: kv_len,
-        stride_c: q_len * kv_len,
-        batch: heads,
-    }));
-    ops.push(Op::Softmax { scores, heads, q_len, kv_len, mask, causal });
-    // Outᵀ[d, q] = Vᵀ[d, kv] · Pᵀ[kv, q].
-    ops.push(Op::Gemm(Gemm {
-        trans_a: false,
-        trans_b: false,
-        m: d,
-        n: q_len,
-        k: kv_len,
-        alpha: 1.0,
-        a: Ptr::A(v),
-        lda: kv_ld,
-        stride_a: kv_head_stride,
-        b: Ptr::A(scores),
-        ldb: kv_len,
-        stride_b: q_len * kv_len,
-        beta: 0.0,
-        c: out,
-        ldc: out_ld,
-        stride_c: d,
-        batch: heads,
+    let Heads { heads, head_dim, q_len, kv_len } = shape;
+    ops.push(Op::Attention(Attention {
+        q,
+        q_ld,
+        k,
+        v,
+        kv_ld,
+        kv_head_stride,
+        heads,
+        head_dim,
+        q_len,
+        kv_len,
+        mask,
+        causal,
+        scores,
+        out,
+        out_ld,
     }));
 }
 

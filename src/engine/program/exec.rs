@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{Act, Gemm, Op, Program, Ptr};
+use super::{Act, Attention, Gemm, Op, Program, Ptr};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::layout::LayerSpan;
 use crate::engine::matmul::{matmul, MatMut, MatRef, Threads};
@@ -70,8 +70,19 @@ pub fn run(program: &Program, weights: &dyn WeightSource, layers: &[LayerSpan], 
         }
     }
     let mut ex = Executor { source: weights, layers, arrived: vec![None; layers.len()], a: work };
-    for op in &program.ops {
-        ex.exec(op);
+    let mut ops = program.ops.as_slice();
+    while let Some(op) = ops.first() {
+        // A run of attentions (one per sequence of the batch) goes side by side.
+        let run = ops.iter().take_while(|o| matches!(o, Op::Attention(_))).count();
+        if run > 0 {
+            let group: Vec<&Attention> =
+                ops[..run].iter().map(|o| if let Op::Attention(at) = o { at } else { unreachable!() }).collect();
+            ex.attention(&group);
+            ops = &ops[run..];
+        } else {
+            ex.exec(op);
+            ops = &ops[1..];
+        }
     }
     let (at, len) = program.output;
     Ok(ex.a[at..at + len].to_vec())
@@ -166,7 +177,7 @@ impl<'w> Executor<'w, '_> {
                     let rs = rv.map(|v| v.map(|v| &v[r * width..][..width]));
                     match (xs, rs, bias) {
                         (Some(xs), Some(None), Some(b)) => {
-                            row.iter_mut().zip(xs).zip(b).for_each(|((o, a), b)| *o = (a + b) + *o)
+                            row.iter_mut().zip(xs).zip(b).for_each(|((o, a), b)| *o += a + b)
                         }
                         (Some(xs), Some(None), None) => row.iter_mut().zip(xs).for_each(|(o, a)| *o += a),
                         _ => {
@@ -244,6 +255,11 @@ impl<'w> Executor<'w, '_> {
                     rows.chunks_mut(kv_len).enumerate().for_each(run);
                 }
             }
+            Op::Attention(at) => {
+                for op in at.lower() {
+                    self.exec(&op);
+                }
+            }
             Op::KvAppend { qkv, k, v, batch, t, heads, head_dim: d, capacity, start } => {
                 let e = heads * d;
                 for bi in 0..batch {
@@ -263,6 +279,66 @@ impl<'w> Executor<'w, '_> {
                         self.a[x + r * width..x + (r + 1) * width].fill(0.0);
                     }
                 }
+            }
+        }
+    }
+
+    /// Consecutive attentions, every (attention, head) pair as its own job: softmax(q·kᵀ·scale)
+    /// into a scratch row block, times v, then copied into place. Runs them as their lowering
+    /// does where one's output overlaps another's input (no program does that).
+    fn attention(&mut self, group: &[&Attention]) {
+        let rows_end = |at: usize, rows: usize, ld: usize, width: usize| at + (rows.max(1) - 1) * ld + width;
+        let reads = |g: &Attention| {
+            let kv_end = (g.heads - 1) * g.kv_head_stride + g.head_dim;
+            [
+                g.q..rows_end(g.q, g.q_len, g.q_ld, g.heads * g.head_dim),
+                g.k..rows_end(g.k, g.kv_len, g.kv_ld, kv_end),
+                g.v..rows_end(g.v, g.kv_len, g.kv_ld, kv_end),
+            ]
+        };
+        let overlaps = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
+        let writes: Vec<Range<usize>> =
+            group.iter().map(|g| g.out..rows_end(g.out, g.q_len, g.out_ld, g.heads * g.head_dim)).collect();
+        if group.iter().flat_map(|g| reads(g)).any(|r| writes.iter().any(|w| overlaps(&r, w))) {
+            for g in group {
+                self.exec(&Op::Attention(**g));
+            }
+            return;
+        }
+        let a: &[f32] = self.a;
+        let masks: Vec<Option<Vec<bool>>> =
+            group.iter().map(|g| g.mask.map(|m| (0..g.kv_len).map(|j| a[m + j].to_bits() != 0).collect())).collect();
+        let jobs: Vec<(usize, usize)> =
+            group.iter().enumerate().flat_map(|(i, g)| (0..g.heads).map(move |h| (i, h))).collect();
+        let head = |&(i, h): &(usize, usize)| {
+            let g = group[i];
+            let d = g.head_dim;
+            let mut scores = vec![0f32; g.q_len * g.kv_len];
+            let q = MatRef::strided(&a[g.q + h * d..], g.q_len, d, g.q_ld, 1);
+            let k = MatRef::strided(&a[g.k + h * g.kv_head_stride..], g.kv_len, d, g.kv_ld, 1);
+            let scale = 1.0 / (d as f32).sqrt();
+            matmul(MatMut::row_major(&mut scores, g.q_len, g.kv_len), q, k.t(), false, scale, Threads::Single);
+            for (r, row) in scores.chunks_exact_mut(g.kv_len).enumerate() {
+                let visible = if g.causal { g.kv_len - g.q_len + r + 1 } else { g.kv_len };
+                ops::masked_softmax(row, masks[i].as_deref(), visible);
+            }
+            let v = MatRef::strided(&a[g.v + h * g.kv_head_stride..], g.kv_len, d, g.kv_ld, 1);
+            let mut out = vec![0f32; g.q_len * d];
+            let p = MatRef::row_major(&scores, g.q_len, g.kv_len);
+            matmul(MatMut::row_major(&mut out, g.q_len, d), p, v, false, 1.0, Threads::Single);
+            out
+        };
+        let work: usize = group.iter().map(|g| g.heads * g.head_dim * g.q_len * g.kv_len).sum();
+        let outs: Vec<Vec<f32>> = if work < PARALLEL_ELEMS * 4 {
+            jobs.iter().map(head).collect()
+        } else {
+            jobs.par_iter().map(head).collect()
+        };
+        for (&(i, h), out) in jobs.iter().zip(&outs) {
+            let g = group[i];
+            for (r, row) in out.chunks_exact(g.head_dim).enumerate() {
+                let at = g.out + r * g.out_ld + h * g.head_dim;
+                self.a[at..at + g.head_dim].copy_from_slice(row);
             }
         }
     }

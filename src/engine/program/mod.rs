@@ -88,6 +88,101 @@ impl Gemm {
     }
 }
 
+/// Scaled dot-product attention of one sequence for every head: `out = softmax(q·kᵀ·scale)·v`.
+/// Queries are rows of `q` (stride `q_ld`), keys and values rows of `k`/`v` (stride `kv_ld`);
+/// head `h` starts `h·head_dim` into a query row and `h·kv_head_stride` into the keys and
+/// values. Key `j` counts when `mask[j] != 0` (no mask: all) and, when causal, `j < kv_len -
+/// q_len + i + 1` for query `i` (see [`Op::Softmax`]). Writes `out[row][h·head_dim..]` with row
+/// stride `out_ld`. `scores` is scratch for `heads·q_len·kv_len` elements.
+///
+/// Devices run it as [`Attention::lower`] says (two strided-batched GEMMs around a softmax) or
+/// anything equal to it: the CPU runs consecutive attentions (a batch's sequences) side by side,
+/// which the three orders of each, sharing one `scores`, would forbid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attention {
+    pub q: usize,
+    pub q_ld: usize,
+    pub k: usize,
+    pub v: usize,
+    pub kv_ld: usize,
+    pub kv_head_stride: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub mask: Option<usize>,
+    pub causal: bool,
+    pub scores: usize,
+    pub out: usize,
+    pub out_ld: usize,
+}
+
+impl Attention {
+    /// The three orders the GPU launches.
+    pub fn lower(&self) -> [Op; 3] {
+        let &Self {
+            q,
+            q_ld,
+            k,
+            v,
+            kv_ld,
+            kv_head_stride,
+            heads,
+            head_dim: d,
+            q_len,
+            kv_len,
+            mask,
+            causal,
+            scores,
+            out,
+            out_ld,
+        } = self;
+        [
+            // Scoresᵀ[kv, q] = Kᵀ[d, kv]ᵀ · Qᵀ[d, q], scaled.
+            Op::Gemm(Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: kv_len,
+                n: q_len,
+                k: d,
+                alpha: 1.0 / (d as f32).sqrt(),
+                a: Ptr::A(k),
+                lda: kv_ld,
+                stride_a: kv_head_stride,
+                b: Ptr::A(q),
+                ldb: q_ld,
+                stride_b: d,
+                beta: 0.0,
+                c: scores,
+                ldc: kv_len,
+                stride_c: q_len * kv_len,
+                batch: heads,
+            }),
+            Op::Softmax { scores, heads, q_len, kv_len, mask, causal },
+            // Outᵀ[d, q] = Vᵀ[d, kv] · Pᵀ[kv, q].
+            Op::Gemm(Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: d,
+                n: q_len,
+                k: kv_len,
+                alpha: 1.0,
+                a: Ptr::A(v),
+                lda: kv_ld,
+                stride_a: kv_head_stride,
+                b: Ptr::A(scores),
+                ldb: kv_len,
+                stride_b: q_len * kv_len,
+                beta: 0.0,
+                c: out,
+                ldc: out_ld,
+                stride_c: d,
+                batch: heads,
+            }),
+        ]
+    }
+}
+
 /// One order of a device program. Offsets are in `f32` elements; `A` offsets name the
 /// workspace, `W` offsets the weights. Inputs (token ids, masks) sit in the workspace as `u32`.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +238,7 @@ pub enum Op {
         mask: Option<usize>,
         causal: bool,
     },
+    Attention(Attention),
     /// Appends the keys and values of `t` new rows per batch item of `qkv[batch·t, 3·heads·d]`
     /// to caches laid out `[batch, heads, capacity, d]`, at positions `start..start + t`.
     KvAppend {
@@ -272,6 +368,48 @@ mod tests {
                 .unwrap();
             assert_eq!(got.tokens, want);
             assert_eq!(programs, 12, "one prefill and one step per further token");
+        }
+    }
+
+    /// The CPU runs a batch's attentions side by side; the GPU launches each one's lowering.
+    /// Both must give the same result for every family (right and left padding, prefill and
+    /// decode with a cache).
+    #[test]
+    fn attention_runs_as_its_lowering_does() {
+        let lowered = |p: &Program| Program {
+            ops: p
+                .ops
+                .iter()
+                .flat_map(|o| match o {
+                    Op::Attention(at) => at.lower().to_vec(),
+                    other => vec![other.clone()],
+                })
+                .collect(),
+            ..p.clone()
+        };
+        let left = TokenBatch::from_tensors(
+            2,
+            4,
+            vec![0, 5, 6, 7, 8, 9, 3, 1],
+            Some(vec![false, true, true, true, true, true, true, true]),
+            None,
+        )
+        .unwrap();
+        let right = TokenBatch::from_sequences(&[vec![3, 7, 11, 2, 5], vec![9, 4, 1]]).unwrap();
+        for name in ["tiny_bert", "tiny_gpt2"] {
+            let model = Model::load(&fixture(name)).unwrap();
+            for batch in [&left, &right] {
+                let program = model.spec.forward_program(batch);
+                let attentions = program.ops.iter().filter(|o| matches!(o, Op::Attention(_))).count();
+                assert!(attentions >= 2 * batch.batch, "{name}: one attention per sequence and layer");
+                let run = |p: &Program| {
+                    let mut work = vec![0f32; p.work_elems];
+                    exec::run(p, &model.resident(), &model.spec.layout.layers, &mut work).unwrap()
+                };
+                let (native, reference) = (run(&program), run(&lowered(&program)));
+                let d = crate::engine::max_abs_diff(&native, &reference);
+                assert!(d < 1e-5, "{name}: side by side differs from the lowering by {d}");
+            }
         }
     }
 

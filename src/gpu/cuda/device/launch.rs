@@ -102,6 +102,8 @@ impl CudaDevice {
                     &[self.a(scores), i(q_len), i(kv_len), opt_a(mask), Arg::I32(i32::from(causal))],
                 )
                 .map_err(kernel_fault),
+            // Attention is its three orders, launched in turn.
+            Op::Attention(at) => at.lower().iter().try_for_each(|op| self.launch(op, weights)),
             Op::KvAppend { qkv, k: kc, v, batch, t, heads, head_dim, capacity, start } => k
                 .launch(
                     "kv_append",
