@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Request overhead of faaswap's whole path (HTTP → function actor → scheduler → GPU actor →
+# Request overhead of faaswap's whole path (HTTP → validation on the worker → scheduler → GPU actor →
 # response) on a `sim` device whose jobs take no time, against a bare actix-web route that
 # answers the same URL with a fixed body. Same load generator (`faaswap bench`), same run.
 #

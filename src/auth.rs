@@ -90,7 +90,7 @@ impl TokenSet {
                 ("admin", None) => Scope::Admin,
                 ("admin", Some(_)) => return Err(format!("token {:?}: functions apply to invoke tokens only", s.name)),
                 ("invoke", f) => {
-                    if let Some(bad) = f.iter().flatten().find(|n| !crate::runtime::valid_name(n)) {
+                    if let Some(bad) = f.iter().flatten().find(|n| crate::request::FunctionName::parse(n).is_err()) {
                         return Err(format!("token {:?}: invalid function name {bad:?}", s.name));
                     }
                     Scope::Invoke(f.clone())

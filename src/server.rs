@@ -40,19 +40,7 @@ pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::de
     .listen(listener)
     .map_err(|source| StartError::Listen { addr: addr.clone(), source })?
     .run();
-    let weak = std::sync::Arc::downgrade(&runtime);
     actix_rt::spawn(async move { runtime.restore().await });
-    // SLO events once a second, for as long as the runtime lives.
-    actix_rt::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                Some(rt) => rt.publish_slo_events(),
-                None => return,
-            }
-        }
-    });
     tracing::info!("faaswap listening on http://{addr}");
     Ok(server)
 }

@@ -1,178 +1,307 @@
-//! A deployed function's payload (its model package, or a profile alone) and how a request for
-//! it becomes validated work for the scheduler: tokenized, checked against the model, sized.
-//! Plain functions, run on the HTTP worker that received the request (in parallel across
-//! workers, with no hand-off to another thread).
+//! The function actor: one per deployed function, owning what is the function's own business
+//! and not per-request — its package import and digest verification, the restore after a start,
+//! loading and pinning its weights, its settings, its retirement, and the `slo` events of its
+//! window. It publishes an immutable snapshot (`function::Function`) to the registry, which
+//! requests read without passing through the actor (a hop would cost each request a thread
+//! wake-up); it tells the scheduler actor of the function's arrival, settings and departure.
+//!
+//! All function actors share one arbiter thread; what blocks for long (copying, hashing and
+//! loading a package) runs on the blocking pool, and the actor takes its next message only once
+//! the one before has finished (`AtomicResponse`).
+//!
+//! Must not know: HTTP, the devices, the queue.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::messages::{Inputs, Work};
-use super::RuntimeError;
-use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
-use crate::gpu::Generation;
-use crate::policy::Profile;
+use actix::fut::{ready, ActorFutureExt, WrapFuture};
+use actix::{Actor, ActorContext, Addr, AsyncContext, AtomicResponse, Context, Handler};
 
-/// Most output values one request may produce (256 MiB of `f32`): responses are built in host
-/// memory, outside the device's workspace.
-const MAX_OUTPUT_VALUES: usize = 1 << 26;
+use super::messages::{
+    Deploy, DeploySource, NotRestored, RegisterFunction, Restore, Retire, UnregisterFunction, UpdateSettings, UpdateSlo,
+};
+use super::scheduler::SchedulerActor;
+use crate::engine::Model;
+use crate::events::{Event, EventBus};
+use crate::function::{DeployError, Function, Registry, Repository};
+use crate::policy::{estimate, FunctionId, FunctionSpec, ModelClass};
+use crate::request::{FunctionName, ModelName, Payload};
+use crate::store::{FunctionRecord, Store};
 
-/// What a function runs: a model package, or (on `sim` devices) a profile alone.
-#[derive(Clone)]
-pub enum Payload {
-    Model(Arc<Model>),
-    Profile(Profile),
+/// What every function actor works with.
+pub struct Services {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub scheduler: Addr<SchedulerActor>,
+    pub events: EventBus,
+    pub repository: Repository,
+    /// Host→device copy rate of the first device (`None`: unlimited), for a function's class.
+    pub host_link: Option<f64>,
 }
 
-impl Payload {
-    pub fn model(&self) -> Option<&Arc<Model>> {
-        match self {
-            Self::Model(m) => Some(m),
-            Self::Profile(_) => None,
+pub struct FunctionActor {
+    id: FunctionId,
+    name: FunctionName,
+    record: FunctionRecord,
+    services: Arc<Services>,
+    /// The snapshot last published (none before the function is up).
+    current: Option<Arc<Function>>,
+}
+
+impl FunctionActor {
+    pub fn new(id: FunctionId, name: FunctionName, record: FunctionRecord, services: Arc<Services>) -> Self {
+        Self { id, name, record, services, current: None }
+    }
+
+    /// Publishes an `slo` event when requests came since the last one (and anyone listens).
+    fn publish_slo_event(&self) {
+        let Some(f) = &self.current else { return };
+        if !self.services.events.active() {
+            return;
+        }
+        if let Some(requests) = f.requests_since_published() {
+            let status = f.slo();
+            self.services.events.emit(|| Event::Slo {
+                function: f.name.to_string(),
+                compliant: status.compliant,
+                observed_ms: status.observed_ms,
+                percentile: status.percentile,
+                deadline_ms: status.deadline_ms,
+                requests,
+            });
         }
     }
 
-    /// Weight bytes a swap moves.
-    pub fn bytes(&self) -> u64 {
-        match self {
-            Self::Model(m) => m.spec.layout.total_bytes() as u64,
-            Self::Profile(p) => p.weight_bytes,
+    /// Keeps the published snapshot, or stops the actor when the function did not come up.
+    fn settle<E>(&mut self, result: &Result<Arc<Function>, E>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(f) => {
+                self.record = f.record().clone();
+                self.current = Some(f.clone());
+            }
+            Err(_) => ctx.stop(),
         }
-    }
-
-    /// An inference request as work for the scheduler, or the reason it is refused (a 400).
-    pub fn prepare(&self, inputs: Inputs, requested: &[String], max_batch: usize) -> Result<Work, RuntimeError> {
-        let model = match self {
-            Payload::Model(m) => m,
-            Payload::Profile(p) => return Self::prepare_profiled(p, inputs, requested, max_batch),
-        };
-        let spec = &model.spec;
-        let outputs: Vec<OutputKind> = if requested.is_empty() {
-            vec![spec.default_output()]
-        } else {
-            requested.iter().map(|n| spec.output_by_name(n)).collect::<Result<_, _>>()?
-        };
-        // The batch size is checked before tokenizing (the cheap refusal first).
-        let rows = match &inputs {
-            Inputs::Texts(texts) => texts.len(),
-            Inputs::Tokens(batch) => batch.batch,
-        };
-        if rows > max_batch {
-            return Err(EngineError::BadInput(format!(
-                "a batch of {rows} exceeds the function's max_batch of {max_batch}"
-            ))
-            .into());
-        }
-        let batch = match inputs {
-            Inputs::Texts(texts) => TokenBatch::from_sequences(&spec.tokenize(&texts)?)?,
-            Inputs::Tokens(batch) => batch,
-        };
-        spec.check_request(&batch, &outputs)?;
-        let values = spec.output_elems(&batch, &outputs);
-        if values > MAX_OUTPUT_VALUES {
-            return Err(EngineError::BadInput(format!(
-                "the response would hold {values} values, more than the limit of {MAX_OUTPUT_VALUES}"
-            ))
-            .into());
-        }
-        Ok(Work { model: Some(model.clone()), bytes: self.bytes(), exec_ms: None, batch, outputs, generation: None })
-    }
-
-    /// A profiled function takes token ids (or texts, one sequence each) only for their batch
-    /// size and produces no tensors.
-    fn prepare_profiled(
-        p: &Profile,
-        inputs: Inputs,
-        requested: &[String],
-        max_batch: usize,
-    ) -> Result<Work, RuntimeError> {
-        if let Some(name) = requested.first() {
-            return Err(EngineError::UnknownOutput { name: name.clone(), available: String::new() }.into());
-        }
-        let batch = match inputs {
-            Inputs::Texts(texts) => TokenBatch::from_sequences(&vec![vec![0]; texts.len()])?,
-            Inputs::Tokens(batch) => batch,
-        };
-        if batch.batch > max_batch {
-            return Err(EngineError::BadInput(format!(
-                "a batch of {} exceeds the function's max_batch of {}",
-                batch.batch, max_batch
-            ))
-            .into());
-        }
-        Ok(Work {
-            model: None,
-            bytes: p.weight_bytes,
-            exec_ms: Some(p.exec_ms),
-            batch,
-            outputs: Vec::new(),
-            generation: None,
-        })
-    }
-
-    /// A generation request as work for the scheduler, or the reason it is refused.
-    pub fn prepare_generation(&self, generation: Generation) -> Result<Work, RuntimeError> {
-        let Payload::Model(model) = self else {
-            return Err(EngineError::BadInput("a function deployed from a profile alone cannot generate".into()).into());
-        };
-        let batch = model.spec.check_generation(&generation.prompt, &generation.options)?;
-        if !generation.stop.is_empty() && model.spec.tokenizer.is_none() {
-            return Err(EngineError::BadInput("stop strings need a package with a tokenizer".into()).into());
-        }
-        Ok(Work {
-            model: Some(model.clone()),
-            bytes: self.bytes(),
-            exec_ms: None,
-            batch,
-            outputs: Vec::new(),
-            generation: Some(generation),
-        })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::synth::{self, SynthDtype};
+impl Actor for FunctionActor {
+    type Context = Context<Self>;
 
-    fn bert_nano() -> (tempfile::TempDir, Payload) {
-        let dir = tempfile::tempdir().unwrap();
-        synth::write_package(synth::preset("bert-nano").unwrap(), 3, SynthDtype::F32, dir.path(), &mut |_, _| {})
-            .unwrap();
-        let model = Model::load(dir.path()).unwrap();
-        (dir, Payload::Model(Arc::new(model)))
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.publish_slo_event());
     }
+}
 
-    fn tokens(seqs: &[Vec<u32>]) -> Inputs {
-        Inputs::Tokens(TokenBatch::from_sequences(seqs).unwrap())
+/// Loads a recorded function's package (and page-locks its weights for fast swaps), or takes
+/// its profile.
+async fn load(services: &Services, record: &FunctionRecord) -> Result<Payload, DeployError> {
+    if let Some(p) = &record.profile {
+        return Ok(Payload::Profile(*p));
     }
+    let dir = services.store.package_path(record);
+    let model = actix_rt::task::spawn_blocking(move || {
+        let model = Model::load(&dir)?;
+        crate::gpu::prepare_host(&model);
+        Ok(model)
+    })
+    .await
+    .map_err(|e| DeployError::Task(e.to_string()))?
+    .map_err(DeployError::BadPackage)?;
+    Ok(Payload::Model(Arc::new(model)))
+}
 
-    #[test]
-    fn a_token_request_becomes_work_with_the_default_output() {
-        let (_dir, payload) = bert_nano();
-        let work = payload.prepare(tokens(&[vec![1, 2, 3], vec![4, 5]]), &[], 8).unwrap();
-        assert_eq!((work.batch.batch, work.batch.seq), (2, 3));
-        assert_eq!(work.outputs, vec![payload.model().unwrap().spec.default_output()]);
-        assert_eq!(work.bytes, payload.bytes());
-        assert!(work.model.is_some() && work.exec_ms.is_none() && work.generation.is_none());
+/// Tells the scheduler of the function: its bytes, its SLO, and an execution time the
+/// scheduler refines from every measured run (memory-bound guess: weights read once at
+/// host-memory speed). Refused when it fits no device.
+async fn register(
+    services: &Services,
+    id: FunctionId,
+    name: &FunctionName,
+    payload: &Payload,
+    record: &FunctionRecord,
+) -> Result<(), DeployError> {
+    let bytes = payload.bytes();
+    let (exec_ms, class) = match payload {
+        Payload::Profile(p) => (p.exec_ms, p.class),
+        Payload::Model(_) => (estimate::transfer_ms(bytes, estimate::UNLIMITED_LINK).max(0.1), None),
+    };
+    let host = services.host_link.unwrap_or(estimate::UNLIMITED_LINK);
+    let s = &record.settings;
+    let spec = FunctionSpec {
+        name: name.to_string(),
+        bytes,
+        exec_ms,
+        class: class.unwrap_or_else(|| ModelClass::measure(bytes, exec_ms, host)),
+        deadline_ms: s.slo_ms,
+        percentile: s.slo_percentile,
+        max_batch: s.max_batch,
+    };
+    services
+        .scheduler
+        .send(RegisterFunction { id, spec })
+        .await
+        .map_err(|_| crate::request::RuntimeError::Stopped)?
+        .map_err(|reason| DeployError::DoesNotFit { name: name.to_string(), reason })
+}
+
+/// The package copy against its recorded digest; a copy that changed is re-imported from the
+/// repository when the same package is there, and otherwise never served.
+fn verify_copy(services: &Services, record: &FunctionRecord) -> Result<(), NotRestored> {
+    let failed = |e: &dyn std::fmt::Display| NotRestored { kind: "restore_failed", reason: e.to_string() };
+    let copy = services.store.package_path(record);
+    let found = Store::digest_of(&copy).map_err(|e| failed(&e))?;
+    if found == record.digest {
+        return Ok(());
     }
+    let changed =
+        format!("its package copy {} changed on disk (digest {found}, recorded {})", record.package_dir, record.digest);
+    let src = ModelName::parse(&record.model)
+        .ok()
+        .and_then(|m| services.repository.path(&m).ok())
+        .filter(|src| Store::digest_of(src).ok().as_ref() == Some(&record.digest));
+    let Some(src) = src else {
+        return Err(NotRestored {
+            kind: "package_changed",
+            reason: format!("{changed}, and the model repository has no package with that digest"),
+        });
+    };
+    services
+        .store
+        .reimport(record, &src)
+        .map_err(|e| NotRestored { kind: "package_changed", reason: format!("{changed}; re-importing: {e}") })?;
+    tracing::warn!("function {:?}: {changed}; re-imported from the model repository", record.name);
+    Ok(())
+}
 
-    #[test]
-    fn requests_the_model_cannot_run_are_refused_before_the_scheduler() {
-        let (_dir, payload) = bert_nano();
-        let err = |r: Result<Work, RuntimeError>| r.err().expect("refused").to_string();
-        assert!(err(payload.prepare(tokens(&vec![vec![1]; 3]), &[], 2)).contains("max_batch of 2"));
-        assert!(err(payload.prepare(tokens(&[vec![1]]), &["nope".into()], 8)).contains("nope"));
-        // Token ids past the vocabulary and sequences past the positions are the model's to refuse.
-        assert!(payload.prepare(tokens(&[vec![1 << 20]]), &[], 8).is_err());
-        assert!(payload.prepare(tokens(&[vec![1; 1000]]), &[], 8).is_err());
+impl Handler<Deploy> for FunctionActor {
+    type Result = AtomicResponse<Self, Result<Arc<Function>, DeployError>>;
+
+    fn handle(&mut self, msg: Deploy, _: &mut Context<Self>) -> Self::Result {
+        let (id, name, services, mut record) = (self.id, self.name.clone(), self.services.clone(), self.record.clone());
+        let work = async move {
+            if let DeploySource::Package(src) = msg.source {
+                let (s, n) = (services.clone(), name.to_string());
+                let (package_dir, digest) = actix_rt::task::spawn_blocking(move || s.store.import_package(&src, &n))
+                    .await
+                    .map_err(|e| DeployError::Task(e.to_string()))??;
+                record.package_dir = package_dir;
+                record.digest = digest;
+            }
+            let payload = load(&services, &record).await?;
+            register(&services, id, &name, &payload, &record).await?;
+            // Durable first, visible second: nobody sees (or is told "loaded" about) a
+            // function whose record is not on disk.
+            if let Err(e) = services.store.put(&record) {
+                let _ = services.scheduler.send(UnregisterFunction { id }).await;
+                return Err(e.into());
+            }
+            // Acknowledged: the copy says so, should the store ever lose the record.
+            if let Err(e) = services.store.mark_acknowledged(&record) {
+                tracing::warn!("marking the package copy of {name:?}: {e}");
+            }
+            let model = record.model.clone();
+            let function = Arc::new(Function::new(id, name, record, payload));
+            services.registry.publish(function.clone());
+            services.events.emit(|| Event::Deploy {
+                function: function.name.to_string(),
+                model,
+                weight_bytes: function.payload.bytes(),
+            });
+            Ok(function)
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
+            act.settle(&result, ctx);
+            result
+        })))
     }
+}
 
-    #[test]
-    fn a_profiled_function_takes_only_the_batch_size_and_names_no_outputs() {
-        let payload = Payload::Profile(Profile { weight_bytes: 1 << 20, exec_ms: 4.0, class: None });
-        let work = payload.prepare(Inputs::Texts(vec!["a".into(), "b".into()]), &[], 8).unwrap();
-        assert_eq!((work.batch.batch, work.exec_ms, work.bytes), (2, Some(4.0), 1 << 20));
-        assert!(work.model.is_none() && work.outputs.is_empty());
-        assert!(payload.prepare(tokens(&[vec![1]]), &["logits".into()], 8).is_err());
-        assert!(payload.prepare(tokens(&vec![vec![1]; 9]), &[], 8).is_err());
+impl Handler<Restore> for FunctionActor {
+    type Result = AtomicResponse<Self, Result<Arc<Function>, NotRestored>>;
+
+    fn handle(&mut self, _: Restore, _: &mut Context<Self>) -> Self::Result {
+        let (id, name, services, record) = (self.id, self.name.clone(), self.services.clone(), self.record.clone());
+        let work = async move {
+            let failed = |e: DeployError| NotRestored { kind: "restore_failed", reason: e.to_string() };
+            if record.profile.is_none() {
+                let (s, r) = (services.clone(), record.clone());
+                actix_rt::task::spawn_blocking(move || verify_copy(&s, &r))
+                    .await
+                    .map_err(|e| failed(DeployError::Task(e.to_string())))??;
+            }
+            let payload = load(&services, &record).await.map_err(failed)?;
+            register(&services, id, &name, &payload, &record).await.map_err(failed)?;
+            let copy: PathBuf = services.store.package_path(&record);
+            if record.profile.is_none() && !copy.join(crate::store::MARKER).exists() {
+                // Copies written before the marker existed get it now.
+                if let Err(e) = services.store.mark_acknowledged(&record) {
+                    tracing::warn!("marking the package copy of {name:?}: {e}");
+                }
+            }
+            let function = Arc::new(Function::new(id, name, record, payload));
+            services.registry.publish(function.clone());
+            Ok(function)
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
+            act.settle(&result, ctx);
+            result
+        })))
+    }
+}
+
+impl Handler<UpdateSettings> for FunctionActor {
+    type Result = AtomicResponse<Self, Result<FunctionRecord, DeployError>>;
+
+    fn handle(&mut self, msg: UpdateSettings, _: &mut Context<Self>) -> Self::Result {
+        let Some(current) = &self.current else {
+            return AtomicResponse::new(Box::pin(ready(Err(DeployError::NotDeployed(self.name.to_string())))));
+        };
+        let mut record = self.record.clone();
+        record.settings = msg.settings;
+        if let Err(e) = self.services.store.put(&record) {
+            return AtomicResponse::new(Box::pin(ready(Err(e.into()))));
+        }
+        let function = Arc::new(current.with_record(record.clone()));
+        self.services.registry.publish(function.clone());
+        self.current = Some(function);
+        self.record = record.clone();
+        let s = &record.settings;
+        let update =
+            UpdateSlo { id: self.id, deadline_ms: s.slo_ms, percentile: s.slo_percentile, max_batch: s.max_batch };
+        let scheduler = self.services.scheduler.clone();
+        // Answered once the scheduler has it: the next request, which does not pass this
+        // actor, is placed under the new settings.
+        AtomicResponse::new(Box::pin(
+            async move {
+                let _ = scheduler.send(update).await;
+                Ok(record)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<Retire> for FunctionActor {
+    type Result = AtomicResponse<Self, Result<(), DeployError>>;
+
+    fn handle(&mut self, _: Retire, _: &mut Context<Self>) -> Self::Result {
+        // The durable fact first: a kill from here on finds the function gone.
+        if let Err(e) = self.services.store.delete_record(&self.name) {
+            return AtomicResponse::new(Box::pin(ready(Err(e.into()))));
+        }
+        self.services.registry.remove(&self.name);
+        self.current = None;
+        let (scheduler, id) = (self.services.scheduler.clone(), self.id);
+        AtomicResponse::new(Box::pin(
+            async move {
+                let _ = scheduler.send(UnregisterFunction { id }).await;
+            }
+            .into_actor(self)
+            .map(|_, _, ctx: &mut Context<Self>| {
+                ctx.stop();
+                Ok(())
+            }),
+        ))
     }
 }

@@ -1,27 +1,27 @@
-//! The GPU actor: owns one device on its own arbiter thread (device calls block) and runs the
-//! batches the scheduler sends it, one request after another.
+//! The GPU actor: owns one device on its own arbiter thread (device calls block), runs the
+//! batches the scheduler sends it, one request after another, and accounts each finished batch
+//! through the scheduler's handle on this thread. After a failure it checks the device's health
+//! on its own timers until the device works again.
+//!
+//! Must not know: the policies, the store, HTTP.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Context, Handler};
+use actix::{Actor, AsyncContext, Context, Handler};
 
-use super::messages::{
-    Completed, DeviceFailed, DeviceFault, ExecItem, Execute, HealthCheck, HealthResult, InjectFault, JobDone,
-};
-use super::scheduler::{self, SchedulerActor, SharedScheduler};
-use super::RuntimeError;
+use super::messages::{DeviceFault, ExecItem, Execute, InjectFault, JobDone};
+use super::scheduler::Scheduler;
 use crate::events::{Event, EventBus};
-use crate::gpu::{Device, DeviceError, FinishReason, JobResult};
+use crate::gpu::{Device, DeviceError, JobResult};
 use crate::metrics as m;
-use crate::policy::{DeviceId, SwapSource};
+use crate::policy::{health, DeviceId, SwapSource};
+use crate::request::{Completed, FinishReason, RuntimeError};
 
 pub struct GpuActor {
     index: DeviceId,
     device: Box<dyn Device>,
     /// Where a finished batch is accounted, on this thread.
-    core: SharedScheduler,
-    /// Told when this device has failed (its health checks need the actor's timers).
-    scheduler: Addr<SchedulerActor>,
+    scheduler: Scheduler,
     events: EventBus,
     /// Every device's id, by index (to name a peer a copy came from).
     device_ids: Vec<String>,
@@ -31,12 +31,27 @@ impl GpuActor {
     pub fn new(
         index: DeviceId,
         device: Box<dyn Device>,
-        core: SharedScheduler,
-        scheduler: Addr<SchedulerActor>,
+        scheduler: Scheduler,
         events: EventBus,
         device_ids: Vec<String>,
     ) -> Self {
-        Self { index, device, core, scheduler, events, device_ids }
+        Self { index, device, scheduler, events, device_ids }
+    }
+
+    /// Checks the device `attempt` checks after its failure, once the back-off has passed; until
+    /// one passes, the scheduler gives it no work.
+    fn check_health_later(attempt: u32, ctx: &mut Context<Self>) {
+        let wait = Duration::from_millis(health::check_delay_ms(attempt));
+        ctx.run_later(wait, move |act, ctx| {
+            let device = &mut act.device;
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.health_check()))
+                .is_ok_and(|r| r.is_ok());
+            if ok {
+                act.scheduler.device_healthy(act.index);
+            } else {
+                Self::check_health_later(attempt + 1, ctx);
+            }
+        });
     }
 
     /// Runs one request. A panic is a bug met on this request (its data reached a case the
@@ -68,7 +83,7 @@ impl Actor for GpuActor {
 impl Handler<Execute> for GpuActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Execute, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Execute, ctx: &mut Context<Self>) {
         let Execute { function, name, items, dispatched } = msg;
         let mut done = JobDone {
             device: self.index,
@@ -81,7 +96,7 @@ impl Handler<Execute> for GpuActor {
         };
         let mut items = items.into_iter();
         while let Some(item) = items.next() {
-            if item.job.swap.is_none() && item.job.generation.as_ref().is_some_and(|g| g.cancelled()) {
+            if item.job.swap.is_none() && item.job.work.generation.as_ref().is_some_and(|g| g.cancelled()) {
                 // The client left while its generation waited: nothing to run, nothing to copy.
                 let _ = item.reply.send(Err(RuntimeError::Cancelled));
                 continue;
@@ -128,9 +143,9 @@ impl Handler<Execute> for GpuActor {
         }
         // Accounted here, and the device's next batch dispatched, without waking the
         // scheduler's thread; a fault too, at once, so that no later request is placed on (or
-        // copies from) the failed device. Only the health-check timers are the actor's.
-        if let Some(device) = scheduler::with(&self.core, |s| s.job_done(done)) {
-            self.scheduler.do_send(DeviceFailed { device });
+        // copies from) the failed device.
+        if self.scheduler.job_done(done) {
+            Self::check_health_later(0, ctx);
         }
     }
 }
@@ -200,17 +215,6 @@ impl GpuActor {
             total_ms,
             generated: r.generated,
         }
-    }
-}
-
-impl Handler<HealthCheck> for GpuActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: HealthCheck, _: &mut Context<Self>) {
-        let device = &mut self.device;
-        let ok =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.health_check())).is_ok_and(|r| r.is_ok());
-        self.scheduler.do_send(HealthResult { device: self.index, ok, attempt: msg.attempt });
     }
 }
 

@@ -1,117 +1,21 @@
-//! Every actor message, grouped by the actor that receives it.
+//! Every actor message, grouped by the actor that receives it, and the scheduler's two
+//! per-request events, which are applied through its handle on the thread where they happen.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Message;
-use serde::Serialize;
-use tokio::sync::oneshot;
 
-use super::RuntimeError;
-use crate::engine::{Model, OutputKind, OutputTensor, TokenBatch};
-use crate::gpu::{Generated, Generation, Job};
-use crate::policy::{DeviceId, Extent, FunctionId, FunctionSpec, SwapSource};
+use crate::function::{DeployError, Function};
+use crate::gpu::Job;
+use crate::policy::{DeviceId, FunctionId, FunctionSpec};
+use crate::request::{Reply, Work};
+use crate::store::{FunctionRecord, FunctionSettings};
 
-/// Where a finished request's result goes.
-pub type Reply = oneshot::Sender<Result<Completed, RuntimeError>>;
+// ---- Scheduler: the per-request events, applied under its lock (`actors::scheduler`) ----
 
-/// A request's result and what it cost.
-#[derive(Debug, Clone, Serialize)]
-pub struct Completed {
-    pub outputs: Vec<OutputTensor>,
-    pub device: String,
-    pub simulated: bool,
-    /// Where the model was copied from for this request: `host`, `peer:<device index>`, or
-    /// `None` when it was already resident.
-    pub swap_source: Option<String>,
-    pub swapped_bytes: u64,
-    pub queue_ms: f64,
-    pub swap_ms: f64,
-    pub exec_ms: f64,
-    pub total_ms: f64,
-    /// What a generation produced (token ids, time to first token, why it ended).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generated: Option<Generated>,
-}
-
-/// A request the scheduler has accepted: what to run, once placed.
-pub struct Work {
-    /// `None` for a function deployed from a profile alone.
-    pub model: Option<Arc<Model>>,
-    pub bytes: u64,
-    pub exec_ms: Option<f64>,
-    pub batch: TokenBatch,
-    pub outputs: Vec<OutputKind>,
-    pub generation: Option<Generation>,
-}
-
-impl Work {
-    /// Bytes of the results it will produce (the output tensors as `f32`).
-    pub fn result_bytes(&self) -> u64 {
-        self.model.as_ref().map_or(0, |m| m.spec.output_elems(&self.batch, &self.outputs) as u64 * 4)
-    }
-
-    /// The device's order for this work, placed at `extent` (copied in first when `swap`, from
-    /// `source_extent` of the source device for a peer copy).
-    pub fn into_job(self, extent: Extent, swap: Option<SwapSource>, source_extent: Option<Extent>) -> Job {
-        let Self { model, bytes, exec_ms, batch, outputs, generation } = self;
-        Job { model, bytes, exec_ms, extent, swap, source_extent, batch, outputs, generation }
-    }
-}
-
-impl From<Job> for Work {
-    /// The work of an order that did not complete (to be placed again).
-    fn from(job: Job) -> Self {
-        let Job { model, bytes, exec_ms, batch, outputs, generation, .. } = job;
-        Self { model, bytes, exec_ms, batch, outputs, generation }
-    }
-}
-
-// ---- SchedulerActor ----
-
-/// The GPU actors, one per device in device order (started after the scheduler, since they
-/// need its address).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachGpus {
-    pub gpus: Vec<actix::Addr<super::gpu::GpuActor>>,
-}
-
-/// A newly deployed function (its weight bytes, first execution-time estimate, SLO). Refused
-/// when it fits no device.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct RegisterFunction {
-    pub id: FunctionId,
-    pub spec: FunctionSpec,
-}
-
-/// A function's SLO or batch limit changed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UpdateSlo {
-    pub id: FunctionId,
-    pub deadline_ms: f64,
-    pub percentile: f64,
-    pub max_batch: usize,
-}
-
-/// An undeployed function: its queued requests fail, its residency is dropped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UnregisterFunction {
-    pub id: FunctionId,
-}
-
-/// A device has just failed: schedule its health checks (the actor's timers).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeviceFailed {
-    pub device: DeviceId,
-}
-
-/// A request to queue and place: not sent but applied on the caller's thread (the HTTP
-/// worker's) through `Scheduler::submit`.
+/// A request to queue and place, applied on the HTTP worker that decoded it.
 pub struct Submit {
     pub function: FunctionId,
     pub name: String,
@@ -122,8 +26,8 @@ pub struct Submit {
     pub reply: Reply,
 }
 
-/// A device finished its job; with a `fault`, the model's copy there is not complete. Not sent
-/// but applied on the device's thread through `Scheduler::job_done`.
+/// A device finished its job (applied on the device's thread); with a `fault`, the model's
+/// copy there is not complete.
 pub struct JobDone {
     pub device: DeviceId,
     pub function: FunctionId,
@@ -150,25 +54,32 @@ pub struct DeviceFault {
     pub retry: Vec<ExecItem>,
 }
 
-/// The outcome of a device's health check (`attempt` counts the checks since the failure).
+// ---- SchedulerActor (from function actors) ----
+
+/// A newly deployed function (its weight bytes, first execution-time estimate, SLO). Refused
+/// when it fits no device.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct HealthResult {
-    pub device: DeviceId,
-    pub ok: bool,
-    pub attempt: u32,
+#[rtype(result = "Result<(), String>")]
+pub struct RegisterFunction {
+    pub id: FunctionId,
+    pub spec: FunctionSpec,
 }
 
-/// Residency and memory map of every device.
+/// A function's SLO or batch limit changed.
 #[derive(Message)]
-#[rtype(result = "Vec<crate::policy::cluster::DeviceSnapshot>")]
-pub struct GetDevices;
+#[rtype(result = "()")]
+pub struct UpdateSlo {
+    pub id: FunctionId,
+    pub deadline_ms: f64,
+    pub percentile: f64,
+    pub max_batch: usize,
+}
 
-/// Requests waiting for a device, for one function.
+/// A retired function: its queued requests fail, its residency is dropped.
 #[derive(Message)]
-#[rtype(result = "usize")]
-pub struct GetQueued {
-    pub function: FunctionId,
+#[rtype(result = "()")]
+pub struct UnregisterFunction {
+    pub id: FunctionId,
 }
 
 // ---- GpuActor ----
@@ -193,13 +104,6 @@ pub struct ExecItem {
     pub retried: bool,
 }
 
-/// Check whether the device works again after a failure.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct HealthCheck {
-    pub attempt: u32,
-}
-
 /// Arm a fault on the device (sim devices only).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -207,10 +111,46 @@ pub struct InjectFault {
     pub fault: crate::gpu::faults::FaultSpec,
 }
 
-// ---- Request inputs (prepared on the HTTP worker, `function.rs`) ----
+// ---- FunctionActor ----
 
-/// The inputs of one inference request, as the API decoded them.
-pub enum Inputs {
-    Texts(Vec<String>),
-    Tokens(TokenBatch),
+/// Bring a new function up: import its package (copy and digest) or take its profile, load
+/// and pin its weights, register it with the scheduler, persist its record, publish it.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Function>, DeployError>")]
+pub struct Deploy {
+    pub source: DeploySource,
 }
+
+pub enum DeploySource {
+    /// A package folder in the model repository.
+    Package(PathBuf),
+    /// The record's profile alone.
+    Profile,
+}
+
+/// Bring a persisted function back after a start: its package copy verified against the
+/// recorded digest (re-imported from the repository when it changed and the same package is
+/// there), loaded, registered, published.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Function>, NotRestored>")]
+pub struct Restore;
+
+/// Why a persisted function is not served: `package_changed` or `restore_failed`.
+#[derive(Debug)]
+pub struct NotRestored {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// New settings: persisted, published in a new snapshot, told to the scheduler.
+#[derive(Message)]
+#[rtype(result = "Result<FunctionRecord, DeployError>")]
+pub struct UpdateSettings {
+    pub settings: FunctionSettings,
+}
+
+/// Undeploy: the record deleted (the durable fact), the function unpublished and unregistered;
+/// the actor stops.
+#[derive(Message)]
+#[rtype(result = "Result<(), DeployError>")]
+pub struct Retire;

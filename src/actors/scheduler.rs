@@ -2,31 +2,33 @@
 //! the requests waiting for a device; applies each decision — an execute order to a GPU actor,
 //! or an error for a dropped request. It never blocks and never touches a device.
 //!
-//! The state sits behind a mutex (`SharedScheduler`) so that the two hot events are applied on
-//! the thread where they happen, without a hand-off to another thread: a request is queued and
-//! placed on the HTTP worker that decoded it, and a finished batch is accounted (and the device's
-//! next batch dispatched) on the device's own thread. Each hand-off is a wake-up of a sleeping
-//! thread, the largest cost of a short job (BENCHMARKS.md). `SchedulerActor` handles the rest:
-//! deploys, settings, device faults and their health-check timers, queries.
+//! `Scheduler` is a cloneable handle over state behind a private lock, so that the two hot
+//! events are applied on the thread where they happen, without a hand-off to another thread: a
+//! request is queued and placed on the HTTP worker that decoded it (`submit`), and a finished
+//! batch is accounted (and the device's next batch dispatched) on the device's own thread
+//! (`job_done`). Each hand-off is a wake-up of a sleeping thread, the largest cost of a short
+//! job (BENCHMARKS.md). `SchedulerActor` takes what is not per-request — a function registered,
+//! its SLO changed, the function retired — as messages from the function actors.
+//!
+//! Must not know: HTTP, the store, how a device computes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler};
+use actix::{Actor, Addr, Context, Handler};
 
 use super::gpu::GpuActor;
 use super::messages::{
-    AttachGpus, DeviceFailed, DeviceFault, ExecItem, Execute, GetDevices, GetQueued, HealthCheck, HealthResult,
-    JobDone, RegisterFunction, Reply, Submit, UnregisterFunction, UpdateSlo, Work,
+    DeviceFault, ExecItem, Execute, JobDone, RegisterFunction, Submit, UnregisterFunction, UpdateSlo,
 };
-use super::RuntimeError;
 use crate::engine::Model;
 use crate::events::{Event, EventBus};
-
+use crate::gpu::Job;
 use crate::metrics as m;
 use crate::policy::cluster::{Admission, DeviceSnapshot, EvictReason};
-use crate::policy::{health, Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId, SwapSource};
+use crate::policy::{Cluster, Decision, DeviceId, DropReason, FunctionId, RequestId, SwapSource};
+use crate::request::{Reply, RuntimeError, Work};
 
 struct Pending {
     name: String,
@@ -36,32 +38,87 @@ struct Pending {
     retried: bool,
 }
 
-/// The scheduler's state, shared by the actor, the HTTP workers and the GPU actors.
-pub type SharedScheduler = Arc<Mutex<Scheduler>>;
-
-/// Runs `f` under the scheduler's lock, then, after letting go, sends the batches it dispatched
-/// and drops the models of the requests it refused: a send wakes the device's thread (a system
-/// call), and the last reference to a model frees its host weights (and unregisters them from
-/// CUDA); neither may stall everyone waiting for the lock. Sending late cannot reorder a
-/// device's batches: a device gets its next batch only once it has finished the one before.
-///
-/// A panic while the lock was held is a bug and may have left a decision half applied; the
-/// state is taken over anyway, because refusing it would fail every later request of every
-/// function, where the damage of a half-applied decision is usually one device or one request.
-pub fn with<R>(core: &SharedScheduler, f: impl FnOnce(&mut Scheduler) -> R) -> R {
-    let (result, outbox, retired) = {
-        let mut s = core.lock().unwrap_or_else(|e| e.into_inner());
-        let result = f(&mut s);
-        (result, std::mem::take(&mut s.outbox), std::mem::take(&mut s.retired))
-    };
-    for (gpu, batch) in outbox {
-        gpu.do_send(batch);
-    }
-    drop(retired);
-    result
+/// The scheduler's state, shared by the HTTP workers, the GPU actors and the scheduler actor.
+#[derive(Clone)]
+pub struct Scheduler {
+    core: Arc<Mutex<Core>>,
 }
 
-pub struct Scheduler {
+impl Scheduler {
+    /// `gpus` are the devices' actors in device order (their mailboxes exist before they run).
+    pub fn new(cluster: Cluster, device_ids: Vec<String>, events: EventBus, gpus: Vec<Addr<GpuActor>>) -> Self {
+        let core = Core {
+            cluster,
+            gpus,
+            device_ids,
+            pending: HashMap::new(),
+            next_request: 0,
+            epoch: Instant::now(),
+            events,
+            retired: Vec::new(),
+            outbox: Vec::new(),
+        };
+        Self { core: Arc::new(Mutex::new(core)) }
+    }
+
+    /// Runs `f` under the lock, then, after letting go, sends the batches it dispatched and
+    /// drops the models of the requests it refused: a send wakes the device's thread (a system
+    /// call), and the last reference to a model frees its host weights (and unregisters them
+    /// from CUDA); neither may stall everyone waiting for the lock. Sending late cannot reorder
+    /// a device's batches: a device gets its next batch only once it has finished the one
+    /// before.
+    ///
+    /// A panic while the lock was held is a bug and may have left a decision half applied; the
+    /// state is taken over anyway, because refusing it would fail every later request of every
+    /// function, where the damage of a half-applied decision is usually one device or one
+    /// request.
+    fn with<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let (result, outbox, retired) = {
+            let mut s = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            let result = f(&mut s);
+            (result, std::mem::take(&mut s.outbox), std::mem::take(&mut s.retired))
+        };
+        for (gpu, batch) in outbox {
+            gpu.do_send(batch);
+        }
+        drop(retired);
+        result
+    }
+
+    /// Queues a new request and dispatches (on the caller's thread).
+    pub fn submit(&self, msg: Submit) {
+        self.with(|core| core.submit(msg));
+    }
+
+    /// Accounts a finished batch and dispatches (on the device's thread). True when the batch's
+    /// device has just failed: its actor schedules the health checks.
+    pub fn job_done(&self, msg: JobDone) -> bool {
+        self.with(|core| core.job_done(msg))
+    }
+
+    /// A failed device passed its health check: back in service.
+    pub fn device_healthy(&self, device: DeviceId) {
+        self.with(|core| {
+            core.cluster.set_health(device, true);
+            let id = core.device_ids[device].clone();
+            tracing::info!("{id} passed its health check: back in service");
+            core.events.emit(|| Event::DeviceHealthy { device: id });
+            core.dispatch();
+        });
+    }
+
+    /// Residency and memory map of every device.
+    pub fn devices(&self) -> Vec<DeviceSnapshot> {
+        self.with(|core| (0..core.cluster.device_count()).map(|i| core.cluster.snapshot(i)).collect())
+    }
+
+    /// Requests waiting for a device, for one function.
+    pub fn queued(&self, function: FunctionId) -> usize {
+        self.with(|core| core.cluster.queued(function))
+    }
+}
+
+struct Core {
     cluster: Cluster,
     gpus: Vec<Addr<GpuActor>>,
     device_ids: Vec<String>,
@@ -76,35 +133,7 @@ pub struct Scheduler {
     outbox: Vec<(Addr<GpuActor>, Execute)>,
 }
 
-pub struct SchedulerActor {
-    core: SharedScheduler,
-}
-
-impl SchedulerActor {
-    pub fn new(core: SharedScheduler) -> Self {
-        Self { core }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
-        with(&self.core, f)
-    }
-}
-
-impl Scheduler {
-    pub fn new(cluster: Cluster, device_ids: Vec<String>, events: EventBus) -> Self {
-        Self {
-            cluster,
-            gpus: Vec::new(),
-            device_ids,
-            pending: HashMap::new(),
-            next_request: 0,
-            epoch: Instant::now(),
-            events,
-            retired: Vec::new(),
-            outbox: Vec::new(),
-        }
-    }
-
+impl Core {
     fn now(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64() * 1e3
     }
@@ -131,9 +160,6 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
-        if self.gpus.is_empty() {
-            return;
-        }
         let mut moved = false;
         while let Some(decision) = self.cluster.next_dispatch(self.now()) {
             let d = match decision {
@@ -164,7 +190,12 @@ impl Scheduler {
                 name = p.name;
                 items.push(ExecItem {
                     // Only the first of a batch copies the model in.
-                    job: p.work.into_job(d.extent, if k == 0 { d.swap } else { None }, source_extent),
+                    job: Job {
+                        work: p.work,
+                        extent: d.extent,
+                        swap: if k == 0 { d.swap } else { None },
+                        source_extent,
+                    },
                     received: p.received,
                     reply: p.reply,
                     retried: p.retried,
@@ -189,75 +220,9 @@ impl Scheduler {
             m::device_memory(id, used, capacity);
         }
     }
-}
 
-fn reason_label(r: DropReason) -> &'static str {
-    match r {
-        DropReason::NotPlaced => "not_placed",
-        DropReason::Unmeetable => "deadline_unmeetable",
-        DropReason::Overloaded => "overloaded",
-    }
-}
-
-impl Actor for SchedulerActor {
-    type Context = Context<Self>;
-}
-
-impl Handler<AttachGpus> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: AttachGpus, _: &mut Context<Self>) {
-        self.with(|core| {
-            core.gpus = msg.gpus;
-            core.dispatch();
-        });
-    }
-}
-
-impl Handler<RegisterFunction> for SchedulerActor {
-    type Result = Result<(), String>;
-
-    fn handle(&mut self, msg: RegisterFunction, _: &mut Context<Self>) -> Self::Result {
-        self.with(|core| {
-            core.cluster.add_function(msg.id, msg.spec)?;
-            core.publish_memory();
-            Ok(())
-        })
-    }
-}
-
-impl Handler<UpdateSlo> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: UpdateSlo, _: &mut Context<Self>) {
-        self.with(|core| core.cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch));
-    }
-}
-
-impl Handler<UnregisterFunction> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: UnregisterFunction, _: &mut Context<Self>) {
-        self.with(|core| {
-            let name = core.cluster.function_name(msg.id).unwrap_or_default().to_string();
-            let (dropped, evicted) = core.cluster.remove_function(msg.id);
-            for device in evicted {
-                core.evicted(device, &name, EvictReason::Undeploy);
-            }
-            for r in dropped {
-                if let Some(p) = core.pending.remove(&r) {
-                    let error = RuntimeError::FunctionGone(p.name.clone());
-                    core.reject(p.work.model, p.reply, error);
-                }
-            }
-            core.publish_memory();
-        });
-    }
-}
-
-impl Scheduler {
     /// Queues a new request and dispatches (on the caller's thread).
-    pub fn submit(&mut self, msg: Submit) {
+    fn submit(&mut self, msg: Submit) {
         let waited = msg.received.elapsed().as_secs_f64() * 1e3;
         let deadline = msg.deadline_ms.map(|d| d - waited);
         let p = Pending { name: msg.name, work: msg.work, received: msg.received, reply: msg.reply, retried: false };
@@ -282,21 +247,9 @@ impl Scheduler {
             }
         }
     }
-}
 
-impl Handler<DeviceFailed> for SchedulerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: DeviceFailed, ctx: &mut Context<Self>) {
-        let gpu = self.with(|core| core.gpus[msg.device].clone());
-        check_health_later(gpu, 0, ctx);
-    }
-}
-
-impl Scheduler {
-    /// Accounts a finished batch and dispatches. Returns a device that has just failed and
-    /// needs a health check scheduled (only a batch with a `fault` can cause one).
-    pub fn job_done(&mut self, msg: JobDone) -> Option<DeviceId> {
+    /// Accounts a finished batch and dispatches; true when its device has just failed.
+    fn job_done(&mut self, msg: JobDone) -> bool {
         // Without a fault or an abort the copy is complete; with one it went with the job.
         let dropped_copy = if msg.fault.is_none() && msg.aborted.is_none() {
             self.cluster.complete(msg.device);
@@ -313,13 +266,13 @@ impl Scheduler {
             self.cluster.record(msg.function, l);
         }
         let name = self.cluster.function_name(msg.function).unwrap_or_default().to_string();
-        let mut check = None;
+        let mut failed = false;
         if let Some(fault) = msg.fault {
             // The failed job's copy went with it: the feed hears of it as an eviction.
             if dropped_copy {
                 self.evicted(msg.device, &name, EvictReason::DeviceFault);
             }
-            check = self.device_failed(msg.device, msg.function, fault);
+            failed = self.device_failed(msg.device, msg.function, fault);
         } else if let Some(rest) = msg.aborted {
             if dropped_copy {
                 self.evicted(msg.device, &name, EvictReason::FailedJob);
@@ -328,7 +281,7 @@ impl Scheduler {
             for item in rest {
                 let p = Pending {
                     name: name.clone(),
-                    work: item.job.into(),
+                    work: item.job.work,
                     received: item.received,
                     reply: item.reply,
                     retried: item.retried,
@@ -337,13 +290,13 @@ impl Scheduler {
             }
         }
         self.dispatch();
-        check
+        failed
     }
 
     /// A device failed: it gets no work (and its copies are dropped) until a health check
-    /// passes; the batch's unfinished requests are retried once elsewhere. Returns the device
-    /// when it was healthy until now (its health checks are to be scheduled).
-    fn device_failed(&mut self, device: DeviceId, function: FunctionId, fault: DeviceFault) -> Option<DeviceId> {
+    /// passes; the batch's unfinished requests are retried once elsewhere. True when it was
+    /// healthy until now (its health checks are to be scheduled).
+    fn device_failed(&mut self, device: DeviceId, function: FunctionId, fault: DeviceFault) -> bool {
         let id = self.device_ids[device].clone();
         tracing::warn!("{}; retrying {} request(s) on other devices", fault.error, fault.retry.len());
         m::device_fault(&id, fault.kind);
@@ -363,19 +316,19 @@ impl Scheduler {
                     device: id.clone(),
                     source: crate::gpu::DeviceError::Unavailable(fault.error.clone()),
                 };
-                self.reject(item.job.model, item.reply, error);
+                self.reject(item.job.work.model, item.reply, error);
                 continue;
             }
             let p = Pending {
                 name: name.clone(),
-                work: item.job.into(),
+                work: item.job.work,
                 received: item.received,
                 reply: item.reply,
                 retried: true,
             };
             self.admit(p, function, None);
         }
-        newly_failed.then_some(device)
+        newly_failed
     }
 
     /// A copy left a device: counted, and told to the event feed.
@@ -389,42 +342,66 @@ impl Scheduler {
     }
 }
 
-fn check_health_later(gpu: Addr<GpuActor>, attempt: u32, ctx: &mut Context<SchedulerActor>) {
-    let wait = Duration::from_millis(health::check_delay_ms(attempt));
-    ctx.run_later(wait, move |_, _| gpu.do_send(HealthCheck { attempt }));
+fn reason_label(r: DropReason) -> &'static str {
+    match r {
+        DropReason::NotPlaced => "not_placed",
+        DropReason::Unmeetable => "deadline_unmeetable",
+        DropReason::Overloaded => "overloaded",
+    }
 }
 
-impl Handler<HealthResult> for SchedulerActor {
+/// Takes the function actors' messages, applied under the scheduler's lock.
+pub struct SchedulerActor {
+    scheduler: Scheduler,
+}
+
+impl SchedulerActor {
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler }
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<RegisterFunction> for SchedulerActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: RegisterFunction, _: &mut Context<Self>) -> Self::Result {
+        self.scheduler.with(|core| {
+            core.cluster.add_function(msg.id, msg.spec)?;
+            core.publish_memory();
+            Ok(())
+        })
+    }
+}
+
+impl Handler<UpdateSlo> for SchedulerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: HealthResult, ctx: &mut Context<Self>) {
-        if !msg.ok {
-            let gpu = self.with(|core| core.gpus[msg.device].clone());
-            check_health_later(gpu, msg.attempt + 1, ctx);
-            return;
-        }
-        self.with(|core| {
-            core.cluster.set_health(msg.device, true);
-            let id = core.device_ids[msg.device].clone();
-            tracing::info!("{id} passed its health check: back in service");
-            core.events.emit(|| Event::DeviceHealthy { device: id });
-            core.dispatch();
+    fn handle(&mut self, msg: UpdateSlo, _: &mut Context<Self>) {
+        self.scheduler.with(|core| core.cluster.set_slo(msg.id, msg.deadline_ms, msg.percentile, msg.max_batch));
+    }
+}
+
+impl Handler<UnregisterFunction> for SchedulerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnregisterFunction, _: &mut Context<Self>) {
+        self.scheduler.with(|core| {
+            let name = core.cluster.function_name(msg.id).unwrap_or_default().to_string();
+            let (dropped, evicted) = core.cluster.remove_function(msg.id);
+            for device in evicted {
+                core.evicted(device, &name, EvictReason::Undeploy);
+            }
+            for r in dropped {
+                if let Some(p) = core.pending.remove(&r) {
+                    let error = RuntimeError::FunctionGone(p.name.clone());
+                    core.reject(p.work.model, p.reply, error);
+                }
+            }
+            core.publish_memory();
         });
-    }
-}
-
-impl Handler<GetDevices> for SchedulerActor {
-    type Result = Vec<DeviceSnapshot>;
-
-    fn handle(&mut self, _: GetDevices, _: &mut Context<Self>) -> Self::Result {
-        self.with(|core| (0..core.cluster.device_count()).map(|i| core.cluster.snapshot(i)).collect())
-    }
-}
-
-impl Handler<GetQueued> for SchedulerActor {
-    type Result = usize;
-
-    fn handle(&mut self, msg: GetQueued, _: &mut Context<Self>) -> usize {
-        self.with(|core| core.cluster.queued(msg.function))
     }
 }

@@ -47,7 +47,7 @@ pub(crate) async fn list(rt: web::Data<Runtime>) -> HttpResponse {
 
 /// Every device with its residency and memory map (also the event feed's snapshot).
 pub async fn devices_json(rt: &Runtime) -> Vec<Value> {
-    let snapshots = rt.device_snapshots().await;
+    let snapshots = rt.device_snapshots();
     rt.devices
         .iter()
         .zip(snapshots)

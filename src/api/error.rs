@@ -4,9 +4,9 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::actors::RuntimeError;
 use crate::engine::EngineError;
-use crate::runtime::DeployError;
+use crate::function::DeployError;
+use crate::request::RuntimeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,7 +49,7 @@ impl ApiError {
             Self::Fault(crate::runtime::FaultError::NotSim(_)) => (StatusCode::CONFLICT, "faults_need_sim_devices"),
             Self::Fault(crate::runtime::FaultError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_fault"),
             Self::Deploy(d) => match d {
-                D::InvalidName(_) | D::ReservedName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                D::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 D::NoRepository => (StatusCode::NOT_FOUND, "no_model_repository"),
                 D::ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
                 D::OutsideRepository(_) => (StatusCode::FORBIDDEN, "outside_repository"),

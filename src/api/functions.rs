@@ -8,9 +8,10 @@ use serde_json::{json, Value};
 use super::body;
 use super::error::{ApiError, ErrorBody};
 use super::kserve::io_metadata;
+use crate::function::{Function, Unavailable};
 use crate::policy::cluster::DeviceSnapshot;
 use crate::policy::Profile;
-use crate::runtime::{FunctionEntry, Runtime, Unavailable};
+use crate::runtime::Runtime;
 use crate::store::FunctionSettings;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,7 +50,7 @@ fn unavailable_view(u: &Unavailable) -> Value {
 
 /// A function as the API shows it; `snapshots` are the devices' memory maps, fetched once per
 /// response.
-async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot]) -> Value {
+async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> Value {
     let record = entry.record();
     let (model_type, max_input_tokens) = match entry.model() {
         Some(m) => {
@@ -80,13 +81,13 @@ async fn view(rt: &Runtime, entry: &FunctionEntry, snapshots: &[DeviceSnapshot])
         "outputs": outputs,
         "resident_on": resident_on,
         "slo": entry.slo(),
-        "queued": rt.queued(entry).await,
+        "queued": rt.queued(entry),
     })
 }
 
 #[utoipa::path(get, path = "/api/v1/functions", tag = "functions", responses((status = 200, description = "every function with settings, residency, queue and SLO", body = Object), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
 pub(crate) async fn list(rt: web::Data<Runtime>) -> HttpResponse {
-    let snapshots = rt.device_snapshots().await;
+    let snapshots = rt.device_snapshots();
     let mut out = Vec::new();
     for entry in rt.functions() {
         out.push(view(&rt, &entry, &snapshots).await);
@@ -106,7 +107,7 @@ pub(crate) async fn create(rt: web::Data<Runtime>, payload: web::Payload) -> Res
         (Some(profile), None) => rt_arc.deploy_profile(&req.name, profile, req.settings).await?,
         (None, model) => rt_arc.deploy(&req.name, &model.unwrap_or_else(|| req.name.clone()), req.settings).await?,
     };
-    Ok(HttpResponse::Created().json(view(&rt, &entry, &rt.device_snapshots().await).await))
+    Ok(HttpResponse::Created().json(view(&rt, &entry, &rt.device_snapshots()).await))
 }
 
 #[utoipa::path(get, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "the function", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]
@@ -115,7 +116,7 @@ pub(crate) async fn get(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> R
         return Ok(HttpResponse::Ok().json(unavailable_view(&u)));
     }
     let entry = rt.function(&path.0).ok_or_else(|| ApiError::FunctionNotFound(path.0.clone()))?;
-    Ok(HttpResponse::Ok().json(view(&rt, &entry, &rt.device_snapshots().await).await))
+    Ok(HttpResponse::Ok().json(view(&rt, &entry, &rt.device_snapshots()).await))
 }
 
 #[utoipa::path(patch, path = "/api/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "function name", example = "bert")), request_body = UpdateRequest, responses((status = 200, description = "updated", body = Object), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ApiError, ErrorBody};
 use crate::engine::{GenerateOptions, SamplingParams};
-use crate::gpu::{Generation, TokenEvent};
+use crate::request::{Generation, TokenEvent};
 use crate::runtime::Runtime;
 
 /// Largest request message, bytes.
@@ -228,13 +228,13 @@ async fn run_one(
             let tokenize = move || model.spec.tokenize(&[text]);
             // As for inference: a long text is tokenized off the HTTP worker.
             let ids = if text_len > crate::runtime::INLINE_TEXT_BYTES {
-                actix_rt::task::spawn_blocking(tokenize).await.map_err(|_| crate::actors::RuntimeError::Stopped)
+                actix_rt::task::spawn_blocking(tokenize).await.map_err(|_| crate::request::RuntimeError::Stopped)
             } else {
                 Ok(tokenize())
             };
             match ids {
                 Ok(Ok(mut ids)) => ids.remove(0),
-                Ok(Err(e)) => return Outcome::Failed(crate::actors::RuntimeError::Engine(e).into()),
+                Ok(Err(e)) => return Outcome::Failed(crate::request::RuntimeError::Engine(e).into()),
                 Err(e) => return Outcome::Failed(e.into()),
             }
         }
@@ -302,10 +302,10 @@ async fn run_one(
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e.into()),
     };
-    let generated = done.generated.unwrap_or_else(|| crate::gpu::Generated {
+    let generated = done.generated.unwrap_or_else(|| crate::request::Generated {
         token_ids: Vec::new(),
         first_token_ms: 0.0,
-        finish_reason: crate::gpu::FinishReason::Length,
+        finish_reason: crate::request::FinishReason::Length,
     });
     let msg = json!({
         "type": "done",

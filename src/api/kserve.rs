@@ -12,7 +12,8 @@ use super::body;
 use super::error::{ApiError, ErrorBody};
 use super::tensors;
 use super::tensors::InferRequestBody;
-use crate::runtime::{FunctionEntry, Runtime};
+use crate::function::Function;
+use crate::runtime::Runtime;
 use crate::store::FunctionSettings;
 
 /// Most elements in one input tensor.
@@ -26,7 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     super::resource(cfg, "/v2/health/live", [web::get().to(live)]);
     super::resource(cfg, "/v2/health/ready", [web::get().to(ready)]);
     // Before `/v2/models/{name}`, which would take "stats" for a function's name (a function
-    // may not be called that: `runtime::RESERVED_NAMES`).
+    // may not be called that: `request::name::RESERVED`).
     super::resource(cfg, "/v2/models/stats", [web::get().to(all_stats)]);
     super::resource(cfg, "/v2/models/{name}", [web::get().to(model_metadata)]);
     super::resource(cfg, "/v2/models/{name}/versions/1", [web::get().to(model_metadata)]);
@@ -66,7 +67,7 @@ pub(crate) async fn ready(rt: web::Data<Runtime>) -> Result<HttpResponse, ApiErr
 /// cannot finish within it is refused (503 `deadline_unmeetable`) rather than run late.
 pub const DEADLINE_HEADER: &str = "Faaswap-Deadline-Ms";
 
-fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
+fn function(rt: &Runtime, name: &str) -> Result<Arc<Function>, ApiError> {
     rt.function(name).ok_or_else(|| match rt.unavailable(name) {
         Some(u) => ApiError::FunctionUnavailable { name: name.to_string(), reason: u.reason },
         None => ApiError::FunctionNotFound(name.to_string()),
@@ -74,7 +75,7 @@ fn function(rt: &Runtime, name: &str) -> Result<Arc<FunctionEntry>, ApiError> {
 }
 
 /// The tensors a function takes and produces, as KServe metadata lists them.
-pub fn io_metadata(entry: &FunctionEntry) -> (Value, Value) {
+pub fn io_metadata(entry: &Function) -> (Value, Value) {
     let ids = |name: &str| json!({"name": name, "datatype": "INT64", "shape": [-1, -1]});
     let Some(model) = entry.model() else {
         // Profiled: token ids count only for the batch size; nothing is computed.
@@ -164,8 +165,8 @@ pub(crate) async fn infer(
     })
 }
 
-fn stats_json(entry: &FunctionEntry) -> Value {
-    let s = &entry.stats;
+fn stats_json(entry: &Function) -> Value {
+    let s = &entry.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let success = get(&s.success);
     json!({
@@ -208,7 +209,7 @@ pub(crate) async fn repository_index(rt: web::Data<Runtime>, payload: web::Paylo
     let body = body::read(payload, 1 << 20, rt.config.body_timeout).await?;
     let req: IndexRequest = body::json(&body)?;
     let mut names = rt.repository_models();
-    let deployed = rt.functions().into_iter().map(|f| f.name.clone());
+    let deployed = rt.functions().into_iter().map(|f| f.name.to_string());
     for name in deployed.chain(rt.unavailable_functions().into_iter().map(|u| u.name)) {
         if !names.contains(&name) {
             names.push(name);
@@ -267,7 +268,7 @@ pub(crate) async fn load(
         return Ok(HttpResponse::Ok().json(json!({})));
     }
     match rt.clone().into_inner().deploy(name, name, settings).await {
-        Ok(_) | Err(crate::runtime::DeployError::AlreadyExists(_)) => Ok(HttpResponse::Ok().json(json!({}))),
+        Ok(_) | Err(crate::function::DeployError::AlreadyExists(_)) => Ok(HttpResponse::Ok().json(json!({}))),
         Err(e) => Err(e.into()),
     }
 }

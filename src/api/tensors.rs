@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::actors::messages::{Completed, Inputs};
 use crate::engine::TokenBatch;
+use crate::request::{Completed, Inputs};
 
 /// A KServe v2 inference request, as the API description shows it. Bodies are parsed by
 /// `RequestSeed`, which flattens each input's `data` as it reads it.
@@ -802,6 +802,7 @@ mod props {
         match &r.inputs {
             Inputs::Tokens(b) => assert!(b.ids.len() <= MAX),
             Inputs::Texts(t) => assert!(t.len() <= MAX),
+            Inputs::Tensors(_) => panic!("the KServe decoder makes no tensor inputs yet"),
         }
     }
 

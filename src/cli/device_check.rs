@@ -15,8 +15,9 @@ use serde_json::Value;
 
 use super::CliError;
 use crate::engine::{GenerateOptions, Model, OutputKind, SamplingParams, TokenBatch};
-use crate::gpu::{BuildOptions, Device, DevicePlan, Generation, Job};
+use crate::gpu::{BuildOptions, Device, DevicePlan, Job};
 use crate::policy::{Extent, SwapSource};
+use crate::request::{Generation, Work};
 
 #[derive(Debug, Args)]
 pub struct DeviceCheckArgs {
@@ -146,17 +147,15 @@ fn extent(model: &Model, device: &dyn Device) -> Extent {
 }
 
 fn job(model: &Arc<Model>, batch: TokenBatch, outputs: Vec<OutputKind>, swap: bool, device: &dyn Device) -> Job {
-    Job {
+    let work = Work {
         model: Some(model.clone()),
         bytes: weight_bytes(model),
         exec_ms: None,
-        extent: extent(model, device),
-        swap: swap.then_some(SwapSource::Host),
-        source_extent: None,
         batch,
         outputs,
         generation: None,
-    }
+    };
+    Job { work, extent: extent(model, device), swap: swap.then_some(SwapSource::Host), source_extent: None }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -233,7 +232,7 @@ fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
             GenerateOptions { max_new_tokens: want.len(), sampling: SamplingParams::default(), stop_at_eos: false };
         let (tokens, _keep) = tokio::sync::mpsc::unbounded_channel();
         let mut j = job(&model, TokenBatch::from_sequences(std::slice::from_ref(&prompt))?, Vec::new(), false, device);
-        j.generation = Some(Generation {
+        j.work.generation = Some(Generation {
             prompt,
             options,
             stop: Vec::new(),

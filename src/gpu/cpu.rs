@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
+use super::{Device, DeviceError, DeviceInfo, Job, JobResult};
 use crate::engine::program::exec::{Resident, WeightSource};
 use crate::engine::{EngineError, ModelSpec, OutputTensor, StreamedWeights, Workspace};
+use crate::request::Generated;
 
 /// Copy granularity: progress is published per layer, throttling is applied per chunk.
 const CHUNK_ELEMS: usize = (4 << 20) / 4;
@@ -117,10 +118,12 @@ fn run_task(
     job: &Job,
     ws: &mut Workspace,
 ) -> Result<(Vec<OutputTensor>, Option<Generated>), EngineError> {
-    match &job.generation {
-        None => Ok((spec.infer(weights, &job.batch, &job.outputs, ws)?, None)),
+    match &job.work.generation {
+        None => Ok((spec.infer(weights, &job.work.batch, &job.work.outputs, ws)?, None)),
         Some(g) => {
-            let generated = g.run(spec, |on_token| spec.generate(weights, &g.prompt, &g.options, ws, on_token))?;
+            let generated = super::generation::stream(g, spec, |on_token| {
+                spec.generate(weights, &g.prompt, &g.options, ws, on_token)
+            })?;
             Ok((Vec::new(), Some(generated)))
         }
     }
@@ -170,17 +173,16 @@ mod tests {
         let pages = (model.weights().len() * 4).div_ceil(page as usize);
         let batch = TokenBatch::from_sequences(&[vec![1, 2, 3], vec![4]]).unwrap();
         let want = model.infer(&batch, &[OutputKind::LastHiddenState]).unwrap();
-        let mut job = Job {
+        let work = crate::request::Work {
             model: Some(model.clone()),
             bytes: model.weights().len() as u64 * 4,
             exec_ms: None,
-            extent: Extent { first: 3, pages },
-            swap: Some(SwapSource::Host),
-            source_extent: None,
             batch,
             outputs: vec![OutputKind::LastHiddenState],
             generation: None,
         };
+        let mut job =
+            Job { work, extent: Extent { first: 3, pages }, swap: Some(SwapSource::Host), source_extent: None };
         let swapped = dev.run(&job).unwrap();
         assert_eq!(swapped.outputs, want);
         assert_eq!(swapped.swapped_bytes, model.weights().len() as u64 * 4);

@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use generation::{FinishReason, Generated, Generation, TokenEvent};
 pub use sizes::{parse_bandwidth, parse_bytes};
 pub use topology::{Topology, TopologySpec};
 
-use crate::engine::{EngineError, Model, OutputKind, OutputTensor, TokenBatch};
+use crate::engine::{EngineError, Model, OutputTensor};
 use crate::policy::{Extent, SwapSource};
+use crate::request::{Generated, Work};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,30 +73,22 @@ pub enum DeviceError {
     Internal(String),
 }
 
-/// One order for a device: run `batch` on `model`, whose weights sit (or are to be copied)
-/// at `extent` of the device's weight pool. A function deployed from a profile alone has no
-/// model (only `sim` devices run it): its `bytes` and `exec_ms` say what the job costs.
+/// One order for a device: run `work`, whose model's weights sit (or are to be copied) at
+/// `extent` of the device's weight pool. A function deployed from a profile alone has no model
+/// (only `sim` devices run it): the work's `bytes` and `exec_ms` say what the job costs.
 pub struct Job {
-    pub model: Option<Arc<Model>>,
-    /// Weight bytes a swap moves.
-    pub bytes: u64,
-    /// Profiled execution time of one request, ms (`None`: estimated from the model).
-    pub exec_ms: Option<f64>,
+    pub work: Work,
     pub extent: Extent,
     pub swap: Option<SwapSource>,
     /// Where the model sits on the source device of a peer copy.
     pub source_extent: Option<Extent>,
-    pub batch: TokenBatch,
-    pub outputs: Vec<OutputKind>,
-    /// A generation instead of a forward pass (`batch` then holds its prompt).
-    pub generation: Option<Generation>,
 }
 
 impl Job {
     /// The model to run; a function deployed from a profile alone has none, and only `sim`
     /// devices run it.
     pub fn model(&self) -> Result<&Arc<Model>, DeviceError> {
-        self.model.as_ref().ok_or_else(|| {
+        self.work.model.as_ref().ok_or_else(|| {
             DeviceError::BadSpec("a function deployed from a profile alone runs only on sim devices".into())
         })
     }

@@ -41,15 +41,17 @@ impl SimDevice {
         let host = self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK);
         let swap = match job.swap {
             None => None,
-            Some(SwapSource::Host) => Some(estimate::transfer_ms(job.bytes, host / sharing.max(1) as f64)),
+            Some(SwapSource::Host) => Some(estimate::transfer_ms(job.work.bytes, host / sharing.max(1) as f64)),
             Some(SwapSource::Peer(j)) => {
                 let peer = self.info.peer_links_bytes_per_s.get(j).copied().flatten().unwrap_or(host);
-                Some(estimate::transfer_ms(job.bytes, peer))
+                Some(estimate::transfer_ms(job.work.bytes, peer))
             }
         };
-        let single =
-            job.exec_ms.unwrap_or_else(|| EXEC_OVERHEAD_MS + estimate::transfer_ms(job.bytes, EXEC_BYTES_PER_S));
-        (swap, estimate::batched_exec_ms(single, job.batch.batch))
+        let single = job
+            .work
+            .exec_ms
+            .unwrap_or_else(|| EXEC_OVERHEAD_MS + estimate::transfer_ms(job.work.bytes, EXEC_BYTES_PER_S));
+        (swap, estimate::batched_exec_ms(single, job.work.batch.batch))
     }
 }
 
@@ -76,7 +78,7 @@ impl Device for SimDevice {
 
     #[allow(clippy::disallowed_methods)] // the device thread stands in for a busy GPU
     fn run(&mut self, job: &Job) -> Result<JobResult, DeviceError> {
-        if job.generation.is_some() {
+        if job.work.generation.is_some() {
             return Err(DeviceError::Engine(crate::engine::EngineError::BadInput(
                 "simulated devices compute no tokens: generation needs cpu or cuda devices".into(),
             )));
@@ -107,7 +109,7 @@ impl Device for SimDevice {
             return Err(DeviceError::Fault { device: self.info.id.clone(), kind });
         }
         let chunk = estimate::transfer_ms(
-            estimate::FIRST_CHUNK_BYTES.min(job.bytes),
+            estimate::FIRST_CHUNK_BYTES.min(job.work.bytes),
             self.info.host_link_bytes_per_s.unwrap_or(DEFAULT_HOST_LINK),
         );
         let total = estimate::job_ms(swap, chunk, exec) * self.time_scale;
@@ -121,7 +123,7 @@ impl Device for SimDevice {
             outputs: Vec::new(),
             swap_ms: swap.unwrap_or(0.0) * self.time_scale,
             exec_ms: exec * self.time_scale,
-            swapped_bytes: if job.swap.is_some() { job.bytes } else { 0 },
+            swapped_bytes: if job.swap.is_some() { job.work.bytes } else { 0 },
             simulated: true,
             generated: None,
         })

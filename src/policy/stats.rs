@@ -11,7 +11,7 @@ pub const WINDOW: usize = super::slo::WINDOW;
 const RATE_TAU_MS: f64 = 60_000.0;
 
 #[derive(Debug, Clone, Default)]
-pub struct FunctionStats {
+pub struct RequestWindow {
     window: VecDeque<(bool, f64)>,
     hits: usize,
     latency_sum: f64,
@@ -22,7 +22,7 @@ pub struct FunctionStats {
     probation: bool,
 }
 
-impl FunctionStats {
+impl RequestWindow {
     /// One finished (or dropped: `latency_ms` infinite) request.
     pub fn record(&mut self, latency_ms: f64, deadline_ms: f64) {
         if self.window.len() == WINDOW {
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn compliance_counts_hits_against_the_percentile() {
-        let mut s = FunctionStats::default();
+        let mut s = RequestWindow::default();
         assert!(s.compliant(0.98));
         for _ in 0..49 {
             s.record(10.0, 80.0);
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn rate_estimate_follows_arrivals() {
-        let mut s = FunctionStats::default();
+        let mut s = RequestWindow::default();
         // One arrival a second for ten minutes: about 1/s.
         for i in 0..600 {
             s.arrived(i as f64 * 1000.0);

@@ -18,8 +18,9 @@ use crate::gpu::chunks::{self, Chunk, Cursor};
 use crate::gpu::faults::FaultKind;
 use crate::gpu::graph_cache::GraphCache;
 use crate::gpu::schedule::{self, Step, Swap};
-use crate::gpu::{Device, DeviceError, DeviceInfo, Generated, Job, JobResult};
+use crate::gpu::{Device, DeviceError, DeviceInfo, Job, JobResult};
 use crate::policy::{Extent, SwapSource};
+use crate::request::Generated;
 
 mod graphs;
 mod launch;
@@ -366,17 +367,17 @@ impl Device for CudaDevice {
         };
         let swapped_bytes = if copy.is_some() { bytes } else { 0 };
         let mut swap_ms = 0.0;
-        let (outputs, generated): (Vec<OutputTensor>, Option<Generated>) = match &job.generation {
+        let (outputs, generated): (Vec<OutputTensor>, Option<Generated>) = match &job.work.generation {
             None => {
-                spec.check_request(&job.batch, &job.outputs)?;
-                let program = spec.forward_program(&job.batch);
+                spec.check_request(&job.work.batch, &job.work.outputs)?;
+                let program = spec.forward_program(&job.work.batch);
                 let (data, ms) = self.exec(&program, weights, copy.take(), true).map_err(|f| self.fault(f))?;
                 swap_ms = ms;
-                (spec.outputs_of(&job.batch, &job.outputs, data), None)
+                (spec.outputs_of(&job.work.batch, &job.work.outputs, data), None)
             }
             Some(g) => {
                 let mut failure = None;
-                let generated = g.run(spec, |on_token| {
+                let generated = crate::gpu::generation::stream(g, spec, |on_token| {
                     spec.generate_with(&g.prompt, &g.options, on_token, &mut |program| match self.exec(
                         program,
                         weights,

@@ -1,6 +1,7 @@
 // faaswap's CUDA kernels, compiled once per GPU at start-up by NVRTC. Each kernel implements
 // one order of a device program (src/engine/program) with exactly the semantics of the CPU
-// twin (src/engine/program/twin.rs), which CI checks against the CPU engine. All math FP32.
+// executor (src/engine/program/exec.rs), which CI runs against the reference fixtures. All
+// math FP32.
 
 #define FULL_MASK 0xffffffffu
 // NVRTC has no math.h: -inf by its bits.

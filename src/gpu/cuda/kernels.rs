@@ -24,7 +24,7 @@ pub fn compile(arch: &str) -> Result<(Vec<u8>, std::time::Duration), String> {
     let prog = rtc::create_program(&source, Some(&name)).map_err(|e| format!("NVRTC: {e:?}"))?;
     let options = [
         format!("--gpu-architecture={arch}"),
-        // The CPU twin's semantics: IEEE division and square roots, denormals kept.
+        // The CPU executor's semantics: IEEE division and square roots, denormals kept.
         "--prec-div=true".into(),
         "--prec-sqrt=true".into(),
         "--ftz=false".into(),

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::estimate::{self, FIRST_CHUNK_BYTES};
 use super::pages::{Extent, PagePool};
 use super::policies::{Choice, Policy};
-use super::stats::FunctionStats;
+use super::stats::RequestWindow;
 use super::{FunctionSpec, PolicyKind, SwapSource};
 
 pub use queue::Admission;
@@ -142,7 +142,7 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub(in crate::policy) struct Func {
     pub spec: FunctionSpec,
-    pub stats: FunctionStats,
+    pub stats: RequestWindow,
     pub in_flight: usize,
     /// A device whose copy of it is bound there (`native` binds each function at deploy): never
     /// evicted, never dropped when a job ends.
@@ -274,7 +274,7 @@ impl Cluster {
             id,
             Func {
                 spec,
-                stats: FunctionStats::default(),
+                stats: RequestWindow::default(),
                 in_flight: 0,
                 bound,
                 ready_mask: 0,

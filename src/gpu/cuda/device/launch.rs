@@ -132,8 +132,8 @@ impl CudaDevice {
                 };
                 let (alpha, beta) = (g.alpha, g.beta);
                 // SAFETY: every operand lies in the weights or the workspace (the programs are
-                // checked against the CPU twin, which bounds-checks each access); α and β are
-                // host scalars read before the call returns.
+                // the ones the CPU executor runs in CI, bounds-checking each access); α and β
+                // are host scalars read before the call returns.
                 unsafe {
                     blas::sgemm_strided_batched(
                         self.blas,
