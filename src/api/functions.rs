@@ -52,6 +52,7 @@ fn unavailable_view(u: &Unavailable) -> Value {
 /// response.
 async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> Value {
     let record = entry.record();
+    let id2label = entry.model().and_then(|m| m.spec.arch.labels().map(|l| l.to_vec()));
     let (model_type, max_input_tokens) = match entry.model() {
         Some(m) => {
             let s = m.spec.summary();
@@ -76,6 +77,7 @@ async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> V
         "model_type": model_type,
         "weight_bytes": entry.payload.bytes(),
         "max_input_tokens": max_input_tokens,
+        "id2label": id2label,
         "profile": record.profile,
         "inputs": inputs,
         "outputs": outputs,

@@ -86,17 +86,12 @@ pub fn io_metadata(entry: &Function) -> (Value, Value) {
         spec.io().inputs.iter().map(|i| json!({"name": i.name, "datatype": i.datatype, "shape": i.shape})).collect();
     if spec.tokenizer.is_some() {
         inputs.push(json!({"name": "text", "datatype": "BYTES", "shape": [-1]}));
+        inputs.push(json!({"name": "text_pair", "datatype": "BYTES", "shape": [-1]}));
     }
     let outputs: Vec<Value> = spec
         .outputs()
         .into_iter()
-        .map(|o| {
-            let shape = match o {
-                crate::engine::OutputKind::SentenceEmbedding => json!([-1, spec.output_width(o)]),
-                _ => json!([-1, -1, spec.output_width(o)]),
-            };
-            json!({"name": o.name(), "datatype": "FP32", "shape": shape})
-        })
+        .map(|o| json!({"name": o.name(), "datatype": "FP32", "shape": spec.output_shape(o)}))
         .collect();
     (Value::Array(inputs), Value::Array(outputs))
 }
@@ -108,13 +103,20 @@ pub(crate) async fn model_metadata(
 ) -> Result<HttpResponse, ApiError> {
     let entry = function(&rt, &path.0)?;
     let (inputs, outputs) = io_metadata(&entry);
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "name": path.0,
         "versions": ["1"],
         "platform": format!("faaswap_{}", entry.model().map_or("profile", |m| m.spec.arch.model_type())),
         "inputs": inputs,
         "outputs": outputs,
-    })))
+    });
+    // A classifier's labels, keyed as transformers' `id2label` is ("0", "1", …).
+    if let Some(labels) = entry.model().and_then(|m| m.spec.arch.labels()) {
+        let map: serde_json::Map<String, Value> =
+            labels.iter().enumerate().map(|(i, l)| (i.to_string(), Value::from(l.as_str()))).collect();
+        body["id2label"] = Value::Object(map);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "kserve", params(("name" = String, Path, description = "function name", example = "bert")), responses((status = 200, description = "deployed"), (status = 404, description = "not deployed", body = ErrorBody), (status = 400, description = "bad request", body = ErrorBody), (status = 401, description = "no or unknown token", body = ErrorBody), (status = 403, description = "token without the scope", body = ErrorBody)))]

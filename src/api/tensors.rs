@@ -335,6 +335,7 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
         seen.push(&input.name);
     }
     let mut texts = None;
+    let mut text_pairs: Option<Vec<String>> = None;
     let mut ids = None;
     let mut mask = None;
     let mut types = None;
@@ -359,6 +360,10 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
                 expect_type(&input, &["BYTES"])?;
                 texts = Some(raw.strings(n).map_err(|e| bad(format!("input \"text\": {e}")))?);
             }
+            "text_pair" => {
+                expect_type(&input, &["BYTES"])?;
+                text_pairs = Some(raw.strings(n).map_err(|e| bad(format!("input \"text_pair\": {e}")))?);
+            }
             "input_ids" | "attention_mask" | "token_type_ids" => {
                 expect_type(&input, &["INT64", "INT32"])?;
                 let shape = match input.shape.as_slice() {
@@ -378,7 +383,7 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
             }
             other => {
                 return Err(bad(format!(
-                    "unknown input {other:?}: this model takes \"input_ids\" (with optional \"attention_mask\", \"token_type_ids\") or \"text\""
+                    "unknown input {other:?}: this model takes \"input_ids\" (with optional \"attention_mask\", \"token_type_ids\") or \"text\" (with optional \"text_pair\")"
                 )))
             }
         }
@@ -386,9 +391,22 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
     if !binary.is_empty() {
         return Err(bad(format!("{} bytes of binary data follow the last input", binary.len())));
     }
+    if text_pairs.is_some() && texts.is_none() {
+        return Err(bad("\"text_pair\" needs a \"text\" input: it is the second text of each pair"));
+    }
     let inputs = match (texts, ids) {
         (Some(_), Some(_)) => return Err(bad("give either \"text\" or \"input_ids\", not both")),
-        (Some(t), None) => Inputs::Texts(t),
+        (Some(t), None) => match text_pairs {
+            None => Inputs::Texts(t),
+            Some(p) if p.len() == t.len() => Inputs::TextPairs(t.into_iter().zip(p).collect()),
+            Some(p) => {
+                return Err(bad(format!(
+                    "\"text\" has {} values and \"text_pair\" {}: give one text_pair per text",
+                    t.len(),
+                    p.len()
+                )))
+            }
+        },
         (None, Some(ids)) => {
             let to_u32 = |what: &str, v: Vec<i64>| -> Result<Vec<u32>, ApiError> {
                 v.into_iter()
@@ -802,6 +820,7 @@ mod props {
         match &r.inputs {
             Inputs::Tokens(b) => assert!(b.ids.len() <= MAX),
             Inputs::Texts(t) => assert!(t.len() <= MAX),
+            Inputs::TextPairs(t) => assert!(t.len() <= MAX),
             Inputs::Tensors(_) => panic!("the KServe decoder makes no tensor inputs yet"),
         }
     }

@@ -260,7 +260,7 @@ fn measure(device: &mut dyn Device, dir: &Path, a: &DeviceCheckArgs) -> Result<M
     let seqs: Vec<Vec<u32>> =
         (0..a.batch).map(|b| (0..seq_len).map(|t| ((t * 31 + b * 7 + 1) as u32) % vocab).collect()).collect();
     let batch = TokenBatch::from_sequences(&seqs)?;
-    let outputs = vec![model.spec.default_output()];
+    let outputs = model.spec.default_outputs();
     let bytes = weight_bytes(&model);
     let extent = extent(&model, device);
     let raw = (0..3).map(|_| device.raw_copy_ms(&model, extent)).collect::<Result<Vec<_>, _>>()?;

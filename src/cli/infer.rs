@@ -2,26 +2,40 @@
 
 use serde_json::json;
 
-use super::{print_json, CliError, GenerateArgs, InputArgs, InspectArgs, RunArgs};
-use crate::engine::{GenerateOptions, Model, OutputKind, SamplingParams, TokenBatch};
+use super::{print_json, CliError, GenerateArgs, InputArgs, InspectArgs, RunArgs, TokenIds};
+use crate::engine::{GenerateOptions, Model, SamplingParams, TokenBatch};
 
-fn token_ids(model: &Model, input: InputArgs) -> Result<Vec<Vec<u32>>, CliError> {
-    if input.texts.is_empty() {
-        Ok(input.input_ids.into_iter().map(|t| t.0).collect())
-    } else {
-        Ok(model.spec.tokenize(&input.texts)?)
+/// The batch `faaswap run` was given: texts (or text pairs) through the tokenizer, or token ids
+/// with their token types.
+fn batch(model: &Model, input: InputArgs, pairs: &[String], types: &[TokenIds]) -> Result<TokenBatch, CliError> {
+    if !input.texts.is_empty() {
+        let pairs = if pairs.is_empty() { None } else { Some(pairs) };
+        return Ok(model.spec.tokenize_batch(&input.texts, pairs)?);
     }
+    let seqs: Vec<Vec<u32>> = input.input_ids.into_iter().map(|t| t.0).collect();
+    let mut batch = TokenBatch::from_sequences(&seqs)?;
+    if !types.is_empty() {
+        if types.len() != seqs.len() {
+            return Err(CliError::Usage("give one --token-type-ids per --input-ids".into()));
+        }
+        for (b, (types, ids)) in types.iter().zip(&seqs).enumerate() {
+            if types.0.len() != ids.len() {
+                return Err(CliError::Usage(format!(
+                    "--token-type-ids {b} has {} values for {} ids",
+                    types.0.len(),
+                    ids.len()
+                )));
+            }
+            batch.type_ids[b * batch.seq..][..ids.len()].copy_from_slice(&types.0);
+        }
+    }
+    Ok(batch)
 }
 
 pub fn run(a: RunArgs) -> Result<(), CliError> {
     let model = Model::load(&a.model)?;
-    let outputs: Vec<OutputKind> = if a.outputs.is_empty() {
-        vec![model.spec.default_output()]
-    } else {
-        a.outputs.iter().map(|n| model.spec.output_by_name(n)).collect::<Result<_, _>>()?
-    };
-    let seqs = token_ids(&model, a.input)?;
-    let batch = TokenBatch::from_sequences(&seqs)?;
+    let outputs = model.spec.requested_outputs(&a.outputs)?;
+    let batch = batch(&model, a.input, &a.text_pairs, &a.token_type_ids)?;
     let tensors = model.infer(&batch, &outputs)?;
     print_json(&json!({ "outputs": tensors }))
 }

@@ -91,6 +91,12 @@ pub struct RunArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub input: InputArgs,
+    /// Second text of a pair (a passage for a reranker), one per `--text`.
+    #[arg(long = "text-pair", requires = "texts")]
+    pub text_pairs: Vec<String>,
+    /// Token type ids, comma-separated, one list per `--input-ids` (default: all 0).
+    #[arg(long = "token-type-ids", value_parser = parse_ids, requires = "input_ids")]
+    pub token_type_ids: Vec<TokenIds>,
     /// Output tensors to return (default: sentence_embedding with pooling settings, else
     /// last_hidden_state or logits).
     #[arg(long = "output")]

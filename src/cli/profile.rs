@@ -53,7 +53,7 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
         let body = std::fs::read_to_string(path)?;
         texts.extend(body.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
     }
-    let output = model.spec.default_output();
+    let defaults = model.spec.default_outputs();
     let mut results = Vec::new();
     for &b in &a.batch_sizes {
         let batch_texts: Vec<String> = texts.iter().cycle().take(b).cloned().collect();
@@ -67,7 +67,7 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
         let mut once = || -> Result<(), CliError> {
             let ids = if texts.is_empty() { random_ids.clone() } else { model.spec.tokenize(&batch_texts)? };
             let batch = TokenBatch::from_sequences(&ids)?;
-            model.spec.infer(&model.resident(), &batch, &[output], &mut ws)?;
+            model.spec.infer(&model.resident(), &batch, &defaults, &mut ws)?;
             Ok(())
         };
         for _ in 0..a.warmup {
@@ -94,7 +94,7 @@ pub fn run(a: ProfileArgs) -> Result<(), CliError> {
     }
     print_json(&serde_json::json!({
         "model": a.model.display().to_string(),
-        "output": output.name(),
+        "outputs": defaults.iter().map(|o| o.name()).collect::<Vec<_>>(),
         "threads": rayon::current_num_threads(),
         "inputs": if texts.is_empty() { "random_ids" } else { "texts" },
         "results": results,

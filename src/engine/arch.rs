@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::batch::TokenBatch;
-use super::io::{IoSpec, OutputKind};
+use super::io::{IoSpec, Produced};
 use super::program::Program;
 
 pub trait Architecture: Send + Sync + std::fmt::Debug {
@@ -29,17 +29,22 @@ pub trait Architecture: Send + Sync + std::fmt::Debug {
         1
     }
 
-    /// The width of a row of its main output (hidden size, or vocabulary for logits).
+    /// The width of its hidden states (what sentence pooling reads).
     fn hidden_size(&self) -> usize;
+
+    /// The names of a classification head's labels (`id2label`), in order.
+    fn labels(&self) -> Option<&[String]> {
+        None
+    }
 
     /// Its forward pass over a checked batch, as a device program.
     fn forward(&self, batch: &TokenBatch) -> Program;
 
-    /// Its main output, from what `forward`'s program produced: `(kind, shape, values)` over the
-    /// padded batch (zeros at padding where it runs only attended tokens).
-    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> (OutputKind, Vec<usize>, Vec<f32>);
+    /// Every output `io()` lists, from what `forward`'s program produced, over the padded batch
+    /// (zeros at padding where it runs only attended tokens).
+    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced>;
 
-    /// Values of its main output for a batch (what answering costs outside the workspace).
+    /// Values of all its outputs for a batch (what answering costs outside the workspace).
     fn output_elems(&self, batch: &TokenBatch) -> usize;
 
     /// Its decoder, when it generates.

@@ -30,6 +30,8 @@ pub enum Activation {
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` — `gelu_new`, `gelu_pytorch_tanh`.
     GeluTanh,
     Relu,
+    /// `tanh` (sequence-classification poolers; also a valid `hidden_act`).
+    Tanh,
 }
 
 impl Activation {
@@ -38,6 +40,7 @@ impl Activation {
             "gelu" => Some(Self::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
             "relu" => Some(Self::Relu),
+            "tanh" => Some(Self::Tanh),
             _ => None,
         }
     }

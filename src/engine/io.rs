@@ -11,6 +11,9 @@ use super::batch::TokenBatch;
 pub enum Inputs {
     /// Texts, one sequence each (needs the package's tokenizer).
     Texts(Vec<String>),
+    /// Pairs of texts (a query and a passage), one sequence each through the tokenizer's pair
+    /// template (`[CLS] a [SEP] b [SEP]`, token types 0 then 1 for BERT).
+    TextPairs(Vec<(String, String)>),
     /// Token ids with their mask and types.
     Tokens(TokenBatch),
     /// Named tensors (an image as `pixel_values`): for models that take tensors, not tokens.
@@ -18,10 +21,20 @@ pub enum Inputs {
 }
 
 impl Inputs {
+    /// Bytes of text it holds (0 for tokens and tensors).
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.iter().map(String::len).sum(),
+            Self::TextPairs(t) => t.iter().map(|(a, b)| a.len() + b.len()).sum(),
+            _ => 0,
+        }
+    }
+
     /// Rows of the batch (sequences or the tensors' first dimension).
     pub fn rows(&self) -> usize {
         match self {
             Self::Texts(t) => t.len(),
+            Self::TextPairs(t) => t.len(),
             Self::Tokens(b) => b.batch,
             Self::Tensors(t) => t.first().and_then(|t| t.shape.first().copied()).unwrap_or(0),
         }
@@ -44,23 +57,74 @@ pub struct InputSpec {
     pub shape: Vec<i64>,
 }
 
-/// A model's inputs and outputs (the default output first).
+/// One output a model produces, as the KServe metadata lists it (`-1`: the batch's size or
+/// length).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputSpec {
+    pub kind: OutputKind,
+    pub shape: Vec<i64>,
+}
+
+impl OutputSpec {
+    /// `[batch, seq, width]`: one row per token.
+    pub fn per_token(kind: OutputKind, width: usize) -> Self {
+        Self { kind, shape: vec![-1, -1, width as i64] }
+    }
+
+    /// `[batch, seq]`: one value per token.
+    pub fn per_position(kind: OutputKind) -> Self {
+        Self { kind, shape: vec![-1, -1] }
+    }
+
+    /// `[batch, width]`: one row per sequence.
+    pub fn per_sequence(kind: OutputKind, width: usize) -> Self {
+        Self { kind, shape: vec![-1, width as i64] }
+    }
+}
+
+/// A model's inputs and outputs, and the outputs a request that names none gets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IoSpec {
     pub inputs: Vec<InputSpec>,
-    pub outputs: Vec<OutputKind>,
+    pub outputs: Vec<OutputSpec>,
+    pub defaults: Vec<OutputKind>,
 }
 
 impl IoSpec {
-    /// Token-id inputs: `input_ids`, `attention_mask`, and `token_type_ids` when it takes them.
-    pub fn tokens(token_types: bool, outputs: Vec<OutputKind>) -> Self {
+    /// Token-id inputs: `input_ids`, `attention_mask`, and `token_type_ids` when it takes them;
+    /// the first output is the default.
+    pub fn tokens(token_types: bool, outputs: Vec<OutputSpec>) -> Self {
         let ids = |name| InputSpec { name, datatype: "INT64", shape: vec![-1, -1] };
         let mut inputs = vec![ids("input_ids"), ids("attention_mask")];
         if token_types {
             inputs.push(ids("token_type_ids"));
         }
-        Self { inputs, outputs }
+        let defaults = outputs.iter().take(1).map(|o| o.kind).collect();
+        Self { inputs, outputs, defaults }
     }
+
+    /// Answers requests that name no output with all of `kinds`.
+    pub fn with_defaults(mut self, kinds: Vec<OutputKind>) -> Self {
+        self.defaults = kinds;
+        self
+    }
+
+    pub fn output(&self, kind: OutputKind) -> Option<&OutputSpec> {
+        self.outputs.iter().find(|o| o.kind == kind)
+    }
+
+    pub fn produces(&self, kind: OutputKind) -> bool {
+        self.output(kind).is_some()
+    }
+}
+
+/// One output as a forward pass produced it: its kind, its shape over the padded batch and its
+/// values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Produced {
+    pub kind: OutputKind,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
 }
 
 /// What a model can produce, named as Hugging Face names them.
@@ -70,19 +134,26 @@ pub enum OutputKind {
     LastHiddenState,
     SentenceEmbedding,
     Logits,
+    StartLogits,
+    EndLogits,
 }
 
 impl OutputKind {
+    const ALL: [Self; 5] =
+        [Self::LastHiddenState, Self::SentenceEmbedding, Self::Logits, Self::StartLogits, Self::EndLogits];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::LastHiddenState => "last_hidden_state",
             Self::SentenceEmbedding => "sentence_embedding",
             Self::Logits => "logits",
+            Self::StartLogits => "start_logits",
+            Self::EndLogits => "end_logits",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::LastHiddenState, Self::SentenceEmbedding, Self::Logits].into_iter().find(|k| k.name() == name)
+        Self::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 

@@ -53,12 +53,22 @@ pub struct PlannedTensor {
     pub layer: usize,
     pub source: Source,
     pub init: Init,
+    /// Named at the file's top level even where the rest of the model sits under a prefix (a
+    /// task head beside `bert.`).
+    pub unprefixed: bool,
 }
 
 impl PlannedTensor {
     /// A file tensor stored as it is.
     pub fn new(name: impl Into<String>, shape: &[usize], layer: usize) -> Self {
-        Self { name: name.into(), shape: shape.to_vec(), layer, source: Source::Plain, init: Init::Normal }
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+            layer,
+            source: Source::Plain,
+            init: Init::Normal,
+            unprefixed: false,
+        }
     }
 
     /// A file `[out, in]` matrix stored as `[in, out]`.

@@ -33,7 +33,7 @@ pub use batch::TokenBatch;
 pub use config::Activation;
 pub use error::{EngineError, Result};
 pub use generate::{Decoded, Ended, GenerateOptions};
-pub use io::{max_abs_diff, InputSpec, InputTensor, Inputs, IoSpec, OutputKind, OutputTensor};
+pub use io::{max_abs_diff, InputSpec, InputTensor, Inputs, IoSpec, OutputKind, OutputSpec, OutputTensor, Produced};
 pub use layout::{Dtype, LayerSpan, Span, TensorSlot, WeightLayout};
 pub use model::{Model, ModelSpec, ModelSummary};
 pub use pooling::{PoolMode, Pooling};

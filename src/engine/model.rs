@@ -13,7 +13,7 @@ use super::arch::Architecture;
 use super::batch::TokenBatch;
 use super::error::{EngineError, Result};
 use super::generate::{self, Decoded, GenerateOptions};
-use super::io::{IoSpec, OutputKind, OutputTensor};
+use super::io::{IoSpec, OutputKind, OutputTensor, Produced};
 use super::layout::WeightLayout;
 use super::pooling::Pooling;
 use super::program::exec::{self, Resident, WeightSource};
@@ -75,7 +75,7 @@ impl Model {
         )?;
         let arch = loaded.arch;
         // Sentence-transformers pooling applies to encoders' hidden states.
-        let pooling = if arch.io().outputs.contains(&OutputKind::LastHiddenState) { Pooling::load(dir)? } else { None };
+        let pooling = if arch.io().produces(OutputKind::LastHiddenState) { Pooling::load(dir)? } else { None };
         let tokenizer = TextEncoder::load(dir, arch.max_positions())?;
         Ok(Self {
             spec: ModelSpec { dir: dir.to_path_buf(), arch, layout: loaded.layout, pooling, tokenizer },
@@ -143,19 +143,25 @@ impl ModelSpec {
         self.arch.io()
     }
 
-    /// Outputs this model produces, the default first: the pooled sentence embedding first
-    /// when the package has pooling settings.
+    /// Outputs this model produces: the pooled sentence embedding first when the package has
+    /// pooling settings, then the architecture's.
     pub fn outputs(&self) -> Vec<OutputKind> {
-        let mut out = Vec::with_capacity(2);
+        let mut out = Vec::with_capacity(3);
         if self.pooling.is_some() {
             out.push(OutputKind::SentenceEmbedding);
         }
-        out.extend(&self.arch.io().outputs);
+        out.extend(self.arch.io().outputs.iter().map(|o| o.kind));
         out
     }
 
-    pub fn default_output(&self) -> OutputKind {
-        self.outputs()[0]
+    /// What a request that names no output gets: the sentence embedding with pooling settings,
+    /// else the architecture's defaults (both logits of a question-answering head).
+    pub fn default_outputs(&self) -> Vec<OutputKind> {
+        if self.pooling.is_some() {
+            vec![OutputKind::SentenceEmbedding]
+        } else {
+            self.arch.io().defaults.clone()
+        }
     }
 
     pub fn output_by_name(&self, name: &str) -> Result<OutputKind> {
@@ -166,20 +172,49 @@ impl ModelSpec {
         })
     }
 
-    /// The width of each row of `kind` (for the KServe metadata's shapes).
-    pub fn output_width(&self, kind: OutputKind) -> usize {
-        let h = self.arch.hidden_size();
-        match kind {
-            OutputKind::SentenceEmbedding => self.pooling.as_ref().map_or(h, |p| p.output_dim(h)),
-            OutputKind::Logits => self.arch.vocab_size(),
-            OutputKind::LastHiddenState => h,
+    /// The outputs a request asked for by name, or the defaults when it named none.
+    pub fn requested_outputs(&self, names: &[String]) -> Result<Vec<OutputKind>> {
+        if names.is_empty() {
+            return Ok(self.default_outputs());
         }
+        names.iter().map(|n| self.output_by_name(n)).collect()
+    }
+
+    /// The shape of `kind` as the KServe metadata lists it (`-1` for the batch's sizes).
+    pub fn output_shape(&self, kind: OutputKind) -> Vec<i64> {
+        if kind == OutputKind::SentenceEmbedding {
+            let h = self.arch.hidden_size();
+            return vec![-1, self.pooling.as_ref().map_or(h, |p| p.output_dim(h)) as i64];
+        }
+        self.arch.io().output(kind).map_or_else(Vec::new, |o| o.shape.clone())
     }
 
     /// Tokenizes texts with the package's tokenizer.
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         let t = self.tokenizer.as_ref().ok_or(EngineError::NoTokenizer)?;
         t.encode(texts)
+    }
+
+    /// A batch of texts, or of text pairs through the tokenizer's pair template (with the
+    /// token types it gives the second text), as the model takes them.
+    pub fn tokenize_batch(&self, texts: &[String], pairs: Option<&[String]>) -> Result<TokenBatch> {
+        let t = self.tokenizer.as_ref().ok_or(EngineError::NoTokenizer)?;
+        match pairs {
+            None => TokenBatch::from_sequences(&t.encode(texts)?),
+            Some(pairs) => {
+                let encoded = t.encode_pairs(texts, pairs)?;
+                let (ids, types): (Vec<_>, Vec<_>) = encoded.into_iter().unzip();
+                let mut batch = TokenBatch::from_sequences(&ids)?;
+                // Token types of the second text only where the model has a table for them
+                // (a RoBERTa tokenizer gives none; DistilBERT takes none).
+                if self.arch.type_vocab_size() > 1 {
+                    for (b, seq_types) in types.iter().enumerate() {
+                        batch.type_ids[b * batch.seq..][..seq_types.len()].copy_from_slice(seq_types);
+                    }
+                }
+                Ok(batch)
+            }
+        }
     }
 
     fn check_weights(&self, weights: &dyn WeightSource) -> Result<()> {
@@ -216,7 +251,8 @@ impl ModelSpec {
     pub fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
         let pooled = outputs.iter().filter(|&&o| o == OutputKind::SentenceEmbedding).count();
         let copies = (outputs.len() - pooled).max(1);
-        copies * self.arch.output_elems(batch) + pooled * batch.batch * self.output_width(OutputKind::SentenceEmbedding)
+        let width = self.output_shape(OutputKind::SentenceEmbedding)[1] as usize;
+        copies * self.arch.output_elems(batch) + pooled * batch.batch * width
     }
 
     /// Checks a request before it is queued: the outputs exist and the batch fits the model.
@@ -274,31 +310,38 @@ impl ModelSpec {
         Ok(self.outputs_of(batch, outputs, data))
     }
 
-    /// The asked outputs from what a forward program produced: the architecture's main output
-    /// over the padded batch, and the sentence embedding pooled from it when asked.
+    /// The asked outputs from what a forward program produced: the architecture's outputs over
+    /// the padded batch, and the sentence embedding pooled from its hidden states when asked.
     pub fn outputs_of(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<OutputTensor> {
-        let (kind, shape, data) = self.arch.assemble(batch, data);
+        let mut produced: Vec<Option<Produced>> = self.arch.assemble(batch, data).into_iter().map(Some).collect();
         let pooled = match &self.pooling {
             Some(pooling) if outputs.contains(&OutputKind::SentenceEmbedding) => {
-                let (b, s, h) = (batch.batch, batch.seq, shape[2]);
-                let values = pooling.apply(&data, &batch.mask, b, s, h);
+                let hidden = produced
+                    .iter()
+                    .flatten()
+                    .find(|p| p.kind == OutputKind::LastHiddenState)
+                    .expect("pooling is set only where the architecture gives hidden states");
+                let (b, s, h) = (batch.batch, batch.seq, hidden.shape[2]);
+                let values = pooling.apply(&hidden.data, &batch.mask, b, s, h);
                 Some(OutputTensor::fp32(OutputKind::SentenceEmbedding, vec![b, pooling.output_dim(h)], values))
             }
             _ => None,
         };
-        // The main output is moved into its last use, copied into any before it.
-        let mut left = outputs.iter().filter(|&&o| o != OutputKind::SentenceEmbedding).count();
-        let mut data = Some(data);
+        // Each output is moved into its last use, copied into any before it.
         outputs
             .iter()
-            .map(|&want| {
+            .enumerate()
+            .map(|(i, &want)| {
                 if want == OutputKind::SentenceEmbedding {
                     return pooled.clone().expect("listed only with pooling");
                 }
-                debug_assert_eq!(want, kind, "checked against the outputs");
-                left -= 1;
-                let values = if left == 0 { data.take() } else { data.clone() };
-                OutputTensor::fp32(kind, shape.clone(), values.expect("used once last"))
+                let slot = produced
+                    .iter_mut()
+                    .find(|p| p.as_ref().is_some_and(|p| p.kind == want))
+                    .expect("checked against the outputs");
+                let last = !outputs[i + 1..].contains(&want);
+                let p = if last { slot.take().expect("present") } else { slot.clone().expect("present") };
+                OutputTensor::fp32(p.kind, p.shape, p.data)
             })
             .collect()
     }

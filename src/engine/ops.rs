@@ -43,6 +43,7 @@ pub fn activate(x: &mut [f32], act: Activation) {
         Activation::GeluErf => gelu_erf_slice(chunk),
         Activation::GeluTanh => gelu_tanh_slice(chunk),
         Activation::Relu => chunk.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Tanh => chunk.iter_mut().for_each(|v| *v = v.tanh()),
     };
     if x.len() < PARALLEL_ELEMS {
         apply(x);

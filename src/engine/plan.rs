@@ -10,6 +10,7 @@ pub struct PlanBuilder {
     tensors: Vec<PlannedTensor>,
     layers: Vec<String>,
     offset: usize,
+    unprefixed: bool,
 }
 
 impl PlanBuilder {
@@ -23,9 +24,16 @@ impl PlanBuilder {
         self.layers.push(name.into());
     }
 
+    /// Tensors declared from here on are named at the file's top level, outside the prefix the
+    /// rest of the model has (a task head's), until this is called with `false`.
+    pub fn unprefixed(&mut self, yes: bool) {
+        self.unprefixed = yes;
+    }
+
     fn push(&mut self, mut t: PlannedTensor) -> Span {
         assert!(!self.layers.is_empty(), "tensor {} is declared before any layer", t.name);
         t.layer = self.layers.len() - 1;
+        t.unprefixed = self.unprefixed;
         self.offset = self.offset.next_multiple_of(ALIGN_ELEMS);
         let span = Span { offset: self.offset, len: t.numel() };
         self.offset += span.len;

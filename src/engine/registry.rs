@@ -11,7 +11,7 @@ use super::arch::Architecture;
 use super::config::ConfigReader;
 use super::error::{EngineError, Result};
 use super::layout::{PlannedTensor, WeightLayout};
-use super::models::{bert, gpt2};
+use super::models::{bert, distilbert, gpt2, roberta};
 use super::synth::Preset;
 
 /// One model family.
@@ -37,7 +37,8 @@ pub struct Loaded {
 }
 
 /// Every family, in the order they arrived.
-pub const FAMILIES: &[&Family] = &[&bert::FAMILY, &gpt2::FAMILY];
+pub const FAMILIES: &[&Family] =
+    &[&bert::FAMILY, &gpt2::FAMILY, &roberta::ROBERTA, &roberta::XLM_ROBERTA, &distilbert::FAMILY];
 
 /// The family of a config (by its `model_type`), loaded.
 pub fn load(path: &Path, config: &Value) -> Result<(&'static Family, Loaded)> {

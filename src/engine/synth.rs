@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
 
 use super::error::{EngineError, Result};
-use super::layout::{Init, PlannedTensor};
+use super::layout::Init;
 
 /// Stored element type of a synthetic package (the engine converts F16/BF16 to F32 at load).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,12 +75,18 @@ pub fn write_package(
     let (family, loaded) = super::registry::load(&config_path, &config_value)?;
     let (plan, prefix) = (loaded.plan, family.prefixes[0]);
     // The tensors as a Hugging Face file holds them (before the engine fuses or transposes).
-    let tensors: Vec<(String, Vec<usize>)> = plan.iter().flat_map(PlannedTensor::file_parts).collect();
+    let tensors: Vec<(String, Vec<usize>)> = plan
+        .iter()
+        .flat_map(|t| {
+            let prefix = if t.unprefixed { "" } else { prefix };
+            t.file_parts().into_iter().map(move |(name, shape)| (format!("{prefix}{name}"), shape))
+        })
+        .collect();
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     let config_text = serde_json::to_string_pretty(&config_value).expect("JSON values serialize");
     write_atomically(&config_path, config_text.as_bytes())?;
 
-    let header = header_bytes(&tensors, prefix, dtype);
+    let header = header_bytes(&tensors, dtype);
     let numel = |shape: &[usize]| shape.iter().product::<usize>();
     let data_bytes: u64 = tensors.iter().map(|(_, s)| (numel(s) * dtype.size()) as u64).sum();
     let total = 8 + header.len() as u64 + data_bytes;
@@ -131,14 +137,14 @@ pub fn write_package(
 
 /// The safetensors header for `tensors` in order, padded with spaces to a multiple of 8 bytes
 /// as the format's writers do.
-fn header_bytes(tensors: &[(String, Vec<usize>)], prefix: &str, dtype: SynthDtype) -> Vec<u8> {
+fn header_bytes(tensors: &[(String, Vec<usize>)], dtype: SynthDtype) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), json!({"format": "pt", "generator": "faaswap synth"}));
     let mut offset = 0usize;
     for (name, shape) in tensors {
         let len = shape.iter().product::<usize>() * dtype.size();
         map.insert(
-            format!("{prefix}{name}"),
+            name.clone(),
             json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + len]}),
         );
         offset += len;

@@ -73,20 +73,46 @@ impl TextEncoder {
     /// Each text is cut to `max_text_bytes` first; texts are tokenized one at a time, so the
     /// tokenizer's memory is one text's.
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        let limit = self.max_text_bytes();
         texts
             .iter()
             .map(|t| {
-                let mut end = t.len().min(limit);
-                while !t.is_char_boundary(end) {
-                    end -= 1;
-                }
                 self.tokenizer
-                    .encode(&t[..end], true)
+                    .encode(self.cut(t), true)
                     .map(|e| e.get_ids().to_vec())
                     .map_err(|e| EngineError::BadInput(format!("cannot tokenize text: {e}")))
             })
             .collect()
+    }
+
+    /// Token ids and token types of each pair `(texts[i], pairs[i])` through the tokenizer's
+    /// pair template; the pair is truncated to `max_len` together, longest text first.
+    pub fn encode_pairs(&self, texts: &[String], pairs: &[String]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        if texts.len() != pairs.len() {
+            return Err(EngineError::BadInput(format!(
+                "{} texts and {} text_pair values: give one text_pair per text",
+                texts.len(),
+                pairs.len()
+            )));
+        }
+        texts
+            .iter()
+            .zip(pairs)
+            .map(|(a, b)| {
+                self.tokenizer
+                    .encode((self.cut(a), self.cut(b)), true)
+                    .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+                    .map_err(|e| EngineError::BadInput(format!("cannot tokenize text pair: {e}")))
+            })
+            .collect()
+    }
+
+    /// `text` cut to `max_text_bytes` at a character boundary.
+    fn cut<'t>(&self, text: &'t str) -> &'t str {
+        let mut end = text.len().min(self.max_text_bytes());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        &text[..end]
     }
 
     /// Text of `ids`, special tokens skipped (for streaming generated tokens).

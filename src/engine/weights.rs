@@ -62,6 +62,7 @@ impl WeightsFile {
         let mut parts = Vec::with_capacity(plan.len());
         for t in plan {
             let mut views = Vec::new();
+            let prefix = if t.unprefixed { "" } else { prefix };
             for (part, shape) in t.file_parts() {
                 let name = format!("{prefix}{part}");
                 let view = st

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{Generation, Inputs, RuntimeError, Work};
-use crate::engine::{EngineError, Model, OutputKind, TokenBatch};
+use crate::engine::{EngineError, Model, TokenBatch};
 use crate::policy::Profile;
 
 /// Most output values one request may produce (256 MiB of `f32`): responses are built in host
@@ -43,11 +43,7 @@ impl Payload {
             Payload::Profile(p) => return Self::prepare_profiled(p, inputs, requested, max_batch),
         };
         let spec = &model.spec;
-        let outputs: Vec<OutputKind> = if requested.is_empty() {
-            vec![spec.default_output()]
-        } else {
-            requested.iter().map(|n| spec.output_by_name(n)).collect::<Result<_, _>>()?
-        };
+        let outputs = spec.requested_outputs(requested)?;
         // The batch size is checked before tokenizing (the cheap refusal first).
         let rows = inputs.rows();
         if rows > max_batch {
@@ -57,7 +53,11 @@ impl Payload {
             .into());
         }
         let batch = match inputs {
-            Inputs::Texts(texts) => TokenBatch::from_sequences(&spec.tokenize(&texts)?)?,
+            Inputs::Texts(texts) => spec.tokenize_batch(&texts, None)?,
+            Inputs::TextPairs(pairs) => {
+                let (texts, seconds): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+                spec.tokenize_batch(&texts, Some(&seconds))?
+            }
             Inputs::Tokens(batch) => batch,
             Inputs::Tensors(_) => return Err(takes_tokens()),
         };
@@ -84,7 +84,7 @@ impl Payload {
             return Err(EngineError::UnknownOutput { name: name.clone(), available: String::new() }.into());
         }
         let batch = match inputs {
-            Inputs::Texts(texts) => TokenBatch::from_sequences(&vec![vec![0]; texts.len()])?,
+            Inputs::Texts(_) | Inputs::TextPairs(_) => TokenBatch::from_sequences(&vec![vec![0]; inputs.rows()])?,
             Inputs::Tokens(batch) => batch,
             Inputs::Tensors(_) => return Err(takes_tokens()),
         };
@@ -151,7 +151,7 @@ mod tests {
         let (_dir, payload) = bert_nano();
         let work = payload.prepare(tokens(&[vec![1, 2, 3], vec![4, 5]]), &[], 8).unwrap();
         assert_eq!((work.batch.batch, work.batch.seq), (2, 3));
-        assert_eq!(work.outputs, vec![payload.model().unwrap().spec.default_output()]);
+        assert_eq!(work.outputs, payload.model().unwrap().spec.default_outputs());
         assert_eq!(work.bytes, payload.bytes());
         assert!(work.model.is_some() && work.exec_ms.is_none() && work.generation.is_none());
     }

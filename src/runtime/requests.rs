@@ -30,7 +30,7 @@ impl Runtime {
         let max_batch = entry.settings().max_batch;
         let work = match &inputs {
             // Tokenizing takes a while for long texts: not on the HTTP worker.
-            Inputs::Texts(texts) if texts.iter().map(String::len).sum::<usize>() > INLINE_TEXT_BYTES => {
+            Inputs::Texts(_) | Inputs::TextPairs(_) if inputs.text_bytes() > INLINE_TEXT_BYTES => {
                 let payload = entry.payload.clone();
                 actix_rt::task::spawn_blocking(move || payload.prepare(inputs, &outputs, max_batch))
                     .await

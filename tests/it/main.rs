@@ -10,6 +10,7 @@ mod common;
 mod crash;
 mod faults;
 mod fixtures;
+mod heads;
 mod minilm;
 mod openapi;
 mod scheduling;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::fixtures;
+use crate::common::{copy_dir, fixtures};
 use crate::server::{repository, TestServer};
 
 fn python() -> PathBuf {
@@ -26,6 +26,9 @@ fn tritonclient_speaks_to_faaswap() {
     let python = python();
     let state = tempfile::tempdir().unwrap();
     let repo = repository();
+    for name in ["tiny_bert_cls", "tiny_bert_qa"] {
+        copy_dir(&fixtures().join(name), &repo.path().join(name));
+    }
     let s = TestServer::start(state.path(), repo.path(), |_| {});
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton/check_tritonclient.py");
     let out = Command::new(python).arg(script).arg(&s.url).arg(fixtures()).output().unwrap();

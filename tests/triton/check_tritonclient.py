@@ -3,7 +3,7 @@
     python check_tritonclient.py URL FIXTURES_DIR
 
 Run by the Rust test `triton::tritonclient_speaks_to_faaswap`, which starts the server with a
-model repository holding `tiny_bert` and `tiny_gpt2`. Exits non-zero on the first mismatch.
+model repository holding `tiny_bert`, `tiny_gpt2`, `tiny_bert_cls` and `tiny_bert_qa`. Exits non-zero on the first mismatch.
 """
 import json
 import sys
@@ -71,6 +71,41 @@ def main():
     check(logits.shape == (1, len(case["input_ids"]), 512), f"logits shape {logits.shape}")
     diff = float(np.abs(logits[0, -1] - np.array(case["last_position_logits"], dtype=np.float32)).max())
     check(diff <= 1e-4, f"tiny_gpt2 logits max abs diff {diff}")
+
+    # A reranker: text pairs as BYTES tensors, binary and JSON, logits as binary.
+    client.load_model("tiny_bert_cls")
+    meta = client.get_model_metadata("tiny_bert_cls")
+    check(any(i["name"] == "text_pair" for i in meta["inputs"]), f"text_pair in metadata {meta}")
+    cls = json.load(open(f"{fixtures}/tiny_bert_cls/reference.json"))
+    texts = np.array([p["text"].encode() for p in cls["pair_cases"]], dtype=np.object_)
+    pairs = np.array([p["text_pair"].encode() for p in cls["pair_cases"]], dtype=np.object_)
+    want = np.array([p["logits"] for p in cls["pair_cases"]], dtype=np.float32)
+    for binary in (True, False):
+        a = httpclient.InferInput("text", [len(texts)], "BYTES")
+        a.set_data_from_numpy(texts, binary_data=binary)
+        b = httpclient.InferInput("text_pair", [len(pairs)], "BYTES")
+        b.set_data_from_numpy(pairs, binary_data=binary)
+        got = client.infer("tiny_bert_cls", [a, b]).as_numpy("logits")
+        check(got.shape == want.shape, f"reranker logits shape {got.shape}")
+        diff = float(np.abs(got - want).max())
+        check(diff <= 1e-4, f"tiny_bert_cls pairs binary={binary}: max abs diff {diff}")
+
+    # Question answering: both logits when none are named.
+    client.load_model("tiny_bert_qa")
+    qa = json.load(open(f"{fixtures}/tiny_bert_qa/reference.json"))
+    case = qa["cases"][3]
+    ids = np.array([case["input_ids"]], dtype=np.int64)
+    types = np.array([case["token_type_ids"]], dtype=np.int64)
+    a = httpclient.InferInput("input_ids", list(ids.shape), "INT64")
+    a.set_data_from_numpy(ids)
+    b = httpclient.InferInput("token_type_ids", list(types.shape), "INT64")
+    b.set_data_from_numpy(types)
+    res = client.infer("tiny_bert_qa", [a, b])
+    for name in ("start_logits", "end_logits"):
+        got = res.as_numpy(name)
+        check(got is not None and got.shape == ids.shape, f"{name} of {res.get_response()}")
+        diff = float(np.abs(got[0] - np.array(case[name], dtype=np.float32)).max())
+        check(diff <= 1e-4, f"tiny_bert_qa {name}: max abs diff {diff}")
 
     stats = client.get_inference_statistics("tiny_bert")
     count = stats["model_stats"][0]["inference_stats"]["success"]["count"]

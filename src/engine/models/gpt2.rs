@@ -11,7 +11,7 @@ use crate::engine::config::{
     Activation, ConfigReader, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
 };
 use crate::engine::error::Result;
-use crate::engine::io::{IoSpec, OutputKind};
+use crate::engine::io::{IoSpec, OutputKind, OutputSpec, Produced};
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
 use crate::engine::nn::embed::Embeddings;
@@ -156,7 +156,7 @@ impl Gpt2 {
         let ln_f = ln(&mut b, "ln_f".into());
         let (plan, layout) = b.finish();
         let eos = c.eos_token_id.into_iter().collect();
-        let io = IoSpec::tokens(false, vec![OutputKind::Logits]);
+        let io = IoSpec::tokens(false, vec![OutputSpec::per_token(OutputKind::Logits, c.vocab_size)]);
         (Self { c, embeddings, blocks, ln_f, eos, io }, plan, layout)
     }
 
@@ -286,8 +286,8 @@ impl Architecture for Gpt2 {
         })
     }
 
-    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> (OutputKind, Vec<usize>, Vec<f32>) {
-        (OutputKind::Logits, vec![batch.batch, batch.seq, self.c.vocab_size], data)
+    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced> {
+        vec![Produced { kind: OutputKind::Logits, shape: vec![batch.batch, batch.seq, self.c.vocab_size], data }]
     }
 
     fn output_elems(&self, batch: &TokenBatch) -> usize {

@@ -2,4 +2,7 @@
 //! device program (and a decoder's step), its synthetic presets, and its row of `registry`.
 
 pub mod bert;
+pub mod distilbert;
+pub mod encoder;
 pub mod gpt2;
+pub mod roberta;

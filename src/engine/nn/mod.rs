@@ -6,10 +6,14 @@
 //! - `norm`: LayerNorm with an optional bias and residual folded in;
 //! - `attention`: scaled dot-product attention of one sequence, every head, with masks;
 //! - `mlp`: a dense layer with its bias, activation and residual;
-//! - `kv`: a decoder's key/value cache in the workspace.
+//! - `kv`: a decoder's key/value cache in the workspace;
+//! - `encoder`: the post-LayerNorm encoder the BERT-like families share;
+//! - `heads`: task heads on an encoder (question answering, sequence and token classification).
 
 pub mod attention;
 pub mod embed;
+pub mod encoder;
+pub mod heads;
 pub mod kv;
 pub mod mlp;
 pub mod norm;

@@ -424,5 +424,6 @@ fn activate(x: &mut [f32], act: Act) {
         Act::GeluErf => ops::activate(x, crate::engine::Activation::GeluErf),
         Act::GeluTanh => ops::activate(x, crate::engine::Activation::GeluTanh),
         Act::Relu => ops::activate(x, crate::engine::Activation::Relu),
+        Act::Tanh => ops::activate(x, crate::engine::Activation::Tanh),
     }
 }

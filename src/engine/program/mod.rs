@@ -26,6 +26,7 @@ pub enum Act {
     GeluErf,
     GeluTanh,
     Relu,
+    Tanh,
 }
 
 impl From<Activation> for Act {
@@ -34,6 +35,7 @@ impl From<Activation> for Act {
             Activation::GeluErf => Self::GeluErf,
             Activation::GeluTanh => Self::GeluTanh,
             Activation::Relu => Self::Relu,
+            Activation::Tanh => Self::Tanh,
         }
     }
 }
@@ -310,7 +312,7 @@ mod tests {
         )
         .unwrap();
         for (batch, alone) in [(right, seqs), (left, vec![vec![5, 6], vec![7, 8, 9]])] {
-            let kind = model.spec.default_output();
+            let kind = model.spec.default_outputs()[0];
             let out = &model.infer(&batch, &[kind]).unwrap()[0];
             assert!(out.data.iter().all(|x| x.is_finite()), "{}: not finite", out.name);
             let width = out.data.len() / (batch.batch * batch.seq);

@@ -84,7 +84,7 @@ extern "C" __global__ void layer_norm(const float* x, const float* bias, const f
     }
 }
 
-// act: 0 none, 1 GELU (erf), 2 GELU (tanh), 3 ReLU.
+// act: 0 none, 1 GELU (erf), 2 GELU (tanh), 3 ReLU, 4 tanh.
 extern "C" __global__ void bias_act(const float* x, const float* bias, const float* residual, long long total,
                                     int width, int act, float* out) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
@@ -96,6 +96,8 @@ extern "C" __global__ void bias_act(const float* x, const float* bias, const flo
             v = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
         } else if (act == 3) {
             v = fmaxf(v, 0.0f);
+        } else if (act == 4) {
+            v = tanhf(v);
         }
         if (residual) v += residual[i];
         out[i] = v;

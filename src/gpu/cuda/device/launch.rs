@@ -75,6 +75,7 @@ impl CudaDevice {
                     Act::GeluErf => 1,
                     Act::GeluTanh => 2,
                     Act::Relu => 3,
+                    Act::Tanh => 4,
                 };
                 k.launch(
                     "bias_act",
