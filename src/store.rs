@@ -55,11 +55,16 @@ pub struct FunctionSettings {
     pub slo_percentile: f64,
     /// Most requests run together in one batch.
     pub max_batch: usize,
+    /// How the model's matrices are held in host memory, in device pools and on the link:
+    /// `f32`, `f16` or `bf16` (absent: as the package stores them). Chosen at deploy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "bf16")]
+    pub dtype: Option<crate::engine::Dtype>,
 }
 
 impl Default for FunctionSettings {
     fn default() -> Self {
-        Self { slo_ms: 1000.0, slo_percentile: 0.98, max_batch: 8 }
+        Self { slo_ms: 1000.0, slo_percentile: 0.98, max_batch: 8, dtype: None }
     }
 }
 
@@ -200,6 +205,7 @@ mod record {
                     slo_ms: r.settings.slo_ms,
                     slo_percentile: r.settings.slo_percentile,
                     max_batch: usize::try_from(r.settings.max_batch).map_err(|e| e.to_string())?,
+                    dtype: None,
                 },
                 created_unix_ms: r.created_unix_ms,
                 profile: r.profile.map(|p| Profile {

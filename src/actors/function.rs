@@ -100,8 +100,9 @@ async fn load(services: &Services, record: &FunctionRecord) -> Result<Payload, D
         return Ok(Payload::Profile(*p));
     }
     let dir = services.store.package_path(record);
+    let dtype = record.settings.dtype;
     let model = actix_rt::task::spawn_blocking(move || {
-        let model = Model::load(&dir)?;
+        let model = Model::load_as(&dir, dtype)?;
         crate::gpu::prepare_host(&model);
         Ok(model)
     })
@@ -258,7 +259,21 @@ impl Handler<UpdateSettings> for FunctionActor {
             return AtomicResponse::new(Box::pin(ready(Err(DeployError::NotDeployed(self.name.to_string())))));
         };
         let mut record = self.record.clone();
-        record.settings = msg.settings;
+        let mut settings = msg.settings;
+        // The dtype is how the loaded weights are held: chosen at deploy, never changed here (a
+        // client may send back the dtype the view shows).
+        let held = current.model().map(|m| m.spec.layout.matrix_dtype());
+        if let Some(d) = settings.dtype.filter(|&d| Some(d) != held) {
+            let reason = format!(
+                "dtype {} differs from the {} the weights are held in: the dtype is chosen at deploy (undeploy and \
+                 deploy again)",
+                d.name(),
+                held.map_or("none", |h| h.name())
+            );
+            return AtomicResponse::new(Box::pin(ready(Err(DeployError::InvalidSettings(reason)))));
+        }
+        settings.dtype = record.settings.dtype;
+        record.settings = settings;
         if let Err(e) = self.services.store.put(&record) {
             return AtomicResponse::new(Box::pin(ready(Err(e.into()))));
         }

@@ -53,6 +53,11 @@ fn unavailable_view(u: &Unavailable) -> Value {
 async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> Value {
     let record = entry.record();
     let id2label = entry.model().and_then(|m| m.spec.arch.labels().map(|l| l.to_vec()));
+    // The settings with the dtype the weights are held in (the package's unless one was named).
+    let mut settings = serde_json::to_value(&record.settings).expect("settings serialize");
+    if let Some(m) = entry.model() {
+        settings["dtype"] = json!(m.spec.layout.matrix_dtype());
+    }
     let (model_type, max_input_tokens) = match entry.model() {
         Some(m) => {
             let s = m.spec.summary();
@@ -72,7 +77,7 @@ async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> V
         "state": "ready",
         "model": record.model,
         "digest": record.digest,
-        "settings": record.settings,
+        "settings": settings,
         "created_unix_ms": record.created_unix_ms,
         "model_type": model_type,
         "weight_bytes": entry.payload.bytes(),

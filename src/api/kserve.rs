@@ -12,6 +12,7 @@ use super::body;
 use super::error::{ApiError, ErrorBody};
 use super::tensors;
 use super::tensors::InferRequestBody;
+use crate::engine::Dtype;
 use crate::function::Function;
 use crate::runtime::Runtime;
 use crate::store::FunctionSettings;
@@ -264,6 +265,18 @@ pub(crate) async fn load(
         Some(_) => return Err(ApiError::BadRequest("parameters.config must be a JSON string".into())),
         None => FunctionSettings::default(),
     };
+    // `parameters.dtype`: how to hold the weights ("f32", "f16", "bf16"), beside the config.
+    let mut settings = settings;
+    match req.parameters.get("dtype") {
+        None => {}
+        Some(Value::String(s)) => {
+            let d = Dtype::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!("parameters.dtype {s:?} is not one of \"f32\", \"f16\", \"bf16\""))
+            })?;
+            settings.dtype = Some(d);
+        }
+        Some(other) => return Err(ApiError::BadRequest(format!("parameters.dtype must be a string, found {other}"))),
+    }
     // Idempotent, as KServe has it: loading what is (or has just been, by a concurrent call)
     // deployed under this name succeeds.
     if rt.function(name).is_some() {

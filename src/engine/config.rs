@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::error::{EngineError, Result};
 use super::files::read_small_file;
+use super::layout::Dtype;
 
 /// Upper bounds on shape settings. Far above any model we serve, low enough that the products
 /// of two of them cannot overflow and a typo cannot make us size a huge buffer.
@@ -62,13 +63,15 @@ pub fn read(path: &Path) -> Result<Value> {
 pub struct ConfigReader<'a> {
     pub path: &'a Path,
     obj: &'a Map<String, Value>,
+    /// How the model's matrices will be stored (what its plan lays out).
+    pub storage: Dtype,
 }
 
 impl<'a> ConfigReader<'a> {
     /// `value` must be a JSON object.
     pub fn new(path: &'a Path, value: &'a Value) -> Result<Self> {
         let obj = value.as_object().ok_or_else(|| EngineError::config(path, "top level is not a JSON object"))?;
-        Ok(Self { path, obj })
+        Ok(Self { path, obj, storage: Dtype::F32 })
     }
 
     /// The raw value of `key`.

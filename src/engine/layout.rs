@@ -1,11 +1,16 @@
-//! The swappable layout: every weight of a model packed into one contiguous `f32` buffer in the
-//! order the forward pass first uses it, with a table of per-tensor offsets and per-layer
-//! ranges. The buffer is the unit the runtime copies to devices; execution reads weights only
-//! through it and this table, so a copy of the buffer anywhere is a complete, runnable model.
+//! The swappable layout: every weight of a model packed into one contiguous buffer in the order
+//! the forward pass first uses it, with a table of per-tensor offsets and per-layer ranges. The
+//! buffer is the unit the runtime copies to devices; execution reads weights only through it and
+//! this table, so a copy of the buffer anywhere is a complete, runnable model.
+//!
+//! The buffer is counted in 4-byte slots. A tensor stored in F32 takes one slot per element; a
+//! matrix stored in F16 or BF16 takes one slot per two elements (element `2i` in the low half of
+//! slot `i`, as little-endian memory has it). Vectors (biases, normalisation gains) are always
+//! F32: they are a fraction of a percent of the bytes and the kernels read them as they are.
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Tensors start on 256-byte boundaries, what vector loads and cuBLAS like best.
 pub const ALIGN_ELEMS: usize = 64;
@@ -36,10 +41,51 @@ pub enum Init {
 }
 
 /// The element type a tensor is stored in, in the packed buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
+    #[default]
     F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    pub const ALL: [Self; 3] = [Self::F32, Self::F16, Self::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name.to_ascii_lowercase())
+    }
+
+    pub fn is_half(self) -> bool {
+        self != Self::F32
+    }
+
+    /// Slots of the packed buffer `numel` elements take.
+    pub fn slots(self, numel: usize) -> usize {
+        if self.is_half() {
+            numel.div_ceil(2)
+        } else {
+            numel
+        }
+    }
+
+    /// A half value's bits as `f32` (exact: every F16 and BF16 value is an F32 value).
+    #[inline(always)]
+    pub fn widen(self, bits: u16) -> f32 {
+        match self {
+            Self::F16 => half::f16::from_bits(bits).to_f32(),
+            _ => f32::from_bits(u32::from(bits) << 16),
+        }
+    }
 }
 
 /// A tensor the forward pass needs, in first-use order.
@@ -53,6 +99,8 @@ pub struct PlannedTensor {
     pub layer: usize,
     pub source: Source,
     pub init: Init,
+    /// How it is stored in the packed buffer.
+    pub dtype: Dtype,
     /// Named at the file's top level even where the rest of the model sits under a prefix (a
     /// task head beside `bert.`).
     pub unprefixed: bool,
@@ -67,6 +115,7 @@ impl PlannedTensor {
             layer,
             source: Source::Plain,
             init: Init::Normal,
+            dtype: Dtype::F32,
             unprefixed: false,
         }
     }
@@ -114,9 +163,14 @@ impl PlannedTensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Slots of the packed buffer it takes.
+    pub fn slots(&self) -> usize {
+        self.dtype.slots(self.numel())
+    }
 }
 
-/// A contiguous run of elements in the weights buffer.
+/// A contiguous run of slots in the weights buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Span {
     pub offset: usize,
@@ -176,13 +230,13 @@ impl WeightLayout {
             last_layer = t.layer;
             offset = offset.next_multiple_of(ALIGN_ELEMS);
             layer_starts[t.layer].get_or_insert(offset);
-            let len = t.numel();
+            let len = t.slots();
             tensors.push(TensorSlot {
                 name: t.name.clone(),
                 shape: t.shape.clone(),
                 source: t.source.clone(),
                 span: Span { offset, len },
-                dtype: Dtype::F32,
+                dtype: t.dtype,
             });
             offset += len;
         }
@@ -199,6 +253,17 @@ impl WeightLayout {
 
     pub fn total_bytes(&self) -> usize {
         self.total_elems * 4
+    }
+
+    /// The dtype of its matrices (F32 when it has only vectors).
+    pub fn matrix_dtype(&self) -> Dtype {
+        self.tensors.iter().find(|t| t.shape.len() >= 2).map_or(Dtype::F32, |t| t.dtype)
+    }
+
+    /// The tensor whose slots hold `offset`, if any (tensors are in offset order).
+    pub fn tensor_at(&self, offset: usize) -> Option<&TensorSlot> {
+        let i = self.tensors.partition_point(|t| t.span.end() <= offset);
+        self.tensors.get(i).filter(|t| t.span.offset <= offset)
     }
 
     pub fn slot(&self, name: &str) -> Option<&TensorSlot> {

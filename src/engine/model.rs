@@ -14,10 +14,10 @@ use super::batch::TokenBatch;
 use super::error::{EngineError, Result};
 use super::generate::{self, Decoded, GenerateOptions};
 use super::io::{IoSpec, OutputKind, OutputTensor, Produced};
-use super::layout::WeightLayout;
+use super::layout::{Dtype, WeightLayout};
 use super::pooling::Pooling;
 use super::program::exec::{self, Resident, WeightSource};
-use super::program::Program;
+use super::program::{storage, Program};
 use super::tokenize::TextEncoder;
 use super::weights::WeightsFile;
 use super::workspace::Workspace;
@@ -48,6 +48,8 @@ pub struct Model {
 pub struct ModelSummary {
     pub model_type: &'static str,
     pub config: serde_json::Value,
+    /// How its matrices are stored (vectors are F32).
+    pub dtype: Dtype,
     pub weight_bytes: usize,
     pub tensors: usize,
     pub layers: Vec<(String, usize, usize)>,
@@ -57,8 +59,14 @@ pub struct ModelSummary {
 }
 
 impl Model {
-    /// Loads and checks a package folder.
+    /// Loads and checks a package folder, its matrices stored as the file stores them.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, None)
+    }
+
+    /// Loads and checks a package folder with its matrices stored in `dtype` (`None`: as the
+    /// file stores them). Vectors are F32 whatever the dtype.
+    pub fn load_as(dir: &Path, dtype: Option<Dtype>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(EngineError::io(
                 dir,
@@ -67,12 +75,13 @@ impl Model {
         }
         let config_path = dir.join("config.json");
         let config = super::config::read(&config_path)?;
-        let (family, loaded) = super::registry::load(&config_path, &config)?;
-        let weights = WeightsFile::open(&dir.join("model.safetensors"))?.load_packed(
-            &loaded.plan,
-            &loaded.layout,
-            family.prefixes,
-        )?;
+        let file = WeightsFile::open(&dir.join("model.safetensors"))?;
+        let storage = match dtype {
+            Some(d) => d,
+            None => file.matrix_dtype()?,
+        };
+        let (family, loaded) = super::registry::load_as(&config_path, &config, storage)?;
+        let weights = file.load_packed(&loaded.plan, &loaded.layout, family.prefixes)?;
         let arch = loaded.arch;
         // Sentence-transformers pooling applies to encoders' hidden states.
         let pooling = if arch.io().produces(OutputKind::LastHiddenState) { Pooling::load(dir)? } else { None };
@@ -124,6 +133,7 @@ impl ModelSpec {
         ModelSummary {
             model_type: self.arch.model_type(),
             config: self.arch.config(),
+            dtype: self.layout.matrix_dtype(),
             weight_bytes: self.layout.total_bytes(),
             tensors: self.layout.tensors.len(),
             layers: self
@@ -246,6 +256,22 @@ impl ModelSpec {
         }
     }
 
+    /// [`Self::workspace_elems`] for a device that runs [`Self::widened`] programs.
+    pub fn widened_workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
+        let full = TokenBatch {
+            batch,
+            seq,
+            ids: vec![0; batch * seq],
+            mask: vec![true; batch * seq],
+            type_ids: vec![0; batch * seq],
+        };
+        let forward = self.widened(&self.arch.forward(&full)).work_elems;
+        match self.arch.as_decoder() {
+            Some(d) if kv > seq => forward.max(self.widened(&d.step(&full.ids, 0, kv)).work_elems),
+            _ => forward,
+        }
+    }
+
     /// Values the request's outputs hold, with the main output they are made from: what
     /// answering it costs in host memory outside the workspace.
     pub fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
@@ -291,7 +317,19 @@ impl ModelSpec {
     /// The forward pass of a checked batch as a device program whose output feeds
     /// [`Self::outputs_of`].
     pub fn forward_program(&self, batch: &TokenBatch) -> Program {
-        self.arch.forward(batch)
+        self.program(self.arch.forward(batch))
+    }
+
+    /// A family's program made ready for this model's storage (embedding tables' dtype).
+    fn program(&self, mut p: Program) -> Program {
+        storage::annotate(&mut p, &self.layout);
+        p
+    }
+
+    /// `program` for a device whose GEMMs read F32 weights only (the CUDA back end's `f32`
+    /// compute): half matrices are widened into the workspace as their layers arrive.
+    pub fn widened(&self, program: &Program) -> Program {
+        storage::widen(program, &self.layout)
     }
 
     /// Runs one batch against `weights` (any copy of the packed buffer, as it arrives) on the
@@ -306,7 +344,7 @@ impl ModelSpec {
         self.check_weights(weights)?;
         self.check_request(batch, outputs)?;
         let program = self.forward_program(batch);
-        let data = exec::run(&program, weights, &self.layout.layers, ws.elems())?;
+        let data = exec::run(&program, weights, &self.layout, ws.elems())?;
         Ok(self.outputs_of(batch, outputs, data))
     }
 
@@ -358,7 +396,7 @@ impl ModelSpec {
     ) -> Result<Decoded> {
         self.check_generation(prompt, opts)?;
         let decoder = self.arch.as_decoder().expect("check_generation accepts decoders only");
-        generate::generate(decoder, prompt, opts, on_token, run)
+        generate::generate(decoder, prompt, opts, on_token, &mut |p| run(&self.program(p.clone())))
     }
 
     /// [`Self::generate_with`] on the CPU, against `weights` as they arrive.
@@ -371,8 +409,8 @@ impl ModelSpec {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Decoded> {
         self.check_weights(weights)?;
-        let layers = &self.layout.layers;
-        self.generate_with(prompt, opts, on_token, &mut |p| exec::run(p, weights, layers, ws.elems()))
+        let layout = &self.layout;
+        self.generate_with(prompt, opts, on_token, &mut |p| exec::run(p, weights, layout, ws.elems()))
     }
 }
 

@@ -3,7 +3,7 @@
 //! gets in the packed buffer comes back at once (candle's `VarBuilder`, for a packed layout).
 //! `finish` gives the plan the weights file is read with and the layout execution reads.
 
-use super::layout::{Init, PlannedTensor, Span, WeightLayout, ALIGN_ELEMS};
+use super::layout::{Dtype, Init, PlannedTensor, Span, WeightLayout, ALIGN_ELEMS};
 
 #[derive(Debug, Default)]
 pub struct PlanBuilder {
@@ -11,11 +11,14 @@ pub struct PlanBuilder {
     layers: Vec<String>,
     offset: usize,
     unprefixed: bool,
+    matrices: Dtype,
 }
 
 impl PlanBuilder {
-    pub fn new() -> Self {
-        Self::default()
+    /// A plan whose matrices (embedding tables, linear weights) are stored in `matrices`;
+    /// vectors are always F32.
+    pub fn new(matrices: Dtype) -> Self {
+        Self { matrices, ..Self::default() }
     }
 
     /// Starts a layer: the unit a swap-in copies and execution waits for. Tensors declared
@@ -34,8 +37,11 @@ impl PlanBuilder {
         assert!(!self.layers.is_empty(), "tensor {} is declared before any layer", t.name);
         t.layer = self.layers.len() - 1;
         t.unprefixed = self.unprefixed;
+        if t.shape.len() >= 2 {
+            t.dtype = self.matrices;
+        }
         self.offset = self.offset.next_multiple_of(ALIGN_ELEMS);
-        let span = Span { offset: self.offset, len: t.numel() };
+        let span = Span { offset: self.offset, len: t.slots() };
         self.offset += span.len;
         self.tensors.push(t);
         span
@@ -89,7 +95,7 @@ mod tests {
 
     #[test]
     fn spans_come_back_as_declared_and_match_the_layout() {
-        let mut b = PlanBuilder::new();
+        let mut b = PlanBuilder::new(Dtype::F32);
         b.layer("embeddings");
         let emb = b.tensor("emb", &[10, 7]);
         b.layer("block.0");

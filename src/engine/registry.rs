@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::arch::Architecture;
 use super::config::ConfigReader;
 use super::error::{EngineError, Result};
-use super::layout::{PlannedTensor, WeightLayout};
+use super::layout::{Dtype, PlannedTensor, WeightLayout};
 use super::models::{bert, distilbert, gpt2, roberta};
 use super::synth::Preset;
 
@@ -40,9 +40,15 @@ pub struct Loaded {
 pub const FAMILIES: &[&Family] =
     &[&bert::FAMILY, &gpt2::FAMILY, &roberta::ROBERTA, &roberta::XLM_ROBERTA, &distilbert::FAMILY];
 
-/// The family of a config (by its `model_type`), loaded.
+/// The family of a config (by its `model_type`), loaded with F32 matrices.
 pub fn load(path: &Path, config: &Value) -> Result<(&'static Family, Loaded)> {
-    let reader = ConfigReader::new(path, config)?;
+    load_as(path, config, Dtype::F32)
+}
+
+/// The family of a config, loaded with its matrices stored in `storage`.
+pub fn load_as(path: &Path, config: &Value, storage: Dtype) -> Result<(&'static Family, Loaded)> {
+    let mut reader = ConfigReader::new(path, config)?;
+    reader.storage = storage;
     let model_type = reader.string("model_type")?;
     let family = FAMILIES.iter().find(|f| f.model_type == model_type).ok_or_else(|| EngineError::UnknownModelType {
         path: path.to_path_buf(),

@@ -1,14 +1,15 @@
 //! Reading `model.safetensors` into the packed layout: every planned tensor is found, its shape
-//! and dtype checked, and its values converted to `f32` into its slot. Nothing is allocated
+//! and dtype checked, and its values stored as the layout says (F32, or F16/BF16 for matrices:
+//! a half file's matrices stay half unless the deploy asks otherwise). Nothing is allocated
 //! until every planned tensor has been checked against the file, so the buffer is never larger
-//! than what the file itself holds (at most twice its size, for f16/bf16 files).
+//! than what the file itself holds (at most twice its size, for a half file widened to F32).
 
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
 use super::error::{EngineError, Result};
-use super::layout::{PlannedTensor, Source, WeightLayout};
+use super::layout::{self, PlannedTensor, Source, WeightLayout};
 
 /// Most tensors a weights file may hold.
 pub const MAX_TENSORS: usize = 1 << 16;
@@ -28,6 +29,18 @@ impl WeightsFile {
         // happen to packages faaswap manages.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
         Ok(Self { path: path.to_path_buf(), map })
+    }
+
+    /// How the file stores its matrices: the dtype of its largest tensor (what a deploy keeps
+    /// by default).
+    pub fn matrix_dtype(&self) -> Result<layout::Dtype> {
+        let st = self.parse()?;
+        let largest = st.tensors().into_iter().max_by_key(|(_, v)| v.shape().iter().product::<usize>());
+        Ok(match largest.map(|(_, v)| v.dtype()) {
+            Some(Dtype::F16) => layout::Dtype::F16,
+            Some(Dtype::BF16) => layout::Dtype::Bf16,
+            _ => layout::Dtype::F32,
+        })
     }
 
     fn parse(&self) -> Result<SafeTensors<'_>> {
@@ -93,21 +106,20 @@ impl WeightsFile {
             let mut offset = 0;
             for (name, view) in views {
                 let len: usize = view.shape().iter().product();
-                let non_finite = match slot.source {
-                    Source::Plain | Source::Concat { .. } => {
-                        let part = &mut dst[offset..offset + len];
-                        convert(view.dtype(), view.data(), part);
-                        offset += len;
-                        part.iter().position(|x| !x.is_finite())
+                let non_finite = match slot.dtype {
+                    layout::Dtype::F32 => {
+                        place(view, &slot.source, slot.shape.get(1), dst, offset, |d: &mut f32, x| *d = x)
                     }
-                    Source::Transposed | Source::TransposedConcat { .. } => {
-                        let (rows, cols) = (view.shape()[0], view.shape()[1]);
-                        let mut tmp = vec![0f32; len];
-                        convert(view.dtype(), view.data(), &mut tmp);
-                        transpose_into(&tmp, rows, cols, dst, slot.shape[1], offset);
-                        offset += rows;
-                        tmp.iter().position(|x| !x.is_finite())
+                    half => {
+                        let dst: &mut [u16] =
+                            &mut bytemuck::cast_slice_mut(dst)[..slot.shape.iter().product::<usize>()];
+                        place(view, &slot.source, slot.shape.get(1), dst, offset, |d: &mut u16, x| *d = narrow(half, x))
+                            .or_else(|| dst.iter().position(|&b| !half.widen(b).is_finite()))
                     }
+                };
+                offset += match slot.source {
+                    Source::Plain | Source::Concat { .. } => len,
+                    Source::Transposed | Source::TransposedConcat { .. } => view.shape()[0],
                 };
                 if let Some(index) = non_finite {
                     return Err(EngineError::NonFiniteWeight { path: self.path.clone(), tensor: name.clone(), index });
@@ -115,6 +127,45 @@ impl WeightsFile {
             }
         }
         Ok(buf)
+    }
+}
+
+/// Writes one file tensor into its stored tensor `dst` (elements of the stored dtype, set from
+/// `f32` by `set`): as it is at element `offset` (plain, concatenated), or transposed into
+/// columns `offset..` of rows `dst_cols` long (transposed, side by side). Returns the index of a
+/// non-finite value of the file's, if any.
+fn place<T: Copy + Default>(
+    view: &safetensors::tensor::TensorView<'_>,
+    source: &Source,
+    dst_cols: Option<&usize>,
+    dst: &mut [T],
+    offset: usize,
+    set: impl Fn(&mut T, f32),
+) -> Option<usize> {
+    let len: usize = view.shape().iter().product();
+    let mut tmp = vec![0f32; len];
+    convert(view.dtype(), view.data(), &mut tmp);
+    let bad = tmp.iter().position(|x| !x.is_finite());
+    match source {
+        Source::Plain | Source::Concat { .. } => {
+            dst[offset..offset + len].iter_mut().zip(&tmp).for_each(|(d, &x)| set(d, x));
+        }
+        Source::Transposed | Source::TransposedConcat { .. } => {
+            let (rows, cols) = (view.shape()[0], view.shape()[1]);
+            let mut stored = vec![T::default(); len];
+            stored.iter_mut().zip(&tmp).for_each(|(d, &x)| set(d, x));
+            transpose_into(&stored, rows, cols, dst, *dst_cols.expect("a matrix"), offset);
+        }
+    }
+    bad
+}
+
+/// An `f32` as F16 or BF16 bits, rounded to nearest even (exact for values the file already
+/// held in that dtype).
+fn narrow(dtype: layout::Dtype, x: f32) -> u16 {
+    match dtype {
+        layout::Dtype::F16 => half::f16::from_f32(x).to_bits(),
+        _ => half::bf16::from_f32(x).to_bits(),
     }
 }
 
@@ -144,7 +195,7 @@ fn convert(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
 /// Writes the transpose of the `rows × cols` row-major `src` into columns
 /// `col_offset..col_offset + rows` of `dst`, whose rows are `dst_cols` long: `dst[c, col_offset
 /// + r] = src[r, c]`. Works in cache-sized tiles.
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_cols: usize, col_offset: usize) {
+fn transpose_into<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T], dst_cols: usize, col_offset: usize) {
     const TILE: usize = 32;
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod common;
 mod crash;
+mod dtype;
 mod faults;
 mod fixtures;
 mod heads;

@@ -1,8 +1,9 @@
 //! Synthetic packages: written streaming, loadable, runnable, reproducible from the seed.
 
-use faaswap::engine::{Model, TokenBatch};
+use faaswap::engine::{Dtype, Model, TokenBatch};
 
 use crate::cli::faaswap_json;
+use crate::common::max_abs_diff;
 
 #[test]
 fn synth_presets_load_and_run() {
@@ -43,18 +44,27 @@ fn same_seed_same_weights_and_f16_is_the_rounded_f32() {
             "--out",
             out.to_str().unwrap(),
         ]);
-        Model::load(&out).unwrap()
+        out
     };
-    let a = write("a", "11", "f32");
-    let b = write("b", "11", "f32");
-    let c = write("c", "12", "f32");
-    let h = write("h", "11", "f16");
+    let a = Model::load(&write("a", "11", "f32")).unwrap();
+    let b = Model::load(&write("b", "11", "f32")).unwrap();
+    let c = Model::load(&write("c", "12", "f32")).unwrap();
+    let h_dir = write("h", "11", "f16");
     assert_eq!(a.weights(), b.weights());
     assert_ne!(a.weights(), c.weights());
+    // Widened to F32 at load, the F16 package holds the rounded F32 values exactly.
+    let wide = Model::load_as(&h_dir, Some(Dtype::F32)).unwrap();
     let rounded: Vec<f32> = a.weights().iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-    assert_eq!(h.weights(), &rounded[..]);
-    let batch = TokenBatch::from_sequences(&[vec![7, 8, 9]]).unwrap();
-    assert!(a.infer(&batch, &[faaswap::engine::OutputKind::LastHiddenState]).is_ok());
+    assert_eq!(wide.weights(), &rounded[..]);
+    // Kept in F16 (the default for an F16 package), it takes half the bytes and answers the same.
+    let h = Model::load(&h_dir).unwrap();
+    assert_eq!(h.spec.layout.matrix_dtype(), Dtype::F16);
+    let ratio = h.spec.layout.total_bytes() as f64 / a.spec.layout.total_bytes() as f64;
+    assert!((0.49..=0.51).contains(&ratio), "F16 bytes are {ratio} of F32");
+    let batch = TokenBatch::from_sequences(&[vec![7, 8, 9], vec![1, 2]]).unwrap();
+    let kind = [faaswap::engine::OutputKind::LastHiddenState];
+    let (x, y) = (h.infer(&batch, &kind).unwrap(), wide.infer(&batch, &kind).unwrap());
+    assert!(max_abs_diff(&x[0].data, &y[0].data) <= 1e-5);
 }
 
 #[test]

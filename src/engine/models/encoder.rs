@@ -53,7 +53,7 @@ impl EncoderModel {
         };
         let hidden = shape.hidden_size;
         let token_types = shape.type_vocab_size.is_some_and(|t| t > 1);
-        let mut b = PlanBuilder::new();
+        let mut b = PlanBuilder::new(r.storage);
         let encoder = Encoder::plan(&mut b, shape, &family.names);
         let n_labels = id2label.as_ref().map_or(0, Vec::len);
         let head = Head::plan(&mut b, task, &family.heads, hidden, n_labels);

@@ -90,7 +90,7 @@ pub struct Gpt2 {
 
 fn load(r: &ConfigReader<'_>) -> Result<Loaded> {
     let c = Gpt2Config::read(r)?;
-    let (gpt2, plan, layout) = Gpt2::plan(c);
+    let (gpt2, plan, layout) = Gpt2::plan(c, r.storage);
     Ok(Loaded { arch: Box::new(gpt2), plan, layout })
 }
 
@@ -119,9 +119,12 @@ struct Pass<'a> {
 impl Gpt2 {
     /// Plans the weights: layer 0 the embeddings, layer `i + 1` block `i`, the last layer the
     /// final LayerNorm. The LM head is tied to `wte`, which the embeddings already hold.
-    fn plan(c: Gpt2Config) -> (Self, Vec<crate::engine::layout::PlannedTensor>, crate::engine::WeightLayout) {
+    fn plan(
+        c: Gpt2Config,
+        storage: crate::engine::Dtype,
+    ) -> (Self, Vec<crate::engine::layout::PlannedTensor>, crate::engine::WeightLayout) {
         let (e, eps) = (c.n_embd, c.layer_norm_epsilon);
-        let mut b = PlanBuilder::new();
+        let mut b = PlanBuilder::new(storage);
         b.layer("embeddings");
         let embeddings = Embeddings {
             word: b.tensor("wte.weight", &[c.vocab_size, e]),

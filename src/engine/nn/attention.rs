@@ -64,7 +64,7 @@ mod tests {
         inputs.extend(mask.map(|words| (m, words.to_vec())));
         let program = Program { ops, work_elems: 256, inputs, output: (out, 4) };
         let layout = WeightLayout::build(&[], &[]);
-        exec::run(&program, &Resident::new(&[], &layout), &[], &mut [0.0; 256]).unwrap()
+        exec::run(&program, &Resident::new(&[], &layout), &layout, &mut [0.0; 256]).unwrap()
     }
 
     #[test]

@@ -24,6 +24,7 @@ impl Embeddings {
             word: self.word.offset,
             pos: self.position.offset,
             token_type: self.token_type.map(|s| s.offset),
+            tables: crate::engine::Dtype::F32,
             rows,
             t,
             start,

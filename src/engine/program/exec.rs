@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::{Act, Attention, Gemm, Op, Program, Ptr};
 use crate::engine::error::{EngineError, Result};
-use crate::engine::layout::LayerSpan;
+use crate::engine::layout::{Dtype, LayerSpan, TensorSlot, WeightLayout};
 use crate::engine::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::engine::ops;
 
@@ -57,9 +57,10 @@ const PARALLEL_ELEMS: usize = 1 << 15;
 /// Batched products below this many multiply-adds in all run one after another.
 const PARALLEL_MACS: usize = 1 << 20;
 
-/// Runs `program` on `weights` (laid out in `layers`) in `work`, which must hold at least
+/// Runs `program` on `weights` (laid out as `layout` says) in `work`, which must hold at least
 /// `program.work_elems` elements, and returns the program's output.
-pub fn run(program: &Program, weights: &dyn WeightSource, layers: &[LayerSpan], work: &mut [f32]) -> Result<Vec<f32>> {
+pub fn run(program: &Program, weights: &dyn WeightSource, layout: &WeightLayout, work: &mut [f32]) -> Result<Vec<f32>> {
+    let layers = layout.layers.as_slice();
     if work.len() < program.work_elems {
         return Err(EngineError::WorkspaceTooSmall { needed: program.work_bytes(), available: work.len() as u64 * 4 });
     }
@@ -69,7 +70,7 @@ pub fn run(program: &Program, weights: &dyn WeightSource, layers: &[LayerSpan], 
             *slot = f32::from_bits(w);
         }
     }
-    let mut ex = Executor { source: weights, layers, arrived: vec![None; layers.len()], a: work };
+    let mut ex = Executor { source: weights, layout, layers, arrived: vec![None; layers.len()], a: work };
     let mut ops = program.ops.as_slice();
     while let Some(op) = ops.first() {
         // A run of attentions (one per sequence of the batch) goes side by side.
@@ -90,6 +91,7 @@ pub fn run(program: &Program, weights: &dyn WeightSource, layers: &[LayerSpan], 
 
 struct Executor<'w, 'a> {
     source: &'w dyn WeightSource,
+    layout: &'w WeightLayout,
     layers: &'w [LayerSpan],
     /// The layers waited for, as `WaitLayer` fetched them.
     arrived: Vec<Option<&'w [f32]>>,
@@ -135,33 +137,59 @@ impl<'w> Executor<'w, '_> {
         self.a[i].to_bits()
     }
 
+    /// The stored tensor starting at weight slot `offset` when it is F16 or BF16. A program
+    /// addresses a half tensor only at its start (nothing indexes into it by element).
+    fn half_at(&self, offset: usize) -> Option<&'w TensorSlot> {
+        let t = self.layout.tensor_at(offset).filter(|t| t.dtype.is_half())?;
+        assert_eq!(t.span.offset, offset, "half tensor {} is addressed inside, at slot {offset}", t.name);
+        Some(t)
+    }
+
+    /// The first `elems` elements of the half tensor at slot `offset`, as stored bits.
+    fn w_half(&self, offset: usize, dtype: Dtype, elems: usize) -> &'w [u16] {
+        &bytemuck::cast_slice(self.w(offset, dtype.slots(elems)))[..elems]
+    }
+
+    /// Rows `0..rows` of an embedding table, as `f32` rows of `width` (widened when stored
+    /// half), read by `f`.
+    fn table(&self, offset: usize, dtype: Dtype, rows: usize, width: usize) -> Table<'w> {
+        assert_eq!(self.layout.tensor_at(offset).map_or(Dtype::F32, |t| t.dtype), dtype, "table dtype");
+        match dtype {
+            Dtype::F32 => Table::F32(self.w(offset, rows * width)),
+            half => Table::Half(half, self.w_half(offset, half, rows * width)),
+        }
+    }
+
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::WaitLayer(l) => self.arrived[l] = Some(self.source.layer(l)),
-            Op::Embed { ids, types, word, pos, token_type, rows, t, start, width, out } => {
+            Op::Embed { ids, types, word, pos, token_type, tables, rows, t, start, width, out } => {
                 let ids: Vec<usize> = (0..rows).map(|r| self.word(ids + r) as usize).collect();
                 let types: Option<Vec<usize>> = types.map(|ty| (0..rows).map(|r| self.word(ty + r) as usize).collect());
                 let max_id = ids.iter().copied().max().unwrap_or(0);
-                let word_table = self.w(word, (max_id + 1) * width);
+                let word_table = self.table(word, tables, max_id + 1, width);
                 let max_pos = start + rows.min(t).saturating_sub(1);
-                let pos_table = self.w(pos, (max_pos + 1) * width);
+                let pos_table = self.table(pos, tables, max_pos + 1, width);
                 let tt_table = match (&types, token_type) {
-                    (Some(ty), Some(tt)) => Some(self.w(tt, (ty.iter().copied().max().unwrap_or(0) + 1) * width)),
+                    (Some(ty), Some(tt)) => {
+                        Some(self.table(tt, tables, ty.iter().copied().max().unwrap_or(0) + 1, width))
+                    }
                     _ => None,
                 };
                 let o = &mut self.a[out..out + rows * width];
                 o.par_chunks_mut(width).enumerate().with_min_len(16).for_each(|(r, row)| {
                     let (id, p) = (ids[r], start + r % t);
-                    let (wr, pr) = (&word_table[id * width..][..width], &pos_table[p * width..][..width]);
-                    for ((v, a), b) in row.iter_mut().zip(wr).zip(pr) {
-                        *v = a + b;
-                    }
-                    if let (Some(tt), Some(ty)) = (tt_table, &types) {
-                        for (v, c) in row.iter_mut().zip(&tt[ty[r] * width..][..width]) {
-                            *v += c;
-                        }
+                    word_table.row(id, width, row, false);
+                    pos_table.row(p, width, row, true);
+                    if let (Some(tt), Some(ty)) = (&tt_table, &types) {
+                        tt.row(ty[r], width, row, true);
                     }
                 });
+            }
+            Op::Widen { src, elems, dtype, dst } => {
+                let bits = self.w_half(src, dtype, elems);
+                let out = &mut self.a[dst..dst + elems];
+                widen_into(dtype, bits, out);
             }
             Op::LayerNorm { x, bias, residual, gamma, beta, rows, width, eps, out } => {
                 let n = rows * width;
@@ -348,6 +376,12 @@ impl<'w> Executor<'w, '_> {
     /// is the strided view with row stride 1 and column stride `ld`; its transpose swaps them.
     fn gemm(&mut self, g: &Gemm) {
         assert!(g.beta == 0.0 || g.beta == 1.0, "β {} is not 0 or 1", g.beta);
+        if let Ptr::W(o) = g.b {
+            assert!(self.half_at(o).is_none(), "a GEMM reads half weights as B");
+        }
+        if let Some(t) = if let Ptr::W(o) = g.a { self.half_at(o) } else { None } {
+            return self.gemm_half_a(g, t);
+        }
         let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
         let extent =
@@ -401,6 +435,105 @@ impl<'w> Executor<'w, '_> {
                 for (j, col) in part.chunks_exact(g.m).enumerate() {
                     let at = p * g.stride_c + j * g.ldc;
                     c[at..at + g.m].copy_from_slice(col);
+                }
+            }
+        }
+    }
+}
+
+impl<'w> Executor<'w, '_> {
+    /// A GEMM whose A is a half matrix of the weights: A is widened block by block (columns of
+    /// its stored column-major form, at most `HALF_BLOCK` elements) into scratch, and each block
+    /// multiplied as it comes — along K when A is not transposed (accumulating into C), along M
+    /// when it is (filling C's rows). A model held in half is never widened whole; a matrix that
+    /// fits one block is multiplied exactly as its F32 copy would be.
+    fn gemm_half_a(&mut self, g: &Gemm, t: &TensorSlot) {
+        assert_eq!(g.batch, 1, "half weights in a batched GEMM");
+        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let extent =
+            |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (cols - 1) * ld + rows };
+        let a_len = extent(a_rows, a_cols, g.lda);
+        let numel: usize = t.shape.iter().product();
+        assert!(a_len <= numel, "GEMM reads {a_len} elements of {} ({numel})", t.name);
+        let bits = self.w_half(t.span.offset, t.dtype, a_len);
+        let Ptr::A(b_at) = g.b else { unreachable!("B is in the workspace (checked)") };
+        let b_len = extent(b_rows, b_cols, g.ldb);
+        let b_range = b_at..b_at + b_len;
+        let (c, [b]) = carve(self.a, g.c..g.c + extent(g.m, g.n, g.ldc), [b_range]);
+        let b = b.expect("B is not the output");
+        let per_block = (HALF_BLOCK / g.lda.max(1)).max(1);
+        SCRATCH.with_borrow_mut(|scratch| {
+            for c0 in (0..a_cols).step_by(per_block) {
+                let cols = per_block.min(a_cols - c0);
+                let len = extent(a_rows, cols, g.lda);
+                if scratch.len() < len {
+                    scratch.resize(len, 0.0);
+                }
+                widen_into(t.dtype, &bits[c0 * g.lda..c0 * g.lda + len], &mut scratch[..len]);
+                let a = view(&scratch[..len], a_rows, cols, g.lda, g.trans_a);
+                if g.trans_a {
+                    // Rows c0.. of C from rows c0.. of op(A).
+                    let bv = view(b, b_rows, b_cols, g.ldb, g.trans_b);
+                    let c = MatMut::strided(&mut c[c0..], cols, g.n, 1, g.ldc);
+                    matmul(c, a, bv, g.beta == 1.0, g.alpha, Threads::Pool);
+                } else {
+                    // Rows c0.. of op(B) against columns c0.. of A, summed into C.
+                    let bv = if g.trans_b {
+                        view(&b[c0 * g.ldb..], g.n, cols, g.ldb, true)
+                    } else {
+                        view(&b[c0..], cols, g.n, g.ldb, false)
+                    };
+                    let c = MatMut::strided(c, g.m, g.n, 1, g.ldc);
+                    matmul(c, a, bv, g.beta == 1.0 || c0 > 0, g.alpha, Threads::Pool);
+                }
+            }
+        });
+    }
+}
+
+/// Elements of a half matrix widened at a time by a GEMM (4 MiB of `f32`).
+const HALF_BLOCK: usize = 1 << 20;
+
+thread_local! {
+    /// The widened block of a half GEMM, kept between calls (no allocation per product).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Half bits to `f32`, side by side for large runs.
+fn widen_into(dtype: Dtype, bits: &[u16], out: &mut [f32]) {
+    let run = |(o, b): (&mut [f32], &[u16])| o.iter_mut().zip(b).for_each(|(o, &b)| *o = dtype.widen(b));
+    if out.len() >= PARALLEL_ELEMS {
+        out.par_chunks_mut(PARALLEL_ELEMS / 4).zip(bits.par_chunks(PARALLEL_ELEMS / 4)).for_each(run);
+    } else {
+        run((out, bits));
+    }
+}
+
+/// An embedding table as `Op::Embed` reads it.
+enum Table<'w> {
+    F32(&'w [f32]),
+    Half(Dtype, &'w [u16]),
+}
+
+impl Table<'_> {
+    /// Writes (or adds, when `add`) row `r` into `out`.
+    fn row(&self, r: usize, width: usize, out: &mut [f32], add: bool) {
+        match self {
+            Table::F32(t) => {
+                let src = &t[r * width..][..width];
+                if add {
+                    out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+                } else {
+                    out.copy_from_slice(src);
+                }
+            }
+            Table::Half(dtype, t) => {
+                let src = &t[r * width..][..width];
+                if add {
+                    out.iter_mut().zip(src).for_each(|(o, &s)| *o += dtype.widen(s));
+                } else {
+                    out.iter_mut().zip(src).for_each(|(o, &s)| *o = dtype.widen(s));
                 }
             }
         }

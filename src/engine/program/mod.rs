@@ -9,8 +9,10 @@
 //! W[in, out]` is the cuBLAS product `Yᵀ = Wᵀ·Xᵀ` with `m = out, n = rows, k = in`.
 
 pub mod exec;
+pub mod storage;
 
 use super::config::Activation;
+use super::layout::Dtype;
 
 /// An operand of a GEMM: an element offset into the weights or into the workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,13 +194,15 @@ pub enum Op {
     /// Execution must not read layer `l`'s weights before this point; while the model is being
     /// copied in, the compute stream waits here for the copy of that layer.
     WaitLayer(usize),
-    /// `out[r] = word[ids[r]] + pos[start + r % t] (+ token_type[types[r]])`, rows of `width`.
+    /// `out[r] = word[ids[r]] + pos[start + r % t] (+ token_type[types[r]])`, rows of `width`;
+    /// the tables are stored in `tables` (F32, or F16/BF16 read and widened row by row).
     Embed {
         ids: usize,
         types: Option<usize>,
         word: usize,
         pos: usize,
         token_type: Option<usize>,
+        tables: Dtype,
         rows: usize,
         t: usize,
         start: usize,
@@ -253,6 +257,15 @@ pub enum Op {
         head_dim: usize,
         capacity: usize,
         start: usize,
+    },
+    /// Widens `elems` F16/BF16 elements of the weights (the half tensor at slot `src`) into the
+    /// workspace at `dst`, exactly. Devices whose kernels read F32 weights only run a program
+    /// lowered by `storage::widen`, which adds these after each layer's wait.
+    Widen {
+        src: usize,
+        elems: usize,
+        dtype: Dtype,
+        dst: usize,
     },
     /// Zeroes the rows of `x[rows, width]` whose `mask` is 0 (padding in BERT's output).
     ZeroRows {
@@ -365,7 +378,7 @@ mod tests {
                 .spec
                 .generate_with(&prompt, &opts, &mut |_| true, &mut |p| {
                     programs += 1;
-                    exec::run(p, &model.resident(), &model.spec.layout.layers, &mut work)
+                    exec::run(p, &model.resident(), &model.spec.layout, &mut work)
                 })
                 .unwrap();
             assert_eq!(got.tokens, want);
@@ -406,7 +419,7 @@ mod tests {
                 assert!(attentions >= 2 * batch.batch, "{name}: one attention per sequence and layer");
                 let run = |p: &Program| {
                     let mut work = vec![0f32; p.work_elems];
-                    exec::run(p, &model.resident(), &model.spec.layout.layers, &mut work).unwrap()
+                    exec::run(p, &model.resident(), &model.spec.layout, &mut work).unwrap()
                 };
                 let (native, reference) = (run(&program), run(&lowered(&program)));
                 let d = crate::engine::max_abs_diff(&native, &reference);
@@ -427,12 +440,7 @@ mod tests {
         program.ops.retain(|o| !matches!(o, Op::WaitLayer(_)));
         let mut work = vec![0f32; program.work_elems];
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            exec::run(
-                &program,
-                &Resident::new(model.weights(), &model.spec.layout),
-                &model.spec.layout.layers,
-                &mut work,
-            )
+            exec::run(&program, &Resident::new(model.weights(), &model.spec.layout), &model.spec.layout, &mut work)
         }));
         assert!(result.is_err(), "reading unwaited weights must fail");
     }

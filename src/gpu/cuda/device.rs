@@ -370,7 +370,8 @@ impl Device for CudaDevice {
         let (outputs, generated): (Vec<OutputTensor>, Option<Generated>) = match &job.work.generation {
             None => {
                 spec.check_request(&job.work.batch, &job.work.outputs)?;
-                let program = spec.forward_program(&job.work.batch);
+                // cuBLAS reads F32: half matrices are widened into the workspace as they land.
+                let program = spec.widened(&spec.forward_program(&job.work.batch));
                 let (data, ms) = self.exec(&program, weights, copy.take(), true).map_err(|f| self.fault(f))?;
                 swap_ms = ms;
                 (spec.outputs_of(&job.work.batch, &job.work.outputs, data), None)
@@ -379,7 +380,7 @@ impl Device for CudaDevice {
                 let mut failure = None;
                 let generated = crate::gpu::generation::stream(g, spec, |on_token| {
                     spec.generate_with(&g.prompt, &g.options, on_token, &mut |program| match self.exec(
-                        program,
+                        &spec.widened(program),
                         weights,
                         copy.take(),
                         false,

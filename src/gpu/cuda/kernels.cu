@@ -57,6 +57,44 @@ extern "C" __global__ void embed(const unsigned int* ids, const unsigned int* ty
     }
 }
 
+// F16 (dtype 1) or BF16 (dtype 2) bits as a float, exactly (every such value is a float).
+__device__ float half_to_float(unsigned short h, int dtype) {
+    if (dtype == 2) return __uint_as_float(((unsigned int)h) << 16);
+    unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+    unsigned int exp = ((unsigned int)h >> 10) & 0x1fu;
+    unsigned int mant = (unsigned int)h & 0x3ffu;
+    if (exp == 0) {
+        float v = (float)mant * 5.9604644775390625e-8f;  // subnormal: mant * 2^-24
+        return sign ? -v : v;
+    }
+    if (exp == 31) return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+// `embed` over tables stored in F16 or BF16 (`dtype` as for half_to_float).
+extern "C" __global__ void embed_half(const unsigned int* ids, const unsigned int* types,
+                                      const unsigned short* word, const unsigned short* pos,
+                                      const unsigned short* token_type, int dtype, int t, int start,
+                                      int width, float* out) {
+    int r = blockIdx.x;
+    size_t id = ids[r];
+    size_t p = (size_t)(start + r % t);
+    size_t ty = types ? types[r] : 0;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        float v = half_to_float(word[id * width + j], dtype) + half_to_float(pos[p * width + j], dtype);
+        if (types && token_type) v += half_to_float(token_type[ty * width + j], dtype);
+        out[(size_t)r * width + j] = v;
+    }
+}
+
+// `Op::Widen`: n half elements to floats.
+extern "C" __global__ void widen_half(const unsigned short* src, long long n, int dtype, float* out) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        out[i] = half_to_float(src[i], dtype);
+    }
+}
+
 // One block per row. Each thread only reads and writes its own columns, so `out` may be `x`
 // or `residual`.
 extern "C" __global__ void layer_norm(const float* x, const float* bias, const float* residual,

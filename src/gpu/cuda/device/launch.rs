@@ -4,7 +4,17 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 
 use super::{kernel_fault, CudaDevice, Failure};
 use crate::engine::program::{Act, Op, Ptr};
+use crate::engine::Dtype;
 use crate::gpu::cuda::kernels::Arg;
+
+/// The kernels' code for a half dtype (`half_to_float` in kernels.cu).
+fn half_code(d: Dtype) -> i32 {
+    match d {
+        Dtype::F16 => 1,
+        Dtype::Bf16 => 2,
+        Dtype::F32 => unreachable!("F32 tables take the F32 kernels"),
+    }
+}
 
 impl CudaDevice {
     fn ptr(&self, p: Ptr, weights: u64) -> u64 {
@@ -32,7 +42,37 @@ impl CudaDevice {
         let i = |v: usize| Arg::I32(v as i32);
         match *op {
             Op::WaitLayer(_) => Ok(()),
-            Op::Embed { ids, types, word, pos, token_type, rows, t, start, width, out } => k
+            Op::Embed { ids, types, word, pos, token_type, tables, rows, t, start, width, out } if tables.is_half() => {
+                k.launch(
+                    "embed_half",
+                    (rows as u32, 1, 1),
+                    block(width),
+                    s,
+                    &[
+                        self.a(ids),
+                        opt_a(types),
+                        Self::w(weights, word),
+                        Self::w(weights, pos),
+                        opt_w(token_type),
+                        Arg::I32(half_code(tables)),
+                        i(t),
+                        i(start),
+                        i(width),
+                        self.a(out),
+                    ],
+                )
+                .map_err(kernel_fault)
+            }
+            Op::Widen { src, elems, dtype, dst } => k
+                .launch(
+                    "widen_half",
+                    grid(elems),
+                    256,
+                    s,
+                    &[Self::w(weights, src), Arg::I64(elems as i64), Arg::I32(half_code(dtype)), self.a(dst)],
+                )
+                .map_err(kernel_fault),
+            Op::Embed { ids, types, word, pos, token_type, tables: _, rows, t, start, width, out } => k
                 .launch(
                     "embed",
                     (rows as u32, 1, 1),
