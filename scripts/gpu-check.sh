@@ -13,7 +13,9 @@
 #
 # Environment: FAASWAP_BIN (default target/release/faaswap), FIXTURES (default
 # ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
-# gpt2-large"), FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
+# gpt2-large bert-large-qa"), BF16_MODELS (default "bert-base bert-large gpt2 gpt2-large": the
+# same presets synthesised with --dtype bf16, held in BF16 by faaswap and run in BF16 by
+# PyTorch), FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
 # SKIP_SERVE=1 leaves out the server check (scripts/gpu_serve_check.py: `faaswap serve` on the
 # device, the fixtures over HTTP and the WebSocket, `faaswap bench`); SANITIZE=1 adds a
 # compute-sanitizer memcheck run over the fixtures.
@@ -23,7 +25,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${FAASWAP_BIN:-target/release/faaswap}
 OUT=${1:-${OUT:-/tmp/faaswap-gpu-check}}
-MODELS=${MODELS:-"bert-base bert-large gpt2 gpt2-large"}
+MODELS=${MODELS:-"bert-base bert-large gpt2 gpt2-large bert-large-qa"}
+BF16_MODELS=${BF16_MODELS-"bert-base bert-large gpt2 gpt2-large"}
 FIXTURES=${FIXTURES:-}
 if [ -z "$FIXTURES" ]; then
   for f in ../shared/fixtures shared/fixtures; do [ -d "$f/tiny_bert" ] && FIXTURES=$f && break; done
@@ -41,6 +44,11 @@ for m in $MODELS; do
   [ -f "$OUT/models/$m/model.safetensors" ] || "$BIN" synth --preset "$m" --seed 1 --out "$OUT/models/$m" >/dev/null
   args+=(--model "$OUT/models/$m")
   pkgs+=("$OUT/models/$m")
+done
+for m in $BF16_MODELS; do
+  [ -f "$OUT/models/$m-bf16/model.safetensors" ] || "$BIN" synth --preset "$m" --seed 1 --dtype bf16 --out "$OUT/models/$m-bf16" >/dev/null
+  args+=(--model "$OUT/models/$m-bf16")
+  pkgs+=("$OUT/models/$m-bf16")
 done
 echo "   ready after $(( $(date +%s) - t0 )) s"
 

@@ -4,10 +4,11 @@
   gpu_baseline.py --json OUT.json --model DIR [--model DIR ...]   measure PyTorch
   gpu_baseline.py --table FAASWAP.json TORCH.json                 print the comparison
 
-Per model (batch 1, 128 tokens, FP32, TF32 off): the raw pinned copy of all weights, the
-usual cold start (`model.to("cuda")` from pageable memory + first forward), the warm eager
-forward, and the warm forward captured in a CUDA graph. GPT-2 runs GPT2LMHeadModel (logits for
-every position, as faaswap computes them); BERT runs BertModel.
+Per model (batch 1, 128 tokens, in the package's dtype — FP32 with TF32 off, or BF16 for
+packages stored in BF16): the raw pinned copy of all weights, the usual cold start
+(`model.to("cuda")` from pageable memory + first forward), the warm eager forward, and the warm
+forward captured in a CUDA graph. GPT-2 runs GPT2LMHeadModel (logits for every position, as
+faaswap computes them); BERT runs BertModel, or BertForQuestionAnswering for a QA package.
 """
 import argparse
 import json
@@ -17,9 +18,17 @@ import sys
 import time
 
 
+def stored_dtype(d):
+    """The dtype of the first tensor of DIR/model.safetensors (its header, read directly)."""
+    with open(os.path.join(d, "model.safetensors"), "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return next(v["dtype"] for k, v in header.items() if k != "__metadata__")
+
+
 def measure(dirs, seq_len=128, iters=20):
     import torch
-    from transformers import AutoConfig, BertModel, GPT2LMHeadModel
+    from transformers import AutoConfig, BertForQuestionAnswering, BertModel, GPT2LMHeadModel
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -35,12 +44,15 @@ def measure(dirs, seq_len=128, iters=20):
 
     for d in dirs:
         cfg = AutoConfig.from_pretrained(d)
+        dtype = torch.bfloat16 if stored_dtype(d) == "BF16" else torch.float32
         if cfg.model_type == "gpt2":
             model = GPT2LMHeadModel.from_pretrained(d, attn_implementation="eager")
+        elif (cfg.architectures or [""])[0] == "BertForQuestionAnswering":
+            model = BertForQuestionAnswering.from_pretrained(d, attn_implementation="eager")
         else:
             # No pooler: faaswap's packages carry none, so both sides move the same weights.
             model = BertModel.from_pretrained(d, attn_implementation="eager", add_pooling_layer=False)
-        model = model.float().eval()
+        model = model.to(dtype).eval()
         vocab = cfg.vocab_size
         ids = torch.tensor([[(t * 31 + 1) % vocab for t in range(seq_len)]])
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())

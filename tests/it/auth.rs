@@ -289,15 +289,19 @@ mod spelling {
                     let c = p[i].clone();
                     p[i] = if c == c.to_lowercase() { c.to_uppercase() } else { c.to_lowercase() };
                 }
+                // Earlier edits may have escaped every plain slash (after a dot segment took
+                // the first place): then there is no slash to edit at.
                 Edit::Dot(i, up) => {
                     let slashes: Vec<usize> = (0..n).filter(|&k| p[k] == "/").collect();
-                    let k = slashes[i % slashes.len()];
-                    p.insert(k, if up { "/x/..".into() } else { "/.".into() });
+                    if let Some(&k) = slashes.get(i % slashes.len().max(1)) {
+                        p.insert(k, if up { "/x/..".into() } else { "/.".into() });
+                    }
                 }
                 Edit::Slash(i) => {
                     let slashes: Vec<usize> = (0..n).filter(|&k| p[k] == "/").collect();
-                    let k = slashes[i % slashes.len()];
-                    p.insert(k, "/".into());
+                    if let Some(&k) = slashes.get(i % slashes.len().max(1)) {
+                        p.insert(k, "/".into());
+                    }
                 }
             }
         }

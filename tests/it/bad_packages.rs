@@ -191,7 +191,7 @@ fn bad_tokenizer_and_pooling_files() {
 }
 
 #[test]
-fn f16_and_bf16_weights_convert_at_load() {
+fn f16_and_bf16_weights_stay_half_and_widen_to_the_rounded_values() {
     let reference = Model::load(&tiny_bert()).unwrap();
     for dtype in [Dtype::F16, Dtype::BF16] {
         let dir = bert_with(|t| {
@@ -210,7 +210,11 @@ fn f16_and_bf16_weights_convert_at_load() {
                 *d = dtype;
             }
         });
-        let model = Model::load(dir.path()).unwrap();
+        // Held as the file stores them by default; widened on request to the rounded values.
+        let held = Model::load(dir.path()).unwrap();
+        let stored = if dtype == Dtype::F16 { faaswap::engine::Dtype::F16 } else { faaswap::engine::Dtype::Bf16 };
+        assert_eq!(held.spec.layout.matrix_dtype(), stored);
+        let model = Model::load_as(dir.path(), Some(faaswap::engine::Dtype::F32)).unwrap();
         let want: Vec<f32> = reference
             .weights()
             .iter()

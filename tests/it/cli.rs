@@ -190,18 +190,19 @@ fn the_gpu_check_script_runs_dry_on_the_cpu() {
         .env("DEVICES", "cpu")
         .env("SKIP_TORCH", "1")
         .env("MODELS", "bert-nano gpt2-nano")
+        .env("BF16_MODELS", "bert-nano")
         .output()
         .expect("runs bash");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     let table = std::fs::read_to_string(out.path().join("table.md")).unwrap();
     assert!(table.contains("fixture checks: 10/10 within tolerance"), "{table}");
-    for model in ["| bert-nano |", "| gpt2-nano |"] {
+    for model in ["| bert-nano |", "| gpt2-nano |", "| bert-nano-bf16 |"] {
         assert!(table.contains(model), "{model} row: {table}");
     }
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("faaswap.json")).unwrap()).unwrap();
-    assert_eq!(report["models"].as_array().unwrap().len(), 2);
+    assert_eq!(report["models"].as_array().unwrap().len(), 3);
     // The server check ran against a real server: every fixture case over HTTP, both packages.
     let serve: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("serve.json")).unwrap()).unwrap();

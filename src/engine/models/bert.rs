@@ -149,6 +149,15 @@ const PRESETS: &[Preset] = &[
         description: "BERT-large, 24 layers, hidden 1024 (335M)",
         config: || config(24, 1024, 16, 4096),
     },
+    Preset {
+        name: "bert-large-qa",
+        description: "BERT-large with a question-answering head, the paper's BERT-QA (335M)",
+        config: || {
+            let mut c = config(24, 1024, 16, 4096);
+            c["architectures"] = json!(["BertForQuestionAnswering"]);
+            c
+        },
+    },
 ];
 
 #[cfg(test)]
