@@ -27,9 +27,21 @@ pub struct SynthArgs {
 
 pub fn run(a: SynthArgs) -> Result<(), CliError> {
     if a.list {
-        let list: Vec<_> = crate::engine::registry::presets()
-            .map(|p| serde_json::json!({"name": p.name, "description": p.description}))
-            .collect();
+        // What each preset takes in host memory, pool pages and one swap-in, per dtype.
+        let weight_bytes = |p: &synth::Preset| -> Result<serde_json::Value, CliError> {
+            let config = (p.config)();
+            let mut bytes = serde_json::Map::new();
+            for d in crate::engine::Dtype::ALL {
+                let (_, loaded) = crate::engine::registry::load_as(std::path::Path::new("config.json"), &config, d)?;
+                bytes.insert(d.name().to_string(), loaded.layout.total_bytes().into());
+            }
+            Ok(bytes.into())
+        };
+        let list = crate::engine::registry::presets()
+            .map(|p| {
+                Ok(serde_json::json!({"name": p.name, "description": p.description, "weight_bytes": weight_bytes(p)?}))
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
         return print_json(&list);
     }
     let (Some(name), Some(out)) = (a.preset, a.out) else {

@@ -66,7 +66,7 @@ pub enum Threads {
 
 /// Below this many multiply-adds a product runs on the calling thread: waking the pool costs
 /// more than it saves (measured on MiniLM batch 1, whose products are 6–9 M multiply-adds).
-const POOL_MIN_MACS: usize = 1 << 24;
+const POOL_MIN_MACS: usize = 1 << 20;
 
 /// `dst = scale · a · b`, or `dst += scale · a · b` when `accumulate`.
 pub fn matmul(dst: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, scale: f32, threads: Threads) {
