@@ -242,22 +242,17 @@ impl ModelSpec {
     /// attending to up to `kv` positions (`kv` = `seq` outside generation): what the programs
     /// for a full batch of that shape use.
     pub fn workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
-        let full = TokenBatch {
-            batch,
-            seq,
-            ids: vec![0; batch * seq],
-            mask: vec![true; batch * seq],
-            type_ids: vec![0; batch * seq],
-        };
-        let forward = self.arch.forward(&full).work_elems;
-        match self.arch.as_decoder() {
-            Some(d) if kv > seq => forward.max(d.step(&full.ids, 0, kv).work_elems),
-            _ => forward,
-        }
+        self.largest_program(batch, seq, kv, |p| p.work_elems)
     }
 
     /// [`Self::workspace_elems`] for a device that runs [`Self::widened`] programs.
     pub fn widened_workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
+        self.largest_program(batch, seq, kv, |p| self.widened(p).work_elems)
+    }
+
+    /// The most `size` gives over the programs of a full batch of that shape (the forward pass,
+    /// and a decode step over `kv` positions for a decoder).
+    fn largest_program(&self, batch: usize, seq: usize, kv: usize, size: impl Fn(&Program) -> usize) -> usize {
         let full = TokenBatch {
             batch,
             seq,
@@ -265,9 +260,9 @@ impl ModelSpec {
             mask: vec![true; batch * seq],
             type_ids: vec![0; batch * seq],
         };
-        let forward = self.widened(&self.arch.forward(&full)).work_elems;
+        let forward = size(&self.arch.forward(&full));
         match self.arch.as_decoder() {
-            Some(d) if kv > seq => forward.max(self.widened(&d.step(&full.ids, 0, kv)).work_elems),
+            Some(d) if kv > seq => forward.max(size(&d.step(&full.ids, 0, kv))),
             _ => forward,
         }
     }

@@ -280,3 +280,45 @@ fn a_bad_head_or_body_config_is_refused_naming_the_key() {
         assert!(message.contains(key), "{name}: the error names {key}: {body}");
     }
 }
+
+/// Sentence-transformers pooling on the other bodies: a RoBERTa package with mean pooling and
+/// Normalize (as multilingual-e5 ships), and CLS pooling (as bge-m3), answers the pooled
+/// reference hidden states.
+#[test]
+fn sentence_pooling_works_on_every_body() {
+    let reference = read_json(&fixture("tiny_roberta").join("reference.json"));
+    let case = &reference["cases"][2];
+    let hidden = flat_rows(&case["last_hidden_state"]);
+    let rows: Vec<&[f32]> = hidden.chunks_exact(64).collect();
+    let normalized = |v: Vec<f32>| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let mean: Vec<f32> = (0..64).map(|j| rows.iter().map(|r| r[j]).sum::<f32>() / rows.len() as f32).collect();
+    for (mode, want) in
+        [("pooling_mode_mean_tokens", normalized(mean)), ("pooling_mode_cls_token", normalized(rows[0].to_vec()))]
+    {
+        let dir = copy_package(&fixture("tiny_roberta"));
+        let modules = json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ]);
+        std::fs::write(dir.path().join("modules.json"), modules.to_string()).unwrap();
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            json!({"word_embedding_dimension": 64, mode: true}).to_string(),
+        )
+        .unwrap();
+        let model = Model::load(dir.path()).unwrap();
+        assert_eq!(model.spec.default_outputs(), vec![OutputKind::SentenceEmbedding]);
+        // A padded batch: the pooled rows are the sequence's own.
+        let input = ids(&case["input_ids"]);
+        let batch = TokenBatch::from_sequences(&[input.clone(), input[..3].to_vec()]).unwrap();
+        let out = &model.infer(&batch, &[OutputKind::SentenceEmbedding]).unwrap()[0];
+        assert_eq!(out.shape, vec![2, 64]);
+        let d = max_abs_diff(&out.data[..64], &want);
+        assert!(d <= 1e-5, "{mode}: max abs diff {d}");
+    }
+}
