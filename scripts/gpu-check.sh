@@ -15,7 +15,8 @@
 # ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
 # gpt2-large bert-large-qa"), BF16_MODELS (default "bert-base bert-large gpt2 gpt2-large": the
 # same presets synthesised with --dtype bf16, held in BF16 by faaswap and run in BF16 by
-# PyTorch), FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
+# PyTorch; they are also checked and timed with `--compute native`, in faaswap-native.json),
+# FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
 # SKIP_SERVE=1 leaves out the server check (scripts/gpu_serve_check.py: `faaswap serve` on the
 # device, the fixtures over HTTP and the WebSocket, `faaswap bench`); SANITIZE=1 adds a
 # compute-sanitizer memcheck run over the fixtures.
@@ -59,6 +60,14 @@ if [ -n "$FIXTURES" ]; then fixture_args=(--fixtures "$FIXTURES"); else echo "  
 FAASWAP_LOG=${FAASWAP_LOG:-info} "$BIN" device-check --devices "$DEVICES" "${fixture_args[@]}" "${args[@]}" \
   --seq-len 128 --batch 1 --iters 20 --cold-iters 5 > "$OUT/faaswap.json"
 echo "   done after $(( $(date +%s) - t0 )) s"
+if [ -n "$BF16_MODELS" ]; then
+  echo "== BF16 models with native compute (half × half products, F32 accumulation) -> $OUT/faaswap-native.json"
+  native=()
+  for m in $BF16_MODELS; do native+=(--model "$OUT/models/$m-bf16"); done
+  "$BIN" device-check --devices "$DEVICES" --compute native "${native[@]}" \
+    --seq-len 128 --batch 1 --iters 20 --cold-iters 5 > "$OUT/faaswap-native.json"
+  echo "   done after $(( $(date +%s) - t0 )) s"
+fi
 
 if [ -n "${SKIP_SERVE:-}" ] || [ -z "$FIXTURES" ]; then
   echo "== server check skipped (SKIP_SERVE, or no fixtures)"

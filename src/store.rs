@@ -60,11 +60,17 @@ pub struct FunctionSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "bf16")]
     pub dtype: Option<crate::engine::Dtype>,
+    /// How products over half weights are computed: `f32` (the default: F32 arithmetic on the
+    /// widened weights) or `native` (half activations times half weights, F32 accumulation).
+    /// Chosen at deploy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "f32")]
+    pub compute: Option<crate::engine::Compute>,
 }
 
 impl Default for FunctionSettings {
     fn default() -> Self {
-        Self { slo_ms: 1000.0, slo_percentile: 0.98, max_batch: 8, dtype: None }
+        Self { slo_ms: 1000.0, slo_percentile: 0.98, max_batch: 8, dtype: None, compute: None }
     }
 }
 
@@ -206,6 +212,7 @@ mod record {
                     slo_percentile: r.settings.slo_percentile,
                     max_batch: usize::try_from(r.settings.max_batch).map_err(|e| e.to_string())?,
                     dtype: None,
+                    compute: None,
                 },
                 created_unix_ms: r.created_unix_ms,
                 profile: r.profile.map(|p| Profile {

@@ -100,9 +100,9 @@ async fn load(services: &Services, record: &FunctionRecord) -> Result<Payload, D
         return Ok(Payload::Profile(*p));
     }
     let dir = services.store.package_path(record);
-    let dtype = record.settings.dtype;
+    let (dtype, compute) = (record.settings.dtype, record.settings.compute);
     let model = actix_rt::task::spawn_blocking(move || {
-        let model = Model::load_as(&dir, dtype)?;
+        let model = Model::load_as(&dir, dtype)?.with_compute(compute.unwrap_or_default());
         crate::gpu::prepare_host(&model);
         Ok(model)
     })
@@ -273,6 +273,16 @@ impl Handler<UpdateSettings> for FunctionActor {
             return AtomicResponse::new(Box::pin(ready(Err(DeployError::InvalidSettings(reason)))));
         }
         settings.dtype = record.settings.dtype;
+        let computing = current.model().map(|m| m.spec.compute);
+        if let Some(c) = settings.compute.filter(|&c| Some(c) != computing) {
+            let reason = format!(
+                "compute {} differs from the deployed {}: it is chosen at deploy (undeploy and deploy again)",
+                c.name(),
+                computing.map_or("none", |c| c.name())
+            );
+            return AtomicResponse::new(Box::pin(ready(Err(DeployError::InvalidSettings(reason)))));
+        }
+        settings.compute = record.settings.compute;
         record.settings = settings;
         if let Err(e) = self.services.store.put(&record) {
             return AtomicResponse::new(Box::pin(ready(Err(e.into()))));

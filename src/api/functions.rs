@@ -57,6 +57,7 @@ async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> V
     let mut settings = serde_json::to_value(&record.settings).expect("settings serialize");
     if let Some(m) = entry.model() {
         settings["dtype"] = json!(m.spec.layout.matrix_dtype());
+        settings["compute"] = json!(m.spec.compute);
     }
     let (model_type, max_input_tokens) = match entry.model() {
         Some(m) => {

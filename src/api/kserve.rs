@@ -12,7 +12,7 @@ use super::body;
 use super::error::{ApiError, ErrorBody};
 use super::tensors;
 use super::tensors::InferRequestBody;
-use crate::engine::Dtype;
+use crate::engine::{Compute, Dtype};
 use crate::function::Function;
 use crate::runtime::Runtime;
 use crate::store::FunctionSettings;
@@ -276,6 +276,17 @@ pub(crate) async fn load(
             settings.dtype = Some(d);
         }
         Some(other) => return Err(ApiError::BadRequest(format!("parameters.dtype must be a string, found {other}"))),
+    }
+    // `parameters.compute`: "f32" or "native", for products over half weights.
+    match req.parameters.get("compute") {
+        None => {}
+        Some(Value::String(s)) => {
+            let c = Compute::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!("parameters.compute {s:?} is not one of \"f32\", \"native\""))
+            })?;
+            settings.compute = Some(c);
+        }
+        Some(other) => return Err(ApiError::BadRequest(format!("parameters.compute must be a string, found {other}"))),
     }
     // Idempotent, as KServe has it: loading what is (or has just been, by a concurrent call)
     // deployed under this name succeeds.

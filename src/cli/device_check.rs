@@ -46,6 +46,10 @@ pub struct DeviceCheckArgs {
     /// Cold runs (swap-in + forward) per model.
     #[arg(long, default_value_t = 5)]
     pub cold_iters: usize,
+    /// How the models' products over half weights are computed: `f32` or `native` (the CPU
+    /// side of the comparison computes the same way).
+    #[arg(long, default_value = "f32", value_parser = |s: &str| crate::engine::Compute::parse(s).ok_or_else(|| format!("{s:?} is not f32 or native")))]
+    pub compute: crate::engine::Compute,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,8 +134,8 @@ struct Loaded {
     pin_ms: f64,
 }
 
-fn load(dir: &Path) -> Result<Loaded, CliError> {
-    let model = Arc::new(Model::load(dir)?);
+fn load(dir: &Path, compute: crate::engine::Compute) -> Result<Loaded, CliError> {
+    let model = Arc::new(Model::load(dir)?.with_compute(compute));
     let t0 = Instant::now();
     let pinned = crate::gpu::cuda::prepare_host(&model);
     Ok(Loaded { model, pinned, pin_ms: t0.elapsed().as_secs_f64() * 1e3 })
@@ -199,7 +203,7 @@ fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], CliError> {
 
 fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
-    let model = load(dir)?.model;
+    let model = load(dir, crate::engine::Compute::F32)?.model;
     let tol = number(&r["tolerance"]["last_hidden_state_max_abs"], "tolerance.last_hidden_state_max_abs")?;
     let mut checks = Vec::new();
     for (i, case) in list(&r["cases"], "cases")?.iter().enumerate() {
@@ -213,7 +217,7 @@ fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
 
 fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
-    let model = load(dir)?.model;
+    let model = load(dir, crate::engine::Compute::F32)?.model;
     let tol = number(&r["tolerance"]["last_position_logits_max_abs"], "tolerance.last_position_logits_max_abs")?;
     let vocab = model.spec.arch.vocab_size();
     let mut checks = Vec::new();
@@ -254,7 +258,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn measure(device: &mut dyn Device, dir: &Path, a: &DeviceCheckArgs) -> Result<ModelReport, CliError> {
-    let Loaded { model, pinned, pin_ms } = load(dir)?;
+    let Loaded { model, pinned, pin_ms } = load(dir, a.compute)?;
     let vocab = model.spec.arch.vocab_size() as u32;
     let seq_len = a.seq_len.min(model.spec.arch.max_positions());
     let seqs: Vec<Vec<u32>> =

@@ -78,6 +78,16 @@ impl Dtype {
         }
     }
 
+    /// An `f32` as F16 or BF16 bits, rounded to nearest, ties to even (the rounding of the
+    /// GPU's `narrow_half` kernel).
+    #[inline(always)]
+    pub fn narrow(self, x: f32) -> u16 {
+        match self {
+            Self::F16 => half::f16::from_f32(x).to_bits(),
+            _ => half::bf16::from_f32(x).to_bits(),
+        }
+    }
+
     /// A half value's bits as `f32` (exact: every F16 and BF16 value is an F32 value).
     #[inline(always)]
     pub fn widen(self, bits: u16) -> f32 {

@@ -37,6 +37,7 @@ pub use io::{max_abs_diff, InputSpec, InputTensor, Inputs, IoSpec, OutputKind, O
 pub use layout::{Dtype, LayerSpan, Span, TensorSlot, WeightLayout};
 pub use model::{Model, ModelSpec, ModelSummary};
 pub use pooling::{PoolMode, Pooling};
+pub use program::storage::Compute;
 pub use sampling::{argmax, SamplingParams};
 pub use streamed::StreamedWeights;
 pub use tokenize::TextEncoder;

@@ -17,7 +17,8 @@ use super::io::{IoSpec, OutputKind, OutputTensor, Produced};
 use super::layout::{Dtype, WeightLayout};
 use super::pooling::Pooling;
 use super::program::exec::{self, Resident, WeightSource};
-use super::program::{storage, Program};
+use super::program::storage::{self, Compute};
+use super::program::Program;
 use super::tokenize::TextEncoder;
 use super::weights::WeightsFile;
 use super::workspace::Workspace;
@@ -31,6 +32,8 @@ pub struct ModelSpec {
     pub layout: WeightLayout,
     pub pooling: Option<Pooling>,
     pub tokenizer: Option<TextEncoder>,
+    /// How products over half weights are computed (`settings.compute`).
+    pub compute: Compute,
 }
 
 /// A spec with its packed host weights.
@@ -87,10 +90,23 @@ impl Model {
         let pooling = if arch.io().produces(OutputKind::LastHiddenState) { Pooling::load(dir)? } else { None };
         let tokenizer = TextEncoder::load(dir, arch.max_positions())?;
         Ok(Self {
-            spec: ModelSpec { dir: dir.to_path_buf(), arch, layout: loaded.layout, pooling, tokenizer },
+            spec: ModelSpec {
+                dir: dir.to_path_buf(),
+                arch,
+                layout: loaded.layout,
+                pooling,
+                tokenizer,
+                compute: Compute::F32,
+            },
             host_pin: OnceLock::new(),
             weights,
         })
+    }
+
+    /// The model computing half-weight products as `compute` says.
+    pub fn with_compute(mut self, compute: Compute) -> Self {
+        self.spec.compute = compute;
+        self
     }
 
     /// The packed buffer: the unit the runtime copies to devices.
@@ -242,12 +258,12 @@ impl ModelSpec {
     /// attending to up to `kv` positions (`kv` = `seq` outside generation): what the programs
     /// for a full batch of that shape use.
     pub fn workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
-        self.largest_program(batch, seq, kv, |p| p.work_elems)
+        self.largest_program(batch, seq, kv, |p| self.lowered(p, true).work_elems)
     }
 
-    /// [`Self::workspace_elems`] for a device that runs [`Self::widened`] programs.
+    /// [`Self::workspace_elems`] for a device whose GEMMs read F32 weights only.
     pub fn widened_workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
-        self.largest_program(batch, seq, kv, |p| self.widened(p).work_elems)
+        self.largest_program(batch, seq, kv, |p| self.lowered(p, false).work_elems)
     }
 
     /// The most `size` gives over the programs of a full batch of that shape (the forward pass,
@@ -327,6 +343,18 @@ impl ModelSpec {
         storage::widen(program, &self.layout)
     }
 
+    /// `program` as a device runs it under this model's `compute`: `native` lowers every
+    /// product over half weights to rounded activations times half weights; `f32` leaves it to
+    /// a device whose GEMMs read half weights (`reads_half`: the CPU executor) or widens the
+    /// weights for one that reads F32 only (cuBLAS's SGEMM).
+    pub fn lowered(&self, program: &Program, reads_half: bool) -> Program {
+        match self.compute {
+            Compute::Native => storage::native(program, &self.layout),
+            Compute::F32 if reads_half => program.clone(),
+            Compute::F32 => storage::widen(program, &self.layout),
+        }
+    }
+
     /// Runs one batch against `weights` (any copy of the packed buffer, as it arrives) on the
     /// CPU and returns the asked outputs in order.
     pub fn infer(
@@ -338,7 +366,7 @@ impl ModelSpec {
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
         self.check_request(batch, outputs)?;
-        let program = self.forward_program(batch);
+        let program = self.lowered(&self.forward_program(batch), true);
         let data = exec::run(&program, weights, &self.layout, ws.elems())?;
         Ok(self.outputs_of(batch, outputs, data))
     }
@@ -405,7 +433,8 @@ impl ModelSpec {
     ) -> Result<Decoded> {
         self.check_weights(weights)?;
         let layout = &self.layout;
-        self.generate_with(prompt, opts, on_token, &mut |p| exec::run(p, weights, layout, ws.elems()))
+        let lowered = |p: &Program| self.lowered(p, true);
+        self.generate_with(prompt, opts, on_token, &mut |p| exec::run(&lowered(p), weights, layout, ws.elems()))
     }
 }
 

@@ -113,7 +113,7 @@ impl WeightsFile {
                     half => {
                         let dst: &mut [u16] =
                             &mut bytemuck::cast_slice_mut(dst)[..slot.shape.iter().product::<usize>()];
-                        place(view, &slot.source, slot.shape.get(1), dst, offset, |d: &mut u16, x| *d = narrow(half, x))
+                        place(view, &slot.source, slot.shape.get(1), dst, offset, |d: &mut u16, x| *d = half.narrow(x))
                             .or_else(|| dst.iter().position(|&b| !half.widen(b).is_finite()))
                     }
                 };
@@ -158,15 +158,6 @@ fn place<T: Copy + Default>(
         }
     }
     bad
-}
-
-/// An `f32` as F16 or BF16 bits, rounded to nearest even (exact for values the file already
-/// held in that dtype).
-fn narrow(dtype: layout::Dtype, x: f32) -> u16 {
-    match dtype {
-        layout::Dtype::F16 => half::f16::from_f32(x).to_bits(),
-        _ => half::bf16::from_f32(x).to_bits(),
-    }
 }
 
 /// Little-endian F32/F16/BF16 bytes to `f32`. The caller checked the dtype and that `src` holds

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use faaswap::engine::{registry, Dtype, Model, OutputKind, TokenBatch};
+use faaswap::engine::{registry, Compute, Dtype, Model, OutputKind, TokenBatch};
 
 use crate::cli::faaswap_json;
 use crate::common::*;
@@ -159,6 +159,17 @@ fn a_deploy_chooses_the_dtype_and_every_view_of_the_bytes_agrees() {
         assert_eq!(r["bytes"].as_u64(), Some(weight_bytes(&s, name)), "{r}");
     }
 
+    // Native compute on the held BF16 weights: named in the view, close to the reference.
+    let native = deploy("native", "bf16", json!({"compute": "native"}));
+    assert_eq!(
+        (native["settings"]["compute"].as_str(), native["settings"]["dtype"].as_str()),
+        (Some("native"), Some("bf16"))
+    );
+    let got = out("native");
+    assert!(max_abs_diff(&got, &want) < 0.2 && got != out("held"), "rounded activations, a small error");
+    let (status, v) = s.request("PATCH", "/api/v1/functions/native", Some(&json!({"settings": {"compute": "f32"}})));
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_settings")), "{v}");
+
     // Bad dtypes are refused; a PATCH may send back the dtype it sees, not change it.
     let (status, _) = s.post("/api/v1/functions", &json!({"name": "bad", "model": "f32", "settings": {"dtype": "f8"}}));
     assert!(status == 400 || status == 422, "{status}");
@@ -169,4 +180,55 @@ fn a_deploy_chooses_the_dtype_and_every_view_of_the_bytes_agrees() {
     let (status, v) = s.request("PATCH", "/api/v1/functions/held", Some(&json!({"settings": {"dtype": "f32"}})));
     assert_eq!((status, v["code"].as_str()), (400, Some("invalid_settings")), "{v}");
     assert_eq!(weight_bytes(&s, "held"), h);
+}
+
+fn cosine32(a: &[f32], b: &[f32]) -> f64 {
+    cosine(a, b)
+}
+
+/// `settings.compute: native` — what a GPU's tensor cores compute on half weights (activations
+/// rounded to the weights' dtype, F32 accumulation), run on the CPU with the same roundings —
+/// against F32 compute on the same half weights and against the references. Bounded here;
+/// `cargo test --test it native_compute -- --nocapture` prints the figures in BENCHMARKS.md.
+#[test]
+fn native_compute_error_against_f32_compute() {
+    // all-MiniLM-L6-v2 held in BF16: sentence embeddings against the published ones.
+    let sample = read_json(&fixtures().join("minilm_sample.json"));
+    let texts: Vec<String> =
+        sample["sentences"].as_array().unwrap().iter().map(|s| s["text"].as_str().unwrap().into()).collect();
+    let want: Vec<Vec<f32>> = sample["sentences"].as_array().unwrap().iter().map(|s| floats(&s["embedding"])).collect();
+    for (dtype, compute) in [(Dtype::F32, Compute::F32), (Dtype::Bf16, Compute::F32), (Dtype::Bf16, Compute::Native)] {
+        let model = Model::load_as(&minilm(), Some(dtype)).unwrap().with_compute(compute);
+        let batch = model.spec.tokenize_batch(&texts, None).unwrap();
+        let out = &model.infer(&batch, &[OutputKind::SentenceEmbedding]).unwrap()[0];
+        let worst =
+            want.iter().enumerate().map(|(i, w)| cosine32(&out.data[i * 384..(i + 1) * 384], w)).fold(1.0, f64::min);
+        eprintln!("minilm weights {dtype:?} compute {compute:?}: min embedding cosine to the reference {worst:.6}");
+        assert!(worst >= 0.999, "{dtype:?} {compute:?}: {worst}");
+    }
+    // tiny_bert_bf16: hidden states against F32 compute on the same weights (its reference).
+    let dir = fixtures().join("tiny_bert_bf16");
+    let reference = read_json(&dir.join("reference.json"));
+    let case = &reference["cases"][3];
+    let mut batch = TokenBatch::from_sequences(&[ids(&case["input_ids"])]).unwrap();
+    batch.type_ids = ids(&case["token_type_ids"]);
+    let exact = flat_rows(&case["last_hidden_state"]);
+    let native = Model::load(&dir).unwrap().with_compute(Compute::Native);
+    let got = native.infer(&batch, &[OutputKind::LastHiddenState]).unwrap().remove(0).data;
+    let d = max_abs_diff(&got, &exact);
+    let bf16_ref = max_abs_diff(&flat_rows(&case["last_hidden_state_bf16_compute"]), &exact);
+    eprintln!(
+        "tiny_bert_bf16 native: max abs {d:.2e} against F32 compute (transformers' own BF16 run: {bf16_ref:.2e})"
+    );
+    assert!(d < bf16_ref, "native rounds only the products' inputs: closer than an all-BF16 run");
+    // GPT-2 in BF16: greedy tokens with native compute against F32 compute.
+    let repo = tempfile::tempdir().unwrap();
+    let out = repo.path().join("gpt2-tiny-bf16");
+    faaswap_json(&["synth", "--preset", "gpt2-tiny", "--seed", "5", "--dtype", "bf16", "--out", out.to_str().unwrap()]);
+    let opts = faaswap::engine::GenerateOptions { max_new_tokens: 32, ..Default::default() };
+    let f = Model::load(&out).unwrap().generate(&[5, 9, 2, 7], &opts, &mut |_| true).unwrap();
+    let n =
+        Model::load(&out).unwrap().with_compute(Compute::Native).generate(&[5, 9, 2, 7], &opts, &mut |_| true).unwrap();
+    let same = f.iter().zip(&n).take_while(|(a, b)| a == b).count();
+    eprintln!("gpt2-tiny bf16 greedy: native agrees with F32 compute on the first {same} of 32 tokens");
 }

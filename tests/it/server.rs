@@ -232,7 +232,7 @@ fn concurrent_clients_on_two_devices_get_exact_outputs() {
 fn deploys_survive_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let repo = repository();
-    let settings = json!({"slo_ms": 250.0, "slo_percentile": 0.95, "max_batch": 4, "dtype": "f32"});
+    let settings = json!({"slo_ms": 250.0, "slo_percentile": 0.95, "max_batch": 4, "dtype": "f32", "compute": "f32"});
     {
         let s = TestServer::start(state.path(), repo.path(), |_| {});
         let (status, body) =

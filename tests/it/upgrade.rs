@@ -58,11 +58,14 @@ fn the_state_the_last_release_wrote_restores_exactly() {
     assert_eq!(encoder["model"], "bert-nano");
     // The view names the dtype the weights are held in; records of format 1 name none, so the
     // package's is kept (gpt2-nano was written in BF16: held in BF16 now, widened before).
-    assert_eq!(encoder["settings"], json!({"slo_ms": 250.0, "slo_percentile": 0.95, "max_batch": 4, "dtype": "f32"}));
+    assert_eq!(
+        encoder["settings"],
+        json!({"slo_ms": 250.0, "slo_percentile": 0.95, "max_batch": 4, "dtype": "f32", "compute": "f32"})
+    );
     assert_eq!(encoder["digest"], "b0054e28f8eab47cbedfc0866bc18d1f540192d972c114bf1a98057f0e40502d");
     assert_eq!(
         find(&list, "gpt2-nano")["settings"],
-        json!({"slo_ms": 1000.0, "slo_percentile": 0.98, "max_batch": 8, "dtype": "bf16"})
+        json!({"slo_ms": 1000.0, "slo_percentile": 0.98, "max_batch": 8, "dtype": "bf16", "compute": "f32"})
     );
     // The same outputs, bit for bit, as the release that wrote the state answered.
     let want = crate::common::read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/state/v1-cpu-outputs.json"));

@@ -241,6 +241,7 @@ impl Gpt2 {
                 ldc: v,
                 stride_c: 0,
                 batch: 1,
+                inputs: crate::engine::Dtype::F32,
             })
         };
         match pass.logits {

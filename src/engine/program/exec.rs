@@ -186,6 +186,13 @@ impl<'w> Executor<'w, '_> {
                     }
                 });
             }
+            Op::Narrow { src, elems, dtype, dst } => {
+                let input = src..src + elems;
+                let (out, [input]) = carve(self.a, dst..dst + dtype.slots(elems), [input]);
+                let input = input.expect("Narrow writes elsewhere than it reads");
+                let bits: &mut [u16] = &mut bytemuck::cast_slice_mut(out)[..elems];
+                bits.iter_mut().zip(input).for_each(|(b, &x)| *b = dtype.narrow(x));
+            }
             Op::Widen { src, elems, dtype, dst } => {
                 let bits = self.w_half(src, dtype, elems);
                 let out = &mut self.a[dst..dst + elems];
@@ -379,8 +386,21 @@ impl<'w> Executor<'w, '_> {
         if let Ptr::W(o) = g.b {
             assert!(self.half_at(o).is_none(), "a GEMM reads half weights as B");
         }
-        if let Some(t) = if let Ptr::W(o) = g.a { self.half_at(o) } else { None } {
-            return self.gemm_half_a(g, t);
+        let half_a = if let Ptr::W(o) = g.a { self.half_at(o) } else { None };
+        if g.inputs.is_half() {
+            // `native`: B is half bits in the workspace, A a half matrix of the weights.
+            let t =
+                half_a.filter(|t| t.dtype == g.inputs).expect("a native GEMM reads a half weight of its dtype as A");
+            let Ptr::A(b_at) = g.b else { panic!("a native GEMM reads B from the workspace") };
+            let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+            let b_len = (b_cols - 1) * g.ldb + b_rows;
+            let bits: &[u16] = &bytemuck::cast_slice(&self.a[b_at..b_at + g.inputs.slots(b_len)])[..b_len];
+            let mut b = vec![0f32; b_len];
+            widen_into(g.inputs, bits, &mut b);
+            return self.gemm_half_a(g, t, Some(&b));
+        }
+        if let Some(t) = half_a {
+            return self.gemm_half_a(g, t, None);
         }
         let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
@@ -447,7 +467,9 @@ impl<'w> Executor<'w, '_> {
     /// multiplied as it comes — along K when A is not transposed (accumulating into C), along M
     /// when it is (filling C's rows). A model held in half is never widened whole; a matrix that
     /// fits one block is multiplied exactly as its F32 copy would be.
-    fn gemm_half_a(&mut self, g: &Gemm, t: &TensorSlot) {
+    /// `b`: B already widened (a `native` GEMM's rounded activations), else read from the
+    /// workspace.
+    fn gemm_half_a(&mut self, g: &Gemm, t: &TensorSlot, b: Option<&[f32]>) {
         assert_eq!(g.batch, 1, "half weights in a batched GEMM");
         let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
@@ -459,9 +481,15 @@ impl<'w> Executor<'w, '_> {
         let bits = self.w_half(t.span.offset, t.dtype, a_len);
         let Ptr::A(b_at) = g.b else { unreachable!("B is in the workspace (checked)") };
         let b_len = extent(b_rows, b_cols, g.ldb);
-        let b_range = b_at..b_at + b_len;
-        let (c, [b]) = carve(self.a, g.c..g.c + extent(g.m, g.n, g.ldc), [b_range]);
-        let b = b.expect("B is not the output");
+        let c_range = g.c..g.c + extent(g.m, g.n, g.ldc);
+        let (c, b) = match b {
+            Some(b) => (&mut self.a[c_range], b),
+            None => {
+                let b_range = b_at..b_at + b_len;
+                let (c, [b]) = carve(self.a, c_range, [b_range]);
+                (c, b.expect("B is not the output"))
+            }
+        };
         let per_block = (HALF_BLOCK / g.lda.max(1)).max(1);
         SCRATCH.with_borrow_mut(|scratch| {
             for c0 in (0..a_cols).step_by(per_block) {

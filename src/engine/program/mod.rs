@@ -64,6 +64,9 @@ pub struct Gemm {
     pub ldc: usize,
     pub stride_c: usize,
     pub batch: usize,
+    /// How A and B are stored: F32, or both F16/BF16 (`cublasGemmStridedBatchedEx` with F32
+    /// accumulation and an F32 C — the `native` compute of `storage::native`).
+    pub inputs: Dtype,
 }
 
 impl Gemm {
@@ -88,6 +91,7 @@ impl Gemm {
             ldc: out_dim,
             stride_c: 0,
             batch: 1,
+            inputs: Dtype::F32,
         }
     }
 }
@@ -161,6 +165,7 @@ impl Attention {
                 ldc: kv_len,
                 stride_c: q_len * kv_len,
                 batch: heads,
+                inputs: Dtype::F32,
             }),
             Op::Softmax { scores, heads, q_len, kv_len, mask, causal },
             // Outᵀ[d, q] = Vᵀ[d, kv] · Pᵀ[kv, q].
@@ -182,6 +187,7 @@ impl Attention {
                 ldc: out_ld,
                 stride_c: d,
                 batch: heads,
+                inputs: Dtype::F32,
             }),
         ]
     }
@@ -262,6 +268,14 @@ pub enum Op {
     /// workspace at `dst`, exactly. Devices whose kernels read F32 weights only run a program
     /// lowered by `storage::widen`, which adds these after each layer's wait.
     Widen {
+        src: usize,
+        elems: usize,
+        dtype: Dtype,
+        dst: usize,
+    },
+    /// Rounds `elems` F32 values of the workspace at `src` to F16/BF16 (to nearest, ties to
+    /// even) at `dst`, two to a slot: the activations a `native` GEMM reads.
+    Narrow {
         src: usize,
         elems: usize,
         dtype: Dtype,

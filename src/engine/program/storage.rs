@@ -6,11 +6,44 @@
 //! shares one scratch region with the other layers' (the next layer's widening comes after the
 //! last read, in stream order); one read again after a later wait (GPT-2's tied LM head reads
 //! the embedding table at the end) keeps a region of its own.
+//!
+//! `native` lowers for the other way a GPU computes on half weights: each GEMM that reads a
+//! half matrix rounds its activations to the matrix's dtype (`Op::Narrow`) and multiplies half
+//! by half with F32 accumulation (`Gemm::inputs`: `cublasGemmStridedBatchedEx` on tensor
+//! cores). The CPU executor runs the same orders with the same roundings, so CI checks what the
+//! GPU computes and measures the error it makes against F32 compute.
 
 use std::collections::BTreeMap;
 
-use super::{Op, Program, Ptr};
+use serde::{Deserialize, Serialize};
+
+use super::{Gemm, Op, Program, Ptr};
 use crate::engine::layout::{TensorSlot, WeightLayout, ALIGN_ELEMS};
+
+/// How products over half weights are computed (`settings.compute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compute {
+    /// F32 arithmetic on the widened weights: the reference's results to F32 noise.
+    #[default]
+    F32,
+    /// Half activations times half weights, F32 accumulation: faster on tensor cores, with
+    /// the error of rounding each product's activations (BENCHMARKS.md has it per model).
+    Native,
+}
+
+impl Compute {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Native => "native",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::F32, Self::Native].into_iter().find(|c| c.name() == name)
+    }
+}
 
 /// Sets each `Embed`'s table dtype from the layout.
 pub fn annotate(program: &mut Program, layout: &WeightLayout) {
@@ -30,7 +63,11 @@ pub fn reads_half(program: &Program, layout: &WeightLayout) -> bool {
 fn half_reads<'l>(program: &Program, layout: &'l WeightLayout) -> BTreeMap<usize, (&'l TensorSlot, usize)> {
     let mut reads = BTreeMap::new();
     for (i, op) in program.ops.iter().enumerate() {
+        // A native GEMM reads its half operands itself.
         if let Op::Gemm(g) = op {
+            if g.inputs.is_half() {
+                continue;
+            }
             for p in [g.a, g.b] {
                 if let Ptr::W(o) = p {
                     if let Some(t) = layout.tensor_at(o).filter(|t| t.dtype.is_half()) {
@@ -42,6 +79,37 @@ fn half_reads<'l>(program: &Program, layout: &'l WeightLayout) -> BTreeMap<usize
         }
     }
     reads
+}
+
+/// `program` with every GEMM that reads a half matrix of the weights as A run `native` (see the
+/// module): its B rounded into a scratch region after the program's own, then one half × half
+/// product. Anything else that reads half weights is widened as `widen` does.
+pub fn native(program: &Program, layout: &WeightLayout) -> Program {
+    let reads = half_reads(program, layout);
+    if reads.is_empty() {
+        return program.clone();
+    }
+    let base = program.work_elems.next_multiple_of(ALIGN_ELEMS);
+    let mut scratch = 0;
+    let mut ops = Vec::with_capacity(program.ops.len() * 2);
+    for op in &program.ops {
+        match op {
+            Op::Gemm(g)
+                if g.batch == 1 && matches!(g.b, Ptr::A(_)) && matches!(g.a, Ptr::W(o) if reads.contains_key(&o)) =>
+            {
+                let (Ptr::W(o), Ptr::A(b_at)) = (g.a, g.b) else { unreachable!("matched above") };
+                let dtype = reads[&o].0.dtype;
+                let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+                let elems = (b_cols - 1) * g.ldb + b_rows;
+                ops.push(Op::Narrow { src: b_at, elems, dtype, dst: base });
+                scratch = scratch.max(dtype.slots(elems));
+                ops.push(Op::Gemm(Gemm { b: Ptr::A(base), inputs: dtype, ..*g }));
+            }
+            other => ops.push(other.clone()),
+        }
+    }
+    let lowered = Program { ops, work_elems: base + scratch.next_multiple_of(ALIGN_ELEMS), ..program.clone() };
+    widen(&lowered, layout)
 }
 
 /// `program` with every half matrix a GEMM reads widened into the workspace (see the module).
@@ -90,7 +158,7 @@ pub fn widen(program: &Program, layout: &WeightLayout) -> Program {
     let mut ops = Vec::with_capacity(program.ops.len() + reads.len());
     for (i, op) in program.ops.iter().enumerate() {
         match op {
-            Op::Gemm(g) => {
+            Op::Gemm(g) if !g.inputs.is_half() => {
                 let mut g = *g;
                 for p in [&mut g.a, &mut g.b] {
                     if let Ptr::W(o) = *p {
@@ -167,6 +235,44 @@ mod tests {
             })
             .unwrap();
         assert_eq!(got.tokens, want);
+    }
+
+    /// `native` rounds each weight product's activations to the weights' dtype: what the GPU's
+    /// half × half products compute, within the error that rounding makes.
+    #[test]
+    fn native_programs_round_activations_and_stay_close() {
+        let model = Model::load(&fixture("tiny_bert_bf16")).unwrap();
+        let batch = TokenBatch::from_sequences(&[vec![3, 7, 11, 2, 5, 9, 40, 41], vec![9, 4, 1]]).unwrap();
+        let exact = model.spec.forward_program(&batch);
+        let lowered = native(&exact, &model.spec.layout);
+        let narrows = lowered.ops.iter().filter(|o| matches!(o, Op::Narrow { .. })).count();
+        let half_gemms = lowered.ops.iter().filter(|o| matches!(o, Op::Gemm(g) if g.inputs == Dtype::Bf16)).count();
+        assert_eq!(narrows, half_gemms);
+        assert_eq!(half_gemms, 2 * 4, "every weight product of both layers");
+        assert!(!lowered.ops.iter().any(|o| matches!(o, Op::Widen { .. })), "nothing left to widen");
+        let (a, b) = (run(&model, &exact), run(&model, &lowered));
+        let d = crate::engine::max_abs_diff(&a, &b);
+        let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let cos = dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+        assert!(d > 0.0 && d < 0.2, "rounded activations move the output a little: {d}");
+        assert!(cos > 0.999, "cosine {cos}");
+        // A model held in F32 has nothing to compute natively.
+        let f32_model = Model::load(&fixture("tiny_bert")).unwrap();
+        let p = f32_model.spec.forward_program(&batch);
+        assert_eq!(native(&p, &f32_model.spec.layout), p);
+    }
+
+    #[test]
+    fn narrowing_rounds_to_nearest_even() {
+        // 1 + 2^-8 is halfway between two BF16 values: it rounds to the even one (1.0); a hair
+        // above rounds up.
+        assert_eq!(Dtype::Bf16.narrow(1.0 + 2f32.powi(-8)), 0x3f80);
+        assert_eq!(Dtype::Bf16.narrow(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+        assert_eq!(Dtype::F16.narrow(65504.0), 0x7bff);
+        assert_eq!(Dtype::F16.narrow(1e-7), 0x0002, "a subnormal");
+        for x in [0.0f32, -1.5, 3.140625, 1e-3] {
+            assert_eq!(Dtype::Bf16.widen(Dtype::Bf16.narrow(x)), half::bf16::from_f32(x).to_f32());
+        }
     }
 
     #[test]

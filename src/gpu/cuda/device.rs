@@ -370,8 +370,8 @@ impl Device for CudaDevice {
         let (outputs, generated): (Vec<OutputTensor>, Option<Generated>) = match &job.work.generation {
             None => {
                 spec.check_request(&job.work.batch, &job.work.outputs)?;
-                // cuBLAS reads F32: half matrices are widened into the workspace as they land.
-                let program = spec.widened(&spec.forward_program(&job.work.batch));
+                // Half weights: widened as they land (`f32`) or multiplied as they are (`native`).
+                let program = spec.lowered(&spec.forward_program(&job.work.batch), false);
                 let (data, ms) = self.exec(&program, weights, copy.take(), true).map_err(|f| self.fault(f))?;
                 swap_ms = ms;
                 (spec.outputs_of(&job.work.batch, &job.work.outputs, data), None)
@@ -380,7 +380,7 @@ impl Device for CudaDevice {
                 let mut failure = None;
                 let generated = crate::gpu::generation::stream(g, spec, |on_token| {
                     spec.generate_with(&g.prompt, &g.options, on_token, &mut |program| match self.exec(
-                        &spec.widened(program),
+                        &spec.lowered(program, false),
                         weights,
                         copy.take(),
                         false,

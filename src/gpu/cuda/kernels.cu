@@ -87,6 +87,31 @@ extern "C" __global__ void embed_half(const unsigned int* ids, const unsigned in
     }
 }
 
+// A float as F16 (dtype 1) or BF16 (dtype 2) bits, rounded to nearest, ties to even (as the
+// CPU executor's `Dtype::narrow`); finite inputs only reach it (outputs are checked).
+__device__ unsigned short float_to_half(float f, int dtype) {
+    unsigned int x = __float_as_uint(f);
+    if (dtype == 2) return (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    unsigned int sign = (x >> 16) & 0x8000u;
+    unsigned int a = x & 0x7fffffffu;
+    if (a >= 0x47800000u) return (unsigned short)(sign | 0x7c00u);  // 65536 and up: infinity
+    if (a < 0x38800000u) {                                           // under 2^-14: subnormal
+        unsigned int m = __float2uint_rn(__uint_as_float(a) * 16777216.0f);  // units of 2^-24
+        return (unsigned short)(sign | m);
+    }
+    unsigned int r = a - 0x38000000u;  // rebias the exponent from 127 to 15
+    r += 0x0fffu + ((r >> 13) & 1u);
+    return (unsigned short)(sign | (r >> 13));
+}
+
+// `Op::Narrow`: n floats to half elements.
+extern "C" __global__ void narrow_half(const float* src, long long n, int dtype, unsigned short* out) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        out[i] = float_to_half(src[i], dtype);
+    }
+}
+
 // `Op::Widen`: n half elements to floats.
 extern "C" __global__ void widen_half(const unsigned short* src, long long n, int dtype, float* out) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;

@@ -72,6 +72,60 @@ impl CudaDevice {
                     &[Self::w(weights, src), Arg::I64(elems as i64), Arg::I32(half_code(dtype)), self.a(dst)],
                 )
                 .map_err(kernel_fault),
+            Op::Narrow { src, elems, dtype, dst } => k
+                .launch(
+                    "narrow_half",
+                    grid(elems),
+                    256,
+                    s,
+                    &[self.a(src), Arg::I64(elems as i64), Arg::I32(half_code(dtype)), self.a(dst)],
+                )
+                .map_err(kernel_fault),
+            Op::Gemm(g) if g.inputs.is_half() => {
+                let op = |t: bool| {
+                    if t {
+                        blas_sys::cublasOperation_t::CUBLAS_OP_T
+                    } else {
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N
+                    }
+                };
+                let half = match g.inputs {
+                    Dtype::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+                    _ => blas_sys::cudaDataType::CUDA_R_16BF,
+                };
+                let (alpha, beta) = (g.alpha, g.beta);
+                // SAFETY: as for the F32 GEMM below; A and B are half elements at their slots
+                // (the CPU executor reads them the same way in CI), C is F32, and α, β are F32
+                // host scalars as CUBLAS_COMPUTE_32F requires.
+                unsafe {
+                    blas::gemm_strided_batched_ex(
+                        self.blas,
+                        op(g.trans_a),
+                        op(g.trans_b),
+                        g.m as i32,
+                        g.n as i32,
+                        g.k as i32,
+                        (&alpha as *const f32).cast(),
+                        self.ptr(g.a, weights) as *const std::ffi::c_void,
+                        half,
+                        g.lda as i32,
+                        g.stride_a as i64,
+                        self.ptr(g.b, weights) as *const std::ffi::c_void,
+                        half,
+                        g.ldb as i32,
+                        g.stride_b as i64,
+                        (&beta as *const f32).cast(),
+                        (self.work + g.c as u64 * 4) as *mut std::ffi::c_void,
+                        blas_sys::cudaDataType::CUDA_R_32F,
+                        g.ldc as i32,
+                        g.stride_c as i64,
+                        g.batch as i32,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(Failure::Blas)
+            }
             Op::Embed { ids, types, word, pos, token_type, tables: _, rows, t, start, width, out } => k
                 .launch(
                     "embed",
