@@ -693,7 +693,7 @@ mod tests {
             work[n * k..].fill(1.0);
             let got = run(&program, &Resident::new(&weights, &layout), &layout, &mut work).unwrap();
             for (g, w) in got.iter().zip(&want) {
-                let w = w + beta as f32;
+                let w = w + beta;
                 assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "trans_b {trans_b} β {beta}: {g} vs {w}");
             }
         }
