@@ -265,28 +265,14 @@ pub(crate) async fn load(
         Some(_) => return Err(ApiError::BadRequest("parameters.config must be a JSON string".into())),
         None => FunctionSettings::default(),
     };
-    // `parameters.dtype`: how to hold the weights ("f32", "f16", "bf16"), beside the config.
+    // `parameters.dtype` (how to hold the weights) and `parameters.compute` (how to multiply
+    // half weights), beside the config.
     let mut settings = settings;
-    match req.parameters.get("dtype") {
-        None => {}
-        Some(Value::String(s)) => {
-            let d = Dtype::parse(s).ok_or_else(|| {
-                ApiError::BadRequest(format!("parameters.dtype {s:?} is not one of \"f32\", \"f16\", \"bf16\""))
-            })?;
-            settings.dtype = Some(d);
-        }
-        Some(other) => return Err(ApiError::BadRequest(format!("parameters.dtype must be a string, found {other}"))),
+    if let Some(d) = choice(&req.parameters, "dtype", Dtype::parse, "\"f32\", \"f16\", \"bf16\"")? {
+        settings.dtype = Some(d);
     }
-    // `parameters.compute`: "f32" or "native", for products over half weights.
-    match req.parameters.get("compute") {
-        None => {}
-        Some(Value::String(s)) => {
-            let c = Compute::parse(s).ok_or_else(|| {
-                ApiError::BadRequest(format!("parameters.compute {s:?} is not one of \"f32\", \"native\""))
-            })?;
-            settings.compute = Some(c);
-        }
-        Some(other) => return Err(ApiError::BadRequest(format!("parameters.compute must be a string, found {other}"))),
+    if let Some(c) = choice(&req.parameters, "compute", Compute::parse, "\"f32\", \"native\"")? {
+        settings.compute = Some(c);
     }
     // Idempotent, as KServe has it: loading what is (or has just been, by a concurrent call)
     // deployed under this name succeeds.
@@ -296,6 +282,22 @@ pub(crate) async fn load(
     match rt.clone().into_inner().deploy(name, name, settings).await {
         Ok(_) | Err(crate::function::DeployError::AlreadyExists(_)) => Ok(HttpResponse::Ok().json(json!({}))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The load parameter `key`, a string naming one of `allowed` (what `parse` accepts).
+fn choice<T>(
+    parameters: &serde_json::Map<String, Value>,
+    key: &str,
+    parse: fn(&str) -> Option<T>,
+    allowed: &str,
+) -> Result<Option<T>, ApiError> {
+    match parameters.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => parse(s)
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest(format!("parameters.{key} {s:?} is not one of {allowed}"))),
+        Some(other) => Err(ApiError::BadRequest(format!("parameters.{key} must be a string, found {other}"))),
     }
 }
 

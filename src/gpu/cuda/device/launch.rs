@@ -7,6 +7,15 @@ use crate::engine::program::{Act, Op, Ptr};
 use crate::engine::Dtype;
 use crate::gpu::cuda::kernels::Arg;
 
+/// cuBLAS's operation for a transposed or plain operand.
+fn blas_op(transposed: bool) -> blas_sys::cublasOperation_t {
+    if transposed {
+        blas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        blas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
 /// The kernels' code for a half dtype (`half_to_float` in kernels.cu).
 fn half_code(d: Dtype) -> i32 {
     match d {
@@ -82,13 +91,6 @@ impl CudaDevice {
                 )
                 .map_err(kernel_fault),
             Op::Gemm(g) if g.inputs.is_half() => {
-                let op = |t: bool| {
-                    if t {
-                        blas_sys::cublasOperation_t::CUBLAS_OP_T
-                    } else {
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N
-                    }
-                };
                 let half = match g.inputs {
                     Dtype::F16 => blas_sys::cudaDataType::CUDA_R_16F,
                     _ => blas_sys::cudaDataType::CUDA_R_16BF,
@@ -100,8 +102,8 @@ impl CudaDevice {
                 unsafe {
                     blas::gemm_strided_batched_ex(
                         self.blas,
-                        op(g.trans_a),
-                        op(g.trans_b),
+                        blas_op(g.trans_a),
+                        blas_op(g.trans_b),
                         g.m as i32,
                         g.n as i32,
                         g.k as i32,
@@ -218,13 +220,6 @@ impl CudaDevice {
                 )
                 .map_err(kernel_fault),
             Op::Gemm(g) => {
-                let op = |t: bool| {
-                    if t {
-                        blas_sys::cublasOperation_t::CUBLAS_OP_T
-                    } else {
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N
-                    }
-                };
                 let (alpha, beta) = (g.alpha, g.beta);
                 // SAFETY: every operand lies in the weights or the workspace (the programs are
                 // the ones the CPU executor runs in CI, bounds-checking each access); α and β
@@ -232,8 +227,8 @@ impl CudaDevice {
                 unsafe {
                     blas::sgemm_strided_batched(
                         self.blas,
-                        op(g.trans_a),
-                        op(g.trans_b),
+                        blas_op(g.trans_a),
+                        blas_op(g.trans_b),
                         g.m as i32,
                         g.n as i32,
                         g.k as i32,
