@@ -175,6 +175,8 @@ fn a_deploy_chooses_the_dtype_and_every_view_of_the_bytes_agrees() {
     assert!(status == 400 || status == 422, "{status}");
     let (status, _) = s.post("/v2/repository/models/bf16/load", &json!({"parameters": {"dtype": "int4"}}));
     assert_eq!(status, 400);
+    let (status, v) = s.post("/v2/repository/models/bf16/load", &json!({"parameters": {"compute": "fast"}}));
+    assert!(status == 400 && v["error"].as_str().unwrap().contains("compute"), "{v}");
     let (status, f) = s.request("PATCH", "/api/v1/functions/held", Some(&json!({"settings": held["settings"]})));
     assert_eq!(status, 200, "{f}");
     let (status, v) = s.request("PATCH", "/api/v1/functions/held", Some(&json!({"settings": {"dtype": "f32"}})));
