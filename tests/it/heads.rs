@@ -260,6 +260,7 @@ fn a_bad_head_or_body_config_is_refused_naming_the_key() {
     let edits: &[(&str, &str, Value, &str)] = &[
         ("multiple_choice", "tiny_bert_cls", json!({"architectures": ["BertForMultipleChoice"]}), "architectures"),
         ("bad_labels", "tiny_bert_cls", json!({"id2label": {"0": "a", "7": "b"}}), "id2label"),
+        ("twice_labelled", "tiny_bert_cls", json!({"id2label": {"1": "a", "01": "b"}}), "id2label"),
         ("sinusoidal", "tiny_distilbert_cls", json!({"sinusoidal_pos_embds": true}), "sinusoidal_pos_embds"),
         ("no_position", "tiny_roberta", json!({"pad_token_id": 129}), "pad_token_id"),
     ];

@@ -97,8 +97,10 @@ fn labels(r: &ConfigReader<'_>) -> Result<Vec<String>> {
         }
         let mut labels = vec![None; map.len()];
         for (k, v) in map {
+            // Keys are indices as transformers writes them ("0", "1", …): "01" or "+1" would
+            // name an index twice and leave another without a label.
             let i =
-                k.parse::<usize>().ok().filter(|&i| i < labels.len()).ok_or_else(|| {
+                k.parse::<usize>().ok().filter(|&i| i < labels.len() && i.to_string() == *k).ok_or_else(|| {
                     r.err(format!("id2label key {k:?} is not an index below its {} labels", map.len()))
                 })?;
             let name = v.as_str().ok_or_else(|| r.err(format!("id2label[{k:?}] must be a string, found {v}")))?;
