@@ -100,6 +100,16 @@ mod props {
         "eos_token_id",
         "bos_token_id",
         "tie_word_embeddings",
+        "architectures",
+        "id2label",
+        "num_labels",
+        "pad_token_id",
+        "dim",
+        "n_layers",
+        "n_heads",
+        "hidden_dim",
+        "activation",
+        "sinusoidal_pos_embds",
     ];
 
     fn value() -> impl Strategy<Value = Value> {
@@ -113,6 +123,23 @@ mod props {
             prop_oneof![Just("bert"), Just("gpt2"), Just("gelu"), Just("gelu_new"), Just("relu"), Just("")]
                 .prop_map(Value::from),
             Just(Value::Array(vec![])),
+            prop_oneof![
+                Just("BertForSequenceClassification"),
+                Just("RobertaForTokenClassification"),
+                Just("DistilBertForQuestionAnswering"),
+                Just("BertForMultipleChoice")
+            ]
+            .prop_map(|c| Value::Array(vec![Value::from(c)])),
+            // Label maps, hostile ones included (a key spelled twice, a gap, a non-index).
+            prop::collection::vec(
+                (prop_oneof![Just("0"), Just("1"), Just("01"), Just("+1"), Just("2"), Just("x")], any::<bool>()),
+                0..4
+            )
+            .prop_map(|kv| Value::Object(
+                kv.into_iter()
+                    .map(|(k, b)| (k.to_string(), if b { Value::from("L") } else { Value::from(1) }))
+                    .collect()
+            )),
         ]
     }
 
@@ -121,7 +148,7 @@ mod props {
 
         #[test]
         fn configs_load_or_err_without_panicking(
-            model_type in prop_oneof![Just("bert"), Just("gpt2"), Just("llama")],
+            model_type in prop_oneof![Just("bert"), Just("gpt2"), Just("roberta"), Just("xlm-roberta"), Just("distilbert"), Just("llama")],
             kv in prop::collection::vec((0..KEYS.len(), value()), 0..24),
         ) {
             let mut obj = Map::new();
