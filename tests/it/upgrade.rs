@@ -95,6 +95,42 @@ fn the_state_the_last_release_wrote_restores_exactly() {
     server.stop();
 }
 
+/// Format-2 records, as the release before half weights (`3cd7009`) wrote them: no `dtype` or
+/// `compute` in the settings. They restore with the package's dtype (the BF16 encoder, which
+/// that release widened to F32, is now held in BF16: half its bytes) and F32 compute, answering
+/// what that release answered.
+#[test]
+fn the_format_2_state_of_the_release_before_half_weights_restores() {
+    let repo = tempfile::tempdir().unwrap();
+    let state = committed_state("v2-cpu");
+    let server = TestServer::start(state.path(), repo.path(), |_| {});
+    let list = functions(&server);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    let encoder = find(&list, "encoder");
+    assert_eq!(encoder["state"], "ready");
+    assert_eq!(encoder["digest"], "b12ed3dbfed057e3b66fe9c9e6a72537653deb56467b9c10cf9da436649c1ea9");
+    assert_eq!(
+        encoder["settings"],
+        json!({"slo_ms": 250.0, "slo_percentile": 0.95, "max_batch": 4, "dtype": "bf16", "compute": "f32"})
+    );
+    // That release held it in 210,176 bytes (widened to F32).
+    let bytes = encoder["weight_bytes"].as_u64().unwrap();
+    assert!(bytes * 2 < 210_176 + 8192, "held half: {bytes} bytes");
+    let gpt2 = find(&list, "gpt2-nano");
+    assert_eq!(gpt2["settings"]["dtype"], "f32");
+    assert_eq!(gpt2["weight_bytes"], 243_200);
+    let want = crate::common::read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/state/v2-cpu-outputs.json"));
+    for name in ["encoder", "gpt2-nano"] {
+        let (status, got) = server.post(&format!("/v2/models/{name}/infer"), &want[name]["request"]);
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["outputs"], want[name]["outputs"], "{name}");
+    }
+    server.stop();
+    let server = TestServer::start(state.path(), repo.path(), |_| {});
+    assert_eq!(functions(&server), list);
+    server.stop();
+}
+
 fn deploy_two(state: &Path, repo: &Path) {
     let server = TestServer::start(state, repo, |_| {});
     for (name, model) in [("bert", "tiny_bert"), ("gpt2", "tiny_gpt2")] {
