@@ -259,30 +259,10 @@ impl Handler<UpdateSettings> for FunctionActor {
             return AtomicResponse::new(Box::pin(ready(Err(DeployError::NotDeployed(self.name.to_string())))));
         };
         let mut record = self.record.clone();
-        let mut settings = msg.settings;
-        // The dtype is how the loaded weights are held: chosen at deploy, never changed here (a
-        // client may send back the dtype the view shows).
-        let held = current.model().map(|m| m.spec.layout.matrix_dtype());
-        if let Some(d) = settings.dtype.filter(|&d| Some(d) != held) {
-            let reason = format!(
-                "dtype {} differs from the {} the weights are held in: the dtype is chosen at deploy (undeploy and \
-                 deploy again)",
-                d.name(),
-                held.map_or("none", |h| h.name())
-            );
-            return AtomicResponse::new(Box::pin(ready(Err(DeployError::InvalidSettings(reason)))));
-        }
-        settings.dtype = record.settings.dtype;
-        let computing = current.model().map(|m| m.spec.compute);
-        if let Some(c) = settings.compute.filter(|&c| Some(c) != computing) {
-            let reason = format!(
-                "compute {} differs from the deployed {}: it is chosen at deploy (undeploy and deploy again)",
-                c.name(),
-                computing.map_or("none", |c| c.name())
-            );
-            return AtomicResponse::new(Box::pin(ready(Err(DeployError::InvalidSettings(reason)))));
-        }
-        settings.compute = record.settings.compute;
+        let settings = match crate::function::settings::update(&record.settings, current.held(), msg.settings) {
+            Ok(s) => s,
+            Err(reason) => return AtomicResponse::new(Box::pin(ready(Err(DeployError::InvalidSettings(reason))))),
+        };
         record.settings = settings;
         if let Err(e) = self.services.store.put(&record) {
             return AtomicResponse::new(Box::pin(ready(Err(e.into()))));

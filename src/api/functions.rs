@@ -54,11 +54,7 @@ async fn view(rt: &Runtime, entry: &Function, snapshots: &[DeviceSnapshot]) -> V
     let record = entry.record();
     let id2label = entry.model().and_then(|m| m.spec.arch.labels().map(|l| l.to_vec()));
     // The settings with the dtype the weights are held in (the package's unless one was named).
-    let mut settings = serde_json::to_value(&record.settings).expect("settings serialize");
-    if let Some(m) = entry.model() {
-        settings["dtype"] = json!(m.spec.layout.matrix_dtype());
-        settings["compute"] = json!(m.spec.compute);
-    }
+    let settings = crate::function::settings::shown(&record.settings, entry.held());
     let (model_type, max_input_tokens) = match entry.model() {
         Some(m) => {
             let s = m.spec.summary();

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod registry;
 pub mod repository;
+pub mod settings;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,12 @@ impl Function {
     /// The model package (none for a function deployed from a profile alone).
     pub fn model(&self) -> Option<&Arc<Model>> {
         self.payload.model()
+    }
+
+    /// The dtype and compute its loaded weights have (none for a profile).
+    pub fn held(&self) -> settings::Held {
+        let model = self.model();
+        settings::Held { dtype: model.map(|m| m.spec.layout.matrix_dtype()), compute: model.map(|m| m.spec.compute) }
     }
 
     pub fn record(&self) -> &FunctionRecord {
