@@ -11,15 +11,14 @@ threads. Prints one JSON object with the same fields as `faaswap profile`.
 import argparse
 import json
 import os
-import statistics
-import time
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
+
+from bench_timing import measure, texts
 
 
 def build_graph(model_dir, path):
@@ -139,26 +138,7 @@ def main():
         check = {"min_cosine": float((got * want).sum(1).min()), "max_abs": float(np.abs(got - want).max())}
         if check["min_cosine"] < 0.9999:
             raise SystemExit(f"the ONNX graph does not reproduce the sample embeddings: {check}")
-    texts = list(a.text)
-    if a.texts_file:
-        texts += [l.strip() for l in open(a.texts_file) if l.strip()]
-    results = []
-    for b in [int(x) for x in a.batch_sizes.split(",")]:
-        batch = [texts[i % len(texts)] for i in range(b)]
-        for _ in range(a.warmup):
-            enc.encode(batch)
-        ms = []
-        for _ in range(a.iters):
-            t = time.perf_counter()
-            enc.encode(batch)
-            ms.append((time.perf_counter() - t) * 1e3)
-        mean = statistics.fmean(ms)
-        ms.sort()
-        results.append({
-            "batch": b, "iters": a.iters, "mean_ms": mean,
-            "p50_ms": ms[round((len(ms) - 1) * 0.5)], "p90_ms": ms[round((len(ms) - 1) * 0.9)],
-            "min_ms": ms[0], "items_per_s": b / (mean / 1e3),
-        })
+    results = measure(enc.encode, texts(a), a.batch_sizes, a.iters, a.warmup)
     print(json.dumps({"onnxruntime": ort.__version__, "threads": a.threads, "check": check, "results": results}))
 
 

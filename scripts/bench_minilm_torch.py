@@ -6,13 +6,13 @@ median and p90 latency of `model.encode` (tokenize, forward, pool, normalise) an
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
+
+from bench_timing import measure, texts  # noqa: E402
 
 
 def main():
@@ -26,29 +26,14 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    texts = list(a.text)
-    if a.texts_file:
-        texts += [l.strip() for l in open(a.texts_file) if l.strip()]
     model = SentenceTransformer(a.model, device="cpu")
     model.eval()
-    results = []
-    for b in [int(x) for x in a.batch_sizes.split(",")]:
-        batch = [texts[i % len(texts)] for i in range(b)]
+
+    def encode(batch):
         with torch.inference_mode():
-            for _ in range(a.warmup):
-                model.encode(batch, batch_size=b, normalize_embeddings=False)
-            ms = []
-            for _ in range(a.iters):
-                t = time.perf_counter()
-                model.encode(batch, batch_size=b, normalize_embeddings=False)
-                ms.append((time.perf_counter() - t) * 1e3)
-        mean = statistics.fmean(ms)
-        ms.sort()
-        results.append({
-            "batch": b, "iters": a.iters, "mean_ms": mean,
-            "p50_ms": ms[round((len(ms) - 1) * 0.5)], "p90_ms": ms[round((len(ms) - 1) * 0.9)],
-            "min_ms": ms[0], "items_per_s": b / (mean / 1e3),
-        })
+            model.encode(batch, batch_size=len(batch), normalize_embeddings=False)
+
+    results = measure(encode, texts(a), a.batch_sizes, a.iters, a.warmup)
     print(json.dumps({
         "torch": torch.__version__, "threads": torch.get_num_threads(), "results": results,
     }))

@@ -35,9 +35,8 @@ pub const FAMILY: Family = Family {
 };
 
 const ENCODER: EncoderFamily = EncoderFamily {
-    model_type: "bert",
+    family: &FAMILY,
     stem: "Bert",
-    architectures: ARCHITECTURES,
     names: BERT_NAMES,
     heads: HeadNames {
         qa: "qa_outputs",

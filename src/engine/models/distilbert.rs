@@ -34,9 +34,8 @@ pub const FAMILY: Family = Family {
 };
 
 const ENCODER: EncoderFamily = EncoderFamily {
-    model_type: "distilbert",
+    family: &FAMILY,
     stem: "DistilBert",
-    architectures: ARCHITECTURES,
     names: EncoderNames {
         word: "embeddings.word_embeddings.weight",
         position: "embeddings.position_embeddings.weight",

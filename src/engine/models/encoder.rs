@@ -14,19 +14,18 @@ use crate::engine::nn::encoder::{Encoder, EncoderNames, EncoderShape};
 use crate::engine::nn::heads::{Head, HeadNames, Task};
 use crate::engine::plan::PlanBuilder;
 use crate::engine::program::Program;
-use crate::engine::registry::Loaded;
+use crate::engine::registry::{Family, Loaded};
 
 /// Most labels a classification head may have (a bound on what a config can size).
 pub const MAX_LABELS: usize = 1 << 16;
 
 /// How a family's encoder and heads are named and read.
 pub struct EncoderFamily {
-    pub model_type: &'static str,
+    /// Its row of the registry (`model_type`, the classes it serves).
+    pub family: &'static Family,
     /// The transformers class stem (`Bert`, `XLMRoberta`): classes are `{stem}Model`,
     /// `{stem}ForSequenceClassification`, ….
     pub stem: &'static str,
-    /// The classes it serves.
-    pub architectures: &'static [&'static str],
     pub names: EncoderNames,
     pub heads: HeadNames,
 }
@@ -60,7 +59,7 @@ impl EncoderModel {
         let (plan, layout) = b.finish();
         let (outputs, defaults) = head.outputs(hidden);
         let io = IoSpec::tokens(token_types, outputs).with_defaults(defaults);
-        let arch = Self { model_type: family.model_type, config, architecture, id2label, encoder, head, io };
+        let arch = Self { model_type: family.family.model_type, config, architecture, id2label, encoder, head, io };
         Ok(Loaded { arch: Box::new(arch), plan, layout })
     }
 }
@@ -77,12 +76,13 @@ fn task(r: &ConfigReader<'_>, family: &EncoderFamily) -> Result<(String, Task)> 
         },
         Some(other) => return Err(r.err(format!("architectures must be a list of class names, found {other}"))),
     };
-    match Task::of_class(family.stem, &class).filter(|_| family.architectures.contains(&class.as_str())) {
+    let (model_type, architectures) = (family.family.model_type, family.family.architectures);
+    match Task::of_class(family.stem, &class).filter(|_| architectures.contains(&class.as_str())) {
         Some(task) => Ok((class, task)),
         None => Err(r.err(format!(
             "architectures {class:?} is not supported for model_type {:?} (supported: {})",
-            family.model_type,
-            family.architectures.join(", ")
+            model_type,
+            architectures.join(", ")
         ))),
     }
 }

@@ -56,21 +56,11 @@ pub const XLM_ROBERTA: Family = Family {
     presets: XLMR_PRESETS,
 };
 
-const ROBERTA_ENCODER: EncoderFamily = EncoderFamily {
-    model_type: "roberta",
-    stem: "Roberta",
-    architectures: ROBERTA_ARCHITECTURES,
-    names: BERT_NAMES,
-    heads: HEADS,
-};
+const ROBERTA_ENCODER: EncoderFamily =
+    EncoderFamily { family: &ROBERTA, stem: "Roberta", names: BERT_NAMES, heads: HEADS };
 
-const XLMR_ENCODER: EncoderFamily = EncoderFamily {
-    model_type: "xlm-roberta",
-    stem: "XLMRoberta",
-    architectures: XLMR_ARCHITECTURES,
-    names: BERT_NAMES,
-    heads: HEADS,
-};
+const XLMR_ENCODER: EncoderFamily =
+    EncoderFamily { family: &XLM_ROBERTA, stem: "XLMRoberta", names: BERT_NAMES, heads: HEADS };
 
 fn load(r: &ConfigReader<'_>, family: &EncoderFamily) -> Result<Loaded> {
     let c = BertConfig::read(r)?;
