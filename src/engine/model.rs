@@ -261,8 +261,10 @@ impl ModelSpec {
         self.largest_program(batch, seq, kv, |p| self.lowered(p, true).work_elems)
     }
 
-    /// [`Self::workspace_elems`] for a device whose GEMMs read F32 weights only.
-    pub fn widened_workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
+    /// [`Self::workspace_elems`] for a device whose GEMMs read F32 weights only (the CUDA back
+    /// end checks each program against the workspace it reserved; tests size theirs with this).
+    #[cfg(test)]
+    pub(crate) fn widened_workspace_elems(&self, batch: usize, seq: usize, kv: usize) -> usize {
         self.largest_program(batch, seq, kv, |p| self.lowered(p, false).work_elems)
     }
 
@@ -335,12 +337,6 @@ impl ModelSpec {
     fn program(&self, mut p: Program) -> Program {
         storage::annotate(&mut p, &self.layout);
         p
-    }
-
-    /// `program` for a device whose GEMMs read F32 weights only (the CUDA back end's `f32`
-    /// compute): half matrices are widened into the workspace as their layers arrive.
-    pub fn widened(&self, program: &Program) -> Program {
-        storage::widen(program, &self.layout)
     }
 
     /// `program` as a device runs it under this model's `compute`: `native` lowers every

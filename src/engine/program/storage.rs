@@ -54,11 +54,6 @@ pub fn annotate(program: &mut Program, layout: &WeightLayout) {
     }
 }
 
-/// Whether any GEMM of `program` reads a half matrix of the weights.
-pub fn reads_half(program: &Program, layout: &WeightLayout) -> bool {
-    !half_reads(program, layout).is_empty()
-}
-
 /// The half tensors GEMMs read: tensor start → (tensor, last op index reading it).
 fn half_reads<'l>(program: &Program, layout: &'l WeightLayout) -> BTreeMap<usize, (&'l TensorSlot, usize)> {
     let mut reads = BTreeMap::new();
@@ -188,6 +183,11 @@ mod tests {
     use crate::engine::synth::{self, SynthDtype};
     use crate::engine::{fixture, Dtype, GenerateOptions, Model, TokenBatch};
 
+    /// Whether any F32 GEMM of `program` reads a half matrix of the weights.
+    fn reads_half(program: &Program, layout: &WeightLayout) -> bool {
+        !half_reads(program, layout).is_empty()
+    }
+
     fn run(model: &Model, p: &Program) -> Vec<f32> {
         let mut work = vec![0f32; p.work_elems];
         exec::run(p, &model.resident(), &model.spec.layout, &mut work).unwrap()
@@ -206,7 +206,7 @@ mod tests {
             assert_eq!(model.spec.layout.matrix_dtype(), Dtype::Bf16);
             let native = model.spec.forward_program(&batch);
             assert!(reads_half(&native, &model.spec.layout));
-            let widened = model.spec.widened(&native);
+            let widened = widen(&native, &model.spec.layout);
             assert!(!reads_half(&widened, &model.spec.layout), "no GEMM reads half weights after widening");
             let widens = widened.ops.iter().filter(|o| matches!(o, Op::Widen { .. })).count();
             assert!(widens > 0);
@@ -231,7 +231,7 @@ mod tests {
         let got = model
             .spec
             .generate_with(&[5, 9, 2], &opts, &mut |_| true, &mut |p| {
-                exec::run(&model.spec.widened(p), &model.resident(), &model.spec.layout, &mut work)
+                exec::run(&widen(p, &model.spec.layout), &model.resident(), &model.spec.layout, &mut work)
             })
             .unwrap();
         assert_eq!(got.tokens, want);
@@ -279,6 +279,6 @@ mod tests {
     fn a_model_in_f32_is_left_as_it_is() {
         let model = Model::load(&fixture("tiny_bert")).unwrap();
         let p = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2]]).unwrap());
-        assert_eq!(model.spec.widened(&p), p);
+        assert_eq!(widen(&p, &model.spec.layout), p);
     }
 }
