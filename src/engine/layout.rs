@@ -21,14 +21,13 @@ pub const ALIGN_ELEMS: usize = 64;
 pub enum Source {
     /// The file tensor of the same name, as it is.
     Plain,
-    /// The file's `[out, in]` matrix of the same name, stored `[in, out]` so that every linear
-    /// layer reads its weight as `x · W`, the layout the CPU kernels use without repacking.
+    /// The file's matrix of the same name, stored transposed: GPT-2's `Conv1D` weights, which
+    /// the file holds `[in, out]`, stored `[out, in]` like every other linear weight.
     Transposed,
-    /// `[out, in]` file matrices stored side by side as one `[in, Σ out]` matrix (BERT's query,
-    /// key and value weights become one projection).
-    TransposedConcat { parts: Vec<String> },
-    /// 1-D file tensors stored back to back (the matching biases).
-    Concat { parts: Vec<String> },
+    /// File tensors stacked along their first dimension, each named with its length there:
+    /// `[out, in]` linear weights stored as one `[Σ out, in]` (BERT's query, key and value
+    /// weights become one projection), or 1-D biases back to back.
+    Concat { parts: Vec<(String, usize)> },
 }
 
 /// How a synthetic package draws a tensor's values (`faaswap synth`).
@@ -130,26 +129,15 @@ impl PlannedTensor {
         }
     }
 
-    /// A file `[out, in]` matrix stored as `[in, out]`.
+    /// A file `[in, out]` matrix (a `Conv1D` weight) stored as `[out, in]`.
     pub fn transposed(name: impl Into<String>, out_dim: usize, in_dim: usize, layer: usize) -> Self {
-        Self { source: Source::Transposed, ..Self::new(name, &[in_dim, out_dim], layer) }
+        Self { source: Source::Transposed, ..Self::new(name, &[out_dim, in_dim], layer) }
     }
 
-    /// File matrices `[out_dim, in_dim]` each, stored as one `[in_dim, parts·out_dim]`.
-    pub fn transposed_concat(
-        name: impl Into<String>,
-        parts: Vec<String>,
-        out_dim: usize,
-        in_dim: usize,
-        layer: usize,
-    ) -> Self {
-        let shape = [in_dim, parts.len() * out_dim];
-        Self { source: Source::TransposedConcat { parts }, ..Self::new(name, &shape, layer) }
-    }
-
-    /// 1-D file tensors of `len` elements each, stored back to back.
-    pub fn concat(name: impl Into<String>, parts: Vec<String>, len: usize, layer: usize) -> Self {
-        let shape = [parts.len() * len];
+    /// File tensors stacked along their first dimension (each part named with its length
+    /// there); `rest` is the shape after it, the same for every part.
+    pub fn concat(name: impl Into<String>, parts: Vec<(String, usize)>, rest: &[usize], layer: usize) -> Self {
+        let shape: Vec<usize> = std::iter::once(parts.iter().map(|p| p.1).sum()).chain(rest.iter().copied()).collect();
         Self { source: Source::Concat { parts }, ..Self::new(name, &shape, layer) }
     }
 
@@ -159,14 +147,10 @@ impl PlannedTensor {
         match &self.source {
             Source::Plain => vec![(self.name.clone(), s.clone())],
             Source::Transposed => vec![(self.name.clone(), vec![s[1], s[0]])],
-            Source::TransposedConcat { parts } => {
-                let out = s[1] / parts.len();
-                parts.iter().map(|p| (p.clone(), vec![out, s[0]])).collect()
-            }
-            Source::Concat { parts } => {
-                let len = s[0] / parts.len();
-                parts.iter().map(|p| (p.clone(), vec![len])).collect()
-            }
+            Source::Concat { parts } => parts
+                .iter()
+                .map(|(p, len)| (p.clone(), std::iter::once(*len).chain(s[1..].iter().copied()).collect()))
+                .collect(),
         }
     }
 
@@ -308,7 +292,7 @@ mod tests {
         assert_eq!(l.span("emb"), Span { offset: 0, len: 70 });
         assert_eq!(l.span("l0.a").offset, 128);
         assert_eq!(l.span("l0.b").offset, 192);
-        assert_eq!(l.slot("l0.b").unwrap().shape, vec![4, 2]);
+        assert_eq!(l.slot("l0.b").unwrap().shape, vec![2, 4]);
         assert_eq!(l.slot("l0.b").unwrap().source, Source::Transposed);
         assert_eq!(l.span("l0.bias").offset, 256);
         assert_eq!(l.span("head").offset, 320);
@@ -317,13 +301,16 @@ mod tests {
 
     #[test]
     fn fused_tensors_name_their_file_parts() {
-        let parts = vec!["q".to_string(), "k".to_string(), "v".to_string()];
-        let t = PlannedTensor::transposed_concat("qkv", parts.clone(), 4, 8, 0);
-        assert_eq!(t.shape, vec![8, 12]);
+        // Grouped-query attention: the key and value projections are narrower than the query's.
+        let parts = vec![("q".to_string(), 4), ("k".to_string(), 2), ("v".to_string(), 2)];
+        let t = PlannedTensor::concat("qkv", parts.clone(), &[8], 0);
+        assert_eq!(t.shape, vec![8, 8]);
         let file: Vec<_> = t.file_parts();
-        assert_eq!(file[2], ("v".to_string(), vec![4, 8]));
-        let b = PlannedTensor::concat("qkv.bias", parts, 4, 0);
-        assert_eq!(b.file_parts()[0], ("q".to_string(), vec![4]));
+        assert_eq!(file[0], ("q".to_string(), vec![4, 8]));
+        assert_eq!(file[2], ("v".to_string(), vec![2, 8]));
+        let b = PlannedTensor::concat("qkv.bias", parts, &[], 0);
+        assert_eq!(b.shape, vec![8]);
+        assert_eq!(b.file_parts()[1], ("k".to_string(), vec![2]));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod arch;
 mod batch;
+pub mod chat;
 mod config;
 mod error;
 mod fast_math;
@@ -22,6 +23,7 @@ mod pooling;
 pub mod program;
 pub mod registry;
 mod sampling;
+mod skinny;
 mod streamed;
 pub mod synth;
 mod tokenize;
@@ -30,6 +32,7 @@ mod workspace;
 
 pub use arch::{Architecture, Decoder};
 pub use batch::TokenBatch;
+pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::Activation;
 pub use error::{EngineError, Result};
 pub use generate::{Decoded, Ended, GenerateOptions};

@@ -76,27 +76,29 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 multiversion! {
-/// Softmax over `row[..visible]` where `mask` is true; every other entry becomes 0. A row that
+/// Softmax over `row[visible]` where `mask` is true; every other entry becomes 0. A row that
 /// sees no key at all gets uniform weights over the visible range, as adding a very negative
 /// bias to every score (what PyTorch does) would give.
-pub fn masked_softmax(row: &mut [f32], mask: Option<&[bool]>, visible: usize) {
-    let visible = visible.min(row.len());
+pub fn masked_softmax(row: &mut [f32], mask: Option<&[bool]>, visible: std::ops::Range<usize>) {
+    let end = visible.end.min(row.len());
+    let first = visible.start.min(end);
     {
         if let Some(mask) = mask {
-            for (v, &m) in row[..visible].iter_mut().zip(mask) {
+            for (v, &m) in row[first..end].iter_mut().zip(&mask[first..]) {
                 if !m {
                     *v = f32::NEG_INFINITY;
                 }
             }
         }
-        row[visible..].fill(f32::NEG_INFINITY);
+        row[..first].fill(f32::NEG_INFINITY);
+        row[end..].fill(f32::NEG_INFINITY);
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
         if max == f32::NEG_INFINITY {
-            // Every entry past the visible range was set to -inf above: zero it, or the
+            // Every entry outside the visible range was set to -inf above: zero it, or the
             // product with the values would turn it into NaN.
-            let w = 1.0 / visible.max(1) as f32;
-            row[..visible].fill(w);
-            row[visible..].fill(0.0);
+            let w = 1.0 / (end - first).max(1) as f32;
+            row.fill(0.0);
+            row[first..end].fill(w);
             return;
         }
         let mut sum = 0f32;
@@ -108,6 +110,24 @@ pub fn masked_softmax(row: &mut [f32], mask: Option<&[bool]>, visible: usize) {
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }
+}
+
+multiversion! {
+/// RMSNorm of one vector in place, as transformers computes it in F32:
+/// `x / √(mean(x²) + eps) · gamma`.
+pub fn rms_norm(x: &mut [f32], gamma: &[f32], eps: f32) {
+    let mean = lane_sum(x, |v| v * v) / x.len() as f32;
+    let inv = 1.0 / (mean + eps).sqrt();
+    for (v, g) in x.iter_mut().zip(gamma) {
+        *v = g * (*v * inv);
+    }
+}
+}
+
+/// `x · sigmoid(x)` (SiLU, the gate of SwiGLU).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]
@@ -139,7 +159,7 @@ mod tests {
     #[test]
     fn masked_softmax_ignores_masked_and_future_keys() {
         let mut row = vec![1.0, 5.0, 2.0, 9.0];
-        masked_softmax(&mut row, Some(&[true, false, true, true]), 3);
+        masked_softmax(&mut row, Some(&[true, false, true, true]), 0..3);
         assert_eq!(row[1], 0.0);
         assert_eq!(row[3], 0.0);
         let e = (1.0f32 - 2.0).exp();
@@ -151,10 +171,28 @@ mod tests {
     fn a_row_that_sees_no_key_is_uniform_over_the_visible_ones_and_zero_elsewhere() {
         // Query 0 of a left-padded sequence: its one visible key is padding.
         let mut row = vec![0.3, 0.1, 0.2, 0.7];
-        masked_softmax(&mut row, Some(&[false, true, true, true]), 1);
+        masked_softmax(&mut row, Some(&[false, true, true, true]), 0..1);
         assert_eq!(row, vec![1.0, 0.0, 0.0, 0.0]);
         let mut row = vec![0.3, 0.1, 0.2];
-        masked_softmax(&mut row, Some(&[false, false, true]), 2);
+        masked_softmax(&mut row, Some(&[false, false, true]), 0..2);
         assert_eq!(row, vec![0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn a_sliding_window_hides_keys_before_it() {
+        let mut row = vec![9.0, 1.0, 2.0, 7.0];
+        masked_softmax(&mut row, None, 1..3);
+        assert_eq!((row[0], row[3]), (0.0, 0.0));
+        let e = (1.0f32 - 2.0).exp();
+        assert!((row[1] - e / (1.0 + e)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rms_norm_scales_to_unit_root_mean_square() {
+        let mut x = vec![3.0, -4.0];
+        rms_norm(&mut x, &[1.0, 2.0], 0.0);
+        let rms = (12.5f32).sqrt();
+        assert!((x[0] - 3.0 / rms).abs() < 1e-6 && (x[1] + 8.0 / rms).abs() < 1e-6);
+        assert!((silu(0.0)).abs() < 1e-9 && (silu(20.0) - 20.0).abs() < 1e-5);
     }
 }

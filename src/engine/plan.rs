@@ -59,26 +59,27 @@ impl PlanBuilder {
         self.push(t)
     }
 
-    /// A linear weight the file stores `[out, in]`, stored `[in, out]`.
-    pub fn transposed(&mut self, name: impl Into<String>, out_dim: usize, in_dim: usize) -> Span {
+    /// A linear weight, `[out, in]` as PyTorch's `Linear` holds it: every product reads it
+    /// transposed (`Gemm::linear`), each output's weights in a row.
+    pub fn linear(&mut self, name: impl Into<String>, out_dim: usize, in_dim: usize) -> Span {
+        self.tensor(name, &[out_dim, in_dim])
+    }
+
+    /// A `Conv1D` weight (GPT-2), which the file stores `[in, out]`, stored `[out, in]` like a
+    /// linear one.
+    pub fn conv1d(&mut self, name: impl Into<String>, out_dim: usize, in_dim: usize) -> Span {
         self.push(PlannedTensor::transposed(name, out_dim, in_dim, 0))
     }
 
-    /// Linear weights the file stores as separate `[out, in]` tensors, stored side by side as
-    /// one `[in, parts·out]` (one product instead of several).
-    pub fn transposed_concat(
-        &mut self,
-        name: impl Into<String>,
-        parts: Vec<String>,
-        out_dim: usize,
-        in_dim: usize,
-    ) -> Span {
-        self.push(PlannedTensor::transposed_concat(name, parts, out_dim, in_dim, 0))
+    /// Linear weights the file stores as separate `[out, in]` tensors (each part named with its
+    /// `out`), stacked as one `[Σ out, in]` (one product instead of several).
+    pub fn linear_concat(&mut self, name: impl Into<String>, parts: Vec<(String, usize)>, in_dim: usize) -> Span {
+        self.push(PlannedTensor::concat(name, parts, &[in_dim], 0))
     }
 
-    /// Vectors the file stores separately, stored one after another.
-    pub fn concat(&mut self, name: impl Into<String>, parts: Vec<String>, len: usize) -> Span {
-        self.push(PlannedTensor::concat(name, parts, len, 0))
+    /// Vectors the file stores separately (each named with its length), stored one after another.
+    pub fn concat(&mut self, name: impl Into<String>, parts: Vec<(String, usize)>) -> Span {
+        self.push(PlannedTensor::concat(name, parts, &[], 0))
     }
 
     /// The plan, in first-use order, and the layout it packs into.
@@ -99,7 +100,7 @@ mod tests {
         b.layer("embeddings");
         let emb = b.tensor("emb", &[10, 7]);
         b.layer("block.0");
-        let w = b.transposed("block.0.w", 2, 4);
+        let w = b.linear("block.0.w", 2, 4);
         let g = b.gain("block.0.norm", 5);
         let (plan, layout) = b.finish();
         assert_eq!((emb.offset, emb.len), (0, 70));

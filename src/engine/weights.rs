@@ -117,10 +117,7 @@ impl WeightsFile {
                             .or_else(|| dst.iter().position(|&b| !half.widen(b).is_finite()))
                     }
                 };
-                offset += match slot.source {
-                    Source::Plain | Source::Concat { .. } => len,
-                    Source::Transposed | Source::TransposedConcat { .. } => view.shape()[0],
-                };
+                offset += len;
                 if let Some(index) = non_finite {
                     return Err(EngineError::NonFiniteWeight { path: self.path.clone(), tensor: name.clone(), index });
                 }
@@ -150,7 +147,7 @@ fn place<T: Copy + Default>(
         Source::Plain | Source::Concat { .. } => {
             dst[offset..offset + len].iter_mut().zip(&tmp).for_each(|(d, &x)| set(d, x));
         }
-        Source::Transposed | Source::TransposedConcat { .. } => {
+        Source::Transposed => {
             let (rows, cols) = (view.shape()[0], view.shape()[1]);
             let mut stored = vec![T::default(); len];
             stored.iter_mut().zip(&tmp).for_each(|(d, &x)| set(d, x));

@@ -6,14 +6,26 @@ use crate::engine::program::{Attention, Op};
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
     pub heads: usize,
+    /// Query heads per key/value head (1: multi-head attention).
+    pub group: usize,
     pub head_dim: usize,
     pub q_len: usize,
     pub kv_len: usize,
+    /// A sliding window: each query sees its last `window` keys at most.
+    pub window: Option<usize>,
+}
+
+impl Heads {
+    /// Multi-head attention over every key.
+    pub fn full(heads: usize, head_dim: usize, q_len: usize, kv_len: usize) -> Self {
+        Self { heads, group: 1, head_dim, q_len, kv_len, window: None }
+    }
 }
 
 /// Attention of one sequence's queries over its keys for every head. Queries are rows of `q`
 /// (stride `q_ld`), keys and values rows of `k`/`v` (stride `kv_ld`); head `h` starts `h·d` into
-/// a query row and `h·kv_head_stride` into the keys and values. `mask` (`u32` words, one per
+/// a query row and reads key/value head `h / group`, `(h / group)·kv_head_stride` into the keys
+/// and values. `mask` (`u32` words, one per
 /// key) hides keys, `causal` the future; writes `out[row][h·d..]` with row stride `out_ld`.
 /// `scores` is scratch for `heads·q_len·kv_len` elements.
 #[allow(clippy::too_many_arguments)]
@@ -27,7 +39,7 @@ pub fn attention(
     causal: bool,
     (out, out_ld): (usize, usize),
 ) {
-    let Heads { heads, head_dim, q_len, kv_len } = shape;
+    let Heads { heads, group, head_dim, q_len, kv_len, window } = shape;
     ops.push(Op::Attention(Attention {
         q,
         q_ld,
@@ -36,11 +48,13 @@ pub fn attention(
         kv_ld,
         kv_head_stride,
         heads,
+        group,
         head_dim,
         q_len,
         kv_len,
         mask,
         causal,
+        window,
         scores,
         out,
         out_ld,
@@ -58,7 +72,7 @@ mod tests {
     fn run(qkv: [f32; 12], mask: Option<[u32; 2]>, causal: bool) -> Vec<f32> {
         let (x, m, scores, out) = (0, 64, 128, 192);
         let mut ops = Vec::new();
-        let shape = Heads { heads: 1, head_dim: 2, q_len: 2, kv_len: 2 };
+        let shape = Heads::full(1, 2, 2, 2);
         attention(&mut ops, (x, 6), (x + 2, x + 4, 6, 2), shape, scores, mask.map(|_| m), causal, (out, 2));
         let mut inputs = vec![(x, qkv.iter().map(|v| v.to_bits()).collect())];
         inputs.extend(mask.map(|words| (m, words.to_vec())));

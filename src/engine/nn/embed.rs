@@ -22,7 +22,7 @@ impl Embeddings {
             ids,
             types,
             word: self.word.offset,
-            pos: self.position.offset,
+            pos: Some(self.position.offset),
             token_type: self.token_type.map(|s| s.offset),
             tables: crate::engine::Dtype::F32,
             rows,

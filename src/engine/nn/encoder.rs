@@ -158,16 +158,16 @@ impl Encoder {
                 b.layer(block.clone());
                 let n = |s: &str| format!("{block}.{s}");
                 let qkv =
-                    |kind: &str| [names.query, names.key, names.value].map(|p| n(&format!("{p}.{kind}"))).to_vec();
+                    |kind: &str| [names.query, names.key, names.value].map(|p| (n(&format!("{p}.{kind}")), h)).to_vec();
                 Block {
-                    qkv_w: b.transposed_concat(n("attention.qkv.weight"), qkv("weight"), h, h),
-                    qkv_b: b.concat(n("attention.qkv.bias"), qkv("bias"), h),
-                    attn_out_w: b.transposed(n(&format!("{}.weight", names.attention_out)), h, h),
+                    qkv_w: b.linear_concat(n("attention.qkv.weight"), qkv("weight"), h),
+                    qkv_b: b.concat(n("attention.qkv.bias"), qkv("bias")),
+                    attn_out_w: b.linear(n(&format!("{}.weight", names.attention_out)), h, h),
                     attn_out_b: b.tensor(n(&format!("{}.bias", names.attention_out)), &[h]),
                     attn_ln: ln(b, &n(names.attention_norm)),
-                    inter_w: b.transposed(n(&format!("{}.weight", names.ffn_in)), inter, h),
+                    inter_w: b.linear(n(&format!("{}.weight", names.ffn_in)), inter, h),
                     inter_b: b.tensor(n(&format!("{}.bias", names.ffn_in)), &[inter]),
-                    out_w: b.transposed(n(&format!("{}.weight", names.ffn_out)), h, inter),
+                    out_w: b.linear(n(&format!("{}.weight", names.ffn_out)), h, inter),
                     out_b: b.tensor(n(&format!("{}.bias", names.ffn_out)), &[h]),
                     out_ln: ln(b, &n(names.ffn_norm)),
                 }
@@ -214,7 +214,7 @@ impl Encoder {
             dense(&mut ops, (x, n, h), (l.qkv_w, l.qkv_b), (qkv, 3 * h), Act::None, None, qkv);
             for &(row, len) in &packed.sequences {
                 let rows = qkv + row * 3 * h;
-                let shape = Heads { heads, head_dim: d, q_len: len, kv_len: len };
+                let shape = Heads::full(heads, d, len, len);
                 attention(
                     &mut ops,
                     (rows, 3 * h),

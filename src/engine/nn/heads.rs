@@ -70,7 +70,7 @@ impl Head {
         }
         b.layer("head");
         let linear = |b: &mut PlanBuilder, name: &str, out: usize| {
-            (b.transposed(format!("{name}.weight"), out, hidden), b.tensor(format!("{name}.bias"), &[out]))
+            (b.linear(format!("{name}.weight"), out, hidden), b.tensor(format!("{name}.bias"), &[out]))
         };
         let head = match task {
             Task::Body => unreachable!("returned above"),

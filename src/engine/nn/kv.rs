@@ -41,9 +41,9 @@ impl KvCache {
         b * self.heads * self.capacity * self.head_dim
     }
 
-    /// Appends the keys and values of `t` new rows per batch item of `qkv[batch·t, 3·heads·d]`
-    /// to layer `l`, at positions `start..start + t`.
-    pub fn append(&self, l: usize, qkv: usize, t: usize, start: usize) -> Op {
+    /// Appends the keys and values of `t` new rows per batch item of `qkv[batch·t, (q_heads +
+    /// 2·heads)·d]` to layer `l`, at positions `start..start + t`.
+    pub fn append(&self, l: usize, qkv: usize, q_heads: usize, t: usize, start: usize) -> Op {
         let (k, v) = self.layer(l);
         Op::KvAppend {
             qkv,
@@ -51,6 +51,7 @@ impl KvCache {
             v,
             batch: self.batch,
             t,
+            q_heads,
             heads: self.heads,
             head_dim: self.head_dim,
             capacity: self.capacity,

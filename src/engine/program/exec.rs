@@ -14,6 +14,7 @@ use crate::engine::error::{EngineError, Result};
 use crate::engine::layout::{Dtype, LayerSpan, TensorSlot, WeightLayout};
 use crate::engine::matmul::{matmul, MatMut, MatRef, Threads};
 use crate::engine::ops;
+use crate::engine::skinny;
 
 /// Where a program reads weights from: each layer's elements, once they are in place.
 pub trait WeightSource: Sync {
@@ -169,7 +170,7 @@ impl<'w> Executor<'w, '_> {
                 let max_id = ids.iter().copied().max().unwrap_or(0);
                 let word_table = self.table(word, tables, max_id + 1, width);
                 let max_pos = start + rows.min(t).saturating_sub(1);
-                let pos_table = self.table(pos, tables, max_pos + 1, width);
+                let pos_table = pos.map(|pos| self.table(pos, tables, max_pos + 1, width));
                 let tt_table = match (&types, token_type) {
                     (Some(ty), Some(tt)) => {
                         Some(self.table(tt, tables, ty.iter().copied().max().unwrap_or(0) + 1, width))
@@ -180,7 +181,9 @@ impl<'w> Executor<'w, '_> {
                 o.par_chunks_mut(width).enumerate().with_min_len(16).for_each(|(r, row)| {
                     let (id, p) = (ids[r], start + r % t);
                     word_table.row(id, width, row, false);
-                    pos_table.row(p, width, row, true);
+                    if let Some(pos_table) = &pos_table {
+                        pos_table.row(p, width, row, true);
+                    }
                     if let (Some(tt), Some(ty)) = (&tt_table, &types) {
                         tt.row(ty[r], width, row, true);
                     }
@@ -276,13 +279,11 @@ impl<'w> Executor<'w, '_> {
                     o.chunks_mut(width).enumerate().for_each(|(r, row)| run(r, row));
                 }
             }
-            Op::Softmax { scores, heads, q_len, kv_len, mask, causal } => {
+            Op::Softmax { scores, heads, q_len, kv_len, mask, causal, window } => {
                 let mask: Option<Vec<bool>> = mask.map(|m| (0..kv_len).map(|j| self.word(m + j) != 0).collect());
                 let rows = &mut self.a[scores..scores + heads * q_len * kv_len];
                 let run = |(idx, row): (usize, &mut [f32])| {
-                    let i = idx % q_len;
-                    let visible = if causal { kv_len - q_len + i + 1 } else { kv_len };
-                    ops::masked_softmax(row, mask.as_deref(), visible);
+                    ops::masked_softmax(row, mask.as_deref(), visible_keys(idx % q_len, q_len, kv_len, causal, window));
                 };
                 if rows.len() >= PARALLEL_ELEMS {
                     rows.par_chunks_mut(kv_len).enumerate().for_each(run);
@@ -295,17 +296,68 @@ impl<'w> Executor<'w, '_> {
                     self.exec(&op);
                 }
             }
-            Op::KvAppend { qkv, k, v, batch, t, heads, head_dim: d, capacity, start } => {
-                let e = heads * d;
+            Op::KvAppend { qkv, k, v, batch, t, q_heads, heads, head_dim: d, capacity, start } => {
+                let (q_width, e) = (q_heads * d, heads * d);
                 for bi in 0..batch {
                     for i in 0..t {
-                        let row = qkv + (bi * t + i) * 3 * e;
+                        let row = qkv + (bi * t + i) * (q_width + 2 * e);
                         for h in 0..heads {
                             let at = ((bi * heads + h) * capacity + start + i) * d;
-                            self.a.copy_within(row + e + h * d..row + e + h * d + d, k + at);
-                            self.a.copy_within(row + 2 * e + h * d..row + 2 * e + h * d + d, v + at);
+                            let (kh, vh) = (row + q_width + h * d, row + q_width + e + h * d);
+                            self.a.copy_within(kh..kh + d, k + at);
+                            self.a.copy_within(vh..vh + d, v + at);
                         }
                     }
+                }
+            }
+            Op::RmsNorm { x, rows, ld, vectors, width, gamma, eps, out } => {
+                let gamma = self.w(gamma, width);
+                let span = (rows.max(1) - 1) * ld + vectors * width;
+                if rows == 0 {
+                    return;
+                }
+                let run = |row: &mut [f32]| {
+                    row[..vectors * width].chunks_exact_mut(width).for_each(|v| ops::rms_norm(v, gamma, eps))
+                };
+                if x != out {
+                    let (o, [xv]) = carve(self.a, out..out + span, [x..x + span]);
+                    o.copy_from_slice(xv.expect("RmsNorm writes elsewhere than it reads"));
+                }
+                let o = &mut self.a[out..out + span];
+                if rows * vectors * width >= PARALLEL_ELEMS {
+                    o.par_chunks_mut(ld).for_each(run);
+                } else {
+                    o.chunks_mut(ld).for_each(run);
+                }
+            }
+            Op::Rope { x, rows, ld, vectors, head_dim, t, start, inv_freq } => {
+                let half = head_dim / 2;
+                let (o, [freqs]) =
+                    carve(self.a, x..x + (rows.max(1) - 1) * ld + vectors * head_dim, [inv_freq..inv_freq + half]);
+                let freqs = freqs.expect("Rope's frequencies are not its rows");
+                o.chunks_mut(ld).enumerate().for_each(|(r, row)| {
+                    let position = (start + r % t) as f32;
+                    for (i, &f) in freqs.iter().enumerate() {
+                        let (sin, cos) = (position * f).sin_cos();
+                        for v in row[..vectors * head_dim].chunks_exact_mut(head_dim) {
+                            let (a, b) = (v[i], v[i + half]);
+                            v[i] = a * cos - b * sin;
+                            v[i + half] = b * cos + a * sin;
+                        }
+                    }
+                });
+            }
+            Op::SiluMul { x, rows, width, out } => {
+                let (o, [xv]) = carve(self.a, out..out + rows * width, [x..x + rows * 2 * width]);
+                let xv = xv.expect("SiluMul writes elsewhere than it reads");
+                let run = |(r, row): (usize, &mut [f32])| {
+                    let (gate, up) = xv[r * 2 * width..(r + 1) * 2 * width].split_at(width);
+                    row.iter_mut().zip(gate).zip(up).for_each(|((o, &g), &u)| *o = ops::silu(g) * u);
+                };
+                if rows * width >= PARALLEL_ELEMS {
+                    o.par_chunks_mut(width).enumerate().for_each(run);
+                } else {
+                    o.chunks_mut(width).enumerate().for_each(run);
                 }
             }
             Op::ZeroRows { x, mask, rows, width } => {
@@ -324,7 +376,7 @@ impl<'w> Executor<'w, '_> {
     fn attention(&mut self, group: &[&Attention]) {
         let rows_end = |at: usize, rows: usize, ld: usize, width: usize| at + (rows.max(1) - 1) * ld + width;
         let reads = |g: &Attention| {
-            let kv_end = (g.heads - 1) * g.kv_head_stride + g.head_dim;
+            let kv_end = (g.heads / g.group - 1) * g.kv_head_stride + g.head_dim;
             [
                 g.q..rows_end(g.q, g.q_len, g.q_ld, g.heads * g.head_dim),
                 g.k..rows_end(g.k, g.kv_len, g.kv_ld, kv_end),
@@ -350,14 +402,14 @@ impl<'w> Executor<'w, '_> {
             let d = g.head_dim;
             let mut scores = vec![0f32; g.q_len * g.kv_len];
             let q = MatRef::strided(&a[g.q + h * d..], g.q_len, d, g.q_ld, 1);
-            let k = MatRef::strided(&a[g.k + h * g.kv_head_stride..], g.kv_len, d, g.kv_ld, 1);
+            let k = MatRef::strided(&a[g.k + h / g.group * g.kv_head_stride..], g.kv_len, d, g.kv_ld, 1);
             let scale = 1.0 / (d as f32).sqrt();
             matmul(MatMut::row_major(&mut scores, g.q_len, g.kv_len), q, k.t(), false, scale, Threads::Single);
             for (r, row) in scores.chunks_exact_mut(g.kv_len).enumerate() {
-                let visible = if g.causal { g.kv_len - g.q_len + r + 1 } else { g.kv_len };
+                let visible = visible_keys(r, g.q_len, g.kv_len, g.causal, g.window);
                 ops::masked_softmax(row, masks[i].as_deref(), visible);
             }
-            let v = MatRef::strided(&a[g.v + h * g.kv_head_stride..], g.kv_len, d, g.kv_ld, 1);
+            let v = MatRef::strided(&a[g.v + h / g.group * g.kv_head_stride..], g.kv_len, d, g.kv_ld, 1);
             let mut out = vec![0f32; g.q_len * d];
             let p = MatRef::row_major(&scores, g.q_len, g.kv_len);
             matmul(MatMut::row_major(&mut out, g.q_len, d), p, v, false, 1.0, Threads::Single);
@@ -421,8 +473,8 @@ impl<'w> Executor<'w, '_> {
         let (c, [av, bv]) = carve(self.a, g.c..g.c + c_all, [a_range, b_range]);
         let a = aw.or(av).expect("A is not the output");
         let b = bw.or(bv).expect("B is not the output");
-        if aw.is_some() && g.batch == 1 && !g.trans_a && g.n <= STREAM_MAX_N && g.m * g.k >= STREAM_MIN_ELEMS {
-            return streamed(g, a, b, c);
+        if aw.is_some() && few_tokens(g) {
+            return skinny_product(g, skinny::Weights::F32(a), b, c);
         }
         let item = |p: usize, c: &mut [f32], threads: Threads| {
             let a = view(&a[p * g.stride_a..], a_rows, a_cols, g.lda, g.trans_a);
@@ -493,6 +545,9 @@ impl<'w> Executor<'w, '_> {
                 (c, b.expect("B is not the output"))
             }
         };
+        if few_tokens(g) {
+            return skinny_product(g, skinny::Weights::Half(t.dtype, bits), b, c);
+        }
         let per_block = (HALF_BLOCK / g.lda.max(1)).max(1);
         SCRATCH.with_borrow_mut(|scratch| {
             for c0 in (0..a_cols).step_by(per_block) {
@@ -523,62 +578,30 @@ impl<'w> Executor<'w, '_> {
     }
 }
 
-/// Products of at most this many rows (tokens) over a weight matrix stream the weights.
-const STREAM_MAX_N: usize = 64;
+/// Weight matrices smaller than this are left to the general product (they sit in L2 anyway).
+const SKINNY_MIN_ELEMS: usize = 1 << 17;
 
-/// Weight matrices smaller than this are left to the plain product (they sit in L2 anyway).
-const STREAM_MIN_ELEMS: usize = 1 << 17;
+/// Whether `g` multiplies a large weight matrix (A, `[out, in]` read transposed) by a few tokens,
+/// on a machine that runs `skinny`'s kernel.
+fn few_tokens(g: &Gemm) -> bool {
+    g.batch == 1 && g.trans_a && g.n <= skinny::MAX_N && g.m * g.k >= SKINNY_MIN_ELEMS && skinny::supported()
+}
 
-/// Elements of a weight matrix touched, then multiplied, at a time (256 KiB).
-const STREAM_BLOCK: usize = 1 << 16;
-
-/// `C = α·A·op(B) (+ C)` for a weight matrix `A` (column-major, not transposed) and a few columns
-/// of `B` (tokens): the GEMM kernel reads `A` 64 floats at a time at a stride of a whole column,
-/// which the prefetchers do not follow, so a product of a few tokens streams the weights from
-/// the last-level cache at a fraction of the memory's speed. Here each part of `A`'s rows (one
-/// per thread) is multiplied in blocks of columns that are first read in order — which brings
-/// them into L2 at full speed — then multiplied from there, into scratch that is copied into C.
-fn streamed(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
-    let part = g.m.div_ceil(threads).next_multiple_of(64).min(g.m);
-    let parts: Vec<(usize, Vec<f32>)> = (0..g.m)
-        .step_by(part)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|r0| {
-            let rows = part.min(g.m - r0);
-            let mut out = vec![0f32; rows * g.n];
-            let cols_per_block = (STREAM_BLOCK / rows).max(1);
-            for k0 in (0..g.k).step_by(cols_per_block) {
-                let cols = cols_per_block.min(g.k - k0);
-                let mut sum = 0f32;
-                for j in k0..k0 + cols {
-                    // One read per cache line, in order.
-                    sum += a[j * g.lda + r0..j * g.lda + r0 + rows].iter().step_by(16).sum::<f32>();
-                }
-                std::hint::black_box(sum);
-                let av = MatRef::strided(&a[k0 * g.lda + r0..], rows, cols, 1, g.lda);
-                let bv = if g.trans_b {
-                    view(&b[k0 * g.ldb..], g.n, cols, g.ldb, true)
-                } else {
-                    view(&b[k0..], cols, g.n, g.ldb, false)
-                };
-                matmul(MatMut::strided(&mut out, rows, g.n, 1, rows), av, bv, k0 > 0, g.alpha, Threads::Single);
-            }
-            (r0, out)
-        })
-        .collect();
-    for (r0, out) in parts {
-        let rows = out.len() / g.n;
-        for (j, col) in out.chunks_exact(rows).enumerate() {
-            let dst = &mut c[j * g.ldc + r0..j * g.ldc + r0 + rows];
-            if g.beta == 1.0 {
-                dst.iter_mut().zip(col).for_each(|(d, v)| *d += v);
-            } else {
-                dst.copy_from_slice(col);
-            }
-        }
-    }
+/// `g` through the few-token kernel, A as stored.
+fn skinny_product(g: &Gemm, a: skinny::Weights<'_>, b: &[f32], c: &mut [f32]) {
+    let p = skinny::Product {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        w: a,
+        ldw: g.lda,
+        x: b,
+        ldx: g.ldb,
+        trans_x: g.trans_b,
+        alpha: g.alpha,
+        accumulate: g.beta == 1.0,
+    };
+    skinny::run(&p, c, g.ldc);
 }
 
 /// Elements of a half matrix widened at a time by a GEMM (4 MiB of `f32`).
@@ -640,6 +663,12 @@ fn view(data: &[f32], rows: usize, cols: usize, ld: usize, trans: bool) -> MatRe
     }
 }
 
+/// The keys query `i` of `q_len` sees among `kv_len` (the rule `Op::Softmax` states).
+fn visible_keys(i: usize, q_len: usize, kv_len: usize, causal: bool, window: Option<usize>) -> Range<usize> {
+    let end = if causal { kv_len - q_len + i + 1 } else { kv_len };
+    window.map_or(0, |w| end.saturating_sub(w))..end
+}
+
 fn activate(x: &mut [f32], act: Act) {
     match act {
         Act::None => {}
@@ -656,20 +685,20 @@ mod tests {
     use crate::engine::layout::PlannedTensor;
     use crate::engine::program::Program;
 
-    /// A product of a few tokens over a large weight goes the streamed way; its result is the
-    /// plain product's, with B as it is and transposed, and with β = 1.
+    /// A product of a few tokens over a large weight goes the few-token way (where the machine
+    /// has it); its result is the sum's, with B as it is and transposed, and with β = 1.
     #[test]
-    fn streamed_products_equal_plain_ones() {
+    fn few_token_products_equal_sums() {
         let (k, m, n) = (300, 512, 5);
-        assert!(m * k >= STREAM_MIN_ELEMS && n <= STREAM_MAX_N);
-        let layout = WeightLayout::build(&[PlannedTensor::new("w", &[k, m], 0)], &["w".to_string()]);
+        assert!(m * k >= SKINNY_MIN_ELEMS && n <= skinny::MAX_N);
+        let layout = WeightLayout::build(&[PlannedTensor::new("w", &[m, k], 0)], &["w".to_string()]);
         let weights: Vec<f32> = (0..layout.total_elems).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let x: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 1000) as f32 / 250.0 - 2.0).collect();
-        // Y[n, m] = X[n, k] · W[k, m], summed by hand in f64.
+        // Y[n, m] = X[n, k] · W[m, k]ᵀ, summed by hand in f64.
         let want: Vec<f32> = (0..n * m)
             .map(|i| {
                 let (r, c) = (i / m, i % m);
-                (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(weights[j * m + c])).sum::<f64>() as f32
+                (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(weights[c * k + j])).sum::<f64>() as f32
             })
             .collect();
         for (trans_b, beta) in [(false, 0.0), (true, 0.0), (false, 1.0)] {

@@ -70,18 +70,20 @@ pub struct Gemm {
 }
 
 impl Gemm {
-    /// `Y[rows, out] = X[rows, in] · W[in, out]` with row-major `X` in the workspace and `W` in
-    /// the weights (stored `[in, out]`, see `layout::Source::Transposed`).
+    /// `Y[rows, out] = X[rows, in] · Wᵀ` with row-major `X` in the workspace and `W[out, in]` in
+    /// the weights (PyTorch's `Linear` layout): the cuBLAS product `Yᵀ = op(A)·Xᵀ` with A the
+    /// column-major `[in, out]` view of W, transposed. Each output's weights are one row, so a
+    /// product of a few tokens reads the matrix front to back.
     pub fn linear(x: usize, rows: usize, in_dim: usize, w: usize, out_dim: usize, y: usize) -> Self {
         Self {
-            trans_a: false,
+            trans_a: true,
             trans_b: false,
             m: out_dim,
             n: rows,
             k: in_dim,
             alpha: 1.0,
             a: Ptr::W(w),
-            lda: out_dim,
+            lda: in_dim,
             stride_a: 0,
             b: Ptr::A(x),
             ldb: in_dim,
@@ -98,14 +100,17 @@ impl Gemm {
 
 /// Scaled dot-product attention of one sequence for every head: `out = softmax(q·kᵀ·scale)·v`.
 /// Queries are rows of `q` (stride `q_ld`), keys and values rows of `k`/`v` (stride `kv_ld`);
-/// head `h` starts `h·head_dim` into a query row and `h·kv_head_stride` into the keys and
-/// values. Key `j` counts when `mask[j] != 0` (no mask: all) and, when causal, `j < kv_len -
-/// q_len + i + 1` for query `i` (see [`Op::Softmax`]). Writes `out[row][h·head_dim..]` with row
-/// stride `out_ld`. `scores` is scratch for `heads·q_len·kv_len` elements.
+/// query head `h` starts `h·head_dim` into a query row and reads key/value head `h / group`,
+/// which starts `(h / group)·kv_head_stride` into the keys and values (`group` query heads share
+/// one key/value head: grouped-query attention; 1 for multi-head). Key `j` counts when
+/// `mask[j] != 0` (no mask: all), when causal, `j < kv_len - q_len + i + 1` for query `i`, and
+/// with a sliding `window`, the last `window` of those only (see [`Op::Softmax`]). Writes
+/// `out[row][h·head_dim..]` with row stride `out_ld`. `scores` is scratch for
+/// `heads·q_len·kv_len` elements.
 ///
-/// Devices run it as [`Attention::lower`] says (two strided-batched GEMMs around a softmax) or
-/// anything equal to it: the CPU runs consecutive attentions (a batch's sequences) side by side,
-/// which the three orders of each, sharing one `scores`, would forbid.
+/// Devices run it as [`Attention::lower`] says (per query head of a group, two strided-batched
+/// GEMMs around a softmax) or anything equal to it: the CPU runs consecutive attentions (a
+/// batch's sequences) side by side, which the orders of each, sharing one `scores`, would forbid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Attention {
     pub q: usize,
@@ -115,19 +120,23 @@ pub struct Attention {
     pub kv_ld: usize,
     pub kv_head_stride: usize,
     pub heads: usize,
+    pub group: usize,
     pub head_dim: usize,
     pub q_len: usize,
     pub kv_len: usize,
     pub mask: Option<usize>,
     pub causal: bool,
+    pub window: Option<usize>,
     pub scores: usize,
     pub out: usize,
     pub out_ld: usize,
 }
 
 impl Attention {
-    /// The three orders the GPU launches.
-    pub fn lower(&self) -> [Op; 3] {
+    /// The orders the GPU launches: for each of the `group` query heads that share a key/value
+    /// head, the heads `i, i + group, i + 2·group, …` (one per key/value head) as one batch of
+    /// two strided GEMMs around a softmax.
+    pub fn lower(&self) -> Vec<Op> {
         let &Self {
             q,
             q_ld,
@@ -136,60 +145,69 @@ impl Attention {
             kv_ld,
             kv_head_stride,
             heads,
+            group,
             head_dim: d,
             q_len,
             kv_len,
             mask,
             causal,
+            window,
             scores,
             out,
             out_ld,
         } = self;
-        [
-            // Scoresᵀ[kv, q] = Kᵀ[d, kv]ᵀ · Qᵀ[d, q], scaled.
-            Op::Gemm(Gemm {
-                trans_a: true,
-                trans_b: false,
-                m: kv_len,
-                n: q_len,
-                k: d,
-                alpha: 1.0 / (d as f32).sqrt(),
-                a: Ptr::A(k),
-                lda: kv_ld,
-                stride_a: kv_head_stride,
-                b: Ptr::A(q),
-                ldb: q_ld,
-                stride_b: d,
-                beta: 0.0,
-                c: scores,
-                ldc: kv_len,
-                stride_c: q_len * kv_len,
-                batch: heads,
-                inputs: Dtype::F32,
-            }),
-            Op::Softmax { scores, heads, q_len, kv_len, mask, causal },
-            // Outᵀ[d, q] = Vᵀ[d, kv] · Pᵀ[kv, q].
-            Op::Gemm(Gemm {
-                trans_a: false,
-                trans_b: false,
-                m: d,
-                n: q_len,
-                k: kv_len,
-                alpha: 1.0,
-                a: Ptr::A(v),
-                lda: kv_ld,
-                stride_a: kv_head_stride,
-                b: Ptr::A(scores),
-                ldb: kv_len,
-                stride_b: q_len * kv_len,
-                beta: 0.0,
-                c: out,
-                ldc: out_ld,
-                stride_c: d,
-                batch: heads,
-                inputs: Dtype::F32,
-            }),
-        ]
+        let kv_heads = heads / group;
+        let per_call = kv_heads * q_len * kv_len;
+        (0..group)
+            .flat_map(|i| {
+                let scores = scores + i * per_call;
+                [
+                    // Scoresᵀ[kv, q] = Kᵀ[d, kv]ᵀ · Qᵀ[d, q], scaled.
+                    Op::Gemm(Gemm {
+                        trans_a: true,
+                        trans_b: false,
+                        m: kv_len,
+                        n: q_len,
+                        k: d,
+                        alpha: 1.0 / (d as f32).sqrt(),
+                        a: Ptr::A(k),
+                        lda: kv_ld,
+                        stride_a: kv_head_stride,
+                        b: Ptr::A(q + i * d),
+                        ldb: q_ld,
+                        stride_b: group * d,
+                        beta: 0.0,
+                        c: scores,
+                        ldc: kv_len,
+                        stride_c: q_len * kv_len,
+                        batch: kv_heads,
+                        inputs: Dtype::F32,
+                    }),
+                    Op::Softmax { scores, heads: kv_heads, q_len, kv_len, mask, causal, window },
+                    // Outᵀ[d, q] = Vᵀ[d, kv] · Pᵀ[kv, q].
+                    Op::Gemm(Gemm {
+                        trans_a: false,
+                        trans_b: false,
+                        m: d,
+                        n: q_len,
+                        k: kv_len,
+                        alpha: 1.0,
+                        a: Ptr::A(v),
+                        lda: kv_ld,
+                        stride_a: kv_head_stride,
+                        b: Ptr::A(scores),
+                        ldb: kv_len,
+                        stride_b: q_len * kv_len,
+                        beta: 0.0,
+                        c: out + i * d,
+                        ldc: out_ld,
+                        stride_c: group * d,
+                        batch: kv_heads,
+                        inputs: Dtype::F32,
+                    }),
+                ]
+            })
+            .collect()
     }
 }
 
@@ -200,13 +218,14 @@ pub enum Op {
     /// Execution must not read layer `l`'s weights before this point; while the model is being
     /// copied in, the compute stream waits here for the copy of that layer.
     WaitLayer(usize),
-    /// `out[r] = word[ids[r]] + pos[start + r % t] (+ token_type[types[r]])`, rows of `width`;
-    /// the tables are stored in `tables` (F32, or F16/BF16 read and widened row by row).
+    /// `out[r] = word[ids[r]] (+ pos[start + r % t]) (+ token_type[types[r]])`, rows of `width`;
+    /// the tables are stored in `tables` (F32, or F16/BF16 read and widened row by row). Models
+    /// with rotary positions have no position table.
     Embed {
         ids: usize,
         types: Option<usize>,
         word: usize,
-        pos: usize,
+        pos: Option<usize>,
         token_type: Option<usize>,
         tables: Dtype,
         rows: usize,
@@ -227,6 +246,43 @@ pub enum Op {
         eps: f32,
         out: usize,
     },
+    /// RMSNorm: `out = x / √(mean(x²) + eps) · gamma` over vectors of `width`: `rows` rows of
+    /// `vectors` consecutive vectors each, rows `ld` apart, in `x` and `out` alike (one vector per
+    /// row for a model's hidden states; a row's attention heads for Qwen3's per-head norms).
+    /// `out` may be `x`.
+    RmsNorm {
+        x: usize,
+        rows: usize,
+        ld: usize,
+        vectors: usize,
+        width: usize,
+        gamma: usize,
+        eps: f32,
+        out: usize,
+    },
+    /// Rotary position embedding, in place, on `vectors` consecutive head vectors of `head_dim`
+    /// at the start of each of `rows` rows (`ld` apart): row `r` is at position `start + r % t`,
+    /// and pair `(i, i + head_dim/2)` turns by `position · inv_freq[i]` (the `rotate_half`
+    /// convention), angles and their sines and cosines in F32. `inv_freq` is `head_dim/2` F32
+    /// values in the workspace (a program input).
+    Rope {
+        x: usize,
+        rows: usize,
+        ld: usize,
+        vectors: usize,
+        head_dim: usize,
+        t: usize,
+        start: usize,
+        inv_freq: usize,
+    },
+    /// SwiGLU: `out[r, i] = silu(x[r, i]) · x[r, width + i]` for `x[rows, 2·width]` (gate, then
+    /// up), `out[rows, width]` elsewhere.
+    SiluMul {
+        x: usize,
+        rows: usize,
+        width: usize,
+        out: usize,
+    },
     Gemm(Gemm),
     /// `out = act(x + bias) (+ residual)` elementwise over `[rows, width]`; `out` may alias.
     BiasAct {
@@ -239,9 +295,10 @@ pub enum Op {
         out: usize,
     },
     /// Softmax of each score row `[heads][q_len][kv_len]` in place. Key `j` counts when
-    /// `mask[j] != 0` (no mask: all) and, when causal, `j < kv_len - q_len + i + 1` for query `i`;
-    /// keys that do not count get 0. A row with no key that counts becomes uniform over the
-    /// visible keys (what the CPU engine does).
+    /// `mask[j] != 0` (no mask: all) and, when causal, `j < kv_len - q_len + i + 1` for query `i`
+    /// — and, with a sliding `window`, `j ≥ kv_len - q_len + i + 1 - window`; keys that do not
+    /// count get 0. A row with no key that counts becomes uniform over the visible keys (what
+    /// the CPU engine does).
     Softmax {
         scores: usize,
         heads: usize,
@@ -249,16 +306,19 @@ pub enum Op {
         kv_len: usize,
         mask: Option<usize>,
         causal: bool,
+        window: Option<usize>,
     },
     Attention(Attention),
-    /// Appends the keys and values of `t` new rows per batch item of `qkv[batch·t, 3·heads·d]`
-    /// to caches laid out `[batch, heads, capacity, d]`, at positions `start..start + t`.
+    /// Appends the keys and values of `t` new rows per batch item of `qkv[batch·t, (q_heads +
+    /// 2·heads)·d]` (queries, then keys, then values) to caches laid out `[batch, heads,
+    /// capacity, d]`, at positions `start..start + t`. `heads` counts the key/value heads.
     KvAppend {
         qkv: usize,
         k: usize,
         v: usize,
         batch: usize,
         t: usize,
+        q_heads: usize,
         heads: usize,
         head_dim: usize,
         capacity: usize,

@@ -51,7 +51,8 @@ extern "C" __global__ void embed(const unsigned int* ids, const unsigned int* ty
     size_t p = (size_t)(start + r % t);
     size_t ty = types ? types[r] : 0;
     for (int j = threadIdx.x; j < width; j += blockDim.x) {
-        float v = word[id * width + j] + pos[p * width + j];
+        float v = word[id * width + j];
+        if (pos) v += pos[p * width + j];
         if (types && token_type) v += token_type[ty * width + j];
         out[(size_t)r * width + j] = v;
     }
@@ -81,7 +82,8 @@ extern "C" __global__ void embed_half(const unsigned int* ids, const unsigned in
     size_t p = (size_t)(start + r % t);
     size_t ty = types ? types[r] : 0;
     for (int j = threadIdx.x; j < width; j += blockDim.x) {
-        float v = half_to_float(word[id * width + j], dtype) + half_to_float(pos[p * width + j], dtype);
+        float v = half_to_float(word[id * width + j], dtype);
+        if (pos) v += half_to_float(pos[p * width + j], dtype);
         if (types && token_type) v += half_to_float(token_type[ty * width + j], dtype);
         out[(size_t)r * width + j] = v;
     }
@@ -167,26 +169,29 @@ extern "C" __global__ void bias_act(const float* x, const float* bias, const flo
     }
 }
 
-// Grid (q_len, heads), one block per score row, in place.
-extern "C" __global__ void softmax(float* scores, int q_len, int kv_len, const unsigned int* mask, int causal) {
+// Grid (q_len, heads), one block per score row, in place. Keys first..visible-1 are in view
+// (window 0: no sliding window).
+extern "C" __global__ void softmax(float* scores, int q_len, int kv_len, const unsigned int* mask, int causal,
+                                   int window) {
     __shared__ float shared[32];
     int i = blockIdx.x, h = blockIdx.y;
     float* row = scores + ((size_t)h * q_len + i) * kv_len;
     int visible = causal ? kv_len - q_len + i + 1 : kv_len;
+    int first = window > 0 ? max(visible - window, 0) : 0;
     float m = NEG_INF;
     for (int j = threadIdx.x; j < kv_len; j += blockDim.x) {
-        bool counts = j < visible && (!mask || mask[j] != 0);
+        bool counts = j >= first && j < visible && (!mask || mask[j] != 0);
         if (counts) m = fmaxf(m, row[j]);
     }
     m = block_max(m, shared);
     if (m == NEG_INF) {
-        float w = 1.0f / (float)max(visible, 1);
-        for (int j = threadIdx.x; j < kv_len; j += blockDim.x) row[j] = j < visible ? w : 0.0f;
+        float w = 1.0f / (float)max(visible - first, 1);
+        for (int j = threadIdx.x; j < kv_len; j += blockDim.x) row[j] = j >= first && j < visible ? w : 0.0f;
         return;
     }
     float sum = 0.0f;
     for (int j = threadIdx.x; j < kv_len; j += blockDim.x) {
-        bool counts = j < visible && (!mask || mask[j] != 0);
+        bool counts = j >= first && j < visible && (!mask || mask[j] != 0);
         float e = counts ? expf(row[j] - m) : 0.0f;
         row[j] = e;
         sum += e;
@@ -195,20 +200,21 @@ extern "C" __global__ void softmax(float* scores, int q_len, int kv_len, const u
     for (int j = threadIdx.x; j < kv_len; j += blockDim.x) row[j] *= inv;
 }
 
-extern "C" __global__ void kv_append(const float* qkv, float* k, float* v, int batch, int t, int heads, int d,
-                                     int capacity, int start) {
+// Rows of qkv are q_heads query vectors, then heads key and heads value vectors.
+extern "C" __global__ void kv_append(const float* qkv, float* k, float* v, int batch, int t, int q_heads, int heads,
+                                     int d, int capacity, int start) {
     long long total = (long long)batch * t * heads * d;
-    int e = heads * d;
+    int e = heads * d, qw = q_heads * d;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
         int dd = idx % d;
         int h = (idx / d) % heads;
         int i = (idx / ((long long)d * heads)) % t;
         int b = idx / ((long long)d * heads * t);
-        const float* row = qkv + ((size_t)b * t + i) * 3 * e;
+        const float* row = qkv + ((size_t)b * t + i) * (qw + 2 * e);
         size_t at = (((size_t)b * heads + h) * capacity + start + i) * d + dd;
-        k[at] = row[e + h * d + dd];
-        v[at] = row[2 * e + h * d + dd];
+        k[at] = row[qw + h * d + dd];
+        v[at] = row[qw + e + h * d + dd];
     }
 }
 
@@ -216,5 +222,41 @@ extern "C" __global__ void zero_rows(float* x, const unsigned int* mask, long lo
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         if (mask[i / width] == 0) x[i] = 0.0f;
+    }
+}
+
+// Grid (rows, vectors): one block per vector of `width`, at x + row * ld + vector * width, in
+// place or into out (same layout). Sums in F32 as transformers' RMSNorm does.
+extern "C" __global__ void rms_norm(const float* x, int ld, int width, const float* gamma, float eps, float* out) {
+    __shared__ float shared[32];
+    size_t at = (size_t)blockIdx.x * ld + (size_t)blockIdx.y * width;
+    float sq = 0.0f;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) sq += x[at + j] * x[at + j];
+    float inv = 1.0f / sqrtf(block_sum(sq, shared) / width + eps);
+    for (int j = threadIdx.x; j < width; j += blockDim.x) out[at + j] = gamma[j] * (x[at + j] * inv);
+}
+
+// Grid (rows, vectors), head_dim / 2 threads at most per block (looping past): each thread turns
+// pairs (i, i + head_dim / 2) of one vector by position * inv_freq[i].
+extern "C" __global__ void rope(float* x, int ld, int head_dim, int t, int start, const float* inv_freq) {
+    float* v = x + (size_t)blockIdx.x * ld + (size_t)blockIdx.y * head_dim;
+    float position = (float)(start + blockIdx.x % t);
+    int half = head_dim / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float s, c;
+        sincosf(position * inv_freq[i], &s, &c);
+        float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+// out[r, i] = silu(x[r, i]) * x[r, width + i].
+extern "C" __global__ void silu_mul(const float* x, long long total, int width, float* out) {
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long r = idx / width, i = idx % width;
+        float g = x[r * 2 * width + i];
+        out[idx] = g / (1.0f + expf(-g)) * x[r * 2 * width + width + i];
     }
 }

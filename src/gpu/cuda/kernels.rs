@@ -11,8 +11,20 @@ use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// The kernels, in the order `Kernels::launch` looks them up by name.
-pub const NAMES: [&str; 9] =
-    ["embed", "embed_half", "widen_half", "narrow_half", "layer_norm", "bias_act", "softmax", "kv_append", "zero_rows"];
+pub const NAMES: [&str; 12] = [
+    "embed",
+    "embed_half",
+    "widen_half",
+    "narrow_half",
+    "layer_norm",
+    "bias_act",
+    "softmax",
+    "kv_append",
+    "zero_rows",
+    "rms_norm",
+    "rope",
+    "silu_mul",
+];
 
 /// Compiles the kernels with NVRTC (no GPU needed) into a CUBIN for `arch` (`sm_90`). A CUBIN,
 /// unlike PTX, loads on any driver of the same major CUDA version, even when this NVRTC is a

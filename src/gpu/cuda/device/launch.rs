@@ -61,7 +61,7 @@ impl CudaDevice {
                         self.a(ids),
                         opt_a(types),
                         Self::w(weights, word),
-                        Self::w(weights, pos),
+                        opt_w(pos),
                         opt_w(token_type),
                         Arg::I32(half_code(tables)),
                         i(t),
@@ -138,7 +138,7 @@ impl CudaDevice {
                         self.a(ids),
                         opt_a(types),
                         Self::w(weights, word),
-                        Self::w(weights, pos),
+                        opt_w(pos),
                         opt_w(token_type),
                         i(t),
                         i(start),
@@ -190,24 +190,69 @@ impl CudaDevice {
                 )
                 .map_err(kernel_fault)
             }
-            Op::Softmax { scores, heads, q_len, kv_len, mask, causal } => k
+            Op::Softmax { scores, heads, q_len, kv_len, mask, causal, window } => k
                 .launch(
                     "softmax",
                     (q_len as u32, heads as u32, 1),
                     block(kv_len),
                     s,
-                    &[self.a(scores), i(q_len), i(kv_len), opt_a(mask), Arg::I32(i32::from(causal))],
+                    &[
+                        self.a(scores),
+                        i(q_len),
+                        i(kv_len),
+                        opt_a(mask),
+                        Arg::I32(i32::from(causal)),
+                        i(window.unwrap_or(0)),
+                    ],
+                )
+                .map_err(kernel_fault),
+            Op::RmsNorm { x, rows, ld, vectors, width, gamma, eps, out } => k
+                .launch(
+                    "rms_norm",
+                    (rows as u32, vectors as u32, 1),
+                    block(width),
+                    s,
+                    &[self.a(x), i(ld), i(width), Self::w(weights, gamma), Arg::F32(eps), self.a(out)],
+                )
+                .map_err(kernel_fault),
+            Op::Rope { x, rows, ld, vectors, head_dim, t, start, inv_freq } => k
+                .launch(
+                    "rope",
+                    (rows as u32, vectors as u32, 1),
+                    block(head_dim / 2),
+                    s,
+                    &[self.a(x), i(ld), i(head_dim), i(t), i(start), self.a(inv_freq)],
+                )
+                .map_err(kernel_fault),
+            Op::SiluMul { x, rows, width, out } => k
+                .launch(
+                    "silu_mul",
+                    grid(rows * width),
+                    256,
+                    s,
+                    &[self.a(x), Arg::I64((rows * width) as i64), i(width), self.a(out)],
                 )
                 .map_err(kernel_fault),
             // Attention is its three orders, launched in turn.
             Op::Attention(at) => at.lower().iter().try_for_each(|op| self.launch(op, weights)),
-            Op::KvAppend { qkv, k: kc, v, batch, t, heads, head_dim, capacity, start } => k
+            Op::KvAppend { qkv, k: kc, v, batch, t, q_heads, heads, head_dim, capacity, start } => k
                 .launch(
                     "kv_append",
                     grid(batch * t * heads * head_dim),
                     256,
                     s,
-                    &[self.a(qkv), self.a(kc), self.a(v), i(batch), i(t), i(heads), i(head_dim), i(capacity), i(start)],
+                    &[
+                        self.a(qkv),
+                        self.a(kc),
+                        self.a(v),
+                        i(batch),
+                        i(t),
+                        i(q_heads),
+                        i(heads),
+                        i(head_dim),
+                        i(capacity),
+                        i(start),
+                    ],
                 )
                 .map_err(kernel_fault),
             Op::ZeroRows { x, mask, rows, width } => k

@@ -1,0 +1,470 @@
+//! Products of a weight matrix with a few tokens — every dense layer at batch 1 and every decode
+//! step: `C = α·W·X` (`+ C` when accumulating), `W` the `[m, k]` weights (PyTorch's `Linear`
+//! layout: each output's `k` weights in one row) and `X` at most `MAX_N` token vectors. Such a
+//! product does a few multiply-adds per weight it reads, so it runs at the speed the weights
+//! stream in. A general GEMM kernel does not pack at this size and walks the weights a few cache
+//! lines at a time across rows; this kernel reads four rows at a time from front to back — four
+//! streams the hardware prefetchers follow — against up to six tokens in registers, and sums
+//! each dot product across lanes once at the end. It reads F32, BF16 and F16 weights alike (a
+//! half row is widened in registers, exactly), so a half model streams half the bytes and never
+//! needs an F32 copy.
+//!
+//! x86-64 with AVX-512 only (`supported`); elsewhere the executor keeps the general path.
+
+use rayon::prelude::*;
+
+use super::layout::Dtype;
+
+/// The most tokens (columns of `X`) a product may have.
+pub const MAX_N: usize = 64;
+
+/// Weight rows read together.
+const ROWS: usize = 4;
+
+/// Tokens whose sums one pass over the rows keeps in registers (4 × 6 accumulators).
+const MAX_NR: usize = 6;
+
+/// Multiply-adds below which a product stays on the calling thread.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// The weights, as stored.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    /// F16 or BF16 bits.
+    Half(Dtype, &'a [u16]),
+}
+
+impl Weights<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Weights::F32(a) => a.len(),
+            Weights::Half(_, a) => a.len(),
+        }
+    }
+}
+
+/// `C = α·W·op(X) (+ C)`, column-major as cuBLAS has it: `W[i, p]` is `w[p + i·ldw]` (row `i`
+/// contiguous), `op(X)[p, j]` is `x[p + j·ldx]`, or `x[j + p·ldx]` when `trans_x`, and `C[i, j]`
+/// is `c[i + j·ldc]`.
+pub struct Product<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub w: Weights<'a>,
+    pub ldw: usize,
+    pub x: &'a [f32],
+    pub ldx: usize,
+    pub trans_x: bool,
+    pub alpha: f32,
+    pub accumulate: bool,
+}
+
+/// Whether this machine runs the kernel.
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+thread_local! {
+    /// The tokens repacked one after another, each `k` long (kept between calls).
+    static PACKED_X: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `p` into `c` (leading dimension `ldc`). Panics when the machine is not `supported`, when
+/// `n` exceeds `MAX_N`, or when a view overruns its slice.
+pub fn run(p: &Product<'_>, c: &mut [f32], ldc: usize) {
+    assert!(supported(), "the few-token kernel needs AVX-512");
+    let (m, n, k) = (p.m, p.n, p.k);
+    assert!(n <= MAX_N, "{n} tokens, more than {MAX_N}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let extent = |rows: usize, cols: usize, ld: usize| (cols - 1) * ld + rows;
+    assert!(p.ldw >= k && ldc >= m, "leading dimensions shorter than a column");
+    assert!(k == 0 || extent(k, m, p.ldw) <= p.w.len(), "W overruns its slice");
+    assert!(extent(m, n, ldc) <= c.len(), "C overruns its slice");
+    let (x_rows, x_cols) = if p.trans_x { (n, k) } else { (k, n) };
+    assert!(p.ldx >= x_rows, "X's leading dimension is shorter than a column");
+    assert!(k == 0 || extent(x_rows, x_cols, p.ldx) <= p.x.len(), "X overruns its slice");
+    PACKED_X.with_borrow_mut(|packed| {
+        packed.clear();
+        packed.extend(
+            (0..n).flat_map(|j| (0..k).map(move |q| if p.trans_x { p.x[j + q * p.ldx] } else { p.x[q + j * p.ldx] })),
+        );
+        let parts = if m * n * k >= PARALLEL_MACS { rayon::current_num_threads().max(1) } else { 1 };
+        let rows_per_part = m.div_ceil(parts).next_multiple_of(ROWS);
+        let out = SharedOut(c.as_mut_ptr());
+        let xs = &packed[..];
+        let part = |r0: usize| {
+            let r1 = (r0 + rows_per_part).min(m);
+            // SAFETY: the machine has AVX-512 F/BW/VL (asserted above). Every element read lies in
+            // its slice: W's rows r0..r1 < m of k elements at ldw (extent checked), `xs` holds
+            // n × k values, C's rows r0..r1 of columns < n (extent checked). Parts write disjoint
+            // row ranges of C, so no element is written by two threads, and `c` is borrowed
+            // mutably for the whole call, so nothing else reads it meanwhile.
+            unsafe { kernel::rows(p.w, p.ldw, xs, n, k, out.get(), ldc, r0..r1, p.alpha, p.accumulate) }
+        };
+        if parts == 1 {
+            part(0);
+        } else {
+            (0..m).step_by(rows_per_part).collect::<Vec<_>>().into_par_iter().for_each(part);
+        }
+    });
+}
+
+/// C's base pointer, shared by parts that write disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: only `run` builds one, over a slice it borrows mutably for the whole parallel section,
+// and its parts write disjoint elements.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{Dtype, Weights, MAX_NR, ROWS};
+
+    /// One kind of stored element, widened to 16 lanes of `f32`.
+    trait Lanes {
+        type Elem;
+        /// # Safety
+        /// The lanes set in `mask` lie in one allocation; needs AVX-512 F/BW/VL.
+        unsafe fn load(p: *const Self::Elem, mask: __mmask16) -> __m512;
+    }
+
+    struct F32s;
+    struct Bf16s;
+    struct F16s;
+
+    impl Lanes for F32s {
+        type Elem = f32;
+        #[inline(always)]
+        unsafe fn load(p: *const f32, mask: __mmask16) -> __m512 {
+            // SAFETY: per the trait's contract; masked-off lanes are not read.
+            unsafe { _mm512_maskz_loadu_ps(mask, p) }
+        }
+    }
+
+    impl Lanes for Bf16s {
+        type Elem = u16;
+        #[inline(always)]
+        unsafe fn load(p: *const u16, mask: __mmask16) -> __m512 {
+            // SAFETY: per the trait's contract. A BF16 value is the high half of its f32.
+            unsafe {
+                let bits = _mm256_maskz_loadu_epi16(mask, p.cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+            }
+        }
+    }
+
+    impl Lanes for F16s {
+        type Elem = u16;
+        #[inline(always)]
+        unsafe fn load(p: *const u16, mask: __mmask16) -> __m512 {
+            // SAFETY: per the trait's contract; the conversion is exact.
+            unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())) }
+        }
+    }
+
+    /// Rows `rows` of C.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL; `w` holds `rows` of `k` elements at `ldw`, `xs` holds `n × k` values,
+    /// `c` rows `rows` of `n` columns at `ldc`, and nothing else touches those rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows(
+        w: Weights<'_>,
+        ldw: usize,
+        xs: &[f32],
+        n: usize,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        rows: Range<usize>,
+        alpha: f32,
+        accumulate: bool,
+    ) {
+        let t = Block { ldw, xs, n, k, c, ldc, alpha, accumulate };
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            match w {
+                Weights::F32(w) => t.rows::<F32s>(w.as_ptr(), rows),
+                Weights::Half(Dtype::Bf16, w) => t.rows::<Bf16s>(w.as_ptr(), rows),
+                Weights::Half(Dtype::F16, w) => t.rows::<F16s>(w.as_ptr(), rows),
+                Weights::Half(Dtype::F32, _) => unreachable!("F32 weights are not half"),
+            }
+        }
+    }
+
+    /// What every block of rows shares.
+    struct Block<'x> {
+        ldw: usize,
+        /// Token `j`'s `k` values start at `xs[j * k]`.
+        xs: &'x [f32],
+        n: usize,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        accumulate: bool,
+    }
+
+    impl Block<'_> {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn rows<L: Lanes>(&self, w: *const L::Elem, rows: Range<usize>) {
+            // Token blocks of even size: 8 tokens are two passes of 4, not 6 and 2.
+            let nr = self.n.div_ceil(self.n.div_ceil(MAX_NR));
+            let mut i = rows.start;
+            while i < rows.end {
+                let count = (rows.end - i).min(ROWS);
+                let mut j0 = 0;
+                while j0 < self.n {
+                    let cnt = nr.min(self.n - j0);
+                    // SAFETY: forwarded from the caller's contract, for rows i..i+count and
+                    // tokens j0..j0+cnt.
+                    unsafe {
+                        match cnt {
+                            1 => self.tile::<L, 1>(w, i, count, j0),
+                            2 => self.tile::<L, 2>(w, i, count, j0),
+                            3 => self.tile::<L, 3>(w, i, count, j0),
+                            4 => self.tile::<L, 4>(w, i, count, j0),
+                            5 => self.tile::<L, 5>(w, i, count, j0),
+                            _ => self.tile::<L, 6>(w, i, count, j0),
+                        }
+                    }
+                    j0 += cnt;
+                }
+                i += count;
+            }
+        }
+
+        /// Rows `i..i + count` (at most `ROWS`; missing rows repeat the first, unwritten)
+        /// against tokens `j0..j0 + NR`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn tile<L: Lanes, const NR: usize>(&self, w: *const L::Elem, i: usize, count: usize, j0: usize) {
+            let row = |r: usize| w.wrapping_add((i + if r < count { r } else { 0 }) * self.ldw);
+            let rows = [row(0), row(1), row(2), row(3)];
+            let xs = &self.xs[j0 * self.k..(j0 + NR) * self.k];
+            let mut acc = [[_mm512_setzero_ps(); NR]; ROWS];
+            let mut p = 0;
+            while p < self.k {
+                let lanes = (self.k - p).min(16);
+                let mask: __mmask16 = if lanes == 16 { 0xffff } else { ((1u32 << lanes) - 1) as __mmask16 };
+                // SAFETY: lanes p..p+lanes of rows that exist (caller's contract).
+                let ws = rows.map(|r| unsafe { L::load(r.wrapping_add(p), mask) });
+                for j in 0..NR {
+                    // SAFETY: token j's values p..p+lanes lie in `xs` (checked slice above).
+                    let x = unsafe { _mm512_maskz_loadu_ps(mask, xs.as_ptr().add(j * self.k + p)) };
+                    for (acc, w) in acc.iter_mut().zip(&ws) {
+                        acc[j] = _mm512_fmadd_ps(*w, x, acc[j]);
+                    }
+                }
+                p += 16;
+            }
+            for (r, acc) in acc.iter().enumerate().take(count) {
+                for (j, v) in acc.iter().enumerate() {
+                    let at = self.c.wrapping_add(i + r + (j0 + j) * self.ldc);
+                    let mut sum = self.alpha * _mm512_reduce_add_ps(*v);
+                    // SAFETY: C[i + r, j0 + j] is a row of this part (caller's contract).
+                    unsafe {
+                        if self.accumulate {
+                            sum += *at;
+                        }
+                        *at = sum;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kernel {
+    use super::Weights;
+
+    /// Never called: `supported` is false off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows(
+        _: Weights<'_>,
+        _: usize,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+        _: std::ops::Range<usize>,
+        _: f32,
+        _: bool,
+    ) {
+        unreachable!("the few-token kernel runs on x86-64 only")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(i: usize, salt: usize) -> f32 {
+        ((i * 7919 + salt * 104_729) % 2001) as f32 / 1000.0 - 1.0
+    }
+
+    /// The kernel against sums in f64, over shapes with row and lane tails, every token-block
+    /// size, both layouts of X, β 0 and 1, α ≠ 1, and all three weight dtypes.
+    #[test]
+    fn products_equal_sums_in_f64() {
+        if !supported() {
+            eprintln!("skipped: no AVX-512 on this machine");
+            return;
+        }
+        for (m, k, n, ldw) in [(5, 3, 1, 5), (33, 17, 7, 20), (100, 64, 13, 64), (384, 96, 16, 96), (70, 300, 64, 310)]
+        {
+            for dtype in Dtype::ALL {
+                let w32: Vec<f32> = (0..ldw * m).map(|i| value(i, 1)).collect();
+                let bits: Vec<u16> = w32.iter().map(|&v| dtype.narrow(v)).collect();
+                // The weights as the kernel sees them: rounded to the dtype.
+                let w_eff: Vec<f32> =
+                    if dtype == Dtype::F32 { w32.clone() } else { bits.iter().map(|&b| dtype.widen(b)).collect() };
+                let weights = if dtype == Dtype::F32 { Weights::F32(&w32) } else { Weights::Half(dtype, &bits) };
+                for trans_x in [false, true] {
+                    let ldx = if trans_x { n + 2 } else { k + 3 };
+                    let x: Vec<f32> = (0..ldx * if trans_x { k } else { n }).map(|i| value(i, 2)).collect();
+                    let op_x = |p: usize, j: usize| if trans_x { x[j + p * ldx] } else { x[p + j * ldx] };
+                    for accumulate in [false, true] {
+                        let ldc = m + 1;
+                        let mut c: Vec<f32> = (0..ldc * n).map(|i| value(i, 3)).collect();
+                        let before = c.clone();
+                        let alpha = 0.5;
+                        let p = Product { m, n, k, w: weights, ldw, x: &x, ldx, trans_x, alpha, accumulate };
+                        run(&p, &mut c, ldc);
+                        for j in 0..n {
+                            for i in 0..ldc {
+                                let got = c[i + j * ldc];
+                                if i >= m {
+                                    assert_eq!(got, before[i + j * ldc], "row {i} past m was written");
+                                    continue;
+                                }
+                                let sum: f64 =
+                                    (0..k).map(|q| f64::from(w_eff[q + i * ldw]) * f64::from(op_x(q, j))).sum();
+                                let want = f64::from(alpha) * sum
+                                    + if accumulate { f64::from(before[i + j * ldc]) } else { 0.0 };
+                                assert!(
+                                    (f64::from(got) - want).abs() <= 1e-5 * (k as f64).sqrt().max(1.0),
+                                    "{dtype:?} m {m} k {k} n {n} trans_x {trans_x} β {accumulate}: \
+                                     C[{i}, {j}] = {got}, want {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_view_past_its_slice_is_refused() {
+        if !supported() {
+            eprintln!("skipped: no AVX-512 on this machine");
+            return;
+        }
+        let w = vec![0f32; 10];
+        let x = vec![0f32; 4];
+        let mut c = vec![0f32; 8];
+        let p = Product {
+            m: 4,
+            n: 2,
+            k: 2,
+            w: Weights::F32(&w),
+            ldw: 3,
+            x: &x,
+            ldx: 2,
+            trans_x: false,
+            alpha: 1.0,
+            accumulate: false,
+        };
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&p, &mut c, 4)));
+        assert!(refused.is_err(), "W needs 11 elements, has 10");
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::engine::matmul::{matmul, MatMut, MatRef, Threads};
+
+    #[test]
+    #[ignore]
+    fn time_against_gemm() {
+        for (m, k, n) in [(1536, 384, 16), (384, 1536, 16), (384, 384, 16), (1152, 384, 16), (1536, 384, 1)] {
+            let layers = 24;
+            let w: Vec<f32> = (0..m * k * layers).map(|i| (i % 7) as f32 * 0.1).collect();
+            let x: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut c = vec![0f32; m * n];
+            let iters = 200;
+            let t0 = std::time::Instant::now();
+            for it in 0..iters {
+                let w = &w[(it % layers) * m * k..][..m * k];
+                let p = Product {
+                    m,
+                    n,
+                    k,
+                    w: Weights::F32(w),
+                    ldw: k,
+                    x: &x,
+                    ldx: k,
+                    trans_x: false,
+                    alpha: 1.0,
+                    accumulate: false,
+                };
+                run(&p, &mut c, m);
+            }
+            let skinny = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
+            let t0 = std::time::Instant::now();
+            for it in 0..iters {
+                let w = &w[(it % layers) * m * k..][..m * k];
+                matmul(
+                    MatMut::strided(&mut c, m, n, 1, m),
+                    MatRef::strided(w, k, m, 1, k).t(),
+                    MatRef::strided(&x, k, n, 1, k),
+                    false,
+                    1.0,
+                    Threads::Pool,
+                );
+            }
+            let gemm = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
+            let t0 = std::time::Instant::now();
+            let mut total = [0f32; 16];
+            for it in 0..iters {
+                let w = &w[(it % layers) * m * k..][..m * k];
+                for ch in w.chunks_exact(16) {
+                    for (t, v) in total.iter_mut().zip(ch) {
+                        *t += v;
+                    }
+                }
+            }
+            std::hint::black_box(total);
+            let read = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
+            eprintln!("m {m} k {k} n {n}: skinny {skinny:.1} µs, gemm {gemm:.1} µs, read {read:.1} µs");
+        }
+    }
+}
