@@ -11,7 +11,7 @@ use super::arch::Architecture;
 use super::config::ConfigReader;
 use super::error::{EngineError, Result};
 use super::layout::{Dtype, PlannedTensor, WeightLayout};
-use super::models::{bert, distilbert, gpt2, roberta};
+use super::models::{bert, distilbert, gpt2, llama, roberta};
 use super::synth::Preset;
 
 /// One model family.
@@ -37,8 +37,17 @@ pub struct Loaded {
 }
 
 /// Every family, in the order they arrived.
-pub const FAMILIES: &[&Family] =
-    &[&bert::FAMILY, &gpt2::FAMILY, &roberta::ROBERTA, &roberta::XLM_ROBERTA, &distilbert::FAMILY];
+pub const FAMILIES: &[&Family] = &[
+    &bert::FAMILY,
+    &gpt2::FAMILY,
+    &roberta::ROBERTA,
+    &roberta::XLM_ROBERTA,
+    &distilbert::FAMILY,
+    &llama::LLAMA,
+    &llama::MISTRAL,
+    &llama::QWEN2,
+    &llama::QWEN3,
+];
 
 /// The family of a config (by its `model_type`), loaded with F32 matrices.
 pub fn load(path: &Path, config: &Value) -> Result<(&'static Family, Loaded)> {

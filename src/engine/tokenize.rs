@@ -106,6 +106,23 @@ impl TextEncoder {
             .collect()
     }
 
+    /// Token ids of one text as it is, without the special tokens the post-processor adds (a
+    /// rendered chat prompt writes its own). A text over `max_text_bytes` is refused, not cut:
+    /// a prompt with its end cut off would be answered as if it were whole.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        if text.len() > self.max_text_bytes() {
+            return Err(EngineError::BadInput(format!(
+                "a text of {} bytes is longer than the model's {} positions can hold",
+                text.len(),
+                self.max_len
+            )));
+        }
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| EngineError::BadInput(format!("cannot tokenize text: {e}")))
+    }
+
     /// `text` cut to `max_text_bytes` at a character boundary.
     fn cut<'t>(&self, text: &'t str) -> &'t str {
         let mut end = text.len().min(self.max_text_bytes());

@@ -12,6 +12,7 @@ mod dtype;
 mod faults;
 mod fixtures;
 mod heads;
+mod llama;
 mod minilm;
 mod openapi;
 mod scheduling;

@@ -5,4 +5,5 @@ pub mod bert;
 pub mod distilbert;
 pub mod encoder;
 pub mod gpt2;
+pub mod llama;
 pub mod roberta;
