@@ -119,6 +119,19 @@ mod props {
         "hidden_dim",
         "activation",
         "sinusoidal_pos_embds",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "partial_rotary_factor",
+        "sliding_window",
+        "use_sliding_window",
+        "max_window_layers",
+        "layer_types",
+        "attention_bias",
+        "mlp_bias",
     ];
 
     fn value() -> impl Strategy<Value = Value> {
@@ -129,8 +142,24 @@ mod props {
             any::<u64>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
             (-1.0f64..1.0).prop_map(Value::from),
-            prop_oneof![Just("bert"), Just("gpt2"), Just("gelu"), Just("gelu_new"), Just("relu"), Just("")]
-                .prop_map(Value::from),
+            prop_oneof![
+                Just("bert"),
+                Just("gpt2"),
+                Just("gelu"),
+                Just("gelu_new"),
+                Just("relu"),
+                Just("silu"),
+                Just("")
+            ]
+            .prop_map(Value::from),
+            // Rotary settings, both config forms, sound and not.
+            (prop_oneof![Just("default"), Just("linear"), Just("llama3"), Just("yarn")], -2.0f64..40.0, 0u64..100)
+                .prop_map(|(kind, x, n)| serde_json::json!({
+                    "rope_type": kind, "type": kind, "rope_theta": x * 1e4, "factor": x,
+                    "low_freq_factor": x / 8.0, "high_freq_factor": x / 2.0, "original_max_position_embeddings": n
+                })),
+            prop::collection::vec(prop_oneof![Just("full_attention"), Just("sliding_attention"), Just("x")], 0..4)
+                .prop_map(|v| Value::Array(v.into_iter().map(Value::from).collect())),
             Just(Value::Array(vec![])),
             prop_oneof![
                 Just("BertForSequenceClassification"),
@@ -157,7 +186,7 @@ mod props {
 
         #[test]
         fn configs_load_or_err_without_panicking(
-            model_type in prop_oneof![Just("bert"), Just("gpt2"), Just("roberta"), Just("xlm-roberta"), Just("distilbert"), Just("llama")],
+            model_type in prop_oneof![Just("bert"), Just("gpt2"), Just("roberta"), Just("xlm-roberta"), Just("distilbert"), Just("llama"), Just("mistral"), Just("qwen2"), Just("qwen3")],
             kv in prop::collection::vec((0..KEYS.len(), value()), 0..24),
         ) {
             let mut obj = Map::new();
@@ -183,8 +212,8 @@ mod tests {
 
     #[test]
     fn an_unknown_model_type_names_the_supported_ones() {
-        let err = load(Path::new("config.json"), &json!({"model_type": "llama"})).err().unwrap();
-        assert!(matches!(&err, EngineError::UnknownModelType { model_type, .. } if model_type == "llama"));
+        let err = load(Path::new("config.json"), &json!({"model_type": "mamba"})).err().unwrap();
+        assert!(matches!(&err, EngineError::UnknownModelType { model_type, .. } if model_type == "mamba"));
         assert!(err.to_string().contains("\"bert\", \"gpt2\""), "{err}");
     }
 }
