@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Files of a package that are copied (anything else in the folder is ignored).
+/// Files of a package that are copied (anything else in the folder is ignored), besides the
+/// shards a sharded checkpoint's index names.
 pub const PACKAGE_FILES: &[&str] = &[
     "config.json",
     "model.safetensors",
@@ -25,7 +26,23 @@ pub const PACKAGE_FILES: &[&str] = &[
     "sentence_bert_config.json",
     "modules.json",
     "1_Pooling/config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    crate::engine::SHARD_INDEX,
 ];
+
+/// The files of the package in `src` that are copied, in a fixed order: `PACKAGE_FILES`, then
+/// the shards its index names (when it has one and no `model.safetensors`).
+pub fn package_files(src: &Path) -> Vec<String> {
+    let mut files: Vec<String> = PACKAGE_FILES.iter().map(|f| f.to_string()).collect();
+    if !src.join("model.safetensors").exists() {
+        // An unreadable index is copied as it is; loading the copy reports it.
+        files.extend(crate::engine::shard_names(src).unwrap_or_default());
+    }
+    files
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -486,7 +503,8 @@ fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, StoreError> {
 fn hash_package(src: &Path, to: Option<&Path>) -> Result<String, StoreError> {
     let mut digest = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    for file in PACKAGE_FILES {
+    for file in package_files(src) {
+        let file = file.as_str();
         let from = src.join(file);
         if !from.is_file() {
             continue;

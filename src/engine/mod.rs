@@ -44,6 +44,7 @@ pub use program::storage::Compute;
 pub use sampling::{argmax, SamplingParams};
 pub use streamed::StreamedWeights;
 pub use tokenize::TextEncoder;
+pub use weights::{shard_names, INDEX as SHARD_INDEX};
 pub use workspace::Workspace;
 
 /// A reference fixture package for unit tests: `../shared/fixtures/NAME`, or under

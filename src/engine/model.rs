@@ -78,7 +78,7 @@ impl Model {
         }
         let config_path = dir.join("config.json");
         let config = super::config::read(&config_path)?;
-        let file = WeightsFile::open(&dir.join("model.safetensors"))?;
+        let file = WeightsFile::open_package(dir)?;
         let storage = match dtype {
             Some(d) => d,
             None => file.matrix_dtype()?,

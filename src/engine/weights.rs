@@ -14,13 +14,45 @@ use super::layout::{self, PlannedTensor, Source, WeightLayout};
 /// Most tensors a weights file may hold.
 pub const MAX_TENSORS: usize = 1 << 16;
 
-/// The file's tensors, looked up under one of the name prefixes a family allows.
+/// Most shards a sharded checkpoint may name.
+const MAX_SHARDS: usize = 1024;
+
+/// A package's weights: `model.safetensors`, or the shards `model.safetensors.index.json` names
+/// (transformers' sharded checkpoints), read as one set of tensors.
 pub struct WeightsFile {
-    path: std::path::PathBuf,
-    map: memmap2::Mmap,
+    shards: Vec<(std::path::PathBuf, memmap2::Mmap)>,
+}
+
+/// The parsed shards; a tensor is looked up in each in turn.
+struct Tensors<'a>(Vec<(&'a Path, SafeTensors<'a>)>);
+
+impl<'a> Tensors<'a> {
+    fn tensor(&self, name: &str) -> Option<(&'a Path, safetensors::tensor::TensorView<'a>)> {
+        self.0.iter().find_map(|(path, st)| st.tensor(name).ok().map(|v| (*path, v)))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(_, st)| st.names().contains(&name))
+    }
 }
 
 impl WeightsFile {
+    /// The weights of the package in `dir`: `model.safetensors` when there is one, else the
+    /// shards of `model.safetensors.index.json`.
+    pub fn open_package(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join(INDEX);
+        if single.exists() || !index.exists() {
+            return Self::open(&single);
+        }
+        let shards = shard_names(dir)?;
+        let mut maps = Vec::with_capacity(shards.len());
+        for name in shards {
+            maps.extend(Self::open(&dir.join(name))?.shards);
+        }
+        Ok(Self { shards: maps })
+    }
+
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
         // SAFETY: the map is only read, and only while `self` lives. Another process truncating
@@ -28,14 +60,19 @@ impl WeightsFile {
         // (to a temporary name, then renamed) and never modified in place, so that does not
         // happen to packages faaswap manages.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), map })
+        Ok(Self { shards: vec![(path.to_path_buf(), map)] })
+    }
+
+    fn path(&self) -> &Path {
+        &self.shards[0].0
     }
 
     /// How the file stores its matrices: the dtype of its largest tensor (what a deploy keeps
     /// by default).
     pub fn matrix_dtype(&self) -> Result<layout::Dtype> {
         let st = self.parse()?;
-        let largest = st.tensors().into_iter().max_by_key(|(_, v)| v.shape().iter().product::<usize>());
+        let largest =
+            st.0.iter().flat_map(|(_, st)| st.tensors()).max_by_key(|(_, v)| v.shape().iter().product::<usize>());
         Ok(match largest.map(|(_, v)| v.dtype()) {
             Some(Dtype::F16) => layout::Dtype::F16,
             Some(Dtype::BF16) => layout::Dtype::Bf16,
@@ -43,28 +80,33 @@ impl WeightsFile {
         })
     }
 
-    fn parse(&self) -> Result<SafeTensors<'_>> {
-        let st = SafeTensors::deserialize(&self.map)
-            .map_err(|e| EngineError::CorruptWeights { path: self.path.clone(), reason: e.to_string() })?;
-        // The crate bounds the header at 100 MB; a model of the supported families has a few
-        // thousand tensors at most, so millions of tiny entries are refused here.
-        if st.len() > MAX_TENSORS {
-            return Err(EngineError::CorruptWeights {
-                path: self.path.clone(),
-                reason: format!("{} tensors, more than the limit of {MAX_TENSORS}", st.len()),
-            });
+    fn parse(&self) -> Result<Tensors<'_>> {
+        let mut all = Vec::with_capacity(self.shards.len());
+        let mut count = 0;
+        for (path, map) in &self.shards {
+            let st = SafeTensors::deserialize(map)
+                .map_err(|e| EngineError::CorruptWeights { path: path.clone(), reason: e.to_string() })?;
+            // The crate bounds the header at 100 MB; a model of the supported families has a
+            // few thousand tensors at most, so millions of tiny entries are refused here.
+            count += st.len();
+            if count > MAX_TENSORS {
+                return Err(EngineError::CorruptWeights {
+                    path: path.clone(),
+                    reason: format!("more than the limit of {MAX_TENSORS} tensors"),
+                });
+            }
+            all.push((path.as_path(), st));
         }
-        Ok(st)
+        Ok(Tensors(all))
     }
 
     /// Which of `prefixes` the file's names use, judged by the plan's first tensor.
-    fn detect_prefix<'p>(&self, st: &SafeTensors<'_>, first: &str, prefixes: &[&'p str]) -> Result<&'p str> {
-        let names = st.names();
+    fn detect_prefix<'p>(&self, st: &Tensors<'_>, first: &str, prefixes: &[&'p str]) -> Result<&'p str> {
         prefixes
             .iter()
             .copied()
-            .find(|p| names.iter().any(|n| *n == format!("{p}{first}")))
-            .ok_or_else(|| EngineError::MissingTensor { path: self.path.clone(), tensor: first.to_string() })
+            .find(|p| st.has(&format!("{p}{first}")))
+            .ok_or_else(|| EngineError::MissingTensor { path: self.path().to_path_buf(), tensor: first.to_string() })
     }
 
     /// Checks the file against the plan and packs it into a new buffer laid out by `layout`.
@@ -78,12 +120,13 @@ impl WeightsFile {
             let prefix = if t.unprefixed { "" } else { prefix };
             for (part, shape) in t.file_parts() {
                 let name = format!("{prefix}{part}");
-                let view = st
-                    .tensor(&name)
-                    .map_err(|_| EngineError::MissingTensor { path: self.path.clone(), tensor: name.clone() })?;
+                let (path, view) = st.tensor(&name).ok_or_else(|| EngineError::MissingTensor {
+                    path: self.path().to_path_buf(),
+                    tensor: name.clone(),
+                })?;
                 if view.shape() != shape.as_slice() {
                     return Err(EngineError::WrongShape {
-                        path: self.path.clone(),
+                        path: path.to_path_buf(),
                         tensor: name,
                         expected: shape,
                         found: view.shape().to_vec(),
@@ -91,7 +134,7 @@ impl WeightsFile {
                 }
                 if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
                     return Err(EngineError::WrongDtype {
-                        path: self.path.clone(),
+                        path: path.to_path_buf(),
                         tensor: name,
                         dtype: format!("{:?}", view.dtype()),
                     });
@@ -119,12 +162,56 @@ impl WeightsFile {
                 };
                 offset += len;
                 if let Some(index) = non_finite {
-                    return Err(EngineError::NonFiniteWeight { path: self.path.clone(), tensor: name.clone(), index });
+                    return Err(EngineError::NonFiniteWeight {
+                        path: self.path().to_path_buf(),
+                        tensor: name.clone(),
+                        index,
+                    });
                 }
             }
         }
         Ok(buf)
     }
+}
+
+/// The index of a sharded checkpoint.
+pub const INDEX: &str = "model.safetensors.index.json";
+
+/// The shard files `dir`'s index names, in order, each once. A name must be a plain file name
+/// in the package folder ending in `.safetensors`: an index cannot point outside the package.
+pub fn shard_names(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join(INDEX);
+    let index = super::files::read_optional_json(&path, 64 << 20)?
+        .ok_or_else(|| EngineError::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| EngineError::config(&path, "weight_map must be an object of tensor name to shard file"))?;
+    let mut names: Vec<String> = Vec::new();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().filter(|s| is_shard_name(s)).ok_or_else(|| {
+            EngineError::config(
+                &path,
+                format!("weight_map[{tensor:?}] = {shard} is not a .safetensors file in the package"),
+            )
+        })?;
+        if !names.iter().any(|n| n == shard) {
+            names.push(shard.to_string());
+        }
+    }
+    if names.is_empty() || names.len() > MAX_SHARDS {
+        return Err(EngineError::config(&path, format!("{} shards named (1..={MAX_SHARDS} allowed)", names.len())));
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// A shard's name as an index may give it: a file of the package folder itself.
+pub fn is_shard_name(name: &str) -> bool {
+    name.ends_with(".safetensors")
+        && !name.starts_with('.')
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Writes one file tensor into its stored tensor `dst` (elements of the stored dtype, set from

@@ -49,8 +49,8 @@ impl Repository {
         if !inside(&dir) {
             return Err(DeployError::OutsideRepository(model.to_string()));
         }
-        for file in crate::store::PACKAGE_FILES {
-            let f = dir.join(file);
+        for file in crate::store::package_files(&dir) {
+            let f = dir.join(&file);
             if f.symlink_metadata().is_ok() && !inside(&f) {
                 return Err(DeployError::OutsideRepository(format!("{model}/{file}")));
             }

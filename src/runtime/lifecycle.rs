@@ -92,7 +92,7 @@ impl Runtime {
         settings.validate().map_err(DeployError::InvalidSettings)?;
         let model = ModelName::parse(model)?;
         let src = self.services.repository.path(&model)?;
-        let bytes: u64 = crate::store::PACKAGE_FILES
+        let bytes: u64 = crate::store::package_files(&src)
             .iter()
             .filter_map(|f| std::fs::metadata(src.join(f)).ok())
             .map(|m| m.len())

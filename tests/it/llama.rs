@@ -192,3 +192,40 @@ fn presets_plan_and_the_nano_one_runs() {
         assert!(loaded.layout.total_elems > 100_000_000, "{name}: {}", loaded.layout.total_elems);
     }
 }
+
+/// A sharded checkpoint (`model.safetensors.index.json` and its shards, as transformers saves
+/// large models) loads as one package, and an index that points outside the package is refused.
+#[test]
+fn sharded_checkpoints_load_as_one_package() {
+    let src = fixtures().join("tiny_llama");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+    {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, half) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let shard = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            half.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join(&shard)).unwrap();
+        for n in half {
+            weight_map.insert(n.clone(), serde_json::Value::from(shard.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = Model::load(dir.path()).unwrap();
+    let whole = Model::load(&src).unwrap();
+    assert_eq!(sharded.weights(), whole.weights(), "the same packed buffer");
+
+    let mut bad = index.clone();
+    bad["weight_map"]["model.norm.weight"] = serde_json::Value::from("../model.safetensors");
+    std::fs::write(dir.path().join("model.safetensors.index.json"), bad.to_string()).unwrap();
+    let e = Model::load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors.index.json") && e.contains("model.norm.weight"), "{e}");
+}

@@ -320,7 +320,8 @@ impl<'w> Executor<'w, '_> {
                     row[..vectors * width].chunks_exact_mut(width).for_each(|v| ops::rms_norm(v, gamma, eps))
                 };
                 if x != out {
-                    let (o, [xv]) = carve(self.a, out..out + span, [x..x + span]);
+                    let input = x..x + span;
+                    let (o, [xv]) = carve(self.a, out..out + span, [input]);
                     o.copy_from_slice(xv.expect("RmsNorm writes elsewhere than it reads"));
                 }
                 let o = &mut self.a[out..out + span];
@@ -332,8 +333,8 @@ impl<'w> Executor<'w, '_> {
             }
             Op::Rope { x, rows, ld, vectors, head_dim, t, start, inv_freq } => {
                 let half = head_dim / 2;
-                let (o, [freqs]) =
-                    carve(self.a, x..x + (rows.max(1) - 1) * ld + vectors * head_dim, [inv_freq..inv_freq + half]);
+                let freqs = inv_freq..inv_freq + half;
+                let (o, [freqs]) = carve(self.a, x..x + (rows.max(1) - 1) * ld + vectors * head_dim, [freqs]);
                 let freqs = freqs.expect("Rope's frequencies are not its rows");
                 o.chunks_mut(ld).enumerate().for_each(|(r, row)| {
                     let position = (start + r % t) as f32;
@@ -348,7 +349,8 @@ impl<'w> Executor<'w, '_> {
                 });
             }
             Op::SiluMul { x, rows, width, out } => {
-                let (o, [xv]) = carve(self.a, out..out + rows * width, [x..x + rows * 2 * width]);
+                let input = x..x + rows * 2 * width;
+                let (o, [xv]) = carve(self.a, out..out + rows * width, [input]);
                 let xv = xv.expect("SiluMul writes elsewhere than it reads");
                 let run = |(r, row): (usize, &mut [f32])| {
                     let (gate, up) = xv[r * 2 * width..(r + 1) * 2 * width].split_at(width);
