@@ -13,9 +13,10 @@
 #
 # Environment: FAASWAP_BIN (default target/release/faaswap), FIXTURES (default
 # ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
-# gpt2-large bert-large-qa"), BF16_MODELS (default "bert-base bert-large gpt2 gpt2-large": the
-# same presets synthesised with --dtype bf16, held in BF16 by faaswap and run in BF16 by
-# PyTorch; they are also checked and timed with `--compute native`, in faaswap-native.json),
+# gpt2-large bert-large-qa"), BF16_MODELS (default "bert-base bert-large gpt2 gpt2-large
+# llama-1b qwen2.5-0.5b": presets synthesised with --dtype bf16, held in BF16 by faaswap and run
+# in BF16 by PyTorch; a decoder's cold row is its time to first token on a 128-token prompt;
+# they are also checked and timed with `--compute native`, in faaswap-native.json),
 # FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
 # SKIP_SERVE=1 leaves out the server check (scripts/gpu_serve_check.py: `faaswap serve` on the
 # device, the fixtures over HTTP and the WebSocket, `faaswap bench`); SANITIZE=1 adds a
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/.."
 BIN=${FAASWAP_BIN:-target/release/faaswap}
 OUT=${1:-${OUT:-/tmp/faaswap-gpu-check}}
 MODELS=${MODELS:-"bert-base bert-large gpt2 gpt2-large bert-large-qa"}
-BF16_MODELS=${BF16_MODELS-"bert-base bert-large gpt2 gpt2-large"}
+BF16_MODELS=${BF16_MODELS-"bert-base bert-large gpt2 gpt2-large llama-1b qwen2.5-0.5b"}
 FIXTURES=${FIXTURES:-}
 if [ -z "$FIXTURES" ]; then
   for f in ../shared/fixtures shared/fixtures; do [ -d "$f/tiny_bert" ] && FIXTURES=$f && break; done

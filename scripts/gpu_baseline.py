@@ -47,6 +47,8 @@ def measure(dirs, seq_len=128, iters=20):
         dtype = torch.bfloat16 if stored_dtype(d) == "BF16" else torch.float32
         if cfg.model_type == "gpt2":
             model = GPT2LMHeadModel.from_pretrained(d, attn_implementation="eager")
+        elif cfg.model_type in ("llama", "mistral", "qwen2", "qwen3"):
+            model = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager")
         elif (cfg.architectures or [""])[0] == "BertForQuestionAnswering":
             model = BertForQuestionAnswering.from_pretrained(d, attn_implementation="eager")
         else:

@@ -30,7 +30,8 @@ pub struct DeviceCheckArgs {
     /// Activation workspace (as `serve --workspace`).
     #[arg(long, value_parser = crate::gpu::parse_bytes, default_value_t = crate::gpu::DEFAULT_WORKSPACE)]
     pub workspace: u64,
-    /// A folder holding `tiny_bert/` and `tiny_gpt2/` with their `reference.json`.
+    /// A folder holding `tiny_bert/`, `tiny_gpt2/` and the Llama-family fixtures with their
+    /// `reference.json`.
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
     /// Model packages to compare with the CPU engine and to time (repeatable).
@@ -111,7 +112,10 @@ pub fn run(a: DeviceCheckArgs) -> Result<(), CliError> {
     let mut fixtures = Vec::new();
     if let Some(dir) = &a.fixtures {
         fixtures.extend(check_bert_fixture(device.as_mut(), &dir.join("tiny_bert"))?);
-        fixtures.extend(check_gpt2_fixture(device.as_mut(), &dir.join("tiny_gpt2"))?);
+        // The decoders' references share one form: last-position logits and greedy generations.
+        for name in DECODER_FIXTURES {
+            fixtures.extend(check_decoder_fixture(device.as_mut(), &dir.join(name), name)?);
+        }
     }
     let mut models = Vec::new();
     for dir in &a.models {
@@ -215,7 +219,11 @@ fn check_bert_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
     Ok(checks)
 }
 
-fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<FixtureCheck>, CliError> {
+/// GPT-2 and the Llama family (`tiny_qwen2` is stored in BF16: its widened products are the
+/// reference's F32 arithmetic).
+const DECODER_FIXTURES: [&str; 5] = ["tiny_gpt2", "tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral"];
+
+fn check_decoder_fixture(device: &mut dyn Device, dir: &Path, name: &str) -> Result<Vec<FixtureCheck>, CliError> {
     let r = reference(dir)?;
     let model = load(dir, crate::engine::Compute::F32)?.model;
     let tol = number(&r["tolerance"]["last_position_logits_max_abs"], "tolerance.last_position_logits_max_abs")?;
@@ -227,7 +235,7 @@ fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
         let logits = &out.outputs[0].data;
         let want = floats(&case["last_position_logits"], "cases[].last_position_logits")?;
         let d = max_diff(&logits[logits.len() - vocab..], &want);
-        checks.push(FixtureCheck::new(format!("tiny_gpt2 case {i}"), d, tol));
+        checks.push(FixtureCheck::new(format!("{name} case {i}"), d, tol));
     }
     for (i, g) in list(&r["generation"], "generation")?.iter().enumerate() {
         let prompt = ids(&g["prompt_ids"], "generation[].prompt_ids")?;
@@ -247,7 +255,7 @@ fn check_gpt2_fixture(device: &mut dyn Device, dir: &Path) -> Result<Vec<Fixture
         let got = device.run(&j)?.generated.map(|g| g.token_ids).unwrap_or_default();
         // Token ids must match exactly: any difference counts as 1 against a tolerance of 0.
         let d = if got == want { 0.0 } else { 1.0 };
-        checks.push(FixtureCheck::new(format!("tiny_gpt2 greedy generation {i}"), d, 0.0));
+        checks.push(FixtureCheck::new(format!("{name} greedy generation {i}"), d, 0.0));
     }
     Ok(checks)
 }

@@ -53,9 +53,9 @@ const TENSOR: &str = "encoder.layer.1.output.dense.bias";
 #[test]
 fn unknown_model_type() {
     let dir = copy_package(&tiny_bert());
-    edit_config(dir.path(), |c| c["model_type"] = json!("llama"));
+    edit_config(dir.path(), |c| c["model_type"] = json!("mamba"));
     let err = load_err(dir.path());
-    assert!(matches!(&err, EngineError::UnknownModelType { model_type, .. } if model_type == "llama"));
+    assert!(matches!(&err, EngineError::UnknownModelType { model_type, .. } if model_type == "mamba"));
     assert!(err.to_string().contains("config.json"), "{err}");
 }
 

@@ -143,7 +143,14 @@ fn device_check_on_the_cpu_meets_the_fixtures_and_reports_timings() {
     ]);
     assert_eq!(report["device"], "cpu:0");
     let checks = report["fixtures"].as_array().unwrap();
-    assert_eq!(checks.len(), 10, "4 BERT cases, 4 GPT-2 cases, 2 greedy generations");
+    assert_eq!(
+        checks.len(),
+        34,
+        "4 BERT cases; 4 cases and 2 greedy generations of GPT-2 and each Llama-family fixture"
+    );
+    for name in ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral"] {
+        assert!(checks.iter().any(|c| c["case"] == format!("{name} greedy generation 1")), "{name}");
+    }
     for c in checks {
         assert_eq!(c["ok"], true, "{c}");
         assert!(c["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{c}");
