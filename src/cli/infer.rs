@@ -52,8 +52,24 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
         sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
         stop_at_eos: !a.ignore_eos,
     };
-    let tokens = model.generate(&prompt, &opts, &mut |_| true)?;
-    print_json(&json!({ "token_ids": tokens }))
+    // When each token arrived: the first after the prefill, the rest one decode step each.
+    let t0 = std::time::Instant::now();
+    let mut arrivals = Vec::with_capacity(a.max_new_tokens);
+    let tokens = model.generate(&prompt, &opts, &mut |_| {
+        arrivals.push(t0.elapsed().as_secs_f64() * 1e3);
+        true
+    })?;
+    let first_token_ms = arrivals.first().copied();
+    let decode_ms_per_token = match arrivals.as_slice() {
+        [first, .., last] => Some((last - first) / (arrivals.len() - 1) as f64),
+        _ => None,
+    };
+    print_json(&json!({
+        "token_ids": tokens,
+        "prompt_tokens": prompt.len(),
+        "first_token_ms": first_token_ms,
+        "decode_ms_per_token": decode_ms_per_token,
+    }))
 }
 
 pub fn inspect(a: InspectArgs) -> Result<(), CliError> {

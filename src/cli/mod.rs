@@ -4,6 +4,7 @@
 mod bench;
 mod device_check;
 mod infer;
+mod openai_bench;
 mod profile;
 mod replay;
 mod serve;
@@ -40,7 +41,8 @@ pub enum Command {
     BareServer(bench::BareArgs),
     /// Run a model package once on the CPU and print its outputs as KServe v2 JSON.
     Run(RunArgs),
-    /// Generate tokens with a GPT-2 family package and print {"token_ids": [...]}.
+    /// Generate tokens with a decoder package (GPT-2, the Llama family) and print
+    /// {"token_ids": [...], "first_token_ms", "decode_ms_per_token"}.
     Generate(GenerateArgs),
     /// Print a package's config, packed layout and outputs as JSON.
     Inspect(InspectArgs),
