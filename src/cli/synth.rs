@@ -18,8 +18,10 @@ pub struct SynthArgs {
     /// Folder to write (created if missing).
     #[arg(long, required_unless_present = "list")]
     pub out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: SynthDtype,
+    /// How the package stores its matrices (default: the preset's `dtype`, BF16 for the Llama
+    /// family as published, else F32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<SynthDtype>,
     /// List the presets and exit.
     #[arg(long)]
     pub list: bool,
@@ -58,7 +60,12 @@ pub fn run(a: SynthArgs) -> Result<(), CliError> {
             .progress_chars("=> "),
     );
     bar.set_message(format!("writing {name}"));
-    let report = synth::write_package(preset, a.seed, a.dtype, &out, &mut |done, total| {
+    let dtype = a.dtype.unwrap_or_else(|| match (preset.config)()["dtype"].as_str() {
+        Some("bfloat16") => SynthDtype::Bf16,
+        Some("float16") => SynthDtype::F16,
+        _ => SynthDtype::F32,
+    });
+    let report = synth::write_package(preset, a.seed, dtype, &out, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;

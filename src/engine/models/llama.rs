@@ -602,7 +602,8 @@ fn config(
         "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-        "rope_parameters": rope, "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2
+        "rope_parameters": rope, "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2,
+        "dtype": "bfloat16"
     })
 }
 
@@ -618,6 +619,7 @@ const LLAMA_PRESETS: &[Preset] = &[
         config: || {
             let mut c = config("llama", "LlamaForCausalLM", 2, 64, 4, 2, 176, 1024, false, llama3_rope());
             c["max_position_embeddings"] = json!(128);
+            c["dtype"] = json!("float32");
             c
         },
     },
