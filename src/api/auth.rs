@@ -8,10 +8,10 @@
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, FromRequest, HttpRequest, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest};
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, Shape};
 use crate::auth::{accepts_query_token, route, Access, RouteAccess};
 use crate::runtime::Runtime;
 
@@ -50,12 +50,19 @@ fn authorize(req: &HttpRequest, query_token: bool, access: &Access) -> Result<()
 pub struct RouteCheck {
     access: RouteAccess,
     query_token: bool,
+    shape: Shape,
 }
 
 impl RouteCheck {
     pub fn new(pattern: &str) -> Self {
-        Self { access: route(pattern), query_token: accepts_query_token(pattern) }
+        Self { access: route(pattern), query_token: accepts_query_token(pattern), shape: Shape::of(pattern) }
     }
+}
+
+/// Whether the request's token may invoke `function`: the check of the routes that name their
+/// function in the body (`RouteAccess::InvokeInBody`), made by their handlers once they have read it.
+pub fn may_invoke(req: &HttpRequest, function: &str) -> Result<(), ApiError> {
+    authorize(req, false, &Access::Invoke(Some(function)))
 }
 
 /// The middleware of a route registered with `pattern`: it runs after routing, so the request
@@ -86,7 +93,7 @@ pub async fn check(
     match authorize(req.request(), route.query_token, &access) {
         Ok(()) => next.call(req).await.map(ServiceResponse::map_into_left_body),
         Err(e) => {
-            let response = e.error_response();
+            let response = e.response(route.shape);
             Ok(req.into_response(response).map_into_right_body())
         }
     }

@@ -1,5 +1,6 @@
 //! The API's error type and the one table that maps every error to an HTTP status and a
-//! stable snake_case code. Bodies are `{"error": "<message>", "code": "<code>"}`.
+//! stable snake_case code. Bodies are `{"error": "<message>", "code": "<code>"}`, or on the
+//! OpenAI-compatible routes OpenAI's `{"error": {"message", "type", "param", "code"}}` (`Shape`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -12,6 +13,12 @@ use crate::request::RuntimeError;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// A request field with a bad value (`param` names it).
+    #[error("{message}")]
+    InvalidParameter { param: String, message: String },
+    /// A request field asking for what faaswap does not do (`param` names it).
+    #[error("{message}")]
+    Unsupported { param: String, message: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive within {0:?}")]
@@ -38,6 +45,8 @@ impl ApiError {
         use DeployError as D;
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            Self::Unsupported { .. } => (StatusCode::BAD_REQUEST, "unsupported_parameter"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::FunctionNotFound(_) => (StatusCode::NOT_FOUND, "function_not_found"),
@@ -80,6 +89,8 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
         RuntimeError::Engine(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+        RuntimeError::Chat(_) => (StatusCode::BAD_REQUEST, "invalid_chat"),
+        RuntimeError::NoChatTemplate(_) => (StatusCode::BAD_REQUEST, "no_chat_template"),
         RuntimeError::Device { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "device_error"),
         RuntimeError::FunctionGone(_) => (StatusCode::NOT_FOUND, "function_not_found"),
         RuntimeError::NotPlaced(_) => (StatusCode::SERVICE_UNAVAILABLE, "function_not_placed"),
@@ -93,13 +104,19 @@ fn runtime_code(e: &RuntimeError) -> (StatusCode, &'static str) {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status_and_code().0
+impl ApiError {
+    /// The request field the error is about, if one is (OpenAI's `param`).
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidParameter { param, .. } | Self::Unsupported { param, .. } => Some(param),
+            Self::FunctionNotFound(_) | Self::FunctionUnavailable { .. } => Some("model"),
+            _ => None,
+        }
     }
 
-    fn error_response(&self) -> HttpResponse {
-        let (status, code) = self.status_and_code();
+    /// The error's response, its body in `shape`.
+    pub fn response(&self, shape: Shape) -> HttpResponse {
+        let status = self.status_and_code().0;
         let mut response = HttpResponse::build(status);
         if let Self::Runtime(
             RuntimeError::Overloaded { retry_after_s, .. } | RuntimeError::Backlogged { retry_after_s },
@@ -110,7 +127,86 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        response.json(serde_json::json!({ "error": self.to_string(), "code": code }))
+        response.json(self.body(shape))
+    }
+
+    /// The error's body in `shape`.
+    pub fn body(&self, shape: Shape) -> serde_json::Value {
+        let (status, code) = self.status_and_code();
+        shape.body(status, code, &self.to_string(), self.param())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.response(Shape::Faaswap)
+    }
+}
+
+/// How a route writes its error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"error": "<message>", "code": "<code>"}`.
+    Faaswap,
+    /// OpenAI's `{"error": {"message", "type", "param", "code"}}`, which its clients parse.
+    OpenAi,
+}
+
+impl Shape {
+    /// The shape of a route's errors, from its pattern: OpenAI's under `/v1/`.
+    pub fn of(pattern: &str) -> Self {
+        if pattern.starts_with("/v1/") {
+            Self::OpenAi
+        } else {
+            Self::Faaswap
+        }
+    }
+
+    fn body(self, status: StatusCode, code: &str, message: &str, param: Option<&str>) -> serde_json::Value {
+        match self {
+            Self::Faaswap => serde_json::json!({ "error": message, "code": code }),
+            Self::OpenAi => {
+                // OpenAI's types, which its clients show; the code is faaswap's own.
+                let kind = match status.as_u16() {
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    429 => "rate_limit_error",
+                    s if s >= 500 => "server_error",
+                    _ => "invalid_request_error",
+                };
+                serde_json::json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
+            }
+        }
+    }
+}
+
+/// An [`ApiError`] answered in OpenAI's shape: what the `/v1/` handlers return.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OpenAiError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl std::fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.0.response(Shape::OpenAi)
     }
 }
 
@@ -125,5 +221,10 @@ pub struct ErrorBody {
 
 /// JSON errors for requests actix-web itself rejects (bad paths, bad JSON bodies).
 pub fn json_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": message.to_string(), "code": code }))
+    shaped_error(Shape::Faaswap, status, code, message)
+}
+
+/// [`json_error`] in `shape`.
+pub fn shaped_error(shape: Shape, status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status).json(shape.body(status, code, &message.to_string(), None))
 }

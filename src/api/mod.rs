@@ -1,7 +1,7 @@
 //! The HTTP surface: KServe v2 (`kserve`), the management API (`functions`, `devices`),
-//! generation and the event feed over WebSockets (`generate_ws`, `events_ws`), the admin UI
-//! (`admin`), `/metrics`. `configure` registers every route; `error` maps every error to a status and a
-//! stable code.
+//! generation and the event feed over WebSockets (`generate_ws`, `events_ws`), the
+//! OpenAI-compatible API (`openai`), the admin UI (`admin`), `/metrics`. `configure` registers
+//! every route; `error` maps every error to a status and a stable code.
 
 mod admin;
 pub mod auth;
@@ -12,6 +12,7 @@ mod events_ws;
 mod functions;
 pub mod generate_ws;
 mod kserve;
+mod openai;
 pub mod openapi;
 mod tensors;
 
@@ -23,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     functions::configure(cfg);
     devices::configure(cfg);
     generate_ws::configure(cfg);
+    openai::configure(cfg);
     events_ws::configure(cfg);
     admin::configure(cfg);
     resource(cfg, "/metrics", [web::get().to(metrics)]);
@@ -32,10 +34,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Registers the routes of one path pattern behind the token check. The check is the
 /// resource's middleware, built with its pattern, so it runs after routing and decides on what
 /// actix dispatched — this pattern and the request's decoded `name` — never on the raw path
-/// (`crate::auth::route`). A method the pattern has no route for is a JSON 405.
+/// (`crate::auth::route`). A method the pattern has no route for is a JSON 405. Errors are in
+/// the pattern's shape (`error::Shape::of`).
 fn resource<const N: usize>(cfg: &mut web::ServiceConfig, pattern: &str, routes: [Route; N]) {
-    let mut resource = web::resource(pattern).default_service(web::to(|| async {
-        error::json_error(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
+    let shape = error::Shape::of(pattern);
+    let mut resource = web::resource(pattern).default_service(web::to(move || async move {
+        let status = actix_web::http::StatusCode::METHOD_NOT_ALLOWED;
+        error::shaped_error(shape, status, "method_not_allowed", "method not allowed")
     }));
     for route in routes {
         resource = resource.route(route);

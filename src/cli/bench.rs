@@ -1,7 +1,8 @@
 //! `faaswap bench`: a closed-loop HTTP load generator for one function's infer endpoint
-//! (KServe v2 JSON) — or, with `--scenario`, a replay of a simulator scenario (`replay`) — and
-//! `faaswap bare-server`, a bare actix-web route answering the same URL
-//! with a fixed body — the baseline that isolates faaswap's own overhead.
+//! (KServe v2 JSON) — or, with `--openai`, streamed chats (`openai_bench`), or with `--scenario`,
+//! a replay of a simulator scenario (`replay`) — and `faaswap bare-server`, a bare actix-web
+//! route answering the same URL with a fixed body — the baseline that isolates faaswap's own
+//! overhead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -60,6 +61,16 @@ pub struct BenchArgs {
     /// API token sent as `Authorization: Bearer` (closed-loop mode).
     #[arg(long, env = "FAASWAP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Send streamed chats to `/v1/chat/completions` (greedy) and report the time to the first
+    /// token and between streamed pieces.
+    #[arg(long, conflicts_with = "scenario")]
+    pub openai: bool,
+    /// `--openai`: the user message of every chat.
+    #[arg(long, default_value = "Write a short story about a robot who learns to paint.")]
+    pub prompt: String,
+    /// `--openai`: tokens each chat generates at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
@@ -68,6 +79,9 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
     if let Some(s) = &a.scenario {
         return super::replay::run(&a, s);
+    }
+    if a.openai {
+        return super::openai_bench::run(&a);
     }
     let function = a.function.as_deref().unwrap_or_default();
     let url = format!("{}/v2/models/{}/infer", a.url.trim_end_matches('/'), function);

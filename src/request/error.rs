@@ -5,6 +5,11 @@
 pub enum RuntimeError {
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// A conversation its function's chat template could not render (or refused).
+    #[error(transparent)]
+    Chat(#[from] crate::engine::ChatError),
+    #[error("function {0:?} has no chat template: use completions with a prompt")]
+    NoChatTemplate(String),
     #[error("device {device}: {source}")]
     Device {
         device: String,

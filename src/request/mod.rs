@@ -1,11 +1,12 @@
 //! A request from the API to a device and back: its inputs, the work the scheduler places (and
-//! the validation that makes it), a generation's stream, the result and what it cost, the
-//! errors. Nothing here knows of actors or HTTP.
+//! the validation that makes it), a generation's stream and its text as clients see it, the
+//! result and what it cost, the errors. Nothing here knows of actors or HTTP.
 
 pub mod error;
 pub mod generation;
 pub mod name;
 pub mod prepare;
+pub mod text;
 
 use std::sync::Arc;
 

@@ -1,11 +1,12 @@
 //! The running system. `Runtime::start` opens the store, builds the devices and starts the
 //! actors; the HTTP handlers call it. Split by job: this file (start-up and accessors),
 //! `lifecycle` (deploy, undeploy, settings, the restore after a start), `requests` (the request
-//! path, from validation to the function's counters). The registry of functions is
-//! `function::Registry`.
+//! path, from validation to the function's counters), `chat` (conversations as prompts). The
+//! registry of functions is `function::Registry`.
 //!
 //! Must not know: HTTP types, how a device computes, the policies' insides.
 
+mod chat;
 mod lifecycle;
 mod requests;
 
@@ -53,6 +54,7 @@ pub struct Runtime {
     gpus: Vec<Addr<GpuActor>>,
     /// Results held for clients that have not read them yet.
     pub unsent: Arc<crate::unsent::Unsent>,
+    chat_templates: chat::ChatTemplates,
 }
 
 impl Drop for Runtime {
@@ -148,6 +150,7 @@ impl Runtime {
             arbiters,
             events,
             gpus,
+            chat_templates: Default::default(),
         }))
     }
 

@@ -14,6 +14,7 @@ mod fixtures;
 mod heads;
 mod llama;
 mod minilm;
+mod openai;
 mod openapi;
 mod scheduling;
 mod server;
