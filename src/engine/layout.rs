@@ -21,9 +21,12 @@ pub const ALIGN_ELEMS: usize = 64;
 pub enum Source {
     /// The file tensor of the same name, as it is.
     Plain,
-    /// The file's matrix of the same name, stored transposed: GPT-2's `Conv1D` weights, which
-    /// the file holds `[in, out]`, stored `[out, in]` like every other linear weight.
+    /// The file's matrix of the same name, stored transposed: an encoder's `[out, in]` linear
+    /// weight stored `[in, out]` (see `PlanBuilder::linear_in_out`).
     Transposed,
+    /// `[out, in]` file matrices stored side by side as one `[in, Σ out]` matrix (an encoder's
+    /// query, key and value weights become one projection); each part named with its `out`.
+    TransposedConcat { parts: Vec<(String, usize)> },
     /// File tensors stacked along their first dimension, each named with its length there:
     /// `[out, in]` linear weights stored as one `[Σ out, in]` (BERT's query, key and value
     /// weights become one projection), or 1-D biases back to back.
@@ -129,9 +132,20 @@ impl PlannedTensor {
         }
     }
 
-    /// A file `[in, out]` matrix (a `Conv1D` weight) stored as `[out, in]`.
+    /// A file `[out, in]` matrix stored as `[in, out]`.
     pub fn transposed(name: impl Into<String>, out_dim: usize, in_dim: usize, layer: usize) -> Self {
-        Self { source: Source::Transposed, ..Self::new(name, &[out_dim, in_dim], layer) }
+        Self { source: Source::Transposed, ..Self::new(name, &[in_dim, out_dim], layer) }
+    }
+
+    /// File matrices `[out, in_dim]` (each part's own `out`), stored as one `[in_dim, Σ out]`.
+    pub fn transposed_concat(
+        name: impl Into<String>,
+        parts: Vec<(String, usize)>,
+        in_dim: usize,
+        layer: usize,
+    ) -> Self {
+        let shape = [in_dim, parts.iter().map(|p| p.1).sum()];
+        Self { source: Source::TransposedConcat { parts }, ..Self::new(name, &shape, layer) }
     }
 
     /// File tensors stacked along their first dimension (each part named with its length
@@ -147,6 +161,7 @@ impl PlannedTensor {
         match &self.source {
             Source::Plain => vec![(self.name.clone(), s.clone())],
             Source::Transposed => vec![(self.name.clone(), vec![s[1], s[0]])],
+            Source::TransposedConcat { parts } => parts.iter().map(|(p, out)| (p.clone(), vec![*out, s[0]])).collect(),
             Source::Concat { parts } => parts
                 .iter()
                 .map(|(p, len)| (p.clone(), std::iter::once(*len).chain(s[1..].iter().copied()).collect()))
@@ -292,7 +307,7 @@ mod tests {
         assert_eq!(l.span("emb"), Span { offset: 0, len: 70 });
         assert_eq!(l.span("l0.a").offset, 128);
         assert_eq!(l.span("l0.b").offset, 192);
-        assert_eq!(l.slot("l0.b").unwrap().shape, vec![2, 4]);
+        assert_eq!(l.slot("l0.b").unwrap().shape, vec![4, 2]);
         assert_eq!(l.slot("l0.b").unwrap().source, Source::Transposed);
         assert_eq!(l.span("l0.bias").offset, 256);
         assert_eq!(l.span("head").offset, 320);

@@ -59,16 +59,29 @@ impl PlanBuilder {
         self.push(t)
     }
 
-    /// A linear weight, `[out, in]` as PyTorch's `Linear` holds it: every product reads it
-    /// transposed (`Gemm::linear`), each output's weights in a row.
+    /// A linear weight, `[out, in]` as PyTorch's `Linear` holds it: products read it
+    /// transposed (`Gemm::linear`), each output's weights in a row — the decoders' layout, which
+    /// a decode step's one token reads front to back (`skinny`).
     pub fn linear(&mut self, name: impl Into<String>, out_dim: usize, in_dim: usize) -> Span {
         self.tensor(name, &[out_dim, in_dim])
     }
 
-    /// A `Conv1D` weight (GPT-2), which the file stores `[in, out]`, stored `[out, in]` like a
-    /// linear one.
-    pub fn conv1d(&mut self, name: impl Into<String>, out_dim: usize, in_dim: usize) -> Span {
+    /// A linear weight the file stores `[out, in]`, stored `[in, out]`: the encoders' layout,
+    /// which the general GEMM reads in place at the batch sizes encoders serve (it would pack
+    /// an `[out, in]` one before every product); read by `Gemm::linear_in_out`.
+    pub fn linear_in_out(&mut self, name: impl Into<String>, out_dim: usize, in_dim: usize) -> Span {
         self.push(PlannedTensor::transposed(name, out_dim, in_dim, 0))
+    }
+
+    /// `[out, in]` file weights (each named with its `out`) stored side by side as one
+    /// `[in, Σ out]` (the encoders' fused query/key/value).
+    pub fn linear_concat_in_out(
+        &mut self,
+        name: impl Into<String>,
+        parts: Vec<(String, usize)>,
+        in_dim: usize,
+    ) -> Span {
+        self.push(PlannedTensor::transposed_concat(name, parts, in_dim, 0))
     }
 
     /// Linear weights the file stores as separate `[out, in]` tensors (each part named with its

@@ -160,7 +160,10 @@ impl WeightsFile {
                             .or_else(|| dst.iter().position(|&b| !half.widen(b).is_finite()))
                     }
                 };
-                offset += len;
+                offset += match slot.source {
+                    Source::Plain | Source::Concat { .. } => len,
+                    Source::Transposed | Source::TransposedConcat { .. } => view.shape()[0],
+                };
                 if let Some(index) = non_finite {
                     return Err(EngineError::NonFiniteWeight {
                         path: self.path().to_path_buf(),
@@ -234,7 +237,7 @@ fn place<T: Copy + Default>(
         Source::Plain | Source::Concat { .. } => {
             dst[offset..offset + len].iter_mut().zip(&tmp).for_each(|(d, &x)| set(d, x));
         }
-        Source::Transposed => {
+        Source::Transposed | Source::TransposedConcat { .. } => {
             let (rows, cols) = (view.shape()[0], view.shape()[1]);
             let mut stored = vec![T::default(); len];
             stored.iter_mut().zip(&tmp).for_each(|(d, &x)| set(d, x));

@@ -143,14 +143,14 @@ impl Gpt2 {
                 let n = |s: &str| format!("h.{i}.{s}");
                 Block {
                     ln1: ln(&mut b, n("ln_1")),
-                    attn_w: b.conv1d(n("attn.c_attn.weight"), 3 * e, e),
+                    attn_w: b.tensor(n("attn.c_attn.weight"), &[e, 3 * e]),
                     attn_b: b.tensor(n("attn.c_attn.bias"), &[3 * e]),
-                    proj_w: b.conv1d(n("attn.c_proj.weight"), e, e),
+                    proj_w: b.tensor(n("attn.c_proj.weight"), &[e, e]),
                     proj_b: b.tensor(n("attn.c_proj.bias"), &[e]),
                     ln2: ln(&mut b, n("ln_2")),
-                    fc_w: b.conv1d(n("mlp.c_fc.weight"), c.n_inner, e),
+                    fc_w: b.tensor(n("mlp.c_fc.weight"), &[e, c.n_inner]),
                     fc_b: b.tensor(n("mlp.c_fc.bias"), &[c.n_inner]),
-                    fc_proj_w: b.conv1d(n("mlp.c_proj.weight"), e, c.n_inner),
+                    fc_proj_w: b.tensor(n("mlp.c_proj.weight"), &[c.n_inner, e]),
                     fc_proj_b: b.tensor(n("mlp.c_proj.bias"), &[e]),
                 }
             })

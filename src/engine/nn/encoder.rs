@@ -160,14 +160,14 @@ impl Encoder {
                 let qkv =
                     |kind: &str| [names.query, names.key, names.value].map(|p| (n(&format!("{p}.{kind}")), h)).to_vec();
                 Block {
-                    qkv_w: b.linear_concat(n("attention.qkv.weight"), qkv("weight"), h),
+                    qkv_w: b.linear_concat_in_out(n("attention.qkv.weight"), qkv("weight"), h),
                     qkv_b: b.concat(n("attention.qkv.bias"), qkv("bias")),
-                    attn_out_w: b.linear(n(&format!("{}.weight", names.attention_out)), h, h),
+                    attn_out_w: b.linear_in_out(n(&format!("{}.weight", names.attention_out)), h, h),
                     attn_out_b: b.tensor(n(&format!("{}.bias", names.attention_out)), &[h]),
                     attn_ln: ln(b, &n(names.attention_norm)),
-                    inter_w: b.linear(n(&format!("{}.weight", names.ffn_in)), inter, h),
+                    inter_w: b.linear_in_out(n(&format!("{}.weight", names.ffn_in)), inter, h),
                     inter_b: b.tensor(n(&format!("{}.bias", names.ffn_in)), &[inter]),
-                    out_w: b.linear(n(&format!("{}.weight", names.ffn_out)), h, inter),
+                    out_w: b.linear_in_out(n(&format!("{}.weight", names.ffn_out)), h, inter),
                     out_b: b.tensor(n(&format!("{}.bias", names.ffn_out)), &[h]),
                     out_ln: ln(b, &n(names.ffn_norm)),
                 }
@@ -206,7 +206,7 @@ impl Encoder {
         ops.push(self.emb_ln.op(x, None, None, n, h, x));
         // The post-norm residual step: x = LayerNorm(input · W + b + x), through `tmp`.
         let add_norm = |ops: &mut Vec<Op>, (input, in_dim): (usize, usize), w: Span, b: Span, ln: &LayerNorm| {
-            ops.push(Op::Gemm(Gemm::linear(input, n, in_dim, w.offset, h, tmp)));
+            ops.push(Op::Gemm(Gemm::linear_in_out(input, n, in_dim, w.offset, h, tmp)));
             ops.push(ln.op(tmp, Some(b), Some(x), n, h, x));
         };
         for (i, l) in self.blocks.iter().enumerate() {

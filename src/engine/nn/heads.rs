@@ -70,7 +70,7 @@ impl Head {
         }
         b.layer("head");
         let linear = |b: &mut PlanBuilder, name: &str, out: usize| {
-            (b.linear(format!("{name}.weight"), out, hidden), b.tensor(format!("{name}.bias"), &[out]))
+            (b.linear_in_out(format!("{name}.weight"), out, hidden), b.tensor(format!("{name}.bias"), &[out]))
         };
         let head = match task {
             Task::Body => unreachable!("returned above"),
@@ -147,7 +147,7 @@ impl Head {
                 wait(ops);
                 // The first token of each sequence (`[CLS]`, `<s>`) through the first layer.
                 for (i, &(first, _)) in run.sequences.iter().enumerate() {
-                    ops.push(Op::Gemm(Gemm::linear(x + first * h, 1, h, pre_w.offset, h, pooled + i * h)));
+                    ops.push(Op::Gemm(Gemm::linear_in_out(x + first * h, 1, h, pre_w.offset, h, pooled + i * h)));
                 }
                 ops.push(Op::BiasAct {
                     x: pooled,

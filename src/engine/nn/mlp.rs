@@ -17,6 +17,6 @@ pub fn dense(
     residual: Option<usize>,
     out: usize,
 ) {
-    ops.push(Op::Gemm(Gemm::linear(x, rows, in_dim, w.offset, out_dim, y)));
+    ops.push(Op::Gemm(Gemm::linear_in_out(x, rows, in_dim, w.offset, out_dim, y)));
     ops.push(Op::BiasAct { x: y, bias: b.offset, rows, width: out_dim, act, residual, out });
 }

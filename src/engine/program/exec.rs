@@ -478,6 +478,9 @@ impl<'w> Executor<'w, '_> {
         if aw.is_some() && few_tokens(g) {
             return skinny_product(g, skinny::Weights::F32(a), b, c);
         }
+        if aw.is_some() && few_tokens_in_out(g) {
+            return streamed(g, a, b, c);
+        }
         let item = |p: usize, c: &mut [f32], threads: Threads| {
             let a = view(&a[p * g.stride_a..], a_rows, a_cols, g.lda, g.trans_a);
             let b = view(&b[p * g.stride_b..], b_rows, b_cols, g.ldb, g.trans_b);
@@ -589,6 +592,64 @@ fn few_tokens(g: &Gemm) -> bool {
     g.batch == 1 && g.trans_a && g.n <= skinny::MAX_N && g.m * g.k >= SKINNY_MIN_ELEMS && skinny::supported()
 }
 
+/// Whether `g` multiplies a large `[in, out]` weight matrix (A, not transposed: the encoders'
+/// layout) by a few tokens: the product goes through `streamed`.
+fn few_tokens_in_out(g: &Gemm) -> bool {
+    g.batch == 1 && !g.trans_a && g.n <= skinny::MAX_N && g.m * g.k >= SKINNY_MIN_ELEMS
+}
+
+/// Elements of a weight matrix touched, then multiplied, at a time (256 KiB).
+const STREAM_BLOCK: usize = 1 << 16;
+
+/// `C = α·A·op(B) (+ C)` for a weight matrix `A` (column-major, not transposed) and a few columns
+/// of `B` (tokens): the GEMM kernel reads `A` 64 floats at a time at a stride of a whole column,
+/// which the prefetchers do not follow, so a product of a few tokens streams the weights from
+/// the last-level cache at a fraction of the memory's speed. Here each part of `A`'s rows (one
+/// per thread) is multiplied in blocks of columns that are first read in order — which brings
+/// them into L2 at full speed — then multiplied from there, into scratch that is copied into C.
+fn streamed(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    let part = g.m.div_ceil(threads).next_multiple_of(64).min(g.m);
+    let parts: Vec<(usize, Vec<f32>)> = (0..g.m)
+        .step_by(part)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|r0| {
+            let rows = part.min(g.m - r0);
+            let mut out = vec![0f32; rows * g.n];
+            let cols_per_block = (STREAM_BLOCK / rows).max(1);
+            for k0 in (0..g.k).step_by(cols_per_block) {
+                let cols = cols_per_block.min(g.k - k0);
+                let mut sum = 0f32;
+                for j in k0..k0 + cols {
+                    // One read per cache line, in order.
+                    sum += a[j * g.lda + r0..j * g.lda + r0 + rows].iter().step_by(16).sum::<f32>();
+                }
+                std::hint::black_box(sum);
+                let av = MatRef::strided(&a[k0 * g.lda + r0..], rows, cols, 1, g.lda);
+                let bv = if g.trans_b {
+                    view(&b[k0 * g.ldb..], g.n, cols, g.ldb, true)
+                } else {
+                    view(&b[k0..], cols, g.n, g.ldb, false)
+                };
+                matmul(MatMut::strided(&mut out, rows, g.n, 1, rows), av, bv, k0 > 0, g.alpha, Threads::Single);
+            }
+            (r0, out)
+        })
+        .collect();
+    for (r0, out) in parts {
+        let rows = out.len() / g.n;
+        for (j, col) in out.chunks_exact(rows).enumerate() {
+            let dst = &mut c[j * g.ldc + r0..j * g.ldc + r0 + rows];
+            if g.beta == 1.0 {
+                dst.iter_mut().zip(col).for_each(|(d, v)| *d += v);
+            } else {
+                dst.copy_from_slice(col);
+            }
+        }
+    }
+}
+
 /// `g` through the few-token kernel, A as stored.
 fn skinny_product(g: &Gemm, a: skinny::Weights<'_>, b: &[f32], c: &mut [f32]) {
     let p = skinny::Product {
@@ -696,22 +757,38 @@ mod tests {
         let layout = WeightLayout::build(&[PlannedTensor::new("w", &[m, k], 0)], &["w".to_string()]);
         let weights: Vec<f32> = (0..layout.total_elems).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let x: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 1000) as f32 / 250.0 - 2.0).collect();
-        // Y[n, m] = X[n, k] · W[m, k]ᵀ, summed by hand in f64.
-        let want: Vec<f32> = (0..n * m)
-            .map(|i| {
-                let (r, c) = (i / m, i % m);
-                (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(weights[c * k + j])).sum::<f64>() as f32
-            })
-            .collect();
+        // Y[n, m] = X[n, k] · W, W held [m, k] (read by `skinny`) or [k, m] (by `streamed`),
+        // summed by hand in f64.
+        for out_in in [true, false] {
+            let w = |c: usize, j: usize| if out_in { weights[c * k + j] } else { weights[j * m + c] };
+            let want: Vec<f32> = (0..n * m)
+                .map(|i| {
+                    let (r, c) = (i / m, i % m);
+                    (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(w(c, j))).sum::<f64>() as f32
+                })
+                .collect();
+            check_few_token_product(&layout, &weights, &x, (k, m, n), out_in, &want);
+        }
+    }
+
+    fn check_few_token_product(
+        layout: &WeightLayout,
+        weights: &[f32],
+        x: &[f32],
+        (k, m, n): (usize, usize, usize),
+        out_in: bool,
+        want: &[f32],
+    ) {
         for (trans_b, beta) in [(false, 0.0), (true, 0.0), (false, 1.0)] {
-            let mut g = Gemm::linear(0, n, k, 0, m, n * k);
+            let mut g =
+                if out_in { Gemm::linear(0, n, k, 0, m, n * k) } else { Gemm::linear_in_out(0, n, k, 0, m, n * k) };
             let xs: Vec<f32> = if trans_b {
                 // Xᵀ stored [k, n]: B = Xᵀ read transposed.
                 g.trans_b = true;
                 g.ldb = n;
                 (0..k * n).map(|i| x[(i % n) * k + i / n]).collect()
             } else {
-                x.clone()
+                x.to_vec()
             };
             g.beta = beta;
             let program = Program {
@@ -722,10 +799,13 @@ mod tests {
             };
             let mut work = vec![0f32; program.work_elems];
             work[n * k..].fill(1.0);
-            let got = run(&program, &Resident::new(&weights, &layout), &layout, &mut work).unwrap();
-            for (g, w) in got.iter().zip(&want) {
+            let got = run(&program, &Resident::new(weights, layout), layout, &mut work).unwrap();
+            for (g, w) in got.iter().zip(want) {
                 let w = w + beta;
-                assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "trans_b {trans_b} β {beta}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+                    "[out, in] {out_in} trans_b {trans_b} β {beta}: {g} vs {w}"
+                );
             }
         }
     }

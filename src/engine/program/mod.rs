@@ -70,6 +70,12 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    /// `Y[rows, out] = X[rows, in] · W[in, out]` with row-major `X` in the workspace and `W` in
+    /// the weights stored `[in, out]` (`PlanBuilder::linear_in_out`, `Conv1D` files).
+    pub fn linear_in_out(x: usize, rows: usize, in_dim: usize, w: usize, out_dim: usize, y: usize) -> Self {
+        Self { trans_a: false, lda: out_dim, ..Self::linear(x, rows, in_dim, w, out_dim, y) }
+    }
+
     /// `Y[rows, out] = X[rows, in] · Wᵀ` with row-major `X` in the workspace and `W[out, in]` in
     /// the weights (PyTorch's `Linear` layout): the cuBLAS product `Yᵀ = op(A)·Xᵀ` with A the
     /// column-major `[in, out]` view of W, transposed. Each output's weights are one row, so a
