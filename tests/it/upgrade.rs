@@ -22,23 +22,6 @@ fn functions(server: &TestServer) -> Vec<Value> {
     v.as_array().unwrap().clone()
 }
 
-/// The same tensors (names, shapes, types) with values within 1e-5 of each other.
-fn assert_same_outputs(got: &Value, want: &Value, name: &str) {
-    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
-    assert_eq!(got.len(), want.len(), "{name}");
-    for (g, w) in got.iter().zip(want) {
-        for key in ["name", "shape", "datatype"] {
-            assert_eq!(g[key], w[key], "{name}: {key}");
-        }
-        let floats =
-            |v: &Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
-        let (gd, wd) = (floats(&g["data"]), floats(&w["data"]));
-        assert_eq!(gd.len(), wd.len(), "{name}");
-        let d = faaswap::engine::max_abs_diff(&gd, &wd);
-        assert!(d <= 1e-5, "{name}: outputs differ by {d}");
-    }
-}
-
 fn find<'a>(list: &'a [Value], name: &str) -> &'a Value {
     list.iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("{name} is not listed: {list:#?}"))
 }
@@ -84,13 +67,12 @@ fn the_state_the_last_release_wrote_restores_exactly() {
         find(&list, "gpt2-nano")["settings"],
         json!({"slo_ms": 1000.0, "slo_percentile": 0.98, "max_batch": 8, "dtype": "bf16", "compute": "f32"})
     );
-    // The same outputs as the release that wrote the state answered (to F32 summation order:
-    // linear weights are held `[out, in]` since, and the products sum in another order).
+    // The same outputs, bit for bit, as the release that wrote the state answered.
     let want = crate::common::read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/state/v1-cpu-outputs.json"));
     for name in ["encoder", "gpt2-nano"] {
         let (status, got) = server.post(&format!("/v2/models/{name}/infer"), &want[name]["request"]);
         assert_eq!(status, 200, "{got}");
-        assert_same_outputs(&got["outputs"], &want[name]["outputs"], name);
+        assert_eq!(got["outputs"], want[name]["outputs"], "{name}");
     }
     // Records are rewritten in the current format and copies marked; a restart restores the same.
     server.stop();
@@ -141,7 +123,7 @@ fn the_format_2_state_of_the_release_before_half_weights_restores() {
     for name in ["encoder", "gpt2-nano"] {
         let (status, got) = server.post(&format!("/v2/models/{name}/infer"), &want[name]["request"]);
         assert_eq!(status, 200, "{got}");
-        assert_same_outputs(&got["outputs"], &want[name]["outputs"], name);
+        assert_eq!(got["outputs"], want[name]["outputs"], "{name}");
     }
     server.stop();
     let server = TestServer::start(state.path(), repo.path(), |_| {});
