@@ -302,3 +302,36 @@ fn the_event_feed_starts_with_a_snapshot_and_reports_swaps_evictions_and_slo() {
 fn tiny_gpt2_bytes(server: &TestServer) -> u64 {
     server.get("/api/v1/functions/gpt2").1["weight_bytes"].as_u64().unwrap()
 }
+
+/// The WebSocket route serves the Llama family as it serves GPT-2: each fixture deployed from a
+/// package copy (its generation config and tokenizer kept), its reference generations streamed
+/// token by token with `ignore_eos`, and a text prompt answered with text pieces.
+#[test]
+fn llama_family_generations_stream_over_the_websocket() {
+    let repo = tempfile::tempdir().unwrap();
+    let names = ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral"];
+    for name in names {
+        copy_dir(&fixtures().join(name), &repo.path().join(name));
+    }
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(state.path(), repo.path(), |_| {});
+    for name in names {
+        deploy(&server, name, name);
+        let reference = read_json(&fixtures().join(name).join("reference.json"));
+        let mut socket = connect(&server, &format!("/api/v1/functions/{name}/ws"));
+        for case in reference["generation"].as_array().unwrap() {
+            let request = json!({"input_ids": case["prompt_ids"], "max_new_tokens": case["max_new_tokens"],
+                                 "ignore_eos": true});
+            let (tokens, done) = generate(&mut socket, &request);
+            let streamed: Vec<u32> = tokens.iter().map(|t| t["id"].as_u64().unwrap() as u32).collect();
+            assert_eq!(streamed, ids(&case["new_token_ids"]), "{name}");
+            assert_eq!(done["finish_reason"], "length", "{done}");
+        }
+        let (tokens, done) =
+            generate(&mut socket, &json!({"text": "Hello there!", "max_new_tokens": 4, "ignore_eos": true}));
+        assert_eq!(tokens.len(), 4, "{name}: {done}");
+        assert!(tokens.iter().all(|t| t["text"].is_string()), "{name}: a tokenizer gives text");
+        socket.close(None).unwrap();
+    }
+    server.stop();
+}
