@@ -261,6 +261,18 @@ impl ModelSpec {
         self.largest_program(batch, seq, kv, |p| self.lowered(p, true).work_elems)
     }
 
+    /// Checks, before any work, that every program of a request of this shape (a generation's
+    /// prefill and decode steps over `kv` positions) fits a device workspace of `available`
+    /// bytes on every kind of device — the CUDA back end's widened programs included.
+    pub fn check_workspace(&self, batch: usize, seq: usize, kv: usize, available: u64) -> Result<()> {
+        let elems = |p: &Program| self.lowered(p, true).work_elems.max(self.lowered(p, false).work_elems);
+        let needed = self.largest_program(batch, seq, kv, elems) as u64 * 4;
+        if needed > available {
+            return Err(EngineError::WorkspaceTooSmall { needed, available });
+        }
+        Ok(())
+    }
+
     /// [`Self::workspace_elems`] for a device whose GEMMs read F32 weights only (the CUDA back
     /// end checks each program against the workspace it reserved; tests size theirs with this).
     #[cfg(test)]

@@ -81,7 +81,14 @@ impl Runtime {
     ) -> Result<Completed, RuntimeError> {
         // A device that cannot generate (sim) says so itself.
         let received = generation.received;
-        let work = entry.payload.prepare_generation(generation);
+        let work = entry.payload.prepare_generation(generation).and_then(|w| {
+            // A KV cache that cannot fit is refused here, before the request waits or swaps.
+            if let (Some(model), Some(g)) = (&w.model, &w.generation) {
+                let (prompt, total) = (g.prompt.len(), g.prompt.len() + g.options.max_new_tokens);
+                model.spec.check_workspace(1, prompt, total, self.config.workspace_bytes)?;
+            }
+            Ok(w)
+        });
         self.run(entry, work, received, deadline_ms).await
     }
 

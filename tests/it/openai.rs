@@ -570,3 +570,33 @@ fn the_openai_python_client_speaks_to_faaswap() {
     assert!(stdout.contains("all checks passed"));
     server.stop();
 }
+
+/// A generation whose KV cache cannot fit the device's workspace is a 400 `exceeds_workspace`
+/// before it waits or swaps anything in (both routes); one that fits runs on the same server.
+#[test]
+fn a_kv_cache_that_cannot_fit_is_refused_before_any_work() {
+    let repo = repository();
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(state.path(), repo.path(), |a| a.workspace = Some("64KiB".into()));
+    deploy(&server, "plain", "plain");
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/v1/completions",
+        None,
+        Some(&json!({"model": "plain", "prompt": [5, 6, 7], "max_tokens": 120, "temperature": 0})),
+    );
+    assert_openai_error(status, &body, 400, "exceeds_workspace", None);
+    assert_eq!(server.metric("faaswap_swaps_total{source=\"host\"}"), 0.0, "nothing was swapped in");
+    let mut socket = crate::ws::connect(&server, "/api/v1/functions/plain/ws");
+    socket
+        .send(tungstenite::Message::text(json!({"input_ids": [5, 6, 7], "max_new_tokens": 120}).to_string()))
+        .unwrap();
+    let answer = crate::ws::next(&mut socket).unwrap();
+    assert!(answer.to_string().contains("exceeds_workspace") || answer.to_string().contains("workspace"), "{answer}");
+    let (status, v) =
+        post(&server, "/v1/completions", &json!({"model": "plain", "prompt": [5, 6, 7], "max_tokens": 2}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(server.metric("faaswap_swaps_total{source=\"host\"}"), 1.0, "the one that fits swapped in");
+    server.stop();
+}
