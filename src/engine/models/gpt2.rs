@@ -14,6 +14,7 @@ use crate::engine::error::Result;
 use crate::engine::io::{IoSpec, OutputKind, OutputSpec, Produced};
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
+use crate::engine::nn::decoder::{self, LogitRows, Pass};
 use crate::engine::nn::embed::Embeddings;
 use crate::engine::nn::kv::KvCache;
 use crate::engine::nn::mlp::dense;
@@ -92,28 +93,6 @@ fn load(r: &ConfigReader<'_>) -> Result<Loaded> {
     let c = Gpt2Config::read(r)?;
     let (gpt2, plan, layout) = Gpt2::plan(c, r.storage);
     Ok(Loaded { arch: Box::new(gpt2), plan, layout })
-}
-
-/// Which rows get logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogitRows {
-    /// Every position: `[batch·t, vocab]` (the inference output).
-    All,
-    /// The last new position of each batch item: `[batch, vocab]` (what sampling needs).
-    Last,
-}
-
-/// One forward pass: `t` new tokens per batch item at positions `start..start + t`.
-struct Pass<'a> {
-    batch: usize,
-    /// `[batch, t]`.
-    ids: &'a [u32],
-    start: usize,
-    /// Positions the cache holds.
-    capacity: usize,
-    /// `[batch, capacity]`: false at padding; entries past `start + t` are ignored.
-    key_mask: &'a [bool],
-    logits: LogitRows,
 }
 
 impl Gpt2 {
@@ -280,18 +259,11 @@ impl Architecture for Gpt2 {
 
     /// Every position's logits `[batch·seq, vocab]`; padded keys are masked.
     fn forward(&self, batch: &TokenBatch) -> Program {
-        self.pass(&Pass {
-            batch: batch.batch,
-            ids: &batch.ids,
-            start: 0,
-            capacity: batch.seq,
-            key_mask: &batch.mask,
-            logits: LogitRows::All,
-        })
+        self.pass(&Pass::forward(batch))
     }
 
     fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced> {
-        vec![Produced { kind: OutputKind::Logits, shape: vec![batch.batch, batch.seq, self.c.vocab_size], data }]
+        decoder::logits(batch, self.c.vocab_size, data)
     }
 
     fn output_elems(&self, batch: &TokenBatch) -> usize {
@@ -309,8 +281,7 @@ impl Decoder for Gpt2 {
     }
 
     fn step(&self, ids: &[u32], start: usize, capacity: usize) -> Program {
-        let mask = vec![true; capacity];
-        self.pass(&Pass { batch: 1, ids, start, capacity, key_mask: &mask, logits: LogitRows::Last })
+        decoder::step(ids, start, capacity, |p| self.pass(p))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::engine::files::read_optional_json;
 use crate::engine::io::{IoSpec, OutputKind, OutputSpec, Produced};
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
+use crate::engine::nn::decoder::{self, LogitRows, Pass};
 use crate::engine::nn::kv::KvCache;
 use crate::engine::nn::{mask_words, Regions};
 use crate::engine::plan::PlanBuilder;
@@ -329,23 +330,6 @@ fn load(r: &ConfigReader<'_>, variant: Variant, family: &'static Family) -> Resu
     Ok(Loaded { arch: Box::new(llama), plan, layout })
 }
 
-/// Which rows get logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogitRows {
-    All,
-    Last,
-}
-
-/// One forward pass: `t` new tokens per batch item at positions `start..start + t`.
-struct Pass<'a> {
-    batch: usize,
-    ids: &'a [u32],
-    start: usize,
-    capacity: usize,
-    key_mask: &'a [bool],
-    logits: LogitRows,
-}
-
 impl Llama {
     /// Plans the weights: layer 0 the token embeddings, layer `i + 1` block `i`, the last layer
     /// the final norm and (when not tied) the LM head.
@@ -549,18 +533,11 @@ impl Architecture for Llama {
 
     /// Every position's logits `[batch·seq, vocab]`; padded keys are masked.
     fn forward(&self, batch: &TokenBatch) -> Program {
-        self.pass(&Pass {
-            batch: batch.batch,
-            ids: &batch.ids,
-            start: 0,
-            capacity: batch.seq,
-            key_mask: &batch.mask,
-            logits: LogitRows::All,
-        })
+        self.pass(&Pass::forward(batch))
     }
 
     fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced> {
-        vec![Produced { kind: OutputKind::Logits, shape: vec![batch.batch, batch.seq, self.c.vocab_size], data }]
+        decoder::logits(batch, self.c.vocab_size, data)
     }
 
     fn output_elems(&self, batch: &TokenBatch) -> usize {
@@ -578,8 +555,7 @@ impl Decoder for Llama {
     }
 
     fn step(&self, ids: &[u32], start: usize, capacity: usize) -> Program {
-        let mask = vec![true; capacity];
-        self.pass(&Pass { batch: 1, ids, start, capacity, key_mask: &mask, logits: LogitRows::Last })
+        decoder::step(ids, start, capacity, |p| self.pass(p))
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `heads`: task heads on an encoder (question answering, sequence and token classification).
 
 pub mod attention;
+pub mod decoder;
 pub mod embed;
 pub mod encoder;
 pub mod heads;
