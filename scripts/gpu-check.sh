@@ -15,7 +15,8 @@
 # ../shared/fixtures, else shared/fixtures), MODELS (default "bert-base bert-large gpt2
 # gpt2-large bert-large-qa"), BF16_MODELS (default "bert-base bert-large gpt2 gpt2-large
 # llama-1b qwen2.5-0.5b": presets synthesised with --dtype bf16, held in BF16 by faaswap and run
-# in BF16 by PyTorch; a decoder's cold row is its time to first token on a 128-token prompt;
+# in BF16 by PyTorch; a decoder is timed to its first token on a 128-token prompt: the last
+# position's logits only, on both sides (device-check --logits last, logits_to_keep=1);
 # they are also checked and timed with `--compute native`, in faaswap-native.json),
 # FAASWAP_CUDA_LIB_DIR when NVRTC/cuBLAS are not under /usr/local/cuda.
 # SKIP_SERVE=1 leaves out the server check (scripts/gpu_serve_check.py: `faaswap serve` on the

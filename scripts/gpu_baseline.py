@@ -7,8 +7,10 @@
 Per model (batch 1, 128 tokens, in the package's dtype — FP32 with TF32 off, or BF16 for
 packages stored in BF16): the raw pinned copy of all weights, the usual cold start
 (`model.to("cuda")` from pageable memory + first forward), the warm eager forward, and the warm
-forward captured in a CUDA graph. GPT-2 runs GPT2LMHeadModel (logits for every position, as
-faaswap computes them); BERT runs BertModel, or BertForQuestionAnswering for a QA package.
+forward captured in a CUDA graph. Decoders (GPT2LMHeadModel, AutoModelForCausalLM for the Llama
+family) compute the last position's logits only (`logits_to_keep=1`), as faaswap's device-check
+times them by default (`--logits last`: the time to a first token); BERT runs BertModel, or
+BertForQuestionAnswering for a QA package.
 """
 import argparse
 import json
@@ -28,7 +30,7 @@ def stored_dtype(d):
 
 def measure(dirs, seq_len=128, iters=20):
     import torch
-    from transformers import AutoConfig, BertForQuestionAnswering, BertModel, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM, BertForQuestionAnswering, BertModel, GPT2LMHeadModel
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -45,6 +47,7 @@ def measure(dirs, seq_len=128, iters=20):
     for d in dirs:
         cfg = AutoConfig.from_pretrained(d)
         dtype = torch.bfloat16 if stored_dtype(d) == "BF16" else torch.float32
+        decoder = cfg.model_type in ("gpt2", "llama", "mistral", "qwen2", "qwen3")
         if cfg.model_type == "gpt2":
             model = GPT2LMHeadModel.from_pretrained(d, attn_implementation="eager")
         elif cfg.model_type in ("llama", "mistral", "qwen2", "qwen3"):
@@ -55,6 +58,12 @@ def measure(dirs, seq_len=128, iters=20):
             # No pooler: faaswap's packages carry none, so both sides move the same weights.
             model = BertModel.from_pretrained(d, attn_implementation="eager", add_pooling_layer=False)
         model = model.to(dtype).eval()
+        if decoder:
+            # The last position's logits only, as faaswap's device-check times a decoder.
+            def run(ids, model=model):
+                return model(ids, logits_to_keep=1, use_cache=False)
+        else:
+            run = model
         vocab = cfg.vocab_size
         ids = torch.tensor([[(t * 31 + 1) % vocab for t in range(seq_len)]])
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -71,21 +80,21 @@ def measure(dirs, seq_len=128, iters=20):
 
                 def cold():
                     model.to(dev)
-                    model(ids.to(dev))
+                    run(ids.to(dev))
 
                 colds.append(timed(cold))
             x = ids.to(dev)
             for _ in range(3):
-                model(x)
-            warm = statistics.median(timed(lambda: model(x)) for _ in range(iters))
+                run(x)
+            warm = statistics.median(timed(lambda: run(x)) for _ in range(iters))
             # The same with the output read back to the host, as faaswap's figures include.
-            first = (lambda o: o.logits if hasattr(o, "logits") else o.last_hidden_state)
-            warm_host = statistics.median(timed(lambda: first(model(x)).cpu()) for _ in range(iters))
+            first = (lambda o: o[0])  # logits, start_logits or last_hidden_state
+            warm_host = statistics.median(timed(lambda: first(run(x)).cpu()) for _ in range(iters))
             # CUDA graph of the forward with a static input.
             # BERT's mask helper copies a CPU scalar, which graph capture refuses: the graph
             # runs embeddings + encoder with no mask (the same result for unpadded input).
-            if cfg.model_type == "gpt2":
-                fwd = model
+            if decoder:
+                fwd = run
             else:
                 def fwd(ids):
                     return model.encoder(model.embeddings(input_ids=ids))

@@ -443,7 +443,23 @@ pub fn decode(body: &[u8], header_len: Option<usize>, max_elements: usize) -> Re
     let wants_binary = |p: &Map<String, Value>, key: &str| p.get(key).and_then(Value::as_bool).unwrap_or(false);
     let binary_output = wants_binary(&parameters, "binary_data_output")
         || outputs.iter().any(|o| wants_binary(&o.parameters, "binary_data"));
-    Ok(InferRequest { id, inputs, outputs: outputs.into_iter().map(|o| o.name).collect(), binary_output })
+    let mut outputs: Vec<String> = outputs.into_iter().map(|o| o.name).collect();
+    // `parameters.logits: "last"` asks a decoder for its last position's logits only: the
+    // `logits` output (named, or the default) becomes `last_logits`.
+    match parameters.get("logits") {
+        None => {}
+        Some(Value::String(s)) if s == "all" => {}
+        Some(Value::String(s)) if s == "last" => {
+            if outputs.is_empty() {
+                outputs.push("logits".into());
+            }
+            for o in outputs.iter_mut().filter(|o| *o == "logits") {
+                *o = "last_logits".into();
+            }
+        }
+        Some(other) => return Err(bad(format!("parameters.logits {other} is not one of \"all\", \"last\""))),
+    }
+    Ok(InferRequest { id, inputs, outputs, binary_output })
 }
 
 fn expect_type(input: &InferInput, allowed: &[&str]) -> Result<(), ApiError> {

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::batch::TokenBatch;
-use super::io::{IoSpec, Produced};
+use super::io::{IoSpec, OutputKind, Produced};
 use super::program::Program;
 
 pub trait Architecture: Send + Sync + std::fmt::Debug {
@@ -37,15 +37,16 @@ pub trait Architecture: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Its forward pass over a checked batch, as a device program.
-    fn forward(&self, batch: &TokenBatch) -> Program;
+    /// Its forward pass over a checked batch, as a device program, for `outputs` (of those
+    /// `io()` lists; none: the defaults): a family may leave out work no asked output needs.
+    fn forward(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Program;
 
-    /// Every output `io()` lists, from what `forward`'s program produced, over the padded batch
-    /// (zeros at padding where it runs only attended tokens).
-    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced>;
+    /// The outputs `forward(batch, outputs)`'s program produced — at least those asked — over
+    /// the padded batch (zeros at padding where it runs only attended tokens).
+    fn assemble(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced>;
 
-    /// Values of all its outputs for a batch (what answering costs outside the workspace).
-    fn output_elems(&self, batch: &TokenBatch) -> usize;
+    /// Values `assemble` returns for a batch (what answering costs outside the workspace).
+    fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize;
 
     /// Its decoder, when it generates.
     fn as_decoder(&self) -> Option<&dyn Decoder> {

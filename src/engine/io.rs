@@ -136,11 +136,19 @@ pub enum OutputKind {
     Logits,
     StartLogits,
     EndLogits,
+    /// A decoder's logits at each sequence's last attended position, `[batch, vocab]`.
+    LastLogits,
 }
 
 impl OutputKind {
-    const ALL: [Self; 5] =
-        [Self::LastHiddenState, Self::SentenceEmbedding, Self::Logits, Self::StartLogits, Self::EndLogits];
+    const ALL: [Self; 6] = [
+        Self::LastHiddenState,
+        Self::SentenceEmbedding,
+        Self::Logits,
+        Self::StartLogits,
+        Self::EndLogits,
+        Self::LastLogits,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -149,6 +157,7 @@ impl OutputKind {
             Self::Logits => "logits",
             Self::StartLogits => "start_logits",
             Self::EndLogits => "end_logits",
+            Self::LastLogits => "last_logits",
         }
     }
 

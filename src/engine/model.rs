@@ -290,7 +290,7 @@ impl ModelSpec {
             mask: vec![true; batch * seq],
             type_ids: vec![0; batch * seq],
         };
-        let forward = size(&self.arch.forward(&full));
+        let forward = size(&self.arch.forward(&full, &[]));
         match self.arch.as_decoder() {
             Some(d) if kv > seq => forward.max(size(&d.step(&full.ids, 0, kv))),
             _ => forward,
@@ -303,7 +303,7 @@ impl ModelSpec {
         let pooled = outputs.iter().filter(|&&o| o == OutputKind::SentenceEmbedding).count();
         let copies = (outputs.len() - pooled).max(1);
         let width = self.output_shape(OutputKind::SentenceEmbedding)[1] as usize;
-        copies * self.arch.output_elems(batch) + pooled * batch.batch * width
+        copies * self.arch.output_elems(batch, outputs) + pooled * batch.batch * width
     }
 
     /// Checks a request before it is queued: the outputs exist and the batch fits the model.
@@ -339,10 +339,10 @@ impl ModelSpec {
         Ok(batch)
     }
 
-    /// The forward pass of a checked batch as a device program whose output feeds
-    /// [`Self::outputs_of`].
-    pub fn forward_program(&self, batch: &TokenBatch) -> Program {
-        self.program(self.arch.forward(batch))
+    /// The forward pass of a checked batch for the asked `outputs`, as a device program whose
+    /// output feeds [`Self::outputs_of`] (with the same `outputs`).
+    pub fn forward_program(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Program {
+        self.program(self.arch.forward(batch, outputs))
     }
 
     /// A family's program made ready for this model's storage (embedding tables' dtype).
@@ -374,7 +374,7 @@ impl ModelSpec {
     ) -> Result<Vec<OutputTensor>> {
         self.check_weights(weights)?;
         self.check_request(batch, outputs)?;
-        let program = self.lowered(&self.forward_program(batch), true);
+        let program = self.lowered(&self.forward_program(batch, outputs), true);
         let data = exec::run(&program, weights, &self.layout, ws.elems())?;
         Ok(self.outputs_of(batch, outputs, data))
     }
@@ -382,7 +382,8 @@ impl ModelSpec {
     /// The asked outputs from what a forward program produced: the architecture's outputs over
     /// the padded batch, and the sentence embedding pooled from its hidden states when asked.
     pub fn outputs_of(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<OutputTensor> {
-        let mut produced: Vec<Option<Produced>> = self.arch.assemble(batch, data).into_iter().map(Some).collect();
+        let mut produced: Vec<Option<Produced>> =
+            self.arch.assemble(batch, outputs, data).into_iter().map(Some).collect();
         let pooled = match &self.pooling {
             Some(pooling) if outputs.contains(&OutputKind::SentenceEmbedding) => {
                 let hidden = produced
@@ -459,5 +460,38 @@ mod tests {
         let out = gpt2.infer(&batch, &[OutputKind::Logits]).unwrap();
         let bad = out[0].data.iter().filter(|x| !x.is_finite()).count();
         assert_eq!(bad, 0, "{bad} of {} logits are not finite", out[0].data.len());
+    }
+
+    #[test]
+    fn last_logits_are_each_sequences_last_attended_row_and_the_pass_computes_only_those() {
+        let left = TokenBatch::from_tensors(
+            2,
+            3,
+            vec![0, 5, 6, 7, 8, 9],
+            Some(vec![false, true, true, true, true, true]),
+            None,
+        )
+        .unwrap();
+        let right = TokenBatch::from_sequences(&[vec![3, 7, 11, 2], vec![9, 4]]).unwrap();
+        for name in ["tiny_gpt2", "tiny_llama", "tiny_qwen2"] {
+            let model = Model::load(&crate::engine::fixture(name)).unwrap();
+            let vocab = model.spec.arch.vocab_size();
+            for batch in [&left, &right] {
+                let both = model.infer(batch, &[OutputKind::Logits, OutputKind::LastLogits]).unwrap();
+                let (all, last) = (&both[0], &both[1]);
+                assert_eq!(last.name, "last_logits");
+                assert_eq!(last.shape, vec![batch.batch, vocab]);
+                for (b, &p) in crate::engine::nn::decoder::last_positions(batch).iter().enumerate() {
+                    let at = (b * batch.seq + p) * vocab;
+                    assert_eq!(&last.data[b * vocab..][..vocab], &all.data[at..at + vocab], "{name}: row {b}");
+                }
+                let alone = model.infer(batch, &[OutputKind::LastLogits]).unwrap();
+                let d = crate::engine::max_abs_diff(&alone[0].data, &last.data);
+                assert!(d < 1e-5, "{name}: the last-only pass differs by {d}");
+                let programs = [&[OutputKind::Logits][..], &[OutputKind::LastLogits]]
+                    .map(|o| model.spec.forward_program(batch, o).output.1);
+                assert_eq!(programs, [batch.batch * batch.seq * vocab, batch.batch * vocab], "{name}: rows computed");
+            }
+        }
     }
 }

@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn swaps_are_issued_in_order_with_every_wait_after_its_event() {
         let model = Model::load(&fixture("tiny_gpt2")).unwrap();
-        let program = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2, 3]]).unwrap());
+        let program = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2, 3]]).unwrap(), &[]);
         let layers = &model.spec.layout.layers;
         let total = model.spec.layout.total_bytes();
         let plain: Vec<&Op> = program.ops.iter().filter(|o| !matches!(o, Op::WaitLayer(_))).collect();
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn warm_runs_launch_or_replay_without_copies_or_waits() {
         let model = Model::load(&fixture("tiny_bert")).unwrap();
-        let program = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2]]).unwrap());
+        let program = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2]]).unwrap(), &[]);
         let eager = steps(&program, None, false);
         assert_eq!(check(&eager, &[], 0).len(), program.ops.len() - model.spec.layout.layers.len());
         assert!(!eager.iter().any(|s| matches!(s, Step::Copy(_) | Step::Await(_) | Step::Replay)));

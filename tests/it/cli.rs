@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::common::*;
 
@@ -98,7 +98,7 @@ fn inspect_shows_layout() {
     assert_eq!(v["model_type"], "gpt2");
     assert_eq!(v["layers"].as_array().unwrap().len(), 4);
     assert_eq!(v["tensors"][0]["name"], "wte.weight");
-    assert_eq!(v["outputs"], serde_json::json!(["logits"]));
+    assert_eq!(v["outputs"], serde_json::json!(["logits", "last_logits"]));
 }
 
 #[test]
@@ -129,6 +129,8 @@ fn device_check_on_the_cpu_meets_the_fixtures_and_reports_timings() {
     let dir = tempfile::tempdir().unwrap();
     let pkg = dir.path().join("bert-nano");
     faaswap_json(&["synth", "--preset", "bert-nano", "--out", pkg.to_str().unwrap()]);
+    let decoder = dir.path().join("gpt2-nano");
+    faaswap_json(&["synth", "--preset", "gpt2-nano", "--out", decoder.to_str().unwrap()]);
     let fixtures = fixtures();
     let report = faaswap_json(&[
         "device-check",
@@ -138,6 +140,8 @@ fn device_check_on_the_cpu_meets_the_fixtures_and_reports_timings() {
         fixtures.to_str().unwrap(),
         "--model",
         pkg.to_str().unwrap(),
+        "--model",
+        decoder.to_str().unwrap(),
         "--seq-len",
         "16",
         "--iters",
@@ -159,6 +163,9 @@ fn device_check_on_the_cpu_meets_the_fixtures_and_reports_timings() {
         assert_eq!(c["ok"], true, "{c}");
         assert!(c["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{c}");
     }
+    // A decoder is timed to its first token: the last position's logits.
+    let outputs: Vec<&Value> = report["models"].as_array().unwrap().iter().map(|m| &m["output"]).collect();
+    assert_eq!(outputs, [&json!("last_hidden_state"), &json!("last_logits")]);
     let m = &report["models"][0];
     assert_eq!(m["model"], "bert-nano");
     assert_eq!(m["max_abs_diff_vs_cpu"], 0.0, "the cpu device is the CPU engine");

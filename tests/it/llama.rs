@@ -146,7 +146,7 @@ fn device_programs_equal_the_cpu_run() {
     for name in FAMILIES {
         let model = Model::load(&fixtures().join(name)).unwrap();
         let batch = TokenBatch::from_sequences(&[(0..24).map(|i| (i * 11 + 3) % 500).collect()]).unwrap();
-        let program = model.spec.forward_program(&batch);
+        let program = model.spec.forward_program(&batch, &[]);
         let run = |p: &faaswap::engine::program::Program| {
             let mut work = vec![0f32; p.work_elems];
             exec::run(p, &model.resident(), &model.spec.layout, &mut work).unwrap()
@@ -228,4 +228,49 @@ fn sharded_checkpoints_load_as_one_package() {
     std::fs::write(dir.path().join("model.safetensors.index.json"), bad.to_string()).unwrap();
     let e = Model::load(dir.path()).unwrap_err().to_string();
     assert!(e.contains("model.safetensors.index.json") && e.contains("model.norm.weight"), "{e}");
+}
+
+#[test]
+fn the_server_answers_last_position_logits_when_asked() {
+    let repo = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("tiny_llama"), &repo.path().join("llama"));
+    let state = tempfile::tempdir().unwrap();
+    let s = crate::server::TestServer::start(state.path(), repo.path(), |_| {});
+    let (status, body) = s.post("/v2/repository/models/llama/load", &serde_json::json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (_, meta) = s.get("/v2/models/llama");
+    let outputs: Vec<&str> = meta["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(outputs, ["logits", "last_logits"]);
+    let reference = read_json(&fixtures().join("tiny_llama/reference.json"));
+    let cases = reference["cases"].as_array().unwrap();
+    let (a, b) = (ids(&cases[0]["input_ids"]), ids(&cases[1]["input_ids"]));
+    // Two prompts of different lengths, right-padded: each gets its last real position's row.
+    let seq = a.len().max(b.len());
+    let pad = |v: &[u32]| (0..seq).map(|i| v.get(i).copied().unwrap_or(0)).collect::<Vec<_>>();
+    let mask = |v: &[u32]| (0..seq).map(|i| u32::from(i < v.len())).collect::<Vec<_>>();
+    let (ids_data, mask_data) = ([pad(&a), pad(&b)].concat(), [mask(&a), mask(&b)].concat());
+    let inputs = serde_json::json!([
+        {"name": "input_ids", "shape": [2, seq], "datatype": "INT64", "data": ids_data},
+        {"name": "attention_mask", "shape": [2, seq], "datatype": "INT64", "data": mask_data},
+    ]);
+    for body in [
+        serde_json::json!({"inputs": inputs, "parameters": {"logits": "last"}}),
+        serde_json::json!({"inputs": inputs, "outputs": [{"name": "last_logits"}]}),
+    ] {
+        let (status, v) = s.post("/v2/models/llama/infer", &body);
+        assert_eq!(status, 200, "{v}");
+        let out = &v["outputs"][0];
+        assert_eq!(out["name"], "last_logits");
+        let vocab = out["shape"][1].as_u64().unwrap() as usize;
+        assert_eq!(out["shape"][0], 2);
+        let data = floats(&out["data"]);
+        for (row, case) in data.chunks(vocab).zip(cases) {
+            let diff = max_abs_diff(row, &floats(&case["last_position_logits"]));
+            assert!(diff <= TOL, "max abs diff {diff}");
+        }
+    }
+    let (status, v) =
+        s.post("/v2/models/llama/infer", &serde_json::json!({"inputs": inputs, "parameters": {"logits": "first"}}));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("parameters.logits"), "{v}");
 }

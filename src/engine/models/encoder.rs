@@ -9,7 +9,7 @@ use crate::engine::arch::Architecture;
 use crate::engine::batch::TokenBatch;
 use crate::engine::config::ConfigReader;
 use crate::engine::error::Result;
-use crate::engine::io::{IoSpec, Produced};
+use crate::engine::io::{IoSpec, OutputKind, Produced};
 use crate::engine::nn::encoder::{Encoder, EncoderNames, EncoderShape};
 use crate::engine::nn::heads::{Head, HeadNames, Task};
 use crate::engine::plan::PlanBuilder;
@@ -156,17 +156,17 @@ impl Architecture for EncoderModel {
         self.id2label.as_deref()
     }
 
-    fn forward(&self, batch: &TokenBatch) -> Program {
+    fn forward(&self, batch: &TokenBatch, _outputs: &[OutputKind]) -> Program {
         let mut run = self.encoder.forward(batch);
         let output = self.head.emit(&mut run, self.hidden_size());
         Program { ops: run.ops, work_elems: run.regions.used(), inputs: run.inputs, output }
     }
 
-    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced> {
+    fn assemble(&self, batch: &TokenBatch, _outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced> {
         self.head.assemble(batch, data, self.hidden_size())
     }
 
-    fn output_elems(&self, batch: &TokenBatch) -> usize {
+    fn output_elems(&self, batch: &TokenBatch, _outputs: &[OutputKind]) -> usize {
         self.head.output_elems(batch, self.hidden_size())
     }
 }

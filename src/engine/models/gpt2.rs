@@ -11,7 +11,7 @@ use crate::engine::config::{
     Activation, ConfigReader, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
 };
 use crate::engine::error::Result;
-use crate::engine::io::{IoSpec, OutputKind, OutputSpec, Produced};
+use crate::engine::io::{IoSpec, OutputKind, Produced};
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
 use crate::engine::nn::decoder::{self, LogitRows, Pass};
@@ -138,7 +138,7 @@ impl Gpt2 {
         let ln_f = ln(&mut b, "ln_f".into());
         let (plan, layout) = b.finish();
         let eos = c.eos_token_id.into_iter().collect();
-        let io = IoSpec::tokens(false, vec![OutputSpec::per_token(OutputKind::Logits, c.vocab_size)]);
+        let io = decoder::io(c.vocab_size);
         (Self { c, embeddings, blocks, ln_f, eos, io }, plan, layout)
     }
 
@@ -165,10 +165,7 @@ impl Gpt2 {
         let tmp = r.take(n * e);
         let inner = r.take(n * c.n_inner);
         let scores = r.take(heads * t * kv);
-        let logit_rows = match pass.logits {
-            LogitRows::All => n,
-            LogitRows::Last => b,
-        };
+        let logit_rows = pass.logits.rows(b, t);
         let logits = r.take(logit_rows * v);
 
         let mut ops = vec![Op::WaitLayer(0), self.embeddings.op(ids, None, n, t, pass.start, x)];
@@ -225,7 +222,7 @@ impl Gpt2 {
         };
         match pass.logits {
             LogitRows::All => ops.push(head(0, n, 0)),
-            LogitRows::Last => ops.extend((0..b).map(|bi| head(bi * t + t - 1, 1, bi))),
+            LogitRows::Last(at) => ops.extend(at.iter().enumerate().map(|(bi, &p)| head(bi * t + p, 1, bi))),
         }
         let inputs = vec![(ids, pass.ids.to_vec()), (cache.key_mask, mask_words(&pass.key_mask[..b * cap]))];
         Program { ops, work_elems: r.used(), inputs, output: (logits, logit_rows * v) }
@@ -257,17 +254,16 @@ impl Architecture for Gpt2 {
         self.c.n_embd
     }
 
-    /// Every position's logits `[batch·seq, vocab]`; padded keys are masked.
-    fn forward(&self, batch: &TokenBatch) -> Program {
-        self.pass(&Pass::forward(batch))
+    fn forward(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Program {
+        decoder::forward(batch, outputs, |p| self.pass(p))
     }
 
-    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced> {
-        decoder::logits(batch, self.c.vocab_size, data)
+    fn assemble(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced> {
+        decoder::assemble(batch, self.c.vocab_size, outputs, data)
     }
 
-    fn output_elems(&self, batch: &TokenBatch) -> usize {
-        batch.batch * batch.seq * self.c.vocab_size
+    fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
+        decoder::output_elems(batch, self.c.vocab_size, outputs)
     }
 
     fn as_decoder(&self) -> Option<&dyn Decoder> {

@@ -14,7 +14,7 @@ use crate::engine::batch::TokenBatch;
 use crate::engine::config::{ConfigReader, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB};
 use crate::engine::error::Result;
 use crate::engine::files::read_optional_json;
-use crate::engine::io::{IoSpec, OutputKind, OutputSpec, Produced};
+use crate::engine::io::{IoSpec, OutputKind, Produced};
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
 use crate::engine::nn::decoder::{self, LogitRows, Pass};
@@ -375,7 +375,7 @@ impl Llama {
             head
         };
         let (plan, layout) = b.finish();
-        let io = IoSpec::tokens(false, vec![OutputSpec::per_token(OutputKind::Logits, c.vocab_size)]);
+        let io = decoder::io(c.vocab_size);
         let inv_freq = c.inv_freq();
         (Self { model_type, variant, c, inv_freq, embed, blocks, norm, head, io }, plan, layout)
     }
@@ -404,10 +404,7 @@ impl Llama {
         let gate_up = r.take(n * 2 * inter);
         let inner = r.take(n * inter);
         let scores = r.take(hq * t * kv);
-        let logit_rows = match pass.logits {
-            LogitRows::All => n,
-            LogitRows::Last => b,
-        };
+        let logit_rows = pass.logits.rows(b, t);
         let logits = r.take(logit_rows * v);
 
         let rms = |x: usize, gamma: Span, rows: usize, ld: usize, vectors: usize, width: usize, out: usize| {
@@ -493,8 +490,8 @@ impl Llama {
         ops.push(rms(x, self.norm, n, e, 1, e, x));
         match pass.logits {
             LogitRows::All => ops.push(Op::Gemm(Gemm::linear(x, n, e, self.head.offset, v, logits))),
-            LogitRows::Last => ops.extend((0..b).map(|bi| {
-                Op::Gemm(Gemm::linear(x + (bi * t + t - 1) * e, 1, e, self.head.offset, v, logits + bi * v))
+            LogitRows::Last(at) => ops.extend(at.iter().enumerate().map(|(bi, &p)| {
+                Op::Gemm(Gemm::linear(x + (bi * t + p) * e, 1, e, self.head.offset, v, logits + bi * v))
             })),
         }
         let inputs = vec![
@@ -531,17 +528,16 @@ impl Architecture for Llama {
         self.c.hidden_size
     }
 
-    /// Every position's logits `[batch·seq, vocab]`; padded keys are masked.
-    fn forward(&self, batch: &TokenBatch) -> Program {
-        self.pass(&Pass::forward(batch))
+    fn forward(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Program {
+        decoder::forward(batch, outputs, |p| self.pass(p))
     }
 
-    fn assemble(&self, batch: &TokenBatch, data: Vec<f32>) -> Vec<Produced> {
-        decoder::logits(batch, self.c.vocab_size, data)
+    fn assemble(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced> {
+        decoder::assemble(batch, self.c.vocab_size, outputs, data)
     }
 
-    fn output_elems(&self, batch: &TokenBatch) -> usize {
-        batch.batch * batch.seq * self.c.vocab_size
+    fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
+        decoder::output_elems(batch, self.c.vocab_size, outputs)
     }
 
     fn as_decoder(&self) -> Option<&dyn Decoder> {

@@ -3,16 +3,27 @@
 //! inference and a decode step call it.
 
 use crate::engine::batch::TokenBatch;
-use crate::engine::io::{OutputKind, Produced};
+use crate::engine::io::{IoSpec, OutputKind, OutputSpec, Produced};
 use crate::engine::program::Program;
 
 /// Which rows get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogitRows {
-    /// Every position: `[batch·t, vocab]` (the inference output).
+pub enum LogitRows<'a> {
+    /// Every position: `[batch·t, vocab]` (the inference output `logits`).
     All,
-    /// The last new position of each batch item: `[batch, vocab]` (what sampling needs).
-    Last,
+    /// One position of each batch item, counted among its `t` new tokens: `[batch, vocab]`
+    /// (what sampling needs, and the inference output `last_logits`).
+    Last(&'a [usize]),
+}
+
+impl LogitRows<'_> {
+    /// Rows of logits the pass writes.
+    pub fn rows(&self, batch: usize, t: usize) -> usize {
+        match self {
+            LogitRows::All => batch * t,
+            LogitRows::Last(_) => batch,
+        }
+    }
 }
 
 /// One forward pass: `t` new tokens per batch item at positions `start..start + t`.
@@ -25,31 +36,68 @@ pub struct Pass<'a> {
     pub capacity: usize,
     /// `[batch, capacity]`: false at padding; entries past `start + t` are ignored.
     pub key_mask: &'a [bool],
-    pub logits: LogitRows,
+    pub logits: LogitRows<'a>,
 }
 
-impl<'a> Pass<'a> {
-    /// Every position of a checked batch, from position 0, its padding masked (inference).
-    pub fn forward(batch: &'a TokenBatch) -> Self {
-        Self {
-            batch: batch.batch,
-            ids: &batch.ids,
-            start: 0,
-            capacity: batch.seq,
-            key_mask: &batch.mask,
-            logits: LogitRows::All,
-        }
-    }
+/// The inputs and outputs of a decoder: token ids in, every position's logits (the default) or
+/// each sequence's last position's only (`last_logits`, a vocabulary row per sequence instead
+/// of one per token: what a client that samples needs, at a fraction of the bytes).
+pub fn io(vocab: usize) -> IoSpec {
+    IoSpec::tokens(
+        false,
+        vec![OutputSpec::per_token(OutputKind::Logits, vocab), OutputSpec::per_sequence(OutputKind::LastLogits, vocab)],
+    )
+}
+
+/// Each sequence's last attended position (the last, where none is).
+pub fn last_positions(batch: &TokenBatch) -> Vec<usize> {
+    batch.mask.chunks(batch.seq).map(|m| m.iter().rposition(|&a| a).unwrap_or(batch.seq - 1)).collect()
+}
+
+/// Whether `outputs` need every position's logits.
+fn wants_all(outputs: &[OutputKind]) -> bool {
+    outputs.is_empty() || outputs.contains(&OutputKind::Logits)
+}
+
+/// The inference pass over a checked batch, from position 0, its padding masked: every
+/// position's logits when `outputs` ask for them, else the last attended position's.
+pub fn forward(batch: &TokenBatch, outputs: &[OutputKind], pass: impl FnOnce(&Pass<'_>) -> Program) -> Program {
+    let last = last_positions(batch);
+    let logits = if wants_all(outputs) { LogitRows::All } else { LogitRows::Last(&last) };
+    pass(&Pass { batch: batch.batch, ids: &batch.ids, start: 0, capacity: batch.seq, key_mask: &batch.mask, logits })
 }
 
 /// A decode step: `ids` (one sequence) at positions `start..` in a cache of `capacity`, the last
 /// position's logits out.
 pub fn step(ids: &[u32], start: usize, capacity: usize, pass: impl FnOnce(&Pass<'_>) -> Program) -> Program {
     let mask = vec![true; capacity];
-    pass(&Pass { batch: 1, ids, start, capacity, key_mask: &mask, logits: LogitRows::Last })
+    let last = [ids.len() - 1];
+    pass(&Pass { batch: 1, ids, start, capacity, key_mask: &mask, logits: LogitRows::Last(&last) })
 }
 
-/// Every position's logits `[batch, seq, vocab]`, the one tensor inference answers.
-pub fn logits(batch: &TokenBatch, vocab: usize, data: Vec<f32>) -> Vec<Produced> {
-    vec![Produced { kind: OutputKind::Logits, shape: vec![batch.batch, batch.seq, vocab], data }]
+/// The outputs `forward`'s program made: `logits` `[batch, seq, vocab]` and `last_logits`
+/// `[batch, vocab]` (rows of the former when both are asked).
+pub fn assemble(batch: &TokenBatch, vocab: usize, outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced> {
+    let last = |data: Vec<f32>| Produced { kind: OutputKind::LastLogits, shape: vec![batch.batch, vocab], data };
+    if !wants_all(outputs) {
+        return vec![last(data)];
+    }
+    let mut out = Vec::with_capacity(2);
+    if outputs.contains(&OutputKind::LastLogits) {
+        let mut rows = Vec::with_capacity(batch.batch * vocab);
+        for (b, p) in last_positions(batch).into_iter().enumerate() {
+            let at = (b * batch.seq + p) * vocab;
+            rows.extend_from_slice(&data[at..at + vocab]);
+        }
+        out.push(last(rows));
+    }
+    out.push(Produced { kind: OutputKind::Logits, shape: vec![batch.batch, batch.seq, vocab], data });
+    out
+}
+
+/// Values `assemble` returns for `outputs`.
+pub fn output_elems(batch: &TokenBatch, vocab: usize, outputs: &[OutputKind]) -> usize {
+    let all = if wants_all(outputs) { batch.seq * vocab } else { 0 };
+    let last = if outputs.contains(&OutputKind::LastLogits) { vocab } else { 0 };
+    batch.batch * (all + last)
 }

@@ -494,7 +494,7 @@ mod tests {
         for name in ["tiny_bert", "tiny_gpt2"] {
             let model = Model::load(&fixture(name)).unwrap();
             for batch in [&left, &right] {
-                let program = model.spec.forward_program(batch);
+                let program = model.spec.forward_program(batch, &[]);
                 let attentions = program.ops.iter().filter(|o| matches!(o, Op::Attention(_))).count();
                 assert!(attentions >= 2 * batch.batch, "{name}: one attention per sequence and layer");
                 let run = |p: &Program| {
@@ -514,7 +514,7 @@ mod tests {
         // nothing must therefore fail, and the real one pass (checked above).
         let model = Model::load(&fixture("tiny_bert")).unwrap();
         let batch = TokenBatch::from_sequences(&[vec![1, 2]]).unwrap();
-        let mut program = model.spec.forward_program(&batch);
+        let mut program = model.spec.forward_program(&batch, &[]);
         let waits = program.ops.iter().filter(|o| matches!(o, Op::WaitLayer(_))).count();
         assert_eq!(waits, model.spec.layout.layers.len(), "one wait per layer");
         program.ops.retain(|o| !matches!(o, Op::WaitLayer(_)));

@@ -204,7 +204,7 @@ mod tests {
         let batch = TokenBatch::from_sequences(&[vec![3, 7, 11, 2, 5], vec![9, 4, 1]]).unwrap();
         for model in [Model::load(&fixture("tiny_bert_bf16")).unwrap(), Model::load(dir.path()).unwrap()] {
             assert_eq!(model.spec.layout.matrix_dtype(), Dtype::Bf16);
-            let native = model.spec.forward_program(&batch);
+            let native = model.spec.forward_program(&batch, &[]);
             assert!(reads_half(&native, &model.spec.layout));
             let widened = widen(&native, &model.spec.layout);
             assert!(!reads_half(&widened, &model.spec.layout), "no GEMM reads half weights after widening");
@@ -243,7 +243,7 @@ mod tests {
     fn native_programs_round_activations_and_stay_close() {
         let model = Model::load(&fixture("tiny_bert_bf16")).unwrap();
         let batch = TokenBatch::from_sequences(&[vec![3, 7, 11, 2, 5, 9, 40, 41], vec![9, 4, 1]]).unwrap();
-        let exact = model.spec.forward_program(&batch);
+        let exact = model.spec.forward_program(&batch, &[]);
         let lowered = native(&exact, &model.spec.layout);
         let narrows = lowered.ops.iter().filter(|o| matches!(o, Op::Narrow { .. })).count();
         let half_gemms = lowered.ops.iter().filter(|o| matches!(o, Op::Gemm(g) if g.inputs == Dtype::Bf16)).count();
@@ -258,7 +258,7 @@ mod tests {
         assert!(cos > 0.999, "cosine {cos}");
         // A model held in F32 has nothing to compute natively.
         let f32_model = Model::load(&fixture("tiny_bert")).unwrap();
-        let p = f32_model.spec.forward_program(&batch);
+        let p = f32_model.spec.forward_program(&batch, &[]);
         assert_eq!(native(&p, &f32_model.spec.layout), p);
     }
 
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn a_model_in_f32_is_left_as_it_is() {
         let model = Model::load(&fixture("tiny_bert")).unwrap();
-        let p = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2]]).unwrap());
+        let p = model.spec.forward_program(&TokenBatch::from_sequences(&[vec![1, 2]]).unwrap(), &[]);
         assert_eq!(widen(&p, &model.spec.layout), p);
     }
 }

@@ -371,7 +371,7 @@ impl Device for CudaDevice {
             None => {
                 spec.check_request(&job.work.batch, &job.work.outputs)?;
                 // Half weights: widened as they land (`f32`) or multiplied as they are (`native`).
-                let program = spec.lowered(&spec.forward_program(&job.work.batch), false);
+                let program = spec.lowered(&spec.forward_program(&job.work.batch, &job.work.outputs), false);
                 let (data, ms) = self.exec(&program, weights, copy.take(), true).map_err(|f| self.fault(f))?;
                 swap_ms = ms;
                 (spec.outputs_of(&job.work.batch, &job.work.outputs, data), None)
