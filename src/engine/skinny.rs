@@ -9,14 +9,34 @@
 //! half row is widened in registers, exactly), so a half model streams half the bytes and never
 //! needs an F32 copy.
 //!
+//! From `WIDE_MIN_N` tokens on (a prompt's prefill) the same product runs as outer products
+//! instead: the tokens, packed 64 to a group with each weight column's values contiguous, sit in
+//! four registers, and each of six weight rows is read one value at a time and broadcast against
+//! them — 24 multiply-adds per four loads and six broadcasts, no sums across lanes, and still no
+//! copy of the weights, which a general GEMM packs on every call.
+//!
 //! x86-64 with AVX-512 only (`supported`); elsewhere the executor keeps the general path.
 
 use rayon::prelude::*;
 
 use super::layout::Dtype;
 
-/// The most tokens (columns of `X`) a product may have.
+/// The most tokens (columns of `X`) the dot-product kernel takes; from `WIDE_MIN_N` on the
+/// broadcast kernel runs.
 pub const MAX_N: usize = 64;
+
+/// Tokens from which the broadcast kernel runs.
+pub const WIDE_MIN_N: usize = 16;
+
+/// The most tokens a product here is worth it for: beyond, a general GEMM's packed kernel is
+/// faster, its copy of the weights paid for by enough tokens (see `timing`).
+pub const MAX_TOKENS: usize = 256;
+
+/// Tokens of one broadcast tile (four vectors of 16).
+const WIDE_TOKENS: usize = 64;
+
+/// Weight rows of one broadcast tile.
+const WIDE_ROWS: usize = 6;
 
 /// Weight rows read together.
 const ROWS: usize = 4;
@@ -24,8 +44,10 @@ const ROWS: usize = 4;
 /// Tokens one pass over the rows multiplies: 4 × 4 sums in registers, reduced together.
 const TOKENS: usize = 4;
 
-/// Multiply-adds below which a product stays on the calling thread.
-const PARALLEL_MACS: usize = 1 << 20;
+/// Multiply-adds below which a product stays on the calling thread. A decode step's products
+/// (a few hundred thousand multiply-adds, each weight read once) are bound by how fast the
+/// weights stream in, which every core adds to, so they are split too.
+const PARALLEL_MACS: usize = 1 << 16;
 
 /// The weights, as stored.
 #[derive(Clone, Copy)]
@@ -79,12 +101,18 @@ thread_local! {
     static PACKED_X: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `p` into `c` (leading dimension `ldc`). Panics when the machine is not `supported`, when
-/// `n` exceeds `MAX_N`, or when a view overruns its slice.
+/// Runs `p` into `c` (leading dimension `ldc`), any number of tokens. Panics when the machine is
+/// not `supported` or when a view overruns its slice.
 pub fn run(p: &Product<'_>, c: &mut [f32], ldc: usize) {
+    run_kernel(p, c, ldc, p.n >= WIDE_MIN_N);
+}
+
+/// `run` by the broadcast kernel when `wide`, else by the dot-product one (at most `MAX_N`
+/// tokens).
+fn run_kernel(p: &Product<'_>, c: &mut [f32], ldc: usize, wide: bool) {
     assert!(supported(), "the few-token kernel needs AVX-512");
+    assert!(wide || p.n <= MAX_N, "{} tokens, more than the dot-product kernel's {MAX_N}", p.n);
     let (m, n, k) = (p.m, p.n, p.k);
-    assert!(n <= MAX_N, "{n} tokens, more than {MAX_N}");
     if m == 0 || n == 0 {
         return;
     }
@@ -95,13 +123,24 @@ pub fn run(p: &Product<'_>, c: &mut [f32], ldc: usize) {
     let (x_rows, x_cols) = if p.trans_x { (n, k) } else { (k, n) };
     assert!(p.ldx >= x_rows, "X's leading dimension is shorter than a column");
     assert!(k == 0 || extent(x_rows, x_cols, p.ldx) <= p.x.len(), "X overruns its slice");
+    let op_x = |j: usize, q: usize| if p.trans_x { p.x[j + q * p.ldx] } else { p.x[q + j * p.ldx] };
     PACKED_X.with_borrow_mut(|packed| {
         packed.clear();
-        packed.extend(
-            (0..n).flat_map(|j| (0..k).map(move |q| if p.trans_x { p.x[j + q * p.ldx] } else { p.x[q + j * p.ldx] })),
-        );
+        if wide {
+            // Group g's value q of token g·64 + l at (g·k + q)·64 + l; missing tokens are 0.
+            let groups = n.div_ceil(WIDE_TOKENS);
+            packed.resize(groups * k * WIDE_TOKENS, 0.0);
+            for j in 0..n {
+                let (g, l) = (j / WIDE_TOKENS, j % WIDE_TOKENS);
+                for q in 0..k {
+                    packed[(g * k + q) * WIDE_TOKENS + l] = op_x(j, q);
+                }
+            }
+        } else {
+            packed.extend((0..n).flat_map(|j| (0..k).map(move |q| op_x(j, q))));
+        }
         let parts = if m * n * k >= PARALLEL_MACS { rayon::current_num_threads().max(1) } else { 1 };
-        let rows_per_part = m.div_ceil(parts).next_multiple_of(ROWS);
+        let rows_per_part = m.div_ceil(parts).next_multiple_of(if wide { WIDE_ROWS } else { ROWS });
         let out = SharedOut(c.as_mut_ptr());
         let xs = &packed[..];
         let part = |r0: usize| {
@@ -111,7 +150,7 @@ pub fn run(p: &Product<'_>, c: &mut [f32], ldc: usize) {
             // n × k values, C's rows r0..r1 of columns < n (extent checked). Parts write disjoint
             // row ranges of C, so no element is written by two threads, and `c` is borrowed
             // mutably for the whole call, so nothing else reads it meanwhile.
-            unsafe { kernel::rows(p.w, p.ldw, xs, n, k, out.get(), ldc, r0..r1, p.alpha, p.accumulate) }
+            unsafe { kernel::rows(p.w, p.ldw, xs, n, k, out.get(), ldc, r0..r1, p.alpha, p.accumulate, wide) }
         };
         if parts == 1 {
             part(0);
@@ -143,7 +182,7 @@ mod kernel {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Dtype, Weights, ROWS, TOKENS};
+    use super::{Dtype, Weights, ROWS, TOKENS, WIDE_ROWS, WIDE_TOKENS};
 
     /// One kind of stored element, widened to 16 lanes of `f32`.
     trait Lanes {
@@ -151,6 +190,11 @@ mod kernel {
         /// # Safety
         /// The lanes set in `mask` lie in one allocation; needs AVX-512 F/BW/VL.
         unsafe fn load(p: *const Self::Elem, mask: __mmask16) -> __m512;
+        /// One value in all 16 lanes.
+        ///
+        /// # Safety
+        /// `p` points at a value; needs AVX-512 F/BW/VL.
+        unsafe fn splat(p: *const Self::Elem) -> __m512;
     }
 
     struct F32s;
@@ -164,6 +208,11 @@ mod kernel {
             // SAFETY: per the trait's contract; masked-off lanes are not read.
             unsafe { _mm512_maskz_loadu_ps(mask, p) }
         }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m512 {
+            // SAFETY: per the trait's contract.
+            unsafe { _mm512_set1_ps(*p) }
+        }
     }
 
     impl Lanes for Bf16s {
@@ -176,6 +225,11 @@ mod kernel {
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
             }
         }
+        #[inline(always)]
+        unsafe fn splat(p: *const u16) -> __m512 {
+            // SAFETY: per the trait's contract.
+            unsafe { _mm512_castsi512_ps(_mm512_set1_epi32(i32::from(*p) << 16)) }
+        }
     }
 
     impl Lanes for F16s {
@@ -185,13 +239,19 @@ mod kernel {
             // SAFETY: per the trait's contract; the conversion is exact.
             unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())) }
         }
+        #[inline(always)]
+        unsafe fn splat(p: *const u16) -> __m512 {
+            // SAFETY: per the trait's contract; the conversion is exact.
+            unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(*p as i16)) }
+        }
     }
 
-    /// Rows `rows` of C.
+    /// Rows `rows` of C, by the broadcast kernel when `wide`.
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL; `w` holds `rows` of `k` elements at `ldw`, `xs` holds `n × k` values,
-    /// `c` rows `rows` of `n` columns at `ldc`, and nothing else touches those rows.
+    /// AVX-512 F/BW/VL; `w` holds `rows` of `k` elements at `ldw`, `xs` holds the tokens packed
+    /// as `run` packs them for the kernel (`n × k` values, or 64-token groups padded with 0 when
+    /// `wide`), `c` rows `rows` of `n` columns at `ldc`, and nothing else touches those rows.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn rows(
         w: Weights<'_>,
@@ -204,15 +264,19 @@ mod kernel {
         rows: Range<usize>,
         alpha: f32,
         accumulate: bool,
+        wide: bool,
     ) {
         let t = Block { ldw, xs, n, k, c, ldc, alpha, accumulate };
         // SAFETY: forwarded from the caller's contract.
         unsafe {
-            match w {
-                Weights::F32(w) => t.rows::<F32s>(w.as_ptr(), rows),
-                Weights::Half(Dtype::Bf16, w) => t.rows::<Bf16s>(w.as_ptr(), rows),
-                Weights::Half(Dtype::F16, w) => t.rows::<F16s>(w.as_ptr(), rows),
-                Weights::Half(Dtype::F32, _) => unreachable!("F32 weights are not half"),
+            match (w, wide) {
+                (Weights::F32(w), false) => t.rows::<F32s>(w.as_ptr(), rows),
+                (Weights::Half(Dtype::Bf16, w), false) => t.rows::<Bf16s>(w.as_ptr(), rows),
+                (Weights::Half(Dtype::F16, w), false) => t.rows::<F16s>(w.as_ptr(), rows),
+                (Weights::F32(w), true) => t.wide_rows::<F32s>(w.as_ptr(), rows),
+                (Weights::Half(Dtype::Bf16, w), true) => t.wide_rows::<Bf16s>(w.as_ptr(), rows),
+                (Weights::Half(Dtype::F16, w), true) => t.wide_rows::<F16s>(w.as_ptr(), rows),
+                (Weights::Half(Dtype::F32, _), _) => unreachable!("F32 weights are not half"),
             }
         }
     }
@@ -241,24 +305,35 @@ mod kernel {
                     // next rows' bytes meanwhile.
                     let prefetch = j0 == 0 && i + ROWS < rows.end;
                     // SAFETY: forwarded from the caller's contract, for rows i..i+count.
-                    unsafe { self.tile::<L>(w, i, count, j0, prefetch) };
+                    unsafe {
+                        match (self.n - j0).min(TOKENS) {
+                            1 => self.tile::<L, 1>(w, i, count, j0, prefetch),
+                            2 => self.tile::<L, 2>(w, i, count, j0, prefetch),
+                            3 => self.tile::<L, 3>(w, i, count, j0, prefetch),
+                            _ => self.tile::<L, TOKENS>(w, i, count, j0, prefetch),
+                        }
+                    };
                 }
                 i += count;
             }
         }
 
-        /// Rows `i..i + count` against tokens `j0..j0 + TOKENS` (at most `ROWS` rows and the
-        /// tokens there are; missing ones repeat the first and are not written).
+        /// Rows `i..i + count` against the `T` tokens `j0..j0 + T` (at most `ROWS` rows; missing
+        /// ones repeat the first and are not written).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn tile<L: Lanes>(&self, w: *const L::Elem, i: usize, count: usize, j0: usize, prefetch: bool) {
-            let tokens = (self.n - j0).min(TOKENS);
+        unsafe fn tile<L: Lanes, const T: usize>(
+            &self,
+            w: *const L::Elem,
+            i: usize,
+            count: usize,
+            j0: usize,
+            prefetch: bool,
+        ) {
+            let tokens = T;
             let row = |r: usize| w.wrapping_add((i + if r < count { r } else { 0 }) * self.ldw);
             let rows: [*const L::Elem; ROWS] = std::array::from_fn(row);
             let next: [*const L::Elem; ROWS] = std::array::from_fn(|r| w.wrapping_add((i + ROWS + r) * self.ldw));
-            let xs: [&[f32]; TOKENS] = std::array::from_fn(|j| {
-                let j = j0 + if j < tokens { j } else { 0 };
-                &self.xs[j * self.k..(j + 1) * self.k]
-            });
+            let xs: [&[f32]; T] = std::array::from_fn(|j| &self.xs[(j0 + j) * self.k..(j0 + j + 1) * self.k]);
             // acc[r * TOKENS + j]: row r against token j, in 16 lanes.
             let mut acc = [_mm512_setzero_ps(); ROWS * TOKENS];
             let mut p = 0;
@@ -294,6 +369,78 @@ mod kernel {
                             v += *at;
                         }
                         *at = v;
+                    }
+                }
+            }
+        }
+
+        /// Rows `rows` by the broadcast kernel: six rows at a time against each 64-token group,
+        /// the rows' values staying in L1 from one group to the next.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn wide_rows<L: Lanes>(&self, w: *const L::Elem, rows: Range<usize>) {
+            let mut i = rows.start;
+            while i < rows.end {
+                let count = (rows.end - i).min(WIDE_ROWS);
+                for g in 0..self.n.div_ceil(WIDE_TOKENS) {
+                    let tokens = (self.n - g * WIDE_TOKENS).min(WIDE_TOKENS);
+                    // SAFETY: forwarded from the caller's contract, for rows i..i+count and group g.
+                    unsafe {
+                        match tokens.div_ceil(16) {
+                            1 => self.wide_tile::<L, 1>(w, i, count, g, tokens),
+                            2 => self.wide_tile::<L, 2>(w, i, count, g, tokens),
+                            3 => self.wide_tile::<L, 3>(w, i, count, g, tokens),
+                            _ => self.wide_tile::<L, 4>(w, i, count, g, tokens),
+                        }
+                    }
+                }
+                i += count;
+            }
+        }
+
+        /// Rows `i..i + count` (at most six; missing ones repeat the first and are not written)
+        /// against the `tokens` of group `g`, in `V` vectors of 16.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn wide_tile<L: Lanes, const V: usize>(
+            &self,
+            w: *const L::Elem,
+            i: usize,
+            count: usize,
+            g: usize,
+            tokens: usize,
+        ) {
+            let rows: [*const L::Elem; WIDE_ROWS] =
+                std::array::from_fn(|r| w.wrapping_add((i + if r < count { r } else { 0 }) * self.ldw));
+            let group = &self.xs[g * self.k * WIDE_TOKENS..(g + 1) * self.k * WIDE_TOKENS];
+            // acc[r][v]: row r against tokens 16v..16v+16 of the group.
+            let mut acc = [[_mm512_setzero_ps(); V]; WIDE_ROWS];
+            for p in 0..self.k {
+                let column = &group[p * WIDE_TOKENS..p * WIDE_TOKENS + V * 16];
+                // SAFETY: 16 values at 16v of a checked slice of V·16.
+                let x: [__m512; V] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(column.as_ptr().add(16 * v)) });
+                for (r, row) in rows.iter().enumerate() {
+                    // SAFETY: value p < k of a row that exists (caller's contract).
+                    let b = unsafe { L::splat(row.wrapping_add(p)) };
+                    for v in 0..V {
+                        acc[r][v] = _mm512_fmadd_ps(x[v], b, acc[r][v]);
+                    }
+                }
+            }
+            let mut lanes = [0f32; 16];
+            for (r, acc) in acc.iter().enumerate().take(count) {
+                for (v, a) in acc.iter().enumerate() {
+                    // SAFETY: `lanes` holds 16 floats.
+                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+                    for (l, &sum) in lanes.iter().enumerate().take(tokens.saturating_sub(16 * v).min(16)) {
+                        let j = g * WIDE_TOKENS + 16 * v + l;
+                        let at = self.c.wrapping_add(i + r + j * self.ldc);
+                        let mut value = self.alpha * sum;
+                        // SAFETY: C[i + r, j] is a row of this part and j < n (caller's contract).
+                        unsafe {
+                            if self.accumulate {
+                                value += *at;
+                            }
+                            *at = value;
+                        }
                     }
                 }
             }
@@ -339,6 +486,7 @@ mod kernel {
         _: std::ops::Range<usize>,
         _: f32,
         _: bool,
+        _: bool,
     ) {
         unreachable!("the few-token kernel runs on x86-64 only")
     }
@@ -360,8 +508,15 @@ mod tests {
             eprintln!("skipped: no AVX-512 on this machine");
             return;
         }
-        for (m, k, n, ldw) in [(5, 3, 1, 5), (33, 17, 7, 20), (100, 64, 13, 64), (384, 96, 16, 96), (70, 300, 64, 310)]
-        {
+        for (m, k, n, ldw) in [
+            (5, 3, 1, 5),
+            (33, 17, 7, 20),
+            (100, 64, 13, 64),
+            (384, 96, 16, 96),
+            (70, 300, 64, 310),
+            (13, 40, 100, 41),
+            (50, 33, 150, 33),
+        ] {
             for dtype in Dtype::ALL {
                 let w32: Vec<f32> = (0..ldw * m).map(|i| value(i, 1)).collect();
                 let bits: Vec<u16> = w32.iter().map(|&v| dtype.narrow(v)).collect();
@@ -438,56 +593,58 @@ mod timing {
     #[test]
     #[ignore]
     fn time_against_gemm() {
-        for (m, k, n) in [(1536, 384, 16), (384, 1536, 16), (384, 384, 16), (1152, 384, 16), (1536, 384, 1)] {
-            let layers = 24;
-            let w: Vec<f32> = (0..m * k * layers).map(|i| (i % 7) as f32 * 0.1).collect();
-            let x: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
-            let mut c = vec![0f32; m * n];
-            let iters = 200;
-            let t0 = std::time::Instant::now();
-            for it in 0..iters {
-                let w = &w[(it % layers) * m * k..][..m * k];
-                let p = Product {
-                    m,
-                    n,
-                    k,
-                    w: Weights::F32(w),
-                    ldw: k,
-                    x: &x,
-                    ldx: k,
-                    trans_x: false,
-                    alpha: 1.0,
-                    accumulate: false,
+        // SmolLM2-135M's products (gate+up, down, q+k+v, o) at decode and prefill sizes.
+        let shapes = [(3072, 576), (576, 1536), (960, 576), (576, 576)];
+        for n in [1, 4, 16, 32, 64, 128, 256, 512] {
+            for (m, k) in shapes {
+                let layers = 24;
+                let w: Vec<f32> = (0..m * k * layers).map(|i| (i % 7) as f32 * 0.1).collect();
+                let x: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+                let mut c = vec![0f32; m * n];
+                let iters = (20_000 / n).clamp(10, 200);
+                let timed = |c: &mut Vec<f32>, wide: bool| {
+                    let t0 = std::time::Instant::now();
+                    for it in 0..iters {
+                        let w = &w[(it % layers) * m * k..][..m * k];
+                        let p = Product {
+                            m,
+                            n,
+                            k,
+                            w: Weights::F32(w),
+                            ldw: k,
+                            x: &x,
+                            ldx: k,
+                            trans_x: false,
+                            alpha: 1.0,
+                            accumulate: false,
+                        };
+                        run_kernel(&p, c, m, wide);
+                    }
+                    t0.elapsed().as_secs_f64() / iters as f64 * 1e6
                 };
-                run(&p, &mut c, m);
-            }
-            let skinny = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
-            let t0 = std::time::Instant::now();
-            for it in 0..iters {
-                let w = &w[(it % layers) * m * k..][..m * k];
-                matmul(
-                    MatMut::strided(&mut c, m, n, 1, m),
-                    MatRef::strided(w, k, m, 1, k).t(),
-                    MatRef::strided(&x, k, n, 1, k),
-                    false,
-                    1.0,
-                    Threads::Pool,
+                let dot = if n <= MAX_N { timed(&mut c, false) } else { f64::NAN };
+                let wide = timed(&mut c, true);
+                let t0 = std::time::Instant::now();
+                for it in 0..iters {
+                    let w = &w[(it % layers) * m * k..][..m * k];
+                    matmul(
+                        MatMut::strided(&mut c, m, n, 1, m),
+                        MatRef::strided(w, k, m, 1, k).t(),
+                        MatRef::strided(&x, k, n, 1, k),
+                        false,
+                        1.0,
+                        Threads::Pool,
+                    );
+                }
+                let gemm = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
+                let gflops = |us: f64| 2.0 * (m * n * k) as f64 / us / 1e3;
+                eprintln!(
+                    "m {m} k {k} n {n}: dot {dot:.1} µs ({:.0} GFLOP/s), broadcast {wide:.1} µs ({:.0}), gemm {gemm:.1} µs ({:.0})",
+                    gflops(dot),
+                    gflops(wide),
+                    gflops(gemm)
                 );
             }
-            let gemm = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
-            let t0 = std::time::Instant::now();
-            let mut total = [0f32; 16];
-            for it in 0..iters {
-                let w = &w[(it % layers) * m * k..][..m * k];
-                for ch in w.chunks_exact(16) {
-                    for (t, v) in total.iter_mut().zip(ch) {
-                        *t += v;
-                    }
-                }
-            }
-            std::hint::black_box(total);
-            let read = t0.elapsed().as_secs_f64() / iters as f64 * 1e6;
-            eprintln!("m {m} k {k} n {n}: skinny {skinny:.1} µs, gemm {gemm:.1} µs, read {read:.1} µs");
         }
     }
 }

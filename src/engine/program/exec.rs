@@ -586,10 +586,10 @@ impl<'w> Executor<'w, '_> {
 /// Weight matrices smaller than this are left to the general product (they sit in L2 anyway).
 const SKINNY_MIN_ELEMS: usize = 1 << 17;
 
-/// Whether `g` multiplies a large weight matrix (A, `[out, in]` read transposed) by a few tokens,
-/// on a machine that runs `skinny`'s kernel.
+/// Whether `g` multiplies a large weight matrix (A, `[out, in]` read transposed) by at most
+/// `skinny::MAX_TOKENS` tokens, on a machine that runs `skinny`'s kernels.
 fn few_tokens(g: &Gemm) -> bool {
-    g.batch == 1 && g.trans_a && g.n <= skinny::MAX_N && g.m * g.k >= SKINNY_MIN_ELEMS && skinny::supported()
+    g.batch == 1 && g.trans_a && g.n <= skinny::MAX_TOKENS && g.m * g.k >= SKINNY_MIN_ELEMS && skinny::supported()
 }
 
 /// Whether `g` multiplies a large `[in, out]` weight matrix (A, not transposed: the encoders'
