@@ -13,6 +13,7 @@ mod functions;
 pub mod generate_ws;
 mod kserve;
 mod openai;
+mod openai_doc;
 pub mod openapi;
 mod tensors;
 

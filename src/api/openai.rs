@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::body;
 use super::error::{ApiError, OpenAiError, Shape};
 use super::generate_ws::MAX_NEW_TOKENS;
+use super::openai_doc::{ChatRequest, CompletionRequest, OpenAiErrorBody};
 use crate::engine::{ChatMessage, EngineError, GenerateOptions, Model, SamplingParams, TextEncoder};
 use crate::function::Function;
 use crate::request::text::{cut_at_stop, without_eos, TextStream};
@@ -48,6 +49,7 @@ enum Kind {
     Chat,
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "the generative functions this token may call", body = Object)))]
 async fn models(rt: web::Data<Runtime>, req: HttpRequest) -> HttpResponse {
     // The functions this token may call, of those that generate text.
     let data: Vec<Value> = rt
@@ -59,6 +61,7 @@ async fn models(rt: web::Data<Runtime>, req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
+#[utoipa::path(get, path = "/v1/models/{name}", tag = "openai", params(("name" = String, Path, description = "function name")), responses((status = 200, description = "the function as an OpenAI model", body = Object), (status = 400, description = "not a generative function", body = OpenAiErrorBody), (status = 404, description = "no such function", body = OpenAiErrorBody)))]
 async fn model(rt: web::Data<Runtime>, path: web::Path<(String,)>) -> Result<HttpResponse, OpenAiError> {
     let (entry, _) = function(&rt, &path.0)?;
     Ok(HttpResponse::Ok().json(model_json(&entry)))
@@ -98,6 +101,7 @@ fn generative(entry: &Function) -> Result<&Arc<Model>, ApiError> {
     Ok(model)
 }
 
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest, responses((status = 200, description = "the completion, or server-sent events with `stream`", body = Object), (status = 400, description = "a bad field, named in `param`", body = OpenAiErrorBody), (status = 401, description = "no or unknown token", body = OpenAiErrorBody), (status = 403, description = "a token that may not call the function", body = OpenAiErrorBody), (status = 404, description = "no such function", body = OpenAiErrorBody), (status = 413, description = "body too large", body = OpenAiErrorBody)))]
 pub(crate) async fn completions(
     rt: web::Data<Runtime>,
     req: HttpRequest,
@@ -122,6 +126,7 @@ pub(crate) async fn completions(
     answer(rt.into_inner(), entry, model, prompt, settings, Kind::Completion, received).await
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest, responses((status = 200, description = "the chat completion, or server-sent events with `stream`", body = Object), (status = 400, description = "a bad field, named in `param`", body = OpenAiErrorBody), (status = 401, description = "no or unknown token", body = OpenAiErrorBody), (status = 403, description = "a token that may not call the function", body = OpenAiErrorBody), (status = 404, description = "no such function", body = OpenAiErrorBody), (status = 413, description = "body too large", body = OpenAiErrorBody)))]
 pub(crate) async fn chat(
     rt: web::Data<Runtime>,
     req: HttpRequest,

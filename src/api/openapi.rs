@@ -16,7 +16,7 @@ use crate::store::FunctionSettings;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "faaswap", description = "Serverless inference with model swapping: KServe v2, management, streaming."),
+    info(title = "faaswap", description = "Serverless inference with model swapping: KServe v2, the OpenAI API, management, streaming."),
     paths(
         super::kserve::server_metadata,
         super::kserve::live,
@@ -40,6 +40,10 @@ use crate::store::FunctionSettings;
         super::generate_ws::connect,
         super::events_ws::connect,
         super::metrics,
+        super::openai::models,
+        super::openai::model,
+        super::openai::completions,
+        super::openai::chat,
     ),
     components(schemas(
         ErrorBody,
@@ -53,7 +57,13 @@ use crate::store::FunctionSettings;
         Profile,
         ModelClass,
         FaultSpec,
-        FaultKind
+        FaultKind,
+        super::openai_doc::CompletionRequest,
+        super::openai_doc::ChatRequest,
+        super::openai_doc::ChatMessage,
+        super::openai_doc::StreamOptions,
+        super::openai_doc::Stop,
+        super::openai_doc::OpenAiErrorBody
     )),
     modifiers(&BearerAuth)
 )]

@@ -27,9 +27,16 @@ fn the_description_matches_the_routes_and_generated_requests_get_no_5xx() {
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     let paths = doc["paths"].as_object().unwrap();
-    for want in
-        ["/v2/models/{name}/infer", "/api/v1/functions", "/api/v1/events", "/api/v1/functions/{name}/ws", "/metrics"]
-    {
+    for want in [
+        "/v2/models/{name}/infer",
+        "/api/v1/functions",
+        "/api/v1/events",
+        "/api/v1/functions/{name}/ws",
+        "/metrics",
+        "/v1/models",
+        "/v1/completions",
+        "/v1/chat/completions",
+    ] {
         assert!(paths.contains_key(want), "{want} is documented");
     }
     // Every documented operation reaches a handler (never the router's 404 `not_found`).
