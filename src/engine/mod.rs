@@ -12,6 +12,8 @@ mod fast_math;
 mod files;
 pub mod generate;
 mod io;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 mod layout;
 mod matmul;
 mod model;

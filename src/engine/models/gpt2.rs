@@ -6,12 +6,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::engine::arch::{Architecture, Decoder};
-use crate::engine::batch::TokenBatch;
 use crate::engine::config::{
     Activation, ConfigReader, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
 };
 use crate::engine::error::Result;
-use crate::engine::io::{IoSpec, OutputKind, Produced};
+use crate::engine::io::IoSpec;
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
 use crate::engine::nn::decoder::{self, LogitRows, Pass};
@@ -238,10 +237,6 @@ impl Architecture for Gpt2 {
         json!({"model_type": FAMILY.model_type, "gpt2": self.c})
     }
 
-    fn io(&self) -> &IoSpec {
-        &self.io
-    }
-
     fn vocab_size(&self) -> usize {
         self.c.vocab_size
     }
@@ -254,21 +249,7 @@ impl Architecture for Gpt2 {
         self.c.n_embd
     }
 
-    fn forward(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Program {
-        decoder::forward(batch, outputs, |p| self.pass(p))
-    }
-
-    fn assemble(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced> {
-        decoder::assemble(batch, self.c.vocab_size, outputs, data)
-    }
-
-    fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
-        decoder::output_elems(batch, self.c.vocab_size, outputs)
-    }
-
-    fn as_decoder(&self) -> Option<&dyn Decoder> {
-        Some(self)
-    }
+    decoder::shared_architecture!();
 }
 
 impl Decoder for Gpt2 {

@@ -10,11 +10,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::engine::arch::{Architecture, Decoder};
-use crate::engine::batch::TokenBatch;
 use crate::engine::config::{ConfigReader, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB};
 use crate::engine::error::Result;
 use crate::engine::files::read_optional_json;
-use crate::engine::io::{IoSpec, OutputKind, Produced};
+use crate::engine::io::IoSpec;
 use crate::engine::layout::Span;
 use crate::engine::nn::attention::{attention, Heads};
 use crate::engine::nn::decoder::{self, LogitRows, Pass};
@@ -512,10 +511,6 @@ impl Architecture for Llama {
         json!({"model_type": self.model_type, "variant": self.variant, "llama": self.c})
     }
 
-    fn io(&self) -> &IoSpec {
-        &self.io
-    }
-
     fn vocab_size(&self) -> usize {
         self.c.vocab_size
     }
@@ -528,21 +523,7 @@ impl Architecture for Llama {
         self.c.hidden_size
     }
 
-    fn forward(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> Program {
-        decoder::forward(batch, outputs, |p| self.pass(p))
-    }
-
-    fn assemble(&self, batch: &TokenBatch, outputs: &[OutputKind], data: Vec<f32>) -> Vec<Produced> {
-        decoder::assemble(batch, self.c.vocab_size, outputs, data)
-    }
-
-    fn output_elems(&self, batch: &TokenBatch, outputs: &[OutputKind]) -> usize {
-        decoder::output_elems(batch, self.c.vocab_size, outputs)
-    }
-
-    fn as_decoder(&self) -> Option<&dyn Decoder> {
-        Some(self)
-    }
+    decoder::shared_architecture!();
 }
 
 impl Decoder for Llama {

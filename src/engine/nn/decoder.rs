@@ -101,3 +101,43 @@ pub fn output_elems(batch: &TokenBatch, vocab: usize, outputs: &[OutputKind]) ->
     let last = if outputs.contains(&OutputKind::LastLogits) { vocab } else { 0 };
     batch.batch * (all + last)
 }
+
+/// The `Architecture` methods every decoder family has alike, inside its `impl Architecture`:
+/// for a type with an `io: IoSpec` field and a `pass(&self, &Pass<'_>) -> Program`.
+macro_rules! shared_architecture {
+    () => {
+        fn io(&self) -> &$crate::engine::io::IoSpec {
+            &self.io
+        }
+
+        fn forward(
+            &self,
+            batch: &$crate::engine::batch::TokenBatch,
+            outputs: &[$crate::engine::io::OutputKind],
+        ) -> $crate::engine::program::Program {
+            $crate::engine::nn::decoder::forward(batch, outputs, |p| self.pass(p))
+        }
+
+        fn assemble(
+            &self,
+            batch: &$crate::engine::batch::TokenBatch,
+            outputs: &[$crate::engine::io::OutputKind],
+            data: Vec<f32>,
+        ) -> Vec<$crate::engine::io::Produced> {
+            $crate::engine::nn::decoder::assemble(batch, self.vocab_size(), outputs, data)
+        }
+
+        fn output_elems(
+            &self,
+            batch: &$crate::engine::batch::TokenBatch,
+            outputs: &[$crate::engine::io::OutputKind],
+        ) -> usize {
+            $crate::engine::nn::decoder::output_elems(batch, self.vocab_size(), outputs)
+        }
+
+        fn as_decoder(&self) -> Option<&dyn $crate::engine::arch::Decoder> {
+            Some(self)
+        }
+    };
+}
+pub(crate) use shared_architecture;
