@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::arch::Architecture;
 use super::batch::TokenBatch;
+use super::chat::ChatTemplate;
 use super::error::{EngineError, Result};
 use super::generate::{self, Decoded, GenerateOptions};
 use super::io::{IoSpec, OutputKind, OutputTensor, Produced};
@@ -32,6 +33,9 @@ pub struct ModelSpec {
     pub layout: WeightLayout,
     pub pooling: Option<Pooling>,
     pub tokenizer: Option<TextEncoder>,
+    /// A decoder's chat template (with its tokenizer), compiled at load: a template that does not
+    /// compile makes the package a bad one, named at deploy rather than at its first chat.
+    pub chat_template: Option<ChatTemplate>,
     /// How products over half weights are computed (`settings.compute`).
     pub compute: Compute,
 }
@@ -89,6 +93,8 @@ impl Model {
         // Sentence-transformers pooling applies to encoders' hidden states.
         let pooling = if arch.io().produces(OutputKind::LastHiddenState) { Pooling::load(dir)? } else { None };
         let tokenizer = TextEncoder::load(dir, arch.max_positions())?;
+        let chat_template =
+            if arch.as_decoder().is_some() && tokenizer.is_some() { ChatTemplate::load(dir)? } else { None };
         Ok(Self {
             spec: ModelSpec {
                 dir: dir.to_path_buf(),
@@ -96,6 +102,7 @@ impl Model {
                 layout: loaded.layout,
                 pooling,
                 tokenizer,
+                chat_template,
                 compute: Compute::F32,
             },
             host_pin: OnceLock::new(),

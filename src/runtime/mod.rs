@@ -54,7 +54,6 @@ pub struct Runtime {
     gpus: Vec<Addr<GpuActor>>,
     /// Results held for clients that have not read them yet.
     pub unsent: Arc<crate::unsent::Unsent>,
-    chat_templates: chat::ChatTemplates,
 }
 
 impl Drop for Runtime {
@@ -150,7 +149,6 @@ impl Runtime {
             arbiters,
             events,
             gpus,
-            chat_templates: Default::default(),
         }))
     }
 
