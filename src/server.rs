@@ -34,6 +34,7 @@ pub fn start(config: ServeConfig, listener: TcpListener) -> Result<actix_web::de
             .default_service(web::to(api::auth::not_found))
     })
     .workers(workers)
+    .on_connect(api::client::on_connect)
     // Long-lived WebSockets (the event feed, generations) would otherwise hold a shutdown for
     // the default 30 s.
     .shutdown_timeout(5)

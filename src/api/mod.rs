@@ -6,6 +6,7 @@
 mod admin;
 pub mod auth;
 mod body;
+pub mod client;
 mod devices;
 pub mod error;
 mod events_ws;

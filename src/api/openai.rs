@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::body;
+use super::client::ClientSocket;
 use super::error::{ApiError, OpenAiError, Shape};
 use super::generate_ws::MAX_NEW_TOKENS;
 use super::openai_doc::{ChatRequest, CompletionRequest, OpenAiErrorBody};
@@ -34,6 +35,8 @@ const MAX_STOP_BYTES: usize = 256;
 const DEFAULT_COMPLETION_TOKENS: usize = 16;
 /// Fields OpenAI defines that change nothing about an answer here.
 const IGNORED: [&str; 5] = ["user", "metadata", "store", "service_tier", "parallel_tool_calls"];
+/// How often a non-streamed generation looks whether its client is still there.
+const CLIENT_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
 const FINGERPRINT: &str = concat!("faaswap-", env!("CARGO_PKG_VERSION"));
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -123,7 +126,8 @@ pub(crate) async fn completions(
         Prompt::Ids(ids) => ids,
         Prompt::Text(text) => tokenize(&model, text).await?,
     };
-    answer(rt.into_inner(), entry, model, prompt, settings, Kind::Completion, received).await
+    let caller = Caller { received, client: ClientSocket::of(&req) };
+    answer(rt.into_inner(), entry, model, prompt, settings, Kind::Completion, caller).await
 }
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest, responses((status = 200, description = "the chat completion, or server-sent events with `stream`", body = Object), (status = 400, description = "a bad field, named in `param`", body = OpenAiErrorBody), (status = 401, description = "no or unknown token", body = OpenAiErrorBody), (status = 403, description = "a token that may not call the function", body = OpenAiErrorBody), (status = 404, description = "no such function", body = OpenAiErrorBody), (status = 413, description = "body too large", body = OpenAiErrorBody)))]
@@ -154,7 +158,8 @@ pub(crate) async fn chat(
     let prompt = actix_rt::task::spawn_blocking(move || runtime.chat_prompt(&function, &messages))
         .await
         .map_err(|_| RuntimeError::Stopped)??;
-    answer(rt, entry, model, prompt, settings, Kind::Chat, received).await
+    let caller = Caller { received, client: ClientSocket::of(&req) };
+    answer(rt, entry, model, prompt, settings, Kind::Chat, caller).await
 }
 
 /// A completion's prompt text, tokenized as the WebSocket route does (with the special tokens
@@ -167,6 +172,12 @@ async fn tokenize(model: &Arc<Model>, text: String) -> Result<Vec<u32>, RuntimeE
     Ok(ids?)
 }
 
+/// Who asked: when the request arrived, and its connection (to notice it closing).
+struct Caller<'a> {
+    received: Instant,
+    client: Option<&'a ClientSocket>,
+}
+
 /// Runs the generation and answers: one JSON body, or a stream of chunks.
 async fn answer(
     rt: Arc<Runtime>,
@@ -175,7 +186,7 @@ async fn answer(
     prompt: Vec<u32>,
     settings: Settings,
     kind: Kind,
-    received: Instant,
+    caller: Caller<'_>,
 ) -> Result<HttpResponse, OpenAiError> {
     let room = model.spec.arch.max_positions().saturating_sub(prompt.len());
     let default = match kind {
@@ -191,14 +202,14 @@ async fn answer(
         prompt,
         options,
         stop: settings.stop,
-        received,
+        received: caller.received,
         tokens: tx,
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let done = actix_rt::spawn(async move { rt.generate(&entry, generation, None).await });
     let mut run = Run { tokens, done };
     if !settings.stream {
-        let done = run.finish().await?;
+        let done = run.finish(caller.client).await?;
         return Ok(HttpResponse::Ok().json(reply.whole(&done)?));
     }
     // The response starts with the first token, so that a request refused before it runs is
@@ -242,10 +253,20 @@ impl Run {
         }
     }
 
-    async fn finish(mut self) -> Result<Completed, RuntimeError> {
+    /// The result, once every token has come; `Cancelled` as soon as `client` is seen gone
+    /// (checked every `CLIENT_CHECK`), which drops the run and so stops the device within a
+    /// token.
+    async fn finish(mut self, client: Option<&ClientSocket>) -> Result<Completed, RuntimeError> {
+        let mut check = tokio::time::interval(CLIENT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Event::Done(result) = self.next().await {
-                return result;
+            tokio::select! {
+                event = self.next() => if let Event::Done(result) = event {
+                    return result;
+                },
+                _ = check.tick(), if client.is_some() => if client.is_some_and(ClientSocket::gone) {
+                    return Err(RuntimeError::Cancelled);
+                },
             }
         }
     }

@@ -405,25 +405,56 @@ fn long_generator() -> Value {
     c
 }
 
-#[test]
-fn a_client_that_leaves_a_stream_frees_the_device_within_a_token() {
-    let repo = tempfile::tempdir().unwrap();
-    let dir = repo.path().join("long");
+/// A server with the package `long` deployed as `function` (a generation that runs to
+/// `max_tokens` unless cancelled; each test its own name, as the metrics are the process's) and
+/// the event feed, read past its snapshot.
+fn long_server(repo: &Path, state: &Path, function: &str) -> (TestServer, crate::ws::Socket) {
+    let dir = repo.join("long");
     let preset = faaswap::engine::synth::Preset { name: "long", description: "", config: long_generator };
     faaswap::engine::synth::write_package(&preset, 1, faaswap::engine::synth::SynthDtype::F32, &dir, &mut |_, _| {})
         .unwrap();
     std::fs::copy(fixtures().join("tiny_llama/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let server = TestServer::start(state.path(), repo.path(), |a| a.device_memory = Some("256MiB".into()));
-    deploy(&server, "long", "long");
+    let server = TestServer::start(state, repo, |a| a.device_memory = Some("256MiB".into()));
+    deploy(&server, function, "long");
     let mut events = crate::ws::connect(&server, "/api/v1/events");
     assert_eq!(crate::ws::next(&mut events).unwrap()["type"], "snapshot");
-    let max = 1000;
+    (server, events)
+}
+
+/// After the client of `function`'s generation of `max` tokens left: the generation stopped
+/// early, was counted cancelled, and the device is free again.
+fn assert_cancelled_early(server: &TestServer, events: &mut crate::ws::Socket, function: &str, max: u64) -> u64 {
+    let is_stop = |e: &Value| e["type"] == "execute" && e["function"] == function;
+    let seen = crate::ws::events_until(events, |seen| seen.iter().any(is_stop));
+    let stopped = seen.into_iter().find(is_stop).unwrap();
+    assert_eq!(stopped["cancelled"], true, "{stopped}");
+    let generated = stopped["tokens"].as_u64().unwrap();
+    assert!(generated < max / 2, "stopped early: {generated} of {max} tokens");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get("/api/v1/devices").1[0]["busy"] != false {
+        assert!(Instant::now() < deadline, "the device stays busy after the client left");
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    assert_eq!(server.metric(&format!("faaswap_requests_total{{function=\"{function}\",outcome=\"cancelled\"}}")), 1.0);
+    generated
+}
+
+/// Sends a completion of `function` on a raw socket (to leave it at will).
+fn send_completion(server: &TestServer, function: &str, max: u64, stream: bool) -> std::net::TcpStream {
     let body =
-        json!({"model": "long", "prompt": PROMPT, "max_tokens": max, "temperature": 0, "stream": true}).to_string();
+        json!({"model": function, "prompt": PROMPT, "max_tokens": max, "temperature": 0, "stream": stream}).to_string();
     let mut socket = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(socket, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    socket
+}
+
+#[test]
+fn a_client_that_leaves_a_stream_frees_the_device_within_a_token() {
+    let (repo, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, mut events) = long_server(repo.path(), state.path(), "long");
+    let max = 1000;
+    let mut socket = send_completion(&server, "long", max, true);
     let mut seen = Vec::new();
     while String::from_utf8_lossy(&seen).matches("data: ").count() < 4 {
         let mut buf = [0u8; 4096];
@@ -433,19 +464,27 @@ fn a_client_that_leaves_a_stream_frees_the_device_within_a_token() {
     }
     assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
     drop(socket);
-    let is_stop = |e: &Value| e["type"] == "execute" && e["function"] == "long";
-    let seen = crate::ws::events_until(&mut events, |seen| seen.iter().any(is_stop));
-    let stopped = seen.into_iter().find(is_stop).unwrap();
-    assert_eq!(stopped["cancelled"], true, "{stopped}");
-    let generated = stopped["tokens"].as_u64().unwrap();
-    assert!(generated < max / 2, "stopped early: {generated} of {max} tokens");
+    let generated = assert_cancelled_early(&server, &mut events, "long", max);
     println!("the generation stopped after {generated} tokens, 4 streamed events read");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.get("/api/v1/devices").1[0]["busy"] != false {
-        assert!(Instant::now() < deadline, "the device stays busy after the client left");
-        std::thread::park_timeout(Duration::from_millis(10));
+    drop(events);
+    server.stop();
+}
+
+#[test]
+fn a_client_that_leaves_before_its_whole_completion_frees_the_device() {
+    let (repo, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, mut events) = long_server(repo.path(), state.path(), "whole");
+    let max = 1000;
+    let socket = send_completion(&server, "whole", max, false);
+    // Gone once the generation runs (the device is busy with it), before any answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get("/api/v1/devices").1[0]["busy"] != true {
+        assert!(Instant::now() < deadline, "the generation never started");
+        std::thread::park_timeout(Duration::from_millis(2));
     }
-    assert_eq!(server.metric("faaswap_requests_total{function=\"long\",outcome=\"cancelled\"}"), 1.0);
+    drop(socket);
+    let generated = assert_cancelled_early(&server, &mut events, "whole", max);
+    println!("the generation stopped after {generated} tokens");
     drop(events);
     server.stop();
 }
@@ -601,4 +640,28 @@ fn a_kv_cache_that_cannot_fit_is_refused_before_any_work() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(resident(), json!(["cpu:0"]), "the one that fits swapped in");
     server.stop();
+}
+
+#[test]
+fn a_chat_template_that_does_not_compile_is_refused_at_deploy() {
+    let repo = repository();
+    let broken = repo.path().join("broken");
+    with_tokenizer(&broken, true);
+    std::fs::write(broken.join("chat_template.jinja"), "{% for m in messages %}{{ m.content }").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(state.path(), repo.path(), |_| {});
+    let (status, v) = server.post("/api/v1/functions", &json!({"name": "broken", "model": "broken"}));
+    assert_eq!(status, 422, "{v}");
+    let message = v["error"].as_str().unwrap();
+    assert!(message.contains("chat_template.jinja") && message.contains("does not compile"), "{message}");
+    let (status, _) = server.get("/api/v1/functions/broken");
+    assert_eq!(status, 404, "nothing was deployed");
+    // The same package with its template is served, and chats.
+    deploy(&server, "chat", "chat");
+    let (status, v) = post(
+        &server,
+        "/v1/chat/completions",
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "{v}");
 }
