@@ -7,6 +7,7 @@ pub mod error;
 pub mod registry;
 pub mod repository;
 pub mod settings;
+pub mod triton;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

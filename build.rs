@@ -1,0 +1,22 @@
+//! Generates the Rust types of Triton's model configuration (`proto/triton/model_config.proto`,
+//! vendored) and keeps its descriptors for the text-format parser — with protox, a protobuf
+//! compiler in Rust, so that no `protoc` is needed to build.
+
+use std::path::PathBuf;
+
+use protox::prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // No source info: the proto's comments would become doc comments (and doctests).
+    let triton = protox::Compiler::new(["proto/triton"])?
+        .include_imports(true)
+        .include_source_info(false)
+        .open_files(["model_config.proto"])?
+        .file_descriptor_set();
+    std::fs::write(out.join("inference_descriptors.bin"), triton.encode_to_vec())?;
+    prost_build::Config::new().compile_fds(triton)?;
+    Ok(())
+}
