@@ -1,6 +1,7 @@
 //! Generates the Rust types of Triton's model configuration (`proto/triton/model_config.proto`,
-//! vendored) and keeps its descriptors for the text-format parser — with protox, a protobuf
-//! compiler in Rust, so that no `protoc` is needed to build.
+//! vendored; its descriptors kept for the text-format parser) and of ONNX models
+//! (`proto/onnx/onnx.proto`) — with protox, a protobuf compiler in Rust, so that no `protoc` is
+//! needed to build.
 
 use std::path::PathBuf;
 
@@ -18,5 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set();
     std::fs::write(out.join("inference_descriptors.bin"), triton.encode_to_vec())?;
     prost_build::Config::new().compile_fds(triton)?;
+    // ONNX (package `onnx`): tensors' raw bytes as `Bytes`, slices of the file, not copies.
+    let onnx = protox::Compiler::new(["proto/onnx"])?
+        .include_imports(true)
+        .include_source_info(false)
+        .open_files(["onnx.proto"])?
+        .file_descriptor_set();
+    prost_build::Config::new().bytes([".onnx.TensorProto.raw_data"]).compile_fds(onnx)?;
     Ok(())
 }

@@ -28,6 +28,10 @@ pub enum EngineError {
     WrongDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{path}: tensor {tensor:?} holds a non-finite value at element {index}")]
     NonFiniteWeight { path: PathBuf, tensor: String, index: usize },
+    #[error("{path}: invalid ONNX model: {reason}")]
+    BadOnnx { path: PathBuf, reason: String },
+    #[error("{path}: operator {op} (node {node:?}) is not supported")]
+    UnsupportedOperator { path: PathBuf, op: String, node: String },
     #[error("{path}: invalid tokenizer: {reason}")]
     BadTokenizer { path: PathBuf, reason: String },
     /// Said to clients: no server path in it.

@@ -19,6 +19,7 @@ mod matmul;
 mod model;
 pub mod models;
 pub mod nn;
+pub mod onnx;
 mod ops;
 mod plan;
 mod pooling;
