@@ -73,10 +73,35 @@ pub fn generate(a: GenerateArgs) -> Result<(), CliError> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<(), CliError> {
+    // An ONNX model (a `model.onnx` file, or a folder holding one and no config.json): what
+    // the importer reads from it.
+    let onnx = if a.model.is_dir() { a.model.join("model.onnx") } else { a.model.clone() };
+    if onnx.extension().is_some_and(|e| e == "onnx") && !a.model.join("config.json").exists() {
+        return inspect_onnx(&onnx, a.tensors);
+    }
     let model = Model::load(&a.model)?;
     let mut v = serde_json::to_value(model.spec.summary()).map_err(std::io::Error::from)?;
     if a.tensors {
         v["tensors"] = serde_json::to_value(&model.spec.layout.tensors).map_err(std::io::Error::from)?;
     }
     print_json(&v)
+}
+
+fn inspect_onnx(path: &std::path::Path, tensors: bool) -> Result<(), CliError> {
+    let m = crate::engine::onnx::OnnxModel::read(path)?;
+    let value = |v: &crate::engine::onnx::ValueSpec| json!({"name": v.name, "elem_type": v.elem_type, "dims": v.dims});
+    let mut out = json!({
+        "format": "onnx",
+        "opset": m.opset,
+        "inputs": m.inputs.iter().map(value).collect::<Vec<_>>(),
+        "outputs": m.outputs.iter().map(value).collect::<Vec<_>>(),
+        "nodes": m.nodes().len(),
+        "operators": m.operators,
+        "initializers": m.initializers.len(),
+    });
+    if tensors {
+        out["tensors"] =
+            m.initializers.iter().map(|t| json!({"name": t.name, "elem_type": t.elem_type, "dims": t.dims})).collect();
+    }
+    print_json(&out)
 }

@@ -133,6 +133,7 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
+    /// A package folder, or an ONNX model (`model.onnx`, or a folder holding one).
     #[arg(long)]
     pub model: PathBuf,
     /// Also list every tensor's offset in the packed buffer.

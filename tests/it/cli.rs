@@ -262,3 +262,23 @@ fn serve_refuses_tokens_padded_with_whitespace() {
     assert!(!status.success());
     assert!(stderr.contains("FAASWAP_ADMIN_TOKEN") && stderr.contains("whitespace"), "{stderr}");
 }
+
+#[test]
+fn inspect_reads_onnx_models_and_names_what_is_wrong_with_one() {
+    let dir = fixtures().join("tiny_resnet_onnx");
+    let reference = read_json(&dir.join("reference.json"));
+    for model in [dir.clone(), dir.join("model.onnx")] {
+        let v = faaswap_json(&["inspect", "--model", model.to_str().unwrap(), "--tensors"]);
+        assert_eq!((v["format"].as_str(), v["opset"].as_i64()), (Some("onnx"), Some(17)));
+        let ops: Vec<&String> = v["operators"].as_object().unwrap().keys().collect();
+        let want: Vec<&str> = reference["operators"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+        assert_eq!(ops, want);
+        assert_eq!(v["inputs"][0]["dims"], json!([null, 3, 32, 32]));
+        assert_eq!(v["tensors"].as_array().unwrap().len() as u64, v["initializers"].as_u64().unwrap());
+    }
+    let bad = tempfile::tempdir().unwrap();
+    let path = bad.path().join("model.onnx");
+    std::fs::write(&path, b"\x08\x07\x12\x04junk\xff\xff").unwrap();
+    let err = faaswap_error(&["inspect", "--model", path.to_str().unwrap()]);
+    assert!(err.contains("invalid ONNX model") && err.contains("model.onnx"), "{err}");
+}
