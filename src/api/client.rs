@@ -8,7 +8,6 @@
 use std::any::Any;
 use std::io::ErrorKind;
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 
 use actix_web::dev::Extensions;
 use actix_web::HttpRequest;
@@ -17,8 +16,15 @@ use actix_web::HttpRequest;
 /// extensions).
 pub struct ClientSocket(TcpStream);
 
+/// `HttpServer::on_connect`: keeps a duplicate of each plain TCP connection's socket (on Unix;
+/// elsewhere a departed client is noticed as actix-web notices it).
+#[cfg(not(unix))]
+pub fn on_connect(_: &dyn Any, _: &mut Extensions) {}
+
 /// `HttpServer::on_connect`: keeps a duplicate of each plain TCP connection's socket.
+#[cfg(unix)]
 pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
+    use std::os::fd::AsFd;
     let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
         return;
     };
