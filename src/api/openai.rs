@@ -104,16 +104,23 @@ fn generative(entry: &Function) -> Result<&Arc<Model>, ApiError> {
     Ok(model)
 }
 
+/// A request body read within the limits, as fields, with the function it names (`model`) and
+/// when it arrived.
+async fn request_fields(rt: &Runtime, payload: web::Payload) -> Result<(Instant, Fields, String), OpenAiError> {
+    let received = Instant::now();
+    let body = body::read(payload, rt.config.max_body, rt.config.body_timeout).await?;
+    let mut f = Fields::parse(&body)?;
+    let name: String = f.require("model")?;
+    Ok((received, f, name))
+}
+
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest, responses((status = 200, description = "the completion, or server-sent events with `stream`", body = Object), (status = 400, description = "a bad field, named in `param`", body = OpenAiErrorBody), (status = 401, description = "no or unknown token", body = OpenAiErrorBody), (status = 403, description = "a token that may not call the function", body = OpenAiErrorBody), (status = 404, description = "no such function", body = OpenAiErrorBody), (status = 413, description = "body too large", body = OpenAiErrorBody)))]
 pub(crate) async fn completions(
     rt: web::Data<Runtime>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, OpenAiError> {
-    let received = Instant::now();
-    let body = body::read(payload, rt.config.max_body, rt.config.body_timeout).await?;
-    let mut f = Fields::parse(&body)?;
-    let name: String = f.require("model")?;
+    let (received, mut f, name) = request_fields(&rt, payload).await?;
     let prompt = take_prompt(&mut f)?;
     let settings = Settings::take(&mut f, Kind::Completion)?;
     f.refuse("best_of", |v| v == 1)?;
@@ -136,10 +143,7 @@ pub(crate) async fn chat(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, OpenAiError> {
-    let received = Instant::now();
-    let body = body::read(payload, rt.config.max_body, rt.config.body_timeout).await?;
-    let mut f = Fields::parse(&body)?;
-    let name: String = f.require("model")?;
+    let (received, mut f, name) = request_fields(&rt, payload).await?;
     let messages = take_messages(&mut f)?;
     let settings = Settings::take(&mut f, Kind::Chat)?;
     let empty = |v: &Value| v.as_array().is_some_and(Vec::is_empty);
